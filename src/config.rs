@@ -1,0 +1,229 @@
+//! The `serve` command's flags, environment variables and TOML config file,
+//! merged into a [`crate::server::Config`]. Precedence: flag or environment
+//! variable, then the config file, then the built-in default.
+
+use crate::consistency::bounds::BoundsOverride;
+use crate::consistency::{Bounds, BoundsTable, Settings};
+use crate::server::{Config, Storage};
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 300ms, 2s, 1m)"))
+}
+
+/// Flags of `dyconit-chat serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the gRPC ChatServer service [default: 127.0.0.1:50051]
+    #[arg(long, env = "DYCONIT_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin HTTP port (/healthz, /readyz) [default: 127.0.0.1:9090]
+    #[arg(long, env = "DYCONIT_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Default staleness bound: longest commit-to-delivery time, and the oldest a
+    /// message's timestamp may be on arrival [default: 500ms]
+    #[arg(long, env = "DYCONIT_STALENESS", value_name = "DUR", value_parser = parse_duration)]
+    pub staleness: Option<Duration>,
+    /// Default numerical bound: most messages of a thread some active client has
+    /// not acknowledged; writes beyond it get NUMERICAL_ERROR [default: 256]
+    #[arg(long, env = "DYCONIT_NUMERICAL", value_name = "N")]
+    pub numerical: Option<u64>,
+    /// Default order bound: most commits a writer has not seen (plus its own
+    /// earlier messages not yet arrived); writes beyond it get ORDER_ERROR [default: 32]
+    #[arg(long, env = "DYCONIT_ORDER", value_name = "N")]
+    pub order: Option<u64>,
+    /// Lease of each Update (expirationTime - currentTime); a heartbeat Update is
+    /// sent at least every half lease [default: 10s]
+    #[arg(long, env = "DYCONIT_LEASE", value_name = "DUR", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
+    /// How long Updates may stay unacknowledged, or a connected client may wait
+    /// before ReceiveUpdates, before it is dropped [default: 5s]
+    #[arg(long, env = "DYCONIT_ACK_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    pub ack_timeout: Option<Duration>,
+    /// Most recent messages sent to a client in its first Update [default: 50]
+    #[arg(long, env = "DYCONIT_HISTORY", value_name = "N")]
+    pub history: Option<usize>,
+    /// Longest message contents accepted, in bytes [default: 4096]
+    #[arg(long, env = "DYCONIT_MAX_MESSAGE_BYTES", value_name = "N")]
+    pub max_message_bytes: Option<usize>,
+    /// How far in the future a message timestamp may be [default: 1s]
+    #[arg(long, env = "DYCONIT_MAX_CLOCK_SKEW", value_name = "DUR", value_parser = parse_duration)]
+    pub max_clock_skew: Option<Duration>,
+    /// Bytes of Updates queued for one client before it is disconnected with
+    /// RESOURCE_EXHAUSTED [default: 4194304]
+    #[arg(long, env = "DYCONIT_MAX_OUTBOUND_BYTES", value_name = "N")]
+    pub max_outbound_bytes: Option<usize>,
+    /// Where messages are kept [default: memory]
+    #[arg(long, env = "DYCONIT_STORAGE", value_enum)]
+    pub storage: Option<Storage>,
+    /// TOML config file: any of the settings above (snake_case keys), plus
+    /// per-thread bounds in [threads."<id>"] tables
+    #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The config file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub staleness: Option<Duration>,
+    pub numerical: Option<u64>,
+    pub order: Option<u64>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub lease: Option<Duration>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub ack_timeout: Option<Duration>,
+    pub history: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub max_clock_skew: Option<Duration>,
+    pub max_outbound_bytes: Option<usize>,
+    pub storage: Option<Storage>,
+    /// Per-thread bound overrides; "" is the main room.
+    #[serde(default)]
+    pub threads: BTreeMap<String, BoundsOverride>,
+}
+
+/// The merged result: the addresses to bind and the server config.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub config: Config,
+}
+
+impl ServeArgs {
+    /// Merges flags, the config file (if any) and defaults, and validates.
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Settings::default();
+        let db = Bounds::default();
+        let bounds = Bounds {
+            staleness: self.staleness.or(file.staleness).unwrap_or(db.staleness),
+            numerical: self.numerical.or(file.numerical).unwrap_or(db.numerical),
+            order: self.order.or(file.order).unwrap_or(db.order),
+        };
+        let mut table = BoundsTable::new(bounds).context("invalid default bounds")?;
+        for (thread, o) in &file.threads {
+            table
+                .set_thread(thread, *o)
+                .with_context(|| format!("invalid bounds for thread {thread:?}"))?;
+        }
+        let settings = Settings {
+            bounds: table,
+            lease: self.lease.or(file.lease).unwrap_or(d.lease),
+            ack_timeout: self
+                .ack_timeout
+                .or(file.ack_timeout)
+                .unwrap_or(d.ack_timeout),
+            history: self.history.or(file.history).unwrap_or(d.history),
+            max_message_bytes: self
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(d.max_message_bytes),
+            max_clock_skew: self
+                .max_clock_skew
+                .or(file.max_clock_skew)
+                .unwrap_or(d.max_clock_skew),
+        };
+        settings.validate()?;
+        let dc = Config::default();
+        let max_outbound_bytes = self
+            .max_outbound_bytes
+            .or(file.max_outbound_bytes)
+            .unwrap_or(dc.max_outbound_bytes);
+        if max_outbound_bytes < 1024 {
+            bail!("max outbound bytes {max_outbound_bytes} is below 1024");
+        }
+        Ok(Resolved {
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or(([127, 0, 0, 1], 50051).into()),
+            admin_listen: self
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or(([127, 0, 0, 1], 9090).into()),
+            config: Config {
+                settings,
+                max_outbound_bytes,
+                storage: self.storage.or(file.storage).unwrap_or_default(),
+                ..dc
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("dyconit-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "staleness = \"2s\"\norder = 7\n[threads.ops]\nnumerical = 10\n[threads.\"\"]\nstaleness = \"100ms\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            order: Some(3),
+            config: Some(path),
+            ..Default::default()
+        };
+        let r = args.resolve().unwrap();
+        let b = &r.config.settings.bounds;
+        assert_eq!(b.default_bounds().staleness, Duration::from_secs(2));
+        assert_eq!(b.default_bounds().order, 3);
+        assert_eq!(b.default_bounds().numerical, 256);
+        assert_eq!(b.for_thread("ops").numerical, 10);
+        assert_eq!(b.for_thread("ops").staleness, Duration::from_secs(2));
+        assert_eq!(b.for_thread("").staleness, Duration::from_millis(100));
+        assert_eq!(r.listen.port(), 50051);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let args = ServeArgs {
+            numerical: Some(0),
+            ..Default::default()
+        };
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(err.contains("numerical 0"), "{err}");
+        let args = ServeArgs {
+            lease: Some(Duration::from_millis(10)),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", args.resolve().unwrap_err()).contains("lease"));
+    }
+}

@@ -1,0 +1,224 @@
+//! What the core remembers of one connected client.
+
+use super::Seq;
+use super::time::Micros;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+/// Where a client is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connected; `ReceiveUpdates` not started yet.
+    Waiting,
+    /// Its one stream is open.
+    Streaming,
+}
+
+/// One connected client, as the consistency core sees it.
+#[derive(Debug)]
+pub struct ClientState {
+    /// The public id its handle derives from; safe to show, unlike the
+    /// capability id that keys this state.
+    pub public_id: u64,
+    /// The name other users see as `ReceivedMessage.sender`.
+    pub name: Arc<str>,
+    /// When `Connect` answered; starts the reap deadline of a waiting client.
+    pub connected_at: Micros,
+    pub phase: Phase,
+    /// Updates put on its stream so far (the index of the last one).
+    pub updates_sent: u64,
+    /// The highest `numUpdatesReceived` it acknowledged.
+    pub acked: u64,
+    /// Seen position after `acked` Updates: the highest commit it has
+    /// acknowledged having processed.
+    pub acked_pos: Seq,
+    /// When `acked` last advanced (or the stream started).
+    pub last_ack_at: Micros,
+    /// `(position, sent at)` of Updates `acked+1 ..= updates_sent`, so an ack
+    /// of n can be turned into a position and the ack timeout measured.
+    unacked: VecDeque<(Seq, Micros)>,
+    /// The highest commit put on its stream: its delivery cursor.
+    pub delivered: Seq,
+    /// `currentTime` of the last Update sent.
+    pub last_update_at: Micros,
+    /// `expirationTime` of the last Update sent.
+    pub expiration: Micros,
+    /// Which of its own message numbers have reached the server.
+    arrived: ArrivedSet,
+    /// Its recently accepted messages, so a retry is answered, not recommitted.
+    retries: RetryCache,
+}
+
+impl ClientState {
+    pub fn new(public_id: u64, name: Arc<str>, now: Micros, head: Seq) -> Self {
+        ClientState {
+            public_id,
+            name,
+            connected_at: now,
+            phase: Phase::Waiting,
+            updates_sent: 0,
+            acked: 0,
+            acked_pos: head,
+            last_ack_at: now,
+            unacked: VecDeque::new(),
+            delivered: head,
+            last_update_at: now,
+            expiration: now,
+            arrived: ArrivedSet::default(),
+            retries: RetryCache::default(),
+        }
+    }
+
+    /// Records an Update carrying commits up to `pos`, sent at `now`.
+    pub fn record_update(&mut self, pos: Seq, now: Micros, expiration: Micros) {
+        self.updates_sent += 1;
+        self.unacked.push_back((pos, now));
+        self.delivered = pos;
+        self.last_update_at = now;
+        self.expiration = expiration;
+    }
+
+    /// Applies an acknowledgement of `count` Updates (already checked to be
+    /// at most `updates_sent`). Returns true if it advanced.
+    pub fn acknowledge(&mut self, count: u64, now: Micros) -> bool {
+        if count <= self.acked {
+            return false;
+        }
+        let n = (count - self.acked) as usize;
+        let (pos, _) = self
+            .unacked
+            .drain(..n)
+            .last()
+            .expect("count <= updates_sent");
+        self.acked = count;
+        self.acked_pos = pos;
+        self.last_ack_at = now;
+        true
+    }
+
+    /// When the ack timeout drops this client, if Updates are outstanding.
+    pub fn ack_deadline(&self, ack_timeout: std::time::Duration) -> Option<Micros> {
+        let &(_, oldest) = self.unacked.front()?;
+        Some(self.last_ack_at.max(oldest).plus(ack_timeout))
+    }
+
+    /// Marks message number `n` as arrived.
+    pub fn arrive(&mut self, n: i64) {
+        self.arrived.insert(n);
+    }
+
+    /// Its messages numbered below `n` that have not arrived.
+    pub fn missing_before(&self, n: i64) -> u64 {
+        self.arrived.missing_before(n)
+    }
+
+    /// The original commit of message number `n`, if this is a retry of it.
+    pub fn retry_of(&self, n: i64, thread: &str, contents: &str) -> Option<(Seq, Micros)> {
+        self.retries.get(n, thread, contents)
+    }
+
+    /// Remembers an accepted message for retries.
+    pub fn remember_accepted(
+        &mut self,
+        n: i64,
+        thread: &str,
+        contents: &str,
+        seq: Seq,
+        at: Micros,
+    ) {
+        self.retries.insert(n, thread, contents, seq, at);
+    }
+}
+
+/// Message numbers `1..` a client has sent that reached the server: all of
+/// `1..=floor`, plus the ones in `above`.
+#[derive(Debug, Default)]
+pub struct ArrivedSet {
+    floor: i64,
+    above: BTreeSet<i64>,
+}
+
+/// Numbers further than this above the floor are not recorded: such a
+/// message is far out of order anyway and must not grow the set unboundedly.
+const ARRIVED_SPAN: i64 = 1 << 16;
+
+impl ArrivedSet {
+    pub fn insert(&mut self, n: i64) {
+        if n <= self.floor || n - self.floor > ARRIVED_SPAN {
+            return;
+        }
+        self.above.insert(n);
+        while self.above.first() == Some(&(self.floor + 1)) {
+            self.above.pop_first();
+            self.floor += 1;
+        }
+    }
+
+    /// How many of `1..n` have not arrived.
+    pub fn missing_before(&self, n: i64) -> u64 {
+        if n - 1 <= self.floor {
+            return 0;
+        }
+        let gap = (n - 1 - self.floor) as u64;
+        gap - self.above.range(self.floor + 1..n).count() as u64
+    }
+}
+
+/// Accepted messages kept per client for retries.
+pub const RETRY_WINDOW: usize = 1024;
+
+/// The last [`RETRY_WINDOW`] accepted messages of a client, by number.
+#[derive(Debug, Default)]
+struct RetryCache {
+    /// number -> (fingerprint of thread and contents, seq, commit time)
+    by_number: HashMap<i64, (u64, Seq, Micros)>,
+    /// Numbers in acceptance order, to evict the oldest.
+    order: VecDeque<i64>,
+}
+
+impl RetryCache {
+    fn fingerprint(thread: &str, contents: &str) -> u64 {
+        let mut h = DefaultHasher::new();
+        (thread, contents).hash(&mut h);
+        h.finish()
+    }
+
+    fn get(&self, n: i64, thread: &str, contents: &str) -> Option<(Seq, Micros)> {
+        let &(fp, seq, at) = self.by_number.get(&n)?;
+        (fp == Self::fingerprint(thread, contents)).then_some((seq, at))
+    }
+
+    fn insert(&mut self, n: i64, thread: &str, contents: &str, seq: Seq, at: Micros) {
+        let fp = Self::fingerprint(thread, contents);
+        if self.by_number.insert(n, (fp, seq, at)).is_none() {
+            self.order.push_back(n);
+        }
+        if self.order.len() > RETRY_WINDOW
+            && let Some(old) = self.order.pop_front()
+        {
+            self.by_number.remove(&old);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrived_set_counts_gaps() {
+        let mut a = ArrivedSet::default();
+        assert_eq!(a.missing_before(1), 0);
+        assert_eq!(a.missing_before(4), 3);
+        a.insert(2);
+        assert_eq!(a.missing_before(4), 2);
+        a.insert(1);
+        assert_eq!(a.missing_before(4), 1);
+        a.insert(3);
+        assert_eq!(a.missing_before(4), 0);
+        assert_eq!(a.floor, 3);
+        a.insert(0); // a 0-based client's first message: nothing to record
+        assert_eq!(a.missing_before(6), 2);
+    }
+}

@@ -1,0 +1,576 @@
+//! The dyconit engine: one commit order, per-client delivery cursors, and the
+//! admission and flush decisions. Pure: no I/O, no clock; every call takes the
+//! current server time, and results come back as values for the I/O edge
+//! (`crate::server`) to carry out.
+
+use super::Seq;
+use super::admission::{ClientFault, Decision, Rejection, Submission, Verdict};
+use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
+use super::client::{ClientState, Phase};
+use super::conit::ConitLog;
+use super::settings::{Settings, safety_margin};
+use super::time::Micros;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+/// The capability id a client got from `Connect`.
+pub type ClientId = i64;
+
+/// One committed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Commit sequence number: one strictly increasing order for all.
+    pub seq: Seq,
+    /// Thread id ("" is the main room); names the conit.
+    pub thread: Arc<str>,
+    pub contents: String,
+    /// The sender's public name.
+    pub sender: Arc<str>,
+    /// Commit time; `MessageStatus.timestamp` and `ReceivedMessage.serverTime`.
+    pub commit_time: Micros,
+}
+
+/// The contents of one Update for a client.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub current_time: Micros,
+    pub expiration: Micros,
+    /// Commits in order; shared by every client that gets the same batch.
+    pub entries: Arc<[Arc<Entry>]>,
+    /// Entries delivered later than their conit's staleness allowed.
+    pub late: u64,
+}
+
+/// Why a client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Updates outstanding and no acknowledgement for `ack_timeout`.
+    AckTimeout,
+    /// Connected but did not start `ReceiveUpdates` within `ack_timeout`.
+    NeverStreamed,
+    /// Its outbound buffer grew past the limit: it stopped reading.
+    SlowConsumer,
+    /// The stream was closed by the client or the transport.
+    StreamClosed,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::AckTimeout => "ack_timeout",
+            DropReason::NeverStreamed => "never_streamed",
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::StreamClosed => "stream_closed",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What a [`Engine::poll`] asks the I/O edge to do.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Send this Update on the client's stream.
+    Update { client: ClientId, batch: Batch },
+    /// The client was removed; end its stream (if any) accordingly.
+    Dropped {
+        client: ClientId,
+        reason: DropReason,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("unknown client id")]
+    NotFound,
+    #[error("this client already has an update stream")]
+    AlreadyStreaming,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("unknown client id")]
+    NotFound,
+    #[error("numUpdatesReceived is negative")]
+    Negative,
+    #[error("numUpdatesReceived {got} is above the {sent} Updates sent")]
+    AboveSent { got: i64, sent: u64 },
+}
+
+/// The whole consistency state of a single node.
+#[derive(Debug)]
+pub struct Engine {
+    settings: Settings,
+    /// The last commit sequence number (0 before the first commit).
+    head: Seq,
+    /// Committed entries `(head - window.len(), head]`: the recent history
+    /// plus everything some streaming client has not been sent yet.
+    window: VecDeque<Arc<Entry>>,
+    /// Per-thread commit records, for the order and numerical errors and the
+    /// flush deadlines.
+    conits: HashMap<Arc<str>, ConitLog>,
+    clients: HashMap<ClientId, ClientState>,
+    /// Multiset of the acknowledged positions of streaming clients; its
+    /// minimum measures the numerical error.
+    active_acks: BTreeMap<Seq, usize>,
+    /// Multiset of the delivery cursors of streaming clients; its minimum is
+    /// the client with the most pending, which is due first.
+    cursors: BTreeMap<Seq, usize>,
+    /// The earliest time [`Engine::poll`] has something to do.
+    next_wake: Micros,
+}
+
+fn multiset_add(m: &mut BTreeMap<Seq, usize>, k: Seq) {
+    *m.entry(k).or_default() += 1;
+}
+
+fn multiset_remove(m: &mut BTreeMap<Seq, usize>, k: Seq) {
+    if let Some(n) = m.get_mut(&k) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(&k);
+        }
+    }
+}
+
+/// When a client whose cursor is `cursor` must be flushed: `None` if nothing
+/// is pending, `Micros(i64::MIN)` if a conit reached its flush count.
+fn flush_due(
+    conits: &HashMap<Arc<str>, ConitLog>,
+    bounds: &BoundsTable,
+    head: Seq,
+    cursor: Seq,
+) -> Option<Micros> {
+    if cursor >= head {
+        return None;
+    }
+    let mut due = Micros::MAX;
+    for (thread, log) in conits {
+        let Some((_, first_at)) = log.first_after(cursor) else {
+            continue;
+        };
+        let b = bounds.for_thread(thread);
+        if log.count_after(cursor) >= b.flush_count() {
+            return Some(Micros(i64::MIN));
+        }
+        due = due.min(first_at.plus(b.staleness).minus(safety_margin(b.staleness)));
+    }
+    Some(due)
+}
+
+impl Engine {
+    /// A new engine whose log ends at `head`, with `recent` (ascending, the
+    /// last ones up to `head`) as the history for new clients.
+    pub fn new(settings: Settings, head: Seq, recent: Vec<Entry>) -> Self {
+        let keep = recent.len().min(settings.history);
+        let window = recent[recent.len() - keep..]
+            .iter()
+            .cloned()
+            .map(Arc::new)
+            .collect::<VecDeque<_>>();
+        debug_assert!(window.back().is_none_or(|e| e.seq == head));
+        Engine {
+            settings,
+            head,
+            window,
+            conits: HashMap::new(),
+            clients: HashMap::new(),
+            active_acks: BTreeMap::new(),
+            cursors: BTreeMap::new(),
+            next_wake: Micros::MAX,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Changes the bounds. Takes effect for the next decision; pending flush
+    /// deadlines are re-armed by the next [`Engine::poll`], due at once.
+    pub fn set_bounds(&mut self, bounds: BoundsTable) {
+        self.settings.bounds = bounds;
+        self.next_wake = Micros(i64::MIN);
+    }
+
+    pub fn head(&self) -> Seq {
+        self.head
+    }
+
+    /// The earliest time [`Engine::poll`] has something to do.
+    pub fn next_wake(&self) -> Micros {
+        self.next_wake
+    }
+
+    pub fn client(&self, id: ClientId) -> Option<&ClientState> {
+        self.clients.get(&id)
+    }
+
+    pub fn clients(&self) -> impl Iterator<Item = (ClientId, &ClientState)> {
+        self.clients.iter().map(|(&id, c)| (id, c))
+    }
+
+    /// Clients with an open stream that are not overdue: the active ones.
+    pub fn streaming_clients(&self) -> usize {
+        self.cursors.values().sum()
+    }
+
+    /// Committed messages of `thread` that some active client has not
+    /// acknowledged.
+    pub fn numerical_error(&self, thread: &str) -> u64 {
+        match (self.active_acks.first_key_value(), self.conits.get(thread)) {
+            (Some((&min, _)), Some(log)) => log.count_after(min),
+            _ => 0,
+        }
+    }
+
+    /// Registers a client. Returns false (and changes nothing) if the id is
+    /// already taken.
+    pub fn connect(&mut self, id: ClientId, public_id: u64, name: Arc<str>, now: Micros) -> bool {
+        if self.clients.contains_key(&id) {
+            return false;
+        }
+        self.clients
+            .insert(id, ClientState::new(public_id, name, now, self.head));
+        self.next_wake = self.next_wake.min(now.plus(self.settings.ack_timeout));
+        true
+    }
+
+    /// Opens the client's one stream; returns its first Update: the most
+    /// recent `history` messages, with the current commit as the baseline.
+    pub fn start_stream(&mut self, id: ClientId, now: Micros) -> Result<Batch, StreamError> {
+        let c = self.clients.get_mut(&id).ok_or(StreamError::NotFound)?;
+        if c.phase != Phase::Waiting {
+            return Err(StreamError::AlreadyStreaming);
+        }
+        c.phase = Phase::Streaming;
+        let keep = self.window.len().min(self.settings.history);
+        let entries: Arc<[Arc<Entry>]> = self
+            .window
+            .range(self.window.len() - keep..)
+            .cloned()
+            .collect();
+        let expiration = now.plus(self.settings.lease);
+        c.record_update(self.head, now, expiration);
+        multiset_add(&mut self.active_acks, c.acked_pos);
+        multiset_add(&mut self.cursors, c.delivered);
+        let half = self.settings.lease / 2;
+        self.next_wake = self
+            .next_wake
+            .min(now.plus(half).minus(safety_margin(half)));
+        Ok(Batch {
+            current_time: now,
+            expiration,
+            entries,
+            late: 0,
+        })
+    }
+
+    /// An `Acknowlegde` call.
+    pub fn acknowledge(&mut self, id: ClientId, count: i64, now: Micros) -> Result<(), AckError> {
+        let c = self.clients.get_mut(&id).ok_or(AckError::NotFound)?;
+        if count < 0 {
+            return Err(AckError::Negative);
+        }
+        if count as u64 > c.updates_sent {
+            return Err(AckError::AboveSent {
+                got: count,
+                sent: c.updates_sent,
+            });
+        }
+        let before = c.acked_pos;
+        if c.acknowledge(count as u64, now) && c.phase == Phase::Streaming {
+            multiset_remove(&mut self.active_acks, before);
+            multiset_add(&mut self.active_acks, c.acked_pos);
+        }
+        Ok(())
+    }
+
+    /// Decides on a `SentMessage` and, if accepted, commits it. Returns the
+    /// new entry for the log when one was committed.
+    pub fn submit(&mut self, sub: Submission, now: Micros) -> (Decision, Option<Arc<Entry>>) {
+        let mut decision = Decision {
+            verdict: Verdict::Rejected {
+                reason: Rejection::Client(ClientFault::MissingAcknowledgement),
+                at: now,
+            },
+            order_error: None,
+            numerical_error: None,
+        };
+        let reject = |d: &mut Decision, reason| {
+            d.verdict = Verdict::Rejected { reason, at: now };
+        };
+        let fault = match self.check_well_formed(&sub, now) {
+            Ok(()) => None,
+            Err(f) => Some(f),
+        };
+        if let Some(f) = fault {
+            reject(&mut decision, Rejection::Client(f));
+            return (decision, None);
+        }
+        let ack = sub.ack.expect("checked");
+        let id = ack.client.expect("checked");
+        self.acknowledge(id, ack.updates_received, now)
+            .expect("checked");
+        let c = self.clients.get_mut(&id).expect("checked");
+        let n = ack.messages_sent;
+        if let Some((seq, at)) = c.retry_of(n, &sub.thread, &sub.contents) {
+            decision.verdict = Verdict::Accepted {
+                seq,
+                at,
+                retry: true,
+            };
+            return (decision, None);
+        }
+        c.arrive(n);
+        let bounds = self.settings.bounds.for_thread(&sub.thread);
+        let timestamp = sub.timestamp.expect("checked");
+        if timestamp < now.minus(bounds.staleness) {
+            let age_micros = now.0.saturating_sub(timestamp.0);
+            reject(&mut decision, Rejection::Staleness { age_micros });
+            return (decision, None);
+        }
+        let conit = self.conits.get(sub.thread.as_str());
+        let unseen = conit.map_or(0, |log| log.count_after(c.acked_pos));
+        let order_error = unseen + c.missing_before(n);
+        decision.order_error = Some(order_error);
+        if order_error > bounds.order {
+            let bound = bounds.order;
+            reject(
+                &mut decision,
+                Rejection::Order {
+                    error: order_error,
+                    bound,
+                },
+            );
+            return (decision, None);
+        }
+        let numerical_error = self.numerical_error(&sub.thread);
+        decision.numerical_error = Some(numerical_error);
+        if numerical_error >= bounds.numerical {
+            let bound = bounds.numerical;
+            reject(
+                &mut decision,
+                Rejection::Numerical {
+                    error: numerical_error,
+                    bound,
+                },
+            );
+            return (decision, None);
+        }
+        let entry = self.commit(id, n, sub.thread, sub.contents, now);
+        decision.verdict = Verdict::Accepted {
+            seq: entry.seq,
+            at: now,
+            retry: false,
+        };
+        (decision, Some(entry))
+    }
+
+    /// The `CLIENT_ERROR` checks, in the order DESIGN.md lists them.
+    fn check_well_formed(&self, sub: &Submission, now: Micros) -> Result<(), ClientFault> {
+        let ack = sub.ack.ok_or(ClientFault::MissingAcknowledgement)?;
+        let c = ack
+            .client
+            .and_then(|id| self.clients.get(&id))
+            .ok_or(ClientFault::UnknownClient)?;
+        if sub.contents.is_empty() {
+            return Err(ClientFault::EmptyContents);
+        }
+        if sub.contents.len() > self.settings.max_message_bytes {
+            return Err(ClientFault::OversizedContents);
+        }
+        if sub.thread.len() > MAX_THREAD_ID_BYTES {
+            return Err(ClientFault::OversizedThreadId);
+        }
+        if ack.updates_received < 0 || ack.messages_sent < 0 {
+            return Err(ClientFault::NegativeCount);
+        }
+        if ack.updates_received as u64 > c.updates_sent {
+            return Err(ClientFault::AckAboveSent);
+        }
+        let ts = sub.timestamp.ok_or(ClientFault::MissingTimestamp)?;
+        if ts > now.plus(self.settings.max_clock_skew) {
+            return Err(ClientFault::FutureTimestamp);
+        }
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        id: ClientId,
+        n: i64,
+        thread: String,
+        contents: String,
+        now: Micros,
+    ) -> Arc<Entry> {
+        let seq = self.head + 1;
+        // Commit times never go backwards, even if the wall clock does.
+        let at = self.window.back().map_or(now, |e| e.commit_time.max(now));
+        let c = self.clients.get_mut(&id).expect("checked by caller");
+        c.remember_accepted(n, &thread, &contents, seq, at);
+        // Reuse the conit's key so every entry of a thread shares one string.
+        let thread: Arc<str> = match self.conits.get_key_value(thread.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => thread.into(),
+        };
+        let log = self.conits.entry(thread.clone()).or_default();
+        log.push(seq, at);
+        let entry = Arc::new(Entry {
+            seq,
+            thread,
+            contents,
+            sender: c.name.clone(),
+            commit_time: at,
+        });
+        self.window.push_back(entry.clone());
+        self.head = seq;
+        // The client with the lowest cursor is the first to become due.
+        if let Some((&cursor, _)) = self.cursors.first_key_value() {
+            let b = self.settings.bounds.for_thread(&entry.thread);
+            let due = if log.count_after(cursor) >= b.flush_count() {
+                Micros(i64::MIN)
+            } else {
+                at.plus(b.staleness).minus(safety_margin(b.staleness))
+            };
+            self.next_wake = self.next_wake.min(due);
+        }
+        entry
+    }
+
+    /// Removes a client. Returns false if it was not there.
+    pub fn remove(&mut self, id: ClientId) -> bool {
+        let Some(c) = self.clients.remove(&id) else {
+            return false;
+        };
+        if c.phase == Phase::Streaming {
+            multiset_remove(&mut self.active_acks, c.acked_pos);
+            multiset_remove(&mut self.cursors, c.delivered);
+        }
+        true
+    }
+
+    /// Does everything due at `now`: flushes, heartbeats, drops; then trims
+    /// state no client needs any more and computes the next wake time.
+    pub fn poll(&mut self, now: Micros) -> Vec<Event> {
+        self.run(now, false)
+    }
+
+    /// Flushes every pending message to every streaming client at once (on
+    /// shutdown), then polls as usual.
+    pub fn flush_all(&mut self, now: Micros) -> Vec<Event> {
+        self.run(now, true)
+    }
+
+    fn run(&mut self, now: Micros, force: bool) -> Vec<Event> {
+        let Engine {
+            settings,
+            head,
+            window,
+            conits,
+            clients,
+            cursors,
+            ..
+        } = self;
+        let head = *head;
+        let half_lease = settings.lease / 2;
+        let heartbeat_after = half_lease - safety_margin(half_lease);
+        let mut events = Vec::new();
+        let mut drops = Vec::new();
+        let mut next = Micros::MAX;
+        // Clients at the same cursor get the same batch: compute it once.
+        let mut due_memo: HashMap<Seq, Option<Micros>> = HashMap::new();
+        let mut batch_memo: HashMap<Seq, (Arc<[Arc<Entry>]>, u64)> = HashMap::new();
+        let window_floor = head - window.len() as Seq;
+        for (&id, c) in clients.iter_mut() {
+            if c.phase == Phase::Waiting {
+                let reap = c.connected_at.plus(settings.ack_timeout);
+                if now >= reap {
+                    drops.push((id, DropReason::NeverStreamed));
+                } else {
+                    next = next.min(reap);
+                }
+                continue;
+            }
+            let ack_deadline = c.ack_deadline(settings.ack_timeout);
+            if ack_deadline.is_some_and(|d| now >= d) {
+                drops.push((id, DropReason::AckTimeout));
+                continue;
+            }
+            let heartbeat = c.last_update_at.plus(heartbeat_after);
+            let flush = *due_memo
+                .entry(c.delivered)
+                .or_insert_with(|| flush_due(conits, &settings.bounds, head, c.delivered));
+            let due = match flush {
+                Some(_) if force => Micros(i64::MIN),
+                Some(f) => f.min(heartbeat),
+                None => heartbeat,
+            };
+            if now < due {
+                next = next.min(due).min(ack_deadline.unwrap_or(Micros::MAX));
+                continue;
+            }
+            let (entries, late) = batch_memo
+                .entry(c.delivered)
+                .or_insert_with(|| {
+                    let start = (c.delivered - window_floor) as usize;
+                    let entries: Arc<[Arc<Entry>]> = window.range(start..).cloned().collect();
+                    let late = entries
+                        .iter()
+                        .filter(|e| {
+                            now > e
+                                .commit_time
+                                .plus(settings.bounds.for_thread(&e.thread).staleness)
+                        })
+                        .count() as u64;
+                    (entries, late)
+                })
+                .clone();
+            multiset_remove(cursors, c.delivered);
+            multiset_add(cursors, head);
+            let expiration = now.plus(settings.lease);
+            c.record_update(head, now, expiration);
+            next = next
+                .min(now.plus(heartbeat_after))
+                .min(c.ack_deadline(settings.ack_timeout).unwrap_or(Micros::MAX));
+            events.push(Event::Update {
+                client: id,
+                batch: Batch {
+                    current_time: now,
+                    expiration,
+                    entries,
+                    late,
+                },
+            });
+        }
+        for (id, reason) in drops {
+            self.remove(id);
+            events.push(Event::Dropped { client: id, reason });
+        }
+        self.next_wake = next;
+        self.trim();
+        events
+    }
+
+    /// Forgets entries and conit records no client can need any more.
+    fn trim(&mut self) {
+        let history_floor = self.head.saturating_sub(self.settings.history as Seq);
+        let window_floor = self
+            .cursors
+            .first_key_value()
+            .map_or(history_floor, |(&c, _)| c.min(history_floor));
+        while self.window.front().is_some_and(|e| e.seq <= window_floor) {
+            self.window.pop_front();
+        }
+        let conit_floor = self
+            .clients
+            .values()
+            .map(|c| c.acked_pos)
+            .min()
+            .unwrap_or(self.head);
+        self.conits.retain(|_, log| {
+            log.trim(conit_floor);
+            !log.is_empty()
+        });
+    }
+}

@@ -1,0 +1,25 @@
+//! Dyconit Chat: a gRPC chat server that scales by bounded inconsistency.
+//!
+//! - [`consistency`]: the pure dyconit logic (bounds, admission, flushing).
+//! - [`server`]: the gRPC service, client registry and flush scheduler.
+//! - [`log`]: the ordered message log behind one trait.
+//! - [`admin`]: the admin HTTP port.
+//! - [`client`]: the client library.
+//! - [`config`]: command-line flags and the TOML config file.
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod consistency;
+pub mod log;
+pub mod server;
+
+/// The wire types and service stubs generated from `proto/chat.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+
+    /// The encoded descriptor set, for the reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
+}

@@ -1,0 +1,135 @@
+//! A client's outbound queue of Updates and the stream tonic reads it from.
+//!
+//! The flush scheduler pushes; the gRPC stream pops. The queue is bounded in
+//! bytes: a client that stops reading is cut off with `RESOURCE_EXHAUSTED`
+//! and its queue freed, instead of being held in memory.
+
+use crate::proto::Update;
+use prost::Message;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use tokio_stream::Stream;
+use tonic::Status;
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Update>,
+    /// Encoded size of `queue`.
+    bytes: usize,
+    /// `Some(Ok)`: end the stream after the queue drains; `Some(Err)`: end it
+    /// now with this status.
+    end: Option<Result<(), Status>>,
+    /// The stream task waiting for an Update.
+    waker: Option<Waker>,
+}
+
+/// The outbound side of one client's stream.
+pub struct Outbox {
+    /// Most encoded bytes queued before the client is cut off.
+    limit: usize,
+    state: Mutex<State>,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Outbox {
+            limit,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an Update. Returns false if the queue is now over its limit
+    /// (the caller then drops the client).
+    pub fn push(&self, update: Update) -> bool {
+        let mut s = self.lock();
+        if s.end.is_some() {
+            return true;
+        }
+        s.bytes += update.encoded_len();
+        s.queue.push_back(update);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+        s.bytes <= self.limit
+    }
+
+    /// Ends the stream at once with `status`; queued Updates are discarded.
+    pub fn close(&self, status: Status) {
+        let mut s = self.lock();
+        s.queue.clear();
+        s.bytes = 0;
+        s.end = Some(Err(status));
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Ends the stream normally once the queued Updates are sent.
+    pub fn finish(&self) {
+        let mut s = self.lock();
+        if s.end.is_none() {
+            s.end = Some(Ok(()));
+        }
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Update, Status>>> {
+        let mut s = self.lock();
+        if matches!(s.end, Some(Err(_))) {
+            let Some(Err(status)) = s.end.replace(Ok(())) else {
+                unreachable!()
+            };
+            s.queue.clear();
+            return Poll::Ready(Some(Err(status)));
+        }
+        if let Some(u) = s.queue.pop_front() {
+            s.bytes -= u.encoded_len();
+            return Poll::Ready(Some(Ok(u)));
+        }
+        if s.end.is_some() {
+            return Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// The response stream of `ReceiveUpdates`. Dropping it (the client went
+/// away, or the stream ended) runs `on_drop`, which unregisters the client.
+pub struct UpdateStream {
+    outbox: Arc<Outbox>,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl UpdateStream {
+    pub fn new(outbox: Arc<Outbox>, on_drop: Box<dyn FnOnce() + Send + Sync>) -> Self {
+        UpdateStream {
+            outbox,
+            on_drop: Some(on_drop),
+        }
+    }
+}
+
+impl Stream for UpdateStream {
+    type Item = Result<Update, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.outbox.poll_next(cx)
+    }
+}
+
+impl Drop for UpdateStream {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
