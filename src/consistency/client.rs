@@ -48,6 +48,9 @@ pub struct ClientState {
     arrived: ArrivedSet,
     /// Its recently accepted messages, so a retry is answered, not recommitted.
     retries: RetryCache,
+    /// Its own commits above `acked_pos`, per thread: a writer has seen its
+    /// own messages, so they do not count toward its order error.
+    own: HashMap<Arc<str>, VecDeque<Seq>>,
 }
 
 impl ClientState {
@@ -67,6 +70,7 @@ impl ClientState {
             expiration: now,
             arrived: ArrivedSet::default(),
             retries: RetryCache::default(),
+            own: HashMap::new(),
         }
     }
 
@@ -86,15 +90,27 @@ impl ClientState {
             return false;
         }
         let n = (count - self.acked) as usize;
-        let (pos, _) = self
-            .unacked
-            .drain(..n)
-            .last()
-            .expect("count <= updates_sent");
+        let (pos, _) = self.unacked[n - 1];
+        self.unacked.drain(..n);
         self.acked = count;
         self.acked_pos = pos;
         self.last_ack_at = now;
+        self.own.retain(|_, seqs| {
+            let n = seqs.partition_point(|&s| s <= pos);
+            seqs.drain(..n);
+            !seqs.is_empty()
+        });
         true
+    }
+
+    /// Records one of its own commits.
+    pub fn committed_own(&mut self, thread: &Arc<str>, seq: Seq) {
+        self.own.entry(thread.clone()).or_default().push_back(seq);
+    }
+
+    /// Its own commits in `thread` above `acked_pos`.
+    pub fn own_unacked(&self, thread: &str) -> u64 {
+        self.own.get(thread).map_or(0, |s| s.len() as u64)
     }
 
     /// When the ack timeout drops this client, if Updates are outstanding.

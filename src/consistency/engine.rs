@@ -30,6 +30,9 @@ pub struct Entry {
     pub commit_time: Micros,
 }
 
+/// Entries of one batch, shared by every client that gets it.
+pub type Entries = Arc<[Arc<Entry>]>;
+
 /// The contents of one Update for a client.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -300,10 +303,7 @@ impl Engine {
         let reject = |d: &mut Decision, reason| {
             d.verdict = Verdict::Rejected { reason, at: now };
         };
-        let fault = match self.check_well_formed(&sub, now) {
-            Ok(()) => None,
-            Err(f) => Some(f),
-        };
+        let fault = self.check_well_formed(&sub, now).err();
         if let Some(f) = fault {
             reject(&mut decision, Rejection::Client(f));
             return (decision, None);
@@ -331,7 +331,10 @@ impl Engine {
             return (decision, None);
         }
         let conit = self.conits.get(sub.thread.as_str());
-        let unseen = conit.map_or(0, |log| log.count_after(c.acked_pos));
+        // Commits after what it acknowledged, less its own (it knows those).
+        let unseen = conit
+            .map_or(0, |log| log.count_after(c.acked_pos))
+            .saturating_sub(c.own_unacked(&sub.thread));
         let order_error = unseen + c.missing_before(n);
         decision.order_error = Some(order_error);
         if order_error > bounds.order {
@@ -414,6 +417,7 @@ impl Engine {
             Some((k, _)) => k.clone(),
             None => thread.into(),
         };
+        c.committed_own(&thread, seq);
         let log = self.conits.entry(thread.clone()).or_default();
         log.push(seq, at);
         let entry = Arc::new(Entry {
@@ -480,7 +484,7 @@ impl Engine {
         let mut next = Micros::MAX;
         // Clients at the same cursor get the same batch: compute it once.
         let mut due_memo: HashMap<Seq, Option<Micros>> = HashMap::new();
-        let mut batch_memo: HashMap<Seq, (Arc<[Arc<Entry>]>, u64)> = HashMap::new();
+        let mut batch_memo: HashMap<Seq, (Entries, u64)> = HashMap::new();
         let window_floor = head - window.len() as Seq;
         for (&id, c) in clients.iter_mut() {
             if c.phase == Phase::Waiting {
