@@ -1,0 +1,381 @@
+//! Property tests of the pure dyconit core: random interleavings of connects,
+//! streams, writes, acknowledgements and the passing of time, checked against
+//! an independent model of the definitions in DESIGN.md §2–§4.
+
+use dyconit_chat::consistency::{
+    Bounds, BoundsOverride, BoundsTable, Engine, Event, Micros, Rejection, Settings, Submission,
+    SubmissionAck, Verdict,
+};
+use proptest::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+const CLIENTS: usize = 4;
+const THREADS: [&str; 3] = ["", "a", "b"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Connect(usize),
+    Stream(usize),
+    /// Acknowledge `frac`/4 of the way from the acked count to the received one.
+    Ack(usize, u8),
+    /// Send on a thread: `lag`/4 of received Updates acknowledged in the
+    /// message, number offset (0 = next, 1 = skip one, 2 = repeat the last),
+    /// age of the timestamp in ms.
+    Send {
+        client: usize,
+        thread: usize,
+        lag: u8,
+        number: u8,
+        age_ms: u16,
+    },
+    Advance(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0..CLIENTS).prop_map(Op::Connect),
+        1 => (0..CLIENTS).prop_map(Op::Stream),
+        2 => (0..CLIENTS, 0u8..=4).prop_map(|(c, f)| Op::Ack(c, f)),
+        5 => (0..CLIENTS, 0..THREADS.len(), 0u8..=4, 0u8..3, 0u16..400).prop_map(
+            |(client, thread, lag, number, age_ms)| Op::Send { client, thread, lag, number, age_ms }
+        ),
+        3 => (1u16..600).prop_map(Op::Advance),
+    ]
+}
+
+fn settings() -> impl Strategy<Value = Settings> {
+    (
+        (1u64..300, 1u64..8, 0u64..5),
+        (1u64..300, 1u64..8, 0u64..5),
+        200u64..2000,
+        100u64..1500,
+        0usize..5,
+    )
+        .prop_map(|((s, n, o), (ts, tn, to), lease, ack, history)| {
+            let mut bounds = BoundsTable::new(Bounds {
+                staleness: Duration::from_millis(s),
+                numerical: n,
+                order: o,
+            })
+            .unwrap();
+            bounds
+                .set_thread(
+                    "a",
+                    BoundsOverride {
+                        staleness: Some(Duration::from_millis(ts)),
+                        numerical: Some(tn),
+                        order: Some(to),
+                    },
+                )
+                .unwrap();
+            Settings {
+                bounds,
+                lease: Duration::from_millis(lease),
+                ack_timeout: Duration::from_millis(ack),
+                history,
+                ..Settings::default()
+            }
+        })
+}
+
+/// What the model knows of one client.
+#[derive(Default)]
+struct ModelClient {
+    id: i64,
+    streaming: bool,
+    /// positions[n]: the seen position after n Updates.
+    positions: Vec<u64>,
+    acked: usize,
+    /// Seqs received, in order.
+    seqs: Vec<u64>,
+    last_update_at: Option<Micros>,
+    last_number: i64,
+    arrived: HashSet<i64>,
+    accepted: HashMap<i64, (String, String, u64)>,
+}
+
+struct Harness {
+    engine: Engine,
+    settings: Settings,
+    now: Micros,
+    clients: Vec<Option<ModelClient>>,
+    /// (seq, thread, author, commit time)
+    commits: Vec<(u64, &'static str, i64, Micros)>,
+    next_id: i64,
+}
+
+impl Harness {
+    fn bounds(&self, thread: &str) -> Bounds {
+        self.settings.bounds.for_thread(thread)
+    }
+
+    fn poll_due(&mut self) -> Result<(), TestCaseError> {
+        if self.engine.next_wake() <= self.now {
+            let events = self.engine.poll(self.now);
+            self.check_events(events)?;
+            prop_assert!(self.engine.next_wake() > self.now, "poll made no progress");
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, ms: u16) -> Result<(), TestCaseError> {
+        let target = self.now.plus(Duration::from_millis(ms as u64));
+        while self.engine.next_wake() <= target {
+            self.now = self.now.max(self.engine.next_wake());
+            self.poll_due()?;
+        }
+        self.now = target;
+        Ok(())
+    }
+
+    fn slot_of(&self, id: i64) -> usize {
+        self.clients
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| c.id == id))
+            .expect("event for a known client")
+    }
+
+    fn check_events(&mut self, events: Vec<Event>) -> Result<(), TestCaseError> {
+        let lease = self.settings.lease;
+        for ev in events {
+            match ev {
+                Event::Update { client, batch } => {
+                    let slot = self.slot_of(client);
+                    let mut late = Vec::new();
+                    for e in batch.entries.iter() {
+                        let s = self.bounds(&e.thread).staleness;
+                        if batch.current_time > e.commit_time.plus(s) {
+                            late.push(e.seq);
+                        }
+                    }
+                    let c = self.clients[slot].as_mut().unwrap();
+                    prop_assert!(c.streaming);
+                    // Delivered within the staleness bound.
+                    prop_assert!(late.is_empty(), "late deliveries {late:?}");
+                    prop_assert_eq!(batch.late, 0);
+                    // Heartbeat no later than half a lease after the last one.
+                    if let Some(prev) = c.last_update_at {
+                        prop_assert!(batch.current_time <= prev.plus(lease / 2));
+                    }
+                    prop_assert_eq!(batch.expiration, batch.current_time.plus(lease));
+                    // One commit order, no gaps: continues exactly where the
+                    // previous Update ended.
+                    let prev_pos = *c.positions.last().unwrap();
+                    let seqs: Vec<u64> = batch.entries.iter().map(|e| e.seq).collect();
+                    let want: Vec<u64> = (prev_pos + 1..=prev_pos + seqs.len() as u64).collect();
+                    prop_assert_eq!(&seqs, &want);
+                    c.seqs.extend(&seqs);
+                    c.positions.push(prev_pos + seqs.len() as u64);
+                    c.last_update_at = Some(batch.current_time);
+                }
+                Event::Dropped { client, .. } => {
+                    let slot = self.slot_of(client);
+                    self.clients[slot] = None;
+                    prop_assert!(self.engine.client(client).is_none());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn min_streaming_pos(&self) -> Option<u64> {
+        self.clients
+            .iter()
+            .flatten()
+            .filter(|c| c.streaming)
+            .map(|c| c.positions[c.acked])
+            .min()
+    }
+
+    fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
+        match op {
+            Op::Connect(k) => {
+                if self.clients[k].is_none() {
+                    self.next_id += 1;
+                    let id = self.next_id;
+                    let name = format!("c{k}");
+                    prop_assert!(self.engine.connect(id, id as u64, name.into(), self.now));
+                    self.clients[k] = Some(ModelClient {
+                        id,
+                        positions: vec![self.engine.head()],
+                        ..Default::default()
+                    });
+                }
+            }
+            Op::Stream(k) => {
+                let Some(c) = self.clients[k].as_mut() else {
+                    return Ok(());
+                };
+                let r = self.engine.start_stream(c.id, self.now);
+                if c.streaming {
+                    prop_assert!(r.is_err());
+                    return Ok(());
+                }
+                let batch = r.unwrap();
+                let head = self.engine.head();
+                let history: Vec<u64> = batch.entries.iter().map(|e| e.seq).collect();
+                let want_len = (head as usize).min(self.settings.history);
+                // The most recent `history` commits (fewer if the window was
+                // never that long), ending at the head.
+                prop_assert!(history.len() <= want_len);
+                if let Some(&last) = history.last() {
+                    prop_assert_eq!(last, head);
+                }
+                c.streaming = true;
+                c.positions = vec![c.positions[0], head];
+                c.last_update_at = Some(self.now);
+            }
+            Op::Ack(k, frac) => {
+                let Some(c) = self.clients[k].as_mut() else {
+                    return Ok(());
+                };
+                let received = c.positions.len() - 1;
+                let count = c.acked + (received - c.acked) * frac as usize / 4;
+                self.engine
+                    .acknowledge(c.id, count as i64, self.now)
+                    .unwrap();
+                c.acked = c.acked.max(count);
+            }
+            Op::Send {
+                client,
+                thread,
+                lag,
+                number,
+                age_ms,
+            } => {
+                let Some(c) = self.clients[client].as_ref() else {
+                    return Ok(());
+                };
+                let thread = THREADS[thread];
+                let received = c.positions.len() - 1;
+                let in_msg = received * lag as usize / 4;
+                let n = match number {
+                    0 => c.last_number + 1,
+                    1 => c.last_number + 2,
+                    _ => c.last_number.max(1),
+                };
+                let contents = format!("m{n}");
+                let timestamp = self.now.minus(Duration::from_millis(age_ms as u64));
+                let sub = Submission {
+                    ack: Some(SubmissionAck {
+                        client: Some(c.id),
+                        updates_received: in_msg as i64,
+                        messages_sent: n,
+                    }),
+                    thread: thread.to_owned(),
+                    contents: contents.clone(),
+                    timestamp: Some(timestamp),
+                };
+                // The model's expectations, computed before the call.
+                let id = c.id;
+                let effective = c.acked.max(in_msg);
+                let pos = c.positions[effective];
+                let retry = c
+                    .accepted
+                    .get(&n)
+                    .filter(|(t, m, _)| t == thread && *m == contents)
+                    .map(|x| x.2);
+                let missing = (1..n).filter(|i| !c.arrived.contains(i)).count() as u64;
+                let unseen = self
+                    .commits
+                    .iter()
+                    .filter(|(s, t, a, _)| *s > pos && *t == thread && *a != id)
+                    .count() as u64;
+                // The acknowledgement inside the message counts first.
+                self.clients[client].as_mut().unwrap().acked = effective;
+                let num_err = self.min_streaming_pos().map_or(0, |p| {
+                    self.commits
+                        .iter()
+                        .filter(|(s, t, _, _)| *s > p && *t == thread)
+                        .count() as u64
+                });
+                let b = self.bounds(thread);
+                let (decision, entry) = self.engine.submit(sub, self.now);
+                let c = self.clients[client].as_mut().unwrap();
+                c.last_number = c.last_number.max(n);
+                match decision.verdict {
+                    Verdict::Accepted {
+                        seq, retry: true, ..
+                    } => {
+                        prop_assert_eq!(retry, Some(seq));
+                        prop_assert!(entry.is_none());
+                    }
+                    _ if retry.is_some() => prop_assert!(false, "retry not recognised"),
+                    Verdict::Rejected {
+                        reason: Rejection::Staleness { .. },
+                        ..
+                    } => {
+                        prop_assert!(timestamp < self.now.minus(b.staleness));
+                    }
+                    Verdict::Rejected {
+                        reason: Rejection::Order { error, bound },
+                        ..
+                    } => {
+                        prop_assert_eq!(error, unseen + missing);
+                        prop_assert!(error > bound);
+                    }
+                    Verdict::Rejected {
+                        reason: Rejection::Numerical { error, bound },
+                        ..
+                    } => {
+                        prop_assert_eq!(decision.order_error, Some(unseen + missing));
+                        prop_assert!(unseen + missing <= b.order);
+                        prop_assert_eq!(error, num_err);
+                        prop_assert!(error >= bound);
+                    }
+                    Verdict::Accepted {
+                        seq,
+                        at,
+                        retry: false,
+                    } => {
+                        prop_assert!(timestamp >= self.now.minus(b.staleness));
+                        prop_assert_eq!(decision.order_error, Some(unseen + missing));
+                        prop_assert!(unseen + missing <= b.order);
+                        prop_assert_eq!(decision.numerical_error, Some(num_err));
+                        prop_assert!(num_err < b.numerical);
+                        prop_assert_eq!(seq, self.commits.len() as u64 + 1);
+                        prop_assert_eq!(entry.map(|e| e.seq), Some(seq));
+                        self.commits.push((seq, thread, id, at));
+                        c.accepted.insert(n, (thread.to_owned(), contents, seq));
+                    }
+                    Verdict::Rejected { reason, .. } => {
+                        prop_assert!(false, "unexpected {reason:?}")
+                    }
+                }
+                if retry.is_none() {
+                    c.arrived.insert(n);
+                }
+            }
+            Op::Advance(ms) => self.advance(ms)?,
+        }
+        self.poll_due()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn bounds_hold_under_random_interleavings(settings in settings(), ops in prop::collection::vec(op(), 1..80)) {
+        let mut h = Harness {
+            engine: Engine::new(settings.clone(), 0, Vec::new()),
+            settings,
+            now: Micros(1_700_000_000_000_000),
+            clients: (0..CLIENTS).map(|_| None).collect(),
+            commits: Vec::new(),
+            next_id: 0,
+        };
+        for op in ops {
+            h.apply(op)?;
+        }
+        // Let everything drain: every streaming client ends with every
+        // commit after its baseline, in commit order.
+        h.advance(2000)?;
+        for c in h.clients.iter().flatten().filter(|c| c.streaming) {
+            let base = c.positions[1];
+            let want: Vec<u64> = (base + 1..=h.commits.len() as u64).collect();
+            prop_assert_eq!(&c.seqs, &want);
+        }
+    }
+}
