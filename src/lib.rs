@@ -6,13 +6,19 @@
 //! - [`admin`]: the admin HTTP port.
 //! - [`client`]: the client library.
 //! - [`config`]: command-line flags and the TOML config file.
+//! - [`chat`]: the terminal chat client (`dyconit-chat chat`).
+//! - [`bench`]: the load generator (`dyconit-chat bench`).
+//! - [`sys`]: file-descriptor limit and /proc figures.
 
 pub mod admin;
+pub mod bench;
+pub mod chat;
 pub mod client;
 pub mod config;
 pub mod consistency;
 pub mod log;
 pub mod server;
+pub mod sys;
 
 /// The wire types and service stubs generated from `proto/chat.proto`.
 pub mod proto {

@@ -1,6 +1,8 @@
 //! The `dyconit-chat` command: a thin layer over the library.
 
 use clap::{Parser, Subcommand};
+use dyconit_chat::bench::BenchArgs;
+use dyconit_chat::chat::ChatArgs;
 use dyconit_chat::config::ServeArgs;
 use dyconit_chat::server::{self, Listeners};
 use tokio::net::TcpListener;
@@ -23,6 +25,10 @@ struct Cli {
 enum Command {
     /// Run the chat server (gRPC on --listen, admin HTTP on --admin-listen)
     Serve(ServeArgs),
+    /// Chat in the terminal, or send (--send) or follow (--follow) from scripts
+    Chat(ChatArgs),
+    /// Load-test a server: N streaming clients, a send schedule, a report
+    Bench(BenchArgs),
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -57,6 +63,9 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let resolved = args.resolve()?;
+    // Every client holds a connection (or shares one); the usual soft limit
+    // of 1024 open files would cap the server far below its capacity.
+    dyconit_chat::sys::raise_fd_limit();
     let grpc = TcpListener::bind(resolved.listen)
         .await
         .with_context(|| format!("binding the gRPC address {}", resolved.listen))?;
@@ -74,9 +83,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => {
+            init_logging(cli.log.as_deref());
+            serve(args).await
+        }
+        // The chat client owns the terminal: it logs only when asked.
+        Command::Chat(args) => {
+            init_logging(Some(cli.log.as_deref().unwrap_or("off")));
+            return dyconit_chat::chat::run(args).await;
+        }
+        Command::Bench(args) => {
+            init_logging(Some(cli.log.as_deref().unwrap_or("warn")));
+            match dyconit_chat::bench::run(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => return std::process::ExitCode::FAILURE,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

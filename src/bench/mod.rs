@@ -1,0 +1,797 @@
+//! `dyconit-chat bench`: a load generator that tells the truth about
+//! latency, throughput and cost.
+//!
+//! N streaming clients share a few HTTP/2 connections. After a ramp-up in
+//! which they connect and open their streams, messages are sent on a fixed
+//! schedule (open loop: message k is due at `k / rate` seconds, whether or
+//! not earlier ones were answered), round-robin over the writers and spread
+//! over the threads. Every client acknowledges each Update as it arrives
+//! (one acknowledgement in flight per client; Updates that arrive meanwhile
+//! are covered by the next one). Commit-to-receive latency is the receive
+//! time on the local clock minus the commit time on the server's clock: exact
+//! when both run on one host. At the end every client's received messages are
+//! checked against the accepted ones.
+//!
+//! - [`histogram`]: the lock-free latency histogram.
+//! - [`wire`]: a zero-copy reader of Updates, and the bench message format.
+//! - [`server`]: the server as a child process (`--spawn-server`).
+//! - [`report`]: the final table and the JSON report.
+
+pub mod histogram;
+pub mod report;
+pub mod server;
+pub mod wire;
+
+use crate::client::clock::local_micros;
+use crate::proto::chat_server_client::ChatServerClient;
+use crate::proto::message_status::StatusCode;
+use crate::proto::{
+    Acknowledgement, Client, ConnectionStarter, MessageStatus, SentMessage, ServerTime, Thread,
+};
+use anyhow::{Context, bail};
+use histogram::Histogram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 300ms, 2s, 1m)"))
+}
+
+/// How messages are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendMode {
+    /// One unary SendMessage RPC per message.
+    Unary,
+    /// One SendMessages stream per writer, messages pipelined on it.
+    Stream,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  # W1: 1,000 clients, 200 msg/s over 50 threads, 100-byte messages
+  dyconit-chat bench --spawn-server --staleness 500ms --clients 1000 \\
+      --rate 200 --threads 50 --size 100 --duration 30s --json w1.json
+  # 10,000 idle streaming clients: server memory per client
+  dyconit-chat bench --spawn-server --clients 10000 --rate 0 --duration 20s
+  # against a running server (and measure its CPU and memory via /proc)
+  dyconit-chat bench --server http://127.0.0.1:50051 --server-pid $(pidof dyconit-chat)
+
+The report: accepted/s, deliveries/s (messages received by all clients),
+Updates/s and messages per Update, commit->receive latency p50/p90/p99/max,
+send latency (from the scheduled time to the status: open loop, so a slow
+server shows here instead of being hidden), rejections by reason,
+acknowledgement RPCs/s, server CPU seconds and cores (CPU s / window s) and RSS
+when the server is a child (--spawn-server) or given by --server-pid.
+Rates are over the send window (after ramp-up, --duration long).
+
+--check exits 1 unless every client received every accepted message exactly
+once (counted and checksummed by id), no client lost its stream, and no RPC
+failed.";
+
+/// Flags of `dyconit-chat bench`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct BenchArgs {
+    /// URL of a running server
+    #[arg(long, value_name = "URL", required_unless_present = "spawn_server")]
+    pub server: Option<String>,
+    /// Start `dyconit-chat serve` as a child process on 127.0.0.1:0 for the
+    /// run (its CPU and memory are then measured alone)
+    #[arg(long, conflicts_with = "server")]
+    pub spawn_server: bool,
+    /// With --server: the pid of that (local) server, to read its CPU time and
+    /// memory from /proc
+    #[arg(long, value_name = "PID", requires = "server")]
+    pub server_pid: Option<u32>,
+    /// Streaming clients
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub clients: usize,
+    /// HTTP/2 connections the clients share (0: one per 100 clients)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub connections: usize,
+    /// Aggregate send rate, messages per second (0: idle clients)
+    #[arg(long, default_value_t = 100.0, value_name = "MSG_PER_S")]
+    pub rate: f64,
+    /// How many of the clients send (0: all); message k goes to writer k mod W
+    #[arg(long, default_value_t = 0, value_name = "W")]
+    pub writers: usize,
+    /// Threads the messages are spread over, uniformly (1: the main room only)
+    #[arg(long, default_value_t = 1, value_name = "T")]
+    pub threads: usize,
+    /// Bytes of contents per message (at least 16: the bench id)
+    #[arg(long, default_value_t = 100, value_name = "BYTES")]
+    pub size: usize,
+    /// How long messages are sent (the measurement window)
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub duration: Duration,
+    /// Clients connect spread evenly over this time, before sending starts
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DUR")]
+    pub ramp_up: Duration,
+    /// Longest wait after sending stops for the last deliveries
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub drain: Duration,
+    /// unary: a SendMessage RPC per message; stream: a SendMessages stream per writer
+    #[arg(long, value_enum, default_value_t = SendMode::Unary)]
+    pub mode: SendMode,
+    /// Write the report as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// Exit 1 unless every accepted message reached every client exactly once
+    #[arg(long)]
+    pub check: bool,
+    /// Print no progress line
+    #[arg(long)]
+    pub quiet: bool,
+    /// Spawned server: default staleness bound
+    #[arg(long, value_name = "DUR", requires = "spawn_server")]
+    pub staleness: Option<String>,
+    /// Spawned server: default numerical bound
+    #[arg(long, value_name = "N", requires = "spawn_server")]
+    pub numerical: Option<u64>,
+    /// Spawned server: default order bound
+    #[arg(long, value_name = "N", requires = "spawn_server")]
+    pub order: Option<u64>,
+    /// Spawned server: lease
+    #[arg(long, value_name = "DUR", requires = "spawn_server")]
+    pub lease: Option<String>,
+    /// Spawned server: acknowledgement timeout
+    #[arg(long, value_name = "DUR", requires = "spawn_server")]
+    pub ack_timeout: Option<String>,
+    /// Spawned server: any other `serve` flag, passed as is (repeatable), e.g.
+    /// --server-arg=--history=0
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true, requires = "spawn_server")]
+    pub server_arg: Vec<String>,
+}
+
+impl BenchArgs {
+    fn server_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut flag = |name: &str, v: Option<String>| {
+            if let Some(v) = v {
+                a.push(format!("--{name}={v}"));
+            }
+        };
+        flag("staleness", self.staleness.clone());
+        flag("numerical", self.numerical.map(|n| n.to_string()));
+        flag("order", self.order.map(|n| n.to_string()));
+        flag("lease", self.lease.clone());
+        flag("ack-timeout", self.ack_timeout.clone());
+        a.extend(self.server_arg.iter().cloned());
+        a
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.clients == 0 {
+            bail!("--clients must be at least 1");
+        }
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            bail!("--rate must be a non-negative number");
+        }
+        if self.size < wire::ID_CHARS {
+            bail!("--size must be at least {} bytes", wire::ID_CHARS);
+        }
+        if self.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        if self.writers > self.clients {
+            bail!("--writers cannot exceed --clients");
+        }
+        if self.duration.is_zero() {
+            bail!("--duration must be above zero");
+        }
+        Ok(())
+    }
+}
+
+/// Where a client is.
+const CONNECTING: u8 = 0;
+const READY: u8 = 1;
+const FAILED: u8 = 2;
+
+/// One bench client, shared by its task, the dispatcher and the checker.
+#[derive(Default)]
+struct Slot {
+    /// Its capability id (0 until connected).
+    id: AtomicI64,
+    /// Updates received, including the first.
+    updates: AtomicI64,
+    /// Bench messages received after the first Update.
+    delivered: AtomicU64,
+    /// Wrapping sum of `mix(id)` of those: an order-free checksum.
+    checksum: AtomicU64,
+    /// Messages numbered so far (`numMessagesSent` of the last one).
+    sent: AtomicI64,
+    /// CONNECTING, READY or FAILED.
+    state: AtomicU8,
+}
+
+/// Counters shared by every task.
+#[derive(Default)]
+struct Stats {
+    /// Messages handed to the transport.
+    dispatched: AtomicU64,
+    /// Statuses received, by `StatusCode` value (0 = OK).
+    statuses: [AtomicU64; 6],
+    /// Wrapping sum of `mix(id)` of the accepted messages.
+    accepted_checksum: AtomicU64,
+    /// Sends that failed as RPCs (no status).
+    send_errors: AtomicU64,
+    /// Bench messages received after each client's first Update.
+    deliveries: AtomicU64,
+    /// Messages received without a bench id (other traffic).
+    foreign: AtomicU64,
+    /// Updates received after each client's first.
+    updates: AtomicU64,
+    /// Of those, Updates without messages (heartbeats).
+    empty_updates: AtomicU64,
+    /// Acknowledgement RPCs answered.
+    acks: AtomicU64,
+    /// Acknowledgement RPCs that failed.
+    ack_errors: AtomicU64,
+    /// Clients whose stream ended or failed before the end.
+    lost: AtomicU64,
+    /// Commit -> receive, microseconds.
+    latency: Histogram,
+    /// Scheduled send time -> status received, microseconds.
+    send_latency: Histogram,
+    /// The first error seen, for the report.
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Stats {
+    fn error(&self, e: String) {
+        let mut g = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(e);
+        }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.statuses[0].load(Ordering::Relaxed)
+    }
+
+    fn rejected(&self) -> u64 {
+        self.statuses[1..]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A 64-bit mixer (splitmix64), so the checksum of ids is order-free but
+/// still catches a missing id replaced by another.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Runs one client: connect, stream, acknowledge, count, until `stop`.
+async fn run_client(
+    index: usize,
+    channel: Channel,
+    slot: Arc<Slot>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let mut rpc = ChatServerClient::new(channel.clone());
+    let result: anyhow::Result<()> = async {
+        let mut request = tonic::Request::new(ConnectionStarter {});
+        request
+            .metadata_mut()
+            .insert("x-chat-name", format!("bench-{index}").parse()?);
+        let info = rpc.connect(request).await?.into_inner();
+        let id = info.client.map(|c| c.id).context("ServerInfo without client")?;
+        slot.id.store(id, Ordering::Relaxed);
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await?;
+        let mut stream = grpc
+            .server_streaming(
+                tonic::Request::new(Client { id }),
+                tonic::codegen::http::uri::PathAndQuery::from_static("/ChatServer/ReceiveUpdates"),
+                wire::SummaryCodec,
+            )
+            .await?
+            .into_inner();
+        let mut received: i64 = 0;
+        let mut acked: i64 = 0;
+        let mut ack: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send>>> = None;
+        let start_ack = |count: i64| {
+            let mut rpc = rpc.clone();
+            Box::pin(async move {
+                rpc.acknowlegde(Acknowledgement {
+                    client: Some(Client { id }),
+                    num_updates_received: count,
+                    num_messages_sent: 0,
+                })
+                .await
+                .is_ok()
+            }) as std::pin::Pin<Box<dyn Future<Output = bool> + Send>>
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                ok = async { ack.as_mut().expect("guarded").await }, if ack.is_some() => {
+                    ack = None;
+                    if ok {
+                        stats.acks.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stats.ack_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if received > acked {
+                        acked = received;
+                        ack = Some(start_ack(received));
+                    }
+                }
+                item = stream.message() => {
+                    let Some(update) = item? else {
+                        bail!("the server ended the stream");
+                    };
+                    let now = local_micros();
+                    received += 1;
+                    slot.updates.store(received, Ordering::Relaxed);
+                    if received == 1 {
+                        slot.state.store(READY, Ordering::Relaxed);
+                    } else {
+                        stats.updates.fetch_add(1, Ordering::Relaxed);
+                        if update.messages.is_empty() {
+                            stats.empty_updates.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let (mut n, mut sum) = (0u64, 0u64);
+                        for m in &update.messages {
+                            match m.id {
+                                Some(id) => {
+                                    n += 1;
+                                    sum = sum.wrapping_add(mix(id));
+                                    stats.latency.record((now - m.server_time).max(0) as u64);
+                                }
+                                None => {
+                                    stats.foreign.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        slot.delivered.fetch_add(n, Ordering::Relaxed);
+                        slot.checksum.fetch_add(sum, Ordering::Relaxed);
+                        stats.deliveries.fetch_add(n, Ordering::Relaxed);
+                    }
+                    if ack.is_none() {
+                        acked = received;
+                        ack = Some(start_ack(received));
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        if slot.state.swap(FAILED, Ordering::Relaxed) != FAILED && !stop.is_cancelled() {
+            stats.lost.fetch_add(1, Ordering::Relaxed);
+            stats.error(format!("client {index}: {e:#}"));
+        }
+    }
+}
+
+/// Records a status for message `id`, sent on schedule at `due`.
+fn record_status(stats: &Stats, status: &MessageStatus, id: u64, due: Instant) {
+    stats
+        .send_latency
+        .record(due.elapsed().as_micros().min(u64::MAX as u128) as u64);
+    let code = status.status_code.clamp(0, 5) as usize;
+    stats.statuses[code].fetch_add(1, Ordering::Relaxed);
+    if code == StatusCode::Ok as usize {
+        stats
+            .accepted_checksum
+            .fetch_add(mix(id), Ordering::Relaxed);
+    }
+}
+
+/// A writer's open SendMessages stream: messages in, their metadata queued
+/// in the same order for matching the statuses.
+struct StreamWriter {
+    /// Feeds the request stream.
+    messages: mpsc::UnboundedSender<SentMessage>,
+    /// `(id, scheduled time)` of each message, in order.
+    meta: mpsc::UnboundedSender<(u64, Instant)>,
+}
+
+/// Builds message `id` from `slot`'s client.
+fn message(slot: &Slot, thread: &Option<Thread>, id: u64, size: usize) -> SentMessage {
+    let number = slot.sent.fetch_add(1, Ordering::Relaxed) + 1;
+    SentMessage {
+        thread: thread.clone(),
+        contents: wire::contents(id, size),
+        // Same host: the local clock is the server's clock.
+        timestamp: Some(ServerTime {
+            timestamp: local_micros(),
+        }),
+        acknowledgement: Some(Acknowledgement {
+            client: Some(Client {
+                id: slot.id.load(Ordering::Relaxed),
+            }),
+            num_updates_received: slot.updates.load(Ordering::Relaxed),
+            num_messages_sent: number,
+        }),
+    }
+}
+
+/// Sends on schedule from `start` until `start + duration`. Returns the
+/// tasks that are still waiting for statuses.
+async fn dispatch(
+    args: &BenchArgs,
+    slots: &[Arc<Slot>],
+    channels: &[Channel],
+    stats: &Arc<Stats>,
+    start: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let writers = if args.writers == 0 {
+        args.clients
+    } else {
+        args.writers
+    };
+    let threads: Vec<Option<Thread>> = (0..args.threads)
+        .map(|t| {
+            (args.threads > 1).then(|| Thread {
+                id: format!("bench-{t}"),
+            })
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    let mut streams: Vec<Option<StreamWriter>> = Vec::new();
+    if args.mode == SendMode::Stream {
+        for w in 0..writers {
+            if slots[w].state.load(Ordering::Relaxed) != READY {
+                streams.push(None);
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (meta_tx, mut meta_rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+            let mut rpc = ChatServerClient::new(channels[w % channels.len()].clone());
+            let stats = stats.clone();
+            tasks.push(tokio::spawn(async move {
+                let reqs = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+                let mut statuses = match rpc.send_messages(reqs).await {
+                    Ok(r) => r.into_inner(),
+                    Err(e) => {
+                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                        stats.error(format!("SendMessages: {e}"));
+                        return;
+                    }
+                };
+                loop {
+                    match statuses.message().await {
+                        Ok(Some(s)) => match meta_rx.recv().await {
+                            Some((id, due)) => record_status(&stats, &s, id, due),
+                            None => return,
+                        },
+                        Ok(None) => return,
+                        Err(e) => {
+                            let lost = 1 + meta_rx.len() as u64;
+                            stats.send_errors.fetch_add(lost, Ordering::Relaxed);
+                            stats.error(format!("SendMessages: {e}"));
+                            return;
+                        }
+                    }
+                }
+            }));
+            streams.push(Some(StreamWriter {
+                messages: tx,
+                meta: meta_tx,
+            }));
+        }
+    }
+    if args.rate == 0.0 {
+        tokio::time::sleep_until((start + args.duration).into()).await;
+        return tasks;
+    }
+    let end = start + args.duration;
+    let mut k: u64 = 0;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        // Message k is due at k / rate: by now, messages 0..=floor(t * rate).
+        let due_count = (now.duration_since(start).as_secs_f64() * args.rate) as u64 + 1;
+        while k < due_count {
+            let due = start + Duration::from_secs_f64(k as f64 / args.rate);
+            let w = (k % writers as u64) as usize;
+            let thread = &threads[(mix(k ^ 0x5eed) % args.threads as u64) as usize];
+            let slot = &slots[w];
+            let id = k;
+            k += 1;
+            if slot.state.load(Ordering::Relaxed) != READY {
+                continue; // a lost client does not send
+            }
+            let m = message(slot, thread, id, args.size);
+            stats.dispatched.fetch_add(1, Ordering::Relaxed);
+            match args.mode {
+                SendMode::Unary => {
+                    let mut rpc = ChatServerClient::new(channels[w % channels.len()].clone());
+                    let stats = stats.clone();
+                    tasks.push(tokio::spawn(async move {
+                        match rpc.send_message(m).await {
+                            Ok(s) => record_status(&stats, s.get_ref(), id, due),
+                            Err(e) => {
+                                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                                stats.error(format!("SendMessage: {e}"));
+                            }
+                        }
+                    }));
+                }
+                SendMode::Stream => {
+                    if let Some(Some(s)) = streams.get(w) {
+                        let _ = s.meta.send((id, due));
+                        let _ = s.messages.send(m);
+                    }
+                }
+            }
+        }
+        if tasks.len() > 4096 {
+            tasks.retain(|t| !t.is_finished());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(streams); // ends the request streams; their tasks finish after the statuses
+    tasks
+}
+
+/// Figures sampled at one instant, to compute rates over a window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    /// When.
+    at: Option<Instant>,
+    deliveries: u64,
+    updates: u64,
+    empty_updates: u64,
+    acks: u64,
+    accepted: u64,
+    /// The server process, if measured.
+    server: Option<crate::sys::ProcStats>,
+}
+
+fn snapshot(stats: &Stats, server_pid: Option<u32>) -> Snapshot {
+    Snapshot {
+        at: Some(Instant::now()),
+        deliveries: stats.deliveries.load(Ordering::Relaxed),
+        updates: stats.updates.load(Ordering::Relaxed),
+        empty_updates: stats.empty_updates.load(Ordering::Relaxed),
+        acks: stats.acks.load(Ordering::Relaxed),
+        accepted: stats.accepted(),
+        server: server_pid.and_then(crate::sys::proc_stats),
+    }
+}
+
+fn si(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// Prints a progress line every second until `stop`.
+fn progress(
+    stats: Arc<Stats>,
+    slots: Arc<Vec<Arc<Slot>>>,
+    phase: Arc<AtomicU8>,
+    duration: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let tty = crate::chat::term::is_tty(2);
+    tokio::spawn(async move {
+        let mut last = snapshot(&stats, None);
+        let mut sending_since: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let now = snapshot(&stats, None);
+            let dt = now.at.zip(last.at).map_or(1.0, |(a, b)| a.duration_since(b).as_secs_f64()).max(1e-3);
+            let ready = slots.iter().filter(|s| s.state.load(Ordering::Relaxed) == READY).count();
+            let label = match phase.load(Ordering::Relaxed) {
+                0 => "ramp-up".to_owned(),
+                1 => {
+                    let since = *sending_since.get_or_insert_with(Instant::now);
+                    format!("{:5.1}s/{}s", since.elapsed().as_secs_f64(), duration.as_secs_f64())
+                }
+                _ => "drain".to_owned(),
+            };
+            let line = format!(
+                "[{label}] clients {ready}/{} | sent {} ok {} rej {} err {} | {} deliveries/s, {} Updates/s, {} acks/s | p99 {:.0}ms",
+                slots.len(),
+                stats.dispatched.load(Ordering::Relaxed),
+                stats.accepted(),
+                stats.rejected(),
+                stats.send_errors.load(Ordering::Relaxed),
+                si((now.deliveries - last.deliveries) as f64 / dt),
+                si((now.updates - last.updates) as f64 / dt),
+                si((now.acks - last.acks) as f64 / dt),
+                stats.latency.quantile(0.99) as f64 / 1000.0,
+            );
+            if tty {
+                eprint!("\r\x1b[2K{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            last = now;
+        }
+        if tty {
+            eprintln!();
+        }
+    })
+}
+
+/// Runs the benchmark. Returns whether the delivery check passed.
+pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    args.validate()?;
+    let fd_limit = crate::sys::raise_fd_limit();
+    let needed = args.clients as u64 / 50 + 64;
+    if let Some(limit) = fd_limit
+        && limit < needed
+    {
+        eprintln!("warning: the open-file limit {limit} may be too low");
+    }
+    let spawned = if args.spawn_server {
+        let exe = std::env::current_exe().context("locating this program")?;
+        Some(server::SpawnedServer::start(&exe, &args.server_args())?)
+    } else {
+        None
+    };
+    let url = match (&spawned, &args.server) {
+        (Some(s), _) => s.url.clone(),
+        (None, Some(u)) => u.clone(),
+        (None, None) => bail!("give --server URL or --spawn-server"),
+    };
+    let server_pid = spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
+    let connections = if args.connections == 0 {
+        args.clients.div_ceil(100).clamp(1, 256)
+    } else {
+        args.connections
+    };
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let endpoint = Endpoint::from_shared(url.clone())
+            .context("invalid server URL")?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        channels.push(
+            endpoint
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {url}"))?,
+        );
+    }
+    let baseline = server_pid.and_then(crate::sys::proc_stats);
+
+    let stats = Arc::new(Stats::default());
+    let slots: Arc<Vec<Arc<Slot>>> =
+        Arc::new((0..args.clients).map(|_| Arc::new(Slot::default())).collect());
+    let stop_clients = CancellationToken::new();
+    let stop_progress = CancellationToken::new();
+    let phase = Arc::new(AtomicU8::new(0));
+    let begun = Instant::now();
+    let progress_task = (!args.quiet).then(|| {
+        progress(
+            stats.clone(),
+            slots.clone(),
+            phase.clone(),
+            args.duration,
+            stop_progress.clone(),
+        )
+    });
+
+    // Ramp-up: clients connect spread over the ramp-up time.
+    let mut client_tasks = Vec::with_capacity(args.clients);
+    for (i, slot) in slots.iter().enumerate() {
+        let at = begun + args.ramp_up.mul_f64(i as f64 / args.clients as f64);
+        tokio::time::sleep_until(at.into()).await;
+        client_tasks.push(tokio::spawn(run_client(
+            i,
+            channels[i % connections].clone(),
+            slot.clone(),
+            stats.clone(),
+            stop_clients.clone(),
+        )));
+    }
+    // Every client must have its first Update before sending starts, so every
+    // accepted message is after every client's baseline.
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while slots
+        .iter()
+        .any(|s| s.state.load(Ordering::Relaxed) == CONNECTING)
+        && Instant::now() < ready_by
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = slots
+        .iter()
+        .filter(|s| s.state.load(Ordering::Relaxed) == READY)
+        .count();
+
+    // The measured window.
+    phase.store(1, Ordering::Relaxed);
+    let start = Instant::now();
+    let before = snapshot(&stats, server_pid);
+    let send_tasks = dispatch(&args, &slots, &channels, &stats, start).await;
+    let after = snapshot(&stats, server_pid);
+    phase.store(2, Ordering::Relaxed);
+
+    // Let the sends finish and the last deliveries arrive.
+    let drain_by = Instant::now() + args.drain;
+    for t in send_tasks {
+        let _ = tokio::time::timeout_at(drain_by.into(), t).await;
+    }
+    let accepted = stats.accepted();
+    while Instant::now() < drain_by
+        && slots.iter().any(|s| {
+            s.state.load(Ordering::Relaxed) == READY
+                && s.delivered.load(Ordering::Relaxed) < accepted
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let end_server = server_pid.and_then(crate::sys::proc_stats);
+    stop_progress.cancel();
+    if let Some(t) = progress_task {
+        let _ = t.await;
+    }
+
+    // Check every client against the accepted messages.
+    let accepted_checksum = stats.accepted_checksum.load(Ordering::Relaxed);
+    let mut complete = 0;
+    let mut missing = 0u64;
+    let mut extra = 0u64;
+    for s in slots.iter() {
+        if s.state.load(Ordering::Relaxed) != READY {
+            continue;
+        }
+        let d = s.delivered.load(Ordering::Relaxed);
+        if d == accepted && s.checksum.load(Ordering::Relaxed) == accepted_checksum {
+            complete += 1;
+        }
+        missing += accepted.saturating_sub(d);
+        extra += d.saturating_sub(accepted);
+    }
+    stop_clients.cancel();
+    for t in client_tasks {
+        let _ = t.await;
+    }
+    drop(channels);
+    let exit = match spawned {
+        Some(s) => Some(s.stop(Duration::from_secs(10))?),
+        None => None,
+    };
+
+    let report = report::Report::build(report::Inputs {
+        args: &args,
+        url: &url,
+        connections,
+        ready,
+        stats: &stats,
+        before: &before,
+        after: &after,
+        baseline,
+        end_server,
+        accepted_checksum_ok: complete,
+        missing,
+        extra,
+        server_exit: exit.map(|s| s.to_string()),
+    });
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report.check.passed)
+}

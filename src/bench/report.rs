@@ -1,0 +1,377 @@
+//! The benchmark's report: a table for people and JSON for scripts.
+
+use super::{BenchArgs, SendMode, Snapshot, Stats};
+use crate::proto::message_status::StatusCode;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+/// What [`Report::build`] needs.
+pub(super) struct Inputs<'a> {
+    pub args: &'a BenchArgs,
+    pub url: &'a str,
+    pub connections: usize,
+    /// Clients that got their first Update.
+    pub ready: usize,
+    pub stats: &'a Stats,
+    /// At the start of the send window.
+    pub before: &'a Snapshot,
+    /// At its end.
+    pub after: &'a Snapshot,
+    /// The server before any client connected.
+    pub baseline: Option<crate::sys::ProcStats>,
+    /// The server after the drain.
+    pub end_server: Option<crate::sys::ProcStats>,
+    /// Clients whose messages matched the accepted ones exactly.
+    pub accepted_checksum_ok: usize,
+    pub missing: u64,
+    pub extra: u64,
+    /// How the spawned server exited.
+    pub server_exit: Option<String>,
+}
+
+/// The run's parameters, as given.
+#[derive(Debug, Serialize)]
+pub struct Config {
+    pub server: String,
+    pub spawned_server: bool,
+    pub clients: usize,
+    pub connections: usize,
+    pub rate_per_s: f64,
+    pub writers: usize,
+    pub threads: usize,
+    pub message_bytes: usize,
+    pub duration_s: f64,
+    pub ramp_up_s: f64,
+    pub mode: SendMode,
+    /// Flags the spawned server got.
+    pub server_args: Vec<String>,
+}
+
+/// A latency distribution, in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    fn of(h: &super::Histogram) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            count: h.count(),
+            p50_ms: ms(h.quantile(0.50)),
+            p90_ms: ms(h.quantile(0.90)),
+            p99_ms: ms(h.quantile(0.99)),
+            max_ms: ms(h.max()),
+            mean_ms: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// The server's cost, read from /proc.
+#[derive(Debug, Serialize)]
+pub struct ServerCost {
+    /// CPU seconds (user + system) during the send window.
+    pub cpu_seconds: f64,
+    /// `cpu_seconds` / window: cores used on average.
+    pub cores: f64,
+    /// Resident memory after the run.
+    pub rss_bytes: u64,
+    /// Peak resident memory over the server's life.
+    pub peak_rss_bytes: u64,
+    /// Resident memory before the clients connected.
+    pub baseline_rss_bytes: Option<u64>,
+    /// Peak RSS / clients.
+    pub peak_rss_per_client_bytes: f64,
+    /// (Peak RSS - baseline) / clients.
+    pub added_rss_per_client_bytes: Option<f64>,
+}
+
+/// The delivery check.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    /// Messages accepted (status OK).
+    pub accepted: u64,
+    /// Clients that received exactly the accepted messages (count and
+    /// checksum of ids), after their first Update.
+    pub clients_complete: usize,
+    /// Clients that connected.
+    pub clients_ready: usize,
+    /// Clients asked for.
+    pub clients: usize,
+    /// Clients whose stream failed or ended early.
+    pub clients_lost: u64,
+    /// Accepted messages missing, summed over clients.
+    pub missing: u64,
+    /// Messages received beyond the accepted ones, summed over clients.
+    pub extra: u64,
+    /// Sends that failed as RPCs.
+    pub send_errors: u64,
+    /// Every client received every accepted message once, and nothing failed.
+    pub passed: bool,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+}
+
+/// Everything measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub config: Config,
+    /// Length of the send window, seconds.
+    pub window_s: f64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub accepted_per_s: f64,
+    /// Rejections by status name.
+    pub rejections: BTreeMap<String, u64>,
+    pub deliveries_per_s: f64,
+    /// Bench messages received over the whole run, drain included; equals
+    /// accepted x clients when the check passes.
+    pub deliveries_total: u64,
+    pub updates_per_s: f64,
+    /// Deliveries per Update in the window (heartbeats included).
+    pub messages_per_update: f64,
+    /// Share of Updates in the window that were empty heartbeats.
+    pub empty_update_share: f64,
+    pub acks_per_s: f64,
+    pub ack_errors: u64,
+    /// Commit -> receive (same-host clock).
+    pub latency: Latency,
+    /// Scheduled send time -> status received.
+    pub send_latency: Latency,
+    /// Messages received without a bench id (other traffic on the server).
+    pub foreign_messages: u64,
+    pub server: Option<ServerCost>,
+    pub server_exit: Option<String>,
+    pub check: Check,
+}
+
+impl Report {
+    pub(super) fn build(i: Inputs<'_>) -> Report {
+        let (a, b, s) = (i.after, i.before, i.stats);
+        let window = match (a.at, b.at) {
+            (Some(x), Some(y)) => x.duration_since(y).as_secs_f64().max(1e-9),
+            _ => 1e-9,
+        };
+        let rate = |x: u64, y: u64| x.saturating_sub(y) as f64 / window;
+        let updates = a.updates.saturating_sub(b.updates);
+        let deliveries = a.deliveries.saturating_sub(b.deliveries);
+        let mut rejections = BTreeMap::new();
+        for code in 1..6 {
+            let n = s.statuses[code].load(Ordering::Relaxed);
+            if n > 0 {
+                let name = StatusCode::try_from(code as i32)
+                    .map(|c| c.as_str_name().to_owned())
+                    .unwrap_or_else(|_| code.to_string());
+                rejections.insert(name, n);
+            }
+        }
+        let server = match (b.server, a.server, i.end_server) {
+            (Some(sb), Some(sa), end) => {
+                let end = end.unwrap_or(sa);
+                let clients = i.args.clients as f64;
+                Some(ServerCost {
+                    cpu_seconds: sa.cpu_seconds - sb.cpu_seconds,
+                    cores: (sa.cpu_seconds - sb.cpu_seconds) / window,
+                    rss_bytes: end.rss_bytes,
+                    peak_rss_bytes: end.peak_rss_bytes,
+                    baseline_rss_bytes: i.baseline.map(|p| p.rss_bytes),
+                    peak_rss_per_client_bytes: end.peak_rss_bytes as f64 / clients,
+                    added_rss_per_client_bytes: i.baseline.map(|p| {
+                        end.peak_rss_bytes.saturating_sub(p.rss_bytes) as f64 / clients
+                    }),
+                })
+            }
+            _ => None,
+        };
+        let accepted = s.accepted();
+        let send_errors = s.send_errors.load(Ordering::Relaxed);
+        let lost = s.lost.load(Ordering::Relaxed);
+        let first_error = s
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Report {
+            config: Config {
+                server: i.url.to_owned(),
+                spawned_server: i.args.spawn_server,
+                clients: i.args.clients,
+                connections: i.connections,
+                rate_per_s: i.args.rate,
+                writers: if i.args.writers == 0 {
+                    i.args.clients
+                } else {
+                    i.args.writers
+                },
+                threads: i.args.threads,
+                message_bytes: i.args.size,
+                duration_s: i.args.duration.as_secs_f64(),
+                ramp_up_s: i.args.ramp_up.as_secs_f64(),
+                mode: i.args.mode,
+                server_args: if i.args.spawn_server {
+                    i.args.server_args()
+                } else {
+                    Vec::new()
+                },
+            },
+            window_s: window,
+            sent: s.dispatched.load(Ordering::Relaxed),
+            accepted,
+            accepted_per_s: rate(a.accepted, b.accepted),
+            rejections,
+            deliveries_per_s: rate(a.deliveries, b.deliveries),
+            deliveries_total: s.deliveries.load(Ordering::Relaxed),
+            updates_per_s: rate(a.updates, b.updates),
+            messages_per_update: if updates == 0 {
+                0.0
+            } else {
+                deliveries as f64 / updates as f64
+            },
+            empty_update_share: if updates == 0 {
+                0.0
+            } else {
+                a.empty_updates.saturating_sub(b.empty_updates) as f64 / updates as f64
+            },
+            acks_per_s: rate(a.acks, b.acks),
+            ack_errors: s.ack_errors.load(Ordering::Relaxed),
+            latency: Latency::of(&s.latency),
+            send_latency: Latency::of(&s.send_latency),
+            foreign_messages: s.foreign.load(Ordering::Relaxed),
+            server,
+            server_exit: i.server_exit,
+            check: Check {
+                accepted,
+                clients_complete: i.accepted_checksum_ok,
+                clients_ready: i.ready,
+                clients: i.args.clients,
+                clients_lost: lost,
+                missing: i.missing,
+                extra: i.extra,
+                send_errors,
+                passed: i.accepted_checksum_ok == i.args.clients
+                    && lost == 0
+                    && send_errors == 0
+                    && s.ack_errors.load(Ordering::Relaxed) == 0,
+                first_error,
+            },
+        }
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let c = &self.config;
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(t, "{k:<28} {v}");
+        };
+        row(
+            "workload",
+            format!(
+                "{} clients on {} connections, {} msg/s by {} writers over {} thread(s), {} B, {:?}",
+                c.clients,
+                c.connections,
+                c.rate_per_s,
+                c.writers,
+                c.threads,
+                c.message_bytes,
+                c.mode
+            ),
+        );
+        row("server", format!("{} {}", c.server, c.server_args.join(" ")));
+        row("window", format!("{:.1} s", self.window_s));
+        row(
+            "sent / accepted",
+            format!("{} / {}", self.sent, self.accepted),
+        );
+        row("accepted/s", format!("{:.1}", self.accepted_per_s));
+        row(
+            "rejections",
+            if self.rejections.is_empty() {
+                "none".into()
+            } else {
+                self.rejections
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+        row("deliveries/s", format!("{:.0}", self.deliveries_per_s));
+        row(
+            "Updates/s",
+            format!(
+                "{:.1} ({:.2} messages per Update, {:.1}% heartbeats)",
+                self.updates_per_s,
+                self.messages_per_update,
+                self.empty_update_share * 100.0
+            ),
+        );
+        row("acknowledgement RPCs/s", format!("{:.1}", self.acks_per_s));
+        let l = &self.latency;
+        row(
+            "commit->receive ms",
+            format!(
+                "p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}  (n={})",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.count
+            ),
+        );
+        let l = &self.send_latency;
+        row(
+            "send (scheduled->status) ms",
+            format!(
+                "p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+            ),
+        );
+        match &self.server {
+            Some(s) => {
+                row(
+                    "server CPU",
+                    format!("{:.2} s = {:.3} cores", s.cpu_seconds, s.cores),
+                );
+                row(
+                    "server RSS",
+                    format!(
+                        "{:.1} MiB now, {:.1} MiB peak, {:.1} KiB peak per client{}",
+                        s.rss_bytes as f64 / 1048576.0,
+                        s.peak_rss_bytes as f64 / 1048576.0,
+                        s.peak_rss_per_client_bytes / 1024.0,
+                        s.added_rss_per_client_bytes
+                            .map(|x| format!(" ({:.1} KiB above baseline)", x / 1024.0))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+            None => row(
+                "server CPU/RSS",
+                "not measured (remote; give --server-pid for a local server)".into(),
+            ),
+        }
+        let k = &self.check;
+        row(
+            "delivery check",
+            format!(
+                "{}: {}/{} clients got all {} accepted messages; {} lost, {} missing, {} extra, {} send errors",
+                if k.passed { "PASSED" } else { "FAILED" },
+                k.clients_complete,
+                k.clients,
+                k.accepted,
+                k.clients_lost,
+                k.missing,
+                k.extra,
+                k.send_errors
+            ),
+        );
+        if let Some(e) = &k.first_error {
+            row("first error", e.clone());
+        }
+        t
+    }
+}

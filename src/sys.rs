@@ -1,0 +1,115 @@
+//! Small operating-system helpers: the file-descriptor limit and per-process
+//! CPU and memory figures from `/proc` (Linux).
+
+/// Raises the soft limit on open files to the hard limit, so that a server or
+/// a load generator with thousands of connections does not fail at the usual
+/// soft limit of 1024. Returns the soft limit now in force (`None` where it
+/// cannot be read).
+pub fn raise_fd_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return None;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                let wanted = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                    lim.rlim_cur = lim.rlim_max;
+                }
+            }
+        }
+        Some(lim.rlim_cur)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// CPU time and memory of one process, read from `/proc/<pid>`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcStats {
+    /// User plus system CPU time so far, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size now, in bytes (`VmRSS`).
+    pub rss_bytes: u64,
+    /// Peak resident set size, in bytes (`VmHWM`).
+    pub peak_rss_bytes: u64,
+}
+
+/// Reads the CPU time and memory of process `pid` (`None` if it is gone or
+/// this is not Linux).
+pub fn proc_stats(pid: u32) -> Option<ProcStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_proc(&stat, &status, clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no memory effects.
+        let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if t > 0 { t as f64 } else { 100.0 }
+    }
+    #[cfg(not(unix))]
+    {
+        100.0
+    }
+}
+
+/// Parses `/proc/<pid>/stat` (utime and stime, fields 14 and 15, counted
+/// after the parenthesised command name, which may contain spaces) and the
+/// `VmRSS`/`VmHWM` lines of `/proc/<pid>/status`.
+fn parse_proc(stat: &str, status: &str, ticks: f64) -> Option<ProcStats> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after_name starts at field 3 (state); utime is field 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let kb = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    Some(ProcStats {
+        cpu_seconds: (utime + stime) as f64 / ticks,
+        rss_bytes: kb("VmRSS:").unwrap_or(0),
+        peak_rss_bytes: kb("VmHWM:").unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_in_the_name() {
+        let stat = "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 8 0 100 1000 200";
+        let status = "Name:\tx\nVmHWM:\t   2048 kB\nVmRSS:\t   1024 kB\n";
+        let s = parse_proc(stat, status, 100.0).unwrap();
+        assert_eq!(s.cpu_seconds, 3.0);
+        assert_eq!(s.rss_bytes, 1024 * 1024);
+        assert_eq!(s.peak_rss_bytes, 2048 * 1024);
+    }
+
+    #[test]
+    fn own_process_is_readable_and_the_limit_is_raised() {
+        let s = proc_stats(std::process::id()).expect("/proc/self");
+        assert!(s.rss_bytes > 0 && s.peak_rss_bytes >= s.rss_bytes);
+        assert!(raise_fd_limit().is_some_and(|n| n >= 256));
+    }
+}
