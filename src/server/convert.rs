@@ -63,3 +63,10 @@ pub fn update(b: &Batch) -> proto::Update {
         message: b.entries.iter().map(|e| received(e)).collect(),
     }
 }
+
+/// The wire bytes of the Update for `b`, encoded once so that every client
+/// that gets the same batch can share them.
+pub fn encoded_update(b: &Batch) -> bytes::Bytes {
+    use prost::Message;
+    update(b).encode_to_vec().into()
+}

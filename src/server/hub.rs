@@ -125,7 +125,7 @@ impl Hub {
                     Status::already_exists("this client already has an update stream")
                 }
             })?;
-            outbox.push(convert::update(&batch));
+            outbox.push(convert::encoded_update(&batch));
             g.outboxes.insert(id, outbox.clone());
             Ok(())
         })?;
@@ -197,8 +197,9 @@ impl Hub {
     }
 
     fn deliver(&self, g: &mut Inner, events: Vec<Event>) {
-        // Clients at the same cursor share a batch: convert it once.
-        let mut converted: HashMap<*const (), crate::proto::Update> = HashMap::new();
+        // Clients at the same cursor share a batch: encode it once and share
+        // the bytes (a reference count per client, not a copy).
+        let mut encoded: HashMap<*const (), bytes::Bytes> = HashMap::new();
         let mut overflow = Vec::new();
         for ev in events {
             match ev {
@@ -207,9 +208,9 @@ impl Hub {
                         continue;
                     };
                     let key = Arc::as_ptr(&batch.entries) as *const ();
-                    let update = converted
+                    let update = encoded
                         .entry(key)
-                        .or_insert_with(|| convert::update(&batch))
+                        .or_insert_with(|| convert::encoded_update(&batch))
                         .clone();
                     if !outbox.push(update) {
                         overflow.push(client);

@@ -3,6 +3,7 @@
 //!
 //! - [`hub`]: the shared state every RPC and the scheduler go through.
 //! - [`service`]: the tonic service (request/response mapping only).
+//! - [`updates`]: `ReceiveUpdates` served from pre-encoded, shared bytes.
 //! - [`outbox`]: each client's bounded outbound queue and stream.
 //! - [`scheduler`]: the one task that wakes at the engine's next deadline.
 //! - [`convert`]: wire types to and from core types.
@@ -14,6 +15,7 @@ pub mod hub;
 pub mod outbox;
 pub mod scheduler;
 pub mod service;
+pub mod updates;
 
 use crate::admin;
 use crate::consistency::{Engine, Settings};
@@ -99,7 +101,7 @@ pub async fn run(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let chat = ChatServerServer::new(service::ChatService::new(hub.clone(), stop.clone()));
+    let chat = updates::ChatRoutes::new(service::ChatService::new(hub.clone(), stop.clone()));
 
     let grpc_stop = stop.clone();
     let grpc = tokio::spawn(

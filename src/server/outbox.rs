@@ -1,11 +1,12 @@
 //! A client's outbound queue of Updates and the stream tonic reads it from.
 //!
-//! The flush scheduler pushes; the gRPC stream pops. The queue is bounded in
+//! The queue holds Updates already encoded: the hub encodes a batch once and
+//! every client that gets the same batch shares those bytes (a reference
+//! count, not a copy). The flush scheduler pushes; the gRPC stream pops. The queue is bounded in
 //! bytes: a client that stops reading is cut off with `RESOURCE_EXHAUSTED`
 //! and its queue freed, instead of being held in memory.
 
-use crate::proto::Update;
-use prost::Message;
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,8 @@ use tonic::Status;
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Update>,
+    /// Encoded `Update` messages, oldest first.
+    queue: VecDeque<Bytes>,
     /// Encoded size of `queue`.
     bytes: usize,
     /// `Some(Ok)`: end the stream after the queue drains; `Some(Err)`: end it
@@ -44,14 +46,14 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues an Update. Returns false if the queue is now over its limit
-    /// (the caller then drops the client).
-    pub fn push(&self, update: Update) -> bool {
+    /// Queues an encoded Update. Returns false if the queue is now over its
+    /// limit (the caller then drops the client).
+    pub fn push(&self, update: Bytes) -> bool {
         let mut s = self.lock();
         if s.end.is_some() {
             return true;
         }
-        s.bytes += update.encoded_len();
+        s.bytes += update.len();
         s.queue.push_back(update);
         if let Some(w) = s.waker.take() {
             w.wake();
@@ -81,7 +83,7 @@ impl Outbox {
         }
     }
 
-    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Update, Status>>> {
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>> {
         let mut s = self.lock();
         if matches!(s.end, Some(Err(_))) {
             let Some(Err(status)) = s.end.replace(Ok(())) else {
@@ -91,7 +93,7 @@ impl Outbox {
             return Poll::Ready(Some(Err(status)));
         }
         if let Some(u) = s.queue.pop_front() {
-            s.bytes -= u.encoded_len();
+            s.bytes -= u.len();
             return Poll::Ready(Some(Ok(u)));
         }
         if s.end.is_some() {
@@ -102,10 +104,12 @@ impl Outbox {
     }
 }
 
-/// The response stream of `ReceiveUpdates`. Dropping it (the client went
+/// The response stream of `ReceiveUpdates`: encoded Updates. Dropping it (the client went
 /// away, or the stream ended) runs `on_drop`, which unregisters the client.
 pub struct UpdateStream {
+    /// The queue this stream drains.
     outbox: Arc<Outbox>,
+    /// Unregisters the client when the stream goes away.
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
@@ -119,7 +123,7 @@ impl UpdateStream {
 }
 
 impl Stream for UpdateStream {
-    type Item = Result<Update, Status>;
+    type Item = Result<Bytes, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.outbox.poll_next(cx)

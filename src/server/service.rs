@@ -31,6 +31,13 @@ impl ChatService {
     }
 }
 
+impl ChatService {
+    /// `ReceiveUpdates`: the client's stream of encoded Updates.
+    pub fn open_stream(&self, id: i64) -> Result<Response<UpdateStream>, Status> {
+        Ok(Response::new(self.hub.start_stream(id)?))
+    }
+}
+
 /// The display name from `x-chat-name`, if given: 1–64 printable characters.
 fn chosen_name(meta: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
     let Some(value) = meta.get(NAME_HEADER) else {
@@ -59,14 +66,20 @@ impl ChatServer for ChatService {
         }))
     }
 
-    type ReceiveUpdatesStream = UpdateStream;
+    type ReceiveUpdatesStream =
+        Pin<Box<dyn Stream<Item = Result<crate::proto::Update, Status>> + Send>>;
 
+    /// Only reached when the generated server is served on its own: the
+    /// server as run serves this path through [`super::updates::ChatRoutes`],
+    /// which sends the shared encoded bytes without decoding them again.
     async fn receive_updates(
         &self,
         request: Request<Client>,
-    ) -> Result<Response<UpdateStream>, Status> {
-        let id = request.into_inner().id;
-        Ok(Response::new(self.hub.start_stream(id)?))
+    ) -> Result<Response<Self::ReceiveUpdatesStream>, Status> {
+        let stream = self.open_stream(request.into_inner().id)?.into_inner();
+        Ok(Response::new(Box::pin(super::updates::decode_stream(
+            stream,
+        ))))
     }
 
     async fn acknowlegde(

@@ -1,0 +1,151 @@
+//! `ReceiveUpdates` with pre-encoded Updates.
+//!
+//! The generated `ChatServerServer` encodes every streamed `Update` with
+//! prost, once per client. The hub instead encodes a batch once and shares the
+//! bytes among every client that gets it, so this module serves the
+//! `/ChatServer/ReceiveUpdates` path itself with a codec whose encoder writes
+//! those bytes as they are, and passes every other path to the generated
+//! server. The wire format is unchanged: the bytes are a prost-encoded
+//! `Update`.
+
+use super::service::ChatService;
+use crate::proto::Client;
+use crate::proto::chat_server_server::ChatServerServer;
+use bytes::{BufMut, Bytes};
+use prost::Message;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
+use tonic::server::{NamedService, ServerStreamingService};
+use tonic::{Request, Response, Status};
+
+/// The path this module serves itself.
+pub const RECEIVE_UPDATES_PATH: &str = "/ChatServer/ReceiveUpdates";
+
+/// Encodes pre-encoded Updates (bytes) and decodes the `Client` request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PreEncodedCodec;
+
+/// Writes the bytes of an already encoded message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesEncoder;
+
+/// Decodes a `Client` request with prost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientDecoder;
+
+impl Codec for PreEncodedCodec {
+    type Encode = Bytes;
+    type Decode = Client;
+    type Encoder = BytesEncoder;
+    type Decoder = ClientDecoder;
+
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> ClientDecoder {
+        ClientDecoder
+    }
+}
+
+impl Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for ClientDecoder {
+    type Item = Client;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Client>, Status> {
+        Client::decode(src)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("cannot decode Client: {e}")))
+    }
+}
+
+/// The `ReceiveUpdates` handler as a tonic streaming service.
+struct ReceiveUpdatesSvc(Arc<ChatService>);
+
+impl ServerStreamingService<Client> for ReceiveUpdatesSvc {
+    type Response = Bytes;
+    type ResponseStream = super::outbox::UpdateStream;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Client>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.open_stream(request.into_inner().id) })
+    }
+}
+
+/// The `ChatServer` service as served: `ReceiveUpdates` from pre-encoded
+/// bytes, every other method by the generated server.
+#[derive(Clone)]
+pub struct ChatRoutes {
+    /// The service that answers `ReceiveUpdates` here.
+    service: Arc<ChatService>,
+    /// The generated server for the other methods (same service inside).
+    generated: ChatServerServer<ChatService>,
+}
+
+impl ChatRoutes {
+    pub fn new(service: ChatService) -> Self {
+        let service = Arc::new(service);
+        ChatRoutes {
+            generated: ChatServerServer::from_arc(service.clone()),
+            service,
+        }
+    }
+}
+
+impl NamedService for ChatRoutes {
+    const NAME: &'static str = <ChatServerServer<ChatService> as NamedService>::NAME;
+}
+
+impl<B> Service<http::Request<B>> for ChatRoutes
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != RECEIVE_UPDATES_PATH {
+            return self.generated.call(req);
+        }
+        let svc = ReceiveUpdatesSvc(self.service.clone());
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(PreEncodedCodec);
+            Ok(grpc.server_streaming(svc, req).await)
+        })
+    }
+}
+
+/// Keeps the trait's own `receive_updates` honest for callers that serve the
+/// generated `ChatServerServer` directly: it decodes the shared bytes back
+/// into `Update`s (slower, same stream).
+pub fn decode_stream(
+    stream: super::outbox::UpdateStream,
+) -> impl tokio_stream::Stream<Item = Result<crate::proto::Update, Status>> + Send + 'static {
+    use tokio_stream::StreamExt;
+    stream.map(|item| {
+        item.and_then(|b| {
+            crate::proto::Update::decode(b)
+                .map_err(|e| Status::internal(format!("re-decoding an Update: {e}")))
+        })
+    })
+}
