@@ -553,6 +553,8 @@ struct Snapshot {
     accepted: u64,
     /// The server process, if measured.
     server: Option<crate::sys::ProcStats>,
+    /// This process (the load generator).
+    generator: Option<crate::sys::ProcStats>,
 }
 
 fn snapshot(stats: &Stats, server_pid: Option<u32>) -> Snapshot {
@@ -564,6 +566,7 @@ fn snapshot(stats: &Stats, server_pid: Option<u32>) -> Snapshot {
         acks: stats.acks.load(Ordering::Relaxed),
         accepted: stats.accepted(),
         server: server_pid.and_then(crate::sys::proc_stats),
+        generator: crate::sys::proc_stats(std::process::id()),
     }
 }
 

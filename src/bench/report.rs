@@ -148,6 +148,9 @@ pub struct Report {
     /// Messages received without a bench id (other traffic on the server).
     pub foreign_messages: u64,
     pub server: Option<ServerCost>,
+    /// CPU cores the load generator itself used in the window (it shares
+    /// the machine with a local server).
+    pub generator_cores: Option<f64>,
     pub server_exit: Option<String>,
     pub check: Check,
 }
@@ -245,6 +248,10 @@ impl Report {
             send_latency: Latency::of(&s.send_latency),
             foreign_messages: s.foreign.load(Ordering::Relaxed),
             server,
+            generator_cores: a
+                .generator
+                .zip(b.generator)
+                .map(|(x, y)| (x.cpu_seconds - y.cpu_seconds) / window),
             server_exit: i.server_exit,
             check: Check {
                 accepted,
@@ -353,6 +360,9 @@ impl Report {
                 "server CPU/RSS",
                 "not measured (remote; give --server-pid for a local server)".into(),
             ),
+        }
+        if let Some(g) = self.generator_cores {
+            row("load generator CPU", format!("{g:.3} cores"));
         }
         let k = &self.check;
         row(
