@@ -51,6 +51,10 @@ pub struct ClientState {
     /// Its own commits above `acked_pos`, per thread: a writer has seen its
     /// own messages, so they do not count toward its order error.
     own: HashMap<Arc<str>, VecDeque<Seq>>,
+    /// Its key in the engine's timer queue: when it must next be looked at
+    /// for itself (reap while waiting; heartbeat or acknowledgement timeout
+    /// while streaming). Flush deadlines are kept per cursor, not here.
+    pub timer: Micros,
 }
 
 impl ClientState {
@@ -71,6 +75,7 @@ impl ClientState {
             arrived: ArrivedSet::default(),
             retries: RetryCache::default(),
             own: HashMap::new(),
+            timer: Micros::MAX,
         }
     }
 

@@ -10,7 +10,7 @@ use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
 use super::settings::{Settings, safety_margin};
 use super::time::Micros;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// The capability id a client got from `Connect`.
@@ -120,8 +120,33 @@ pub struct Engine {
     /// Multiset of the delivery cursors of streaming clients; its minimum is
     /// the client with the most pending, which is due first.
     cursors: BTreeMap<Seq, usize>,
+    /// The streaming clients at each delivery cursor. Clients at one cursor
+    /// share their flush deadline, so a poll finds the due flushes by looking
+    /// at the few cursors instead of every client.
+    cursor_members: HashMap<Seq, HashSet<ClientId>>,
+    /// Multiset of the acknowledged positions of clients that have not
+    /// started streaming (they still hold conit records back).
+    waiting_acks: BTreeMap<Seq, usize>,
+    /// Each client's own deadline (reap, heartbeat or acknowledgement
+    /// timeout; see [`ClientState::timer`]), so a poll visits only the
+    /// clients whose time has come: one timer queue, not a scan of all
+    /// clients. An entry may be early (an acknowledgement moved the deadline
+    /// later); the poll then just re-arms it.
+    timers: BTreeSet<(Micros, ClientId)>,
     /// The earliest time [`Engine::poll`] has something to do.
     next_wake: Micros,
+}
+
+/// Moves client `id`'s entry in `timers` to `at`.
+fn retime(
+    timers: &mut BTreeSet<(Micros, ClientId)>,
+    id: ClientId,
+    c: &mut ClientState,
+    at: Micros,
+) {
+    timers.remove(&(c.timer, id));
+    timers.insert((at, id));
+    c.timer = at;
 }
 
 fn multiset_add(m: &mut BTreeMap<Seq, usize>, k: Seq) {
@@ -181,6 +206,9 @@ impl Engine {
             clients: HashMap::new(),
             active_acks: BTreeMap::new(),
             cursors: BTreeMap::new(),
+            cursor_members: HashMap::new(),
+            waiting_acks: BTreeMap::new(),
+            timers: BTreeSet::new(),
             next_wake: Micros::MAX,
         }
     }
@@ -233,9 +261,12 @@ impl Engine {
         if self.clients.contains_key(&id) {
             return false;
         }
-        self.clients
-            .insert(id, ClientState::new(public_id, name, now, self.head));
-        self.next_wake = self.next_wake.min(now.plus(self.settings.ack_timeout));
+        let mut c = ClientState::new(public_id, name, now, self.head);
+        let reap = now.plus(self.settings.ack_timeout);
+        retime(&mut self.timers, id, &mut c, reap);
+        multiset_add(&mut self.waiting_acks, c.acked_pos);
+        self.clients.insert(id, c);
+        self.next_wake = self.next_wake.min(reap);
         true
     }
 
@@ -255,12 +286,21 @@ impl Engine {
             .collect();
         let expiration = now.plus(self.settings.lease);
         c.record_update(self.head, now, expiration);
+        multiset_remove(&mut self.waiting_acks, c.acked_pos);
         multiset_add(&mut self.active_acks, c.acked_pos);
         multiset_add(&mut self.cursors, c.delivered);
+        self.cursor_members
+            .entry(c.delivered)
+            .or_default()
+            .insert(id);
         let half = self.settings.lease / 2;
-        self.next_wake = self
-            .next_wake
-            .min(now.plus(half).minus(safety_margin(half)));
+        let heartbeat = now.plus(half).minus(safety_margin(half));
+        let personal = heartbeat.min(
+            c.ack_deadline(self.settings.ack_timeout)
+                .unwrap_or(Micros::MAX),
+        );
+        retime(&mut self.timers, id, c, personal);
+        self.next_wake = self.next_wake.min(personal);
         Ok(Batch {
             current_time: now,
             expiration,
@@ -447,9 +487,19 @@ impl Engine {
         let Some(c) = self.clients.remove(&id) else {
             return false;
         };
-        if c.phase == Phase::Streaming {
-            multiset_remove(&mut self.active_acks, c.acked_pos);
-            multiset_remove(&mut self.cursors, c.delivered);
+        self.timers.remove(&(c.timer, id));
+        match c.phase {
+            Phase::Streaming => {
+                multiset_remove(&mut self.active_acks, c.acked_pos);
+                multiset_remove(&mut self.cursors, c.delivered);
+                if let Some(members) = self.cursor_members.get_mut(&c.delivered) {
+                    members.remove(&id);
+                    if members.is_empty() {
+                        self.cursor_members.remove(&c.delivered);
+                    }
+                }
+            }
+            Phase::Waiting => multiset_remove(&mut self.waiting_acks, c.acked_pos),
         }
         true
     }
@@ -474,6 +524,8 @@ impl Engine {
             conits,
             clients,
             cursors,
+            cursor_members,
+            timers,
             ..
         } = self;
         let head = *head;
@@ -481,18 +533,41 @@ impl Engine {
         let heartbeat_after = half_lease - safety_margin(half_lease);
         let mut events = Vec::new();
         let mut drops = Vec::new();
-        let mut next = Micros::MAX;
-        // Clients at the same cursor get the same batch: compute it once.
+        // Clients at the same cursor share a flush deadline and get the same
+        // batch: compute each once.
         let mut due_memo: HashMap<Seq, Option<Micros>> = HashMap::new();
         let mut batch_memo: HashMap<Seq, (Entries, u64)> = HashMap::new();
         let window_floor = head - window.len() as Seq;
-        for (&id, c) in clients.iter_mut() {
+        // The clients with something due: every member of a cursor group
+        // whose flush is due, and every client whose own timer has passed.
+        let mut candidates: Vec<ClientId> = Vec::new();
+        for (&cursor, members) in cursor_members.iter() {
+            let flush = *due_memo
+                .entry(cursor)
+                .or_insert_with(|| flush_due(conits, &settings.bounds, head, cursor));
+            if flush.is_some_and(|f| force || now >= f) {
+                candidates.extend(members.iter().copied());
+            }
+        }
+        while let Some(&(at, id)) = timers.first() {
+            if at > now {
+                break;
+            }
+            timers.pop_first();
+            candidates.push(id);
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        for id in candidates {
+            let Some(c) = clients.get_mut(&id) else {
+                continue;
+            };
             if c.phase == Phase::Waiting {
                 let reap = c.connected_at.plus(settings.ack_timeout);
                 if now >= reap {
                     drops.push((id, DropReason::NeverStreamed));
                 } else {
-                    next = next.min(reap);
+                    retime(timers, id, c, reap);
                 }
                 continue;
             }
@@ -511,7 +586,14 @@ impl Engine {
                 None => heartbeat,
             };
             if now < due {
-                next = next.min(due).min(ack_deadline.unwrap_or(Micros::MAX));
+                // Not due yet (an early timer): re-arm its own deadline; a
+                // pending flush is its cursor group's.
+                retime(
+                    timers,
+                    id,
+                    c,
+                    heartbeat.min(ack_deadline.unwrap_or(Micros::MAX)),
+                );
                 continue;
             }
             let (entries, late) = batch_memo
@@ -532,11 +614,19 @@ impl Engine {
                 .clone();
             multiset_remove(cursors, c.delivered);
             multiset_add(cursors, head);
+            if let Some(members) = cursor_members.get_mut(&c.delivered) {
+                members.remove(&id);
+                if members.is_empty() {
+                    cursor_members.remove(&c.delivered);
+                }
+            }
+            cursor_members.entry(head).or_default().insert(id);
             let expiration = now.plus(settings.lease);
             c.record_update(head, now, expiration);
-            next = next
-                .min(now.plus(heartbeat_after))
+            let personal = now
+                .plus(heartbeat_after)
                 .min(c.ack_deadline(settings.ack_timeout).unwrap_or(Micros::MAX));
+            retime(timers, id, c, personal);
             events.push(Event::Update {
                 client: id,
                 batch: Batch {
@@ -550,6 +640,18 @@ impl Engine {
         for (id, reason) in drops {
             self.remove(id);
             events.push(Event::Dropped { client: id, reason });
+        }
+        // Next: the earliest own timer, or the earliest pending flush of a
+        // cursor group.
+        let mut next = self.timers.first().map_or(Micros::MAX, |&(at, _)| at);
+        for &cursor in self.cursor_members.keys() {
+            let flush = match due_memo.get(&cursor) {
+                Some(&f) => f,
+                None => flush_due(&self.conits, &self.settings.bounds, head, cursor),
+            };
+            if let Some(f) = flush {
+                next = next.min(f);
+            }
         }
         self.next_wake = next;
         self.trim();
@@ -566,10 +668,9 @@ impl Engine {
         while self.window.front().is_some_and(|e| e.seq <= window_floor) {
             self.window.pop_front();
         }
-        let conit_floor = self
-            .clients
-            .values()
-            .map(|c| c.acked_pos)
+        let conit_floor = [&self.active_acks, &self.waiting_acks]
+            .iter()
+            .filter_map(|m| m.first_key_value().map(|(&k, _)| k))
             .min()
             .unwrap_or(self.head);
         self.conits.retain(|_, log| {
