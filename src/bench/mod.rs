@@ -100,6 +100,13 @@ pub struct BenchArgs {
     /// How many of the clients send (0: all); message k goes to writer k mod W
     #[arg(long, default_value_t = 0, value_name = "W")]
     pub writers: usize,
+    /// The --writers are W extra clients that only send: they connect but
+    /// never open ReceiveUpdates, so the run measures admission without their
+    /// fan-out. The server must then keep them (raise its --ack-timeout, which
+    /// also reaps clients that do not stream) and not refuse them for unseen
+    /// commits (raise --order)
+    #[arg(long, requires = "writers")]
+    pub send_only_writers: bool,
     /// Threads the messages are spread over, uniformly (1: the main room only)
     #[arg(long, default_value_t = 1, value_name = "T")]
     pub threads: usize,
@@ -144,7 +151,12 @@ pub struct BenchArgs {
     pub ack_timeout: Option<String>,
     /// Spawned server: any other `serve` flag, passed as is (repeatable), e.g.
     /// --server-arg=--history=0
-    #[arg(long, value_name = "ARG", allow_hyphen_values = true, requires = "spawn_server")]
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        requires = "spawn_server"
+    )]
     pub server_arg: Vec<String>,
 }
 
@@ -178,7 +190,7 @@ impl BenchArgs {
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
-        if self.writers > self.clients {
+        if self.writers > self.clients && !self.send_only_writers {
             bail!("--writers cannot exceed --clients");
         }
         if self.duration.is_zero() {
@@ -211,7 +223,6 @@ struct Slot {
 }
 
 /// Counters shared by every task.
-#[derive(Default)]
 struct Stats {
     /// Messages handed to the transport.
     dispatched: AtomicU64,
@@ -235,15 +246,45 @@ struct Stats {
     ack_errors: AtomicU64,
     /// Clients whose stream ended or failed before the end.
     lost: AtomicU64,
-    /// Commit -> receive, microseconds.
-    latency: Histogram,
+    /// Commit -> receive, microseconds; one shard per group of clients so
+    /// that a million records a second do not all hit the same counters.
+    latency: Vec<Histogram>,
     /// Scheduled send time -> status received, microseconds.
     send_latency: Histogram,
     /// The first error seen, for the report.
     first_error: std::sync::Mutex<Option<String>>,
 }
 
+/// Shards of the latency histogram.
+const LATENCY_SHARDS: usize = 16;
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            dispatched: AtomicU64::new(0),
+            statuses: Default::default(),
+            accepted_checksum: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
+            updates: AtomicU64::new(0),
+            empty_updates: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+            ack_errors: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            latency: (0..LATENCY_SHARDS).map(|_| Histogram::default()).collect(),
+            send_latency: Histogram::default(),
+            first_error: std::sync::Mutex::new(None),
+        }
+    }
+}
+
 impl Stats {
+    /// The latency histogram, all shards merged.
+    fn latency(&self) -> Histogram {
+        Histogram::merged(&self.latency)
+    }
+
     fn error(&self, e: String) {
         let mut g = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
         if g.is_none() {
@@ -287,9 +328,14 @@ async fn run_client(
             .metadata_mut()
             .insert("x-chat-name", format!("bench-{index}").parse()?);
         let info = rpc.connect(request).await?.into_inner();
-        let id = info.client.map(|c| c.id).context("ServerInfo without client")?;
+        let id = info
+            .client
+            .map(|c| c.id)
+            .context("ServerInfo without client")?;
         slot.id.store(id, Ordering::Relaxed);
-        let mut grpc = tonic::client::Grpc::new(channel);
+        // A server with a high numerical bound may batch megabytes into one
+        // Update; the bench must not be the limit.
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 30);
         grpc.ready().await?;
         let mut stream = grpc
             .server_streaming(
@@ -345,17 +391,22 @@ async fn run_client(
                         }
                         let (mut n, mut sum) = (0u64, 0u64);
                         for m in &update.messages {
-                            match m.id {
-                                Some(id) => {
-                                    n += 1;
-                                    sum = sum.wrapping_add(mix(id));
-                                    stats.latency.record((now - m.server_time).max(0) as u64);
-                                }
-                                None => {
-                                    stats.foreign.fetch_add(1, Ordering::Relaxed);
-                                }
+                            if let Some(id) = m.id {
+                                n += 1;
+                                sum = sum.wrapping_add(mix(id));
                             }
                         }
+                        let foreign = update.messages.len() as u64 - n;
+                        if foreign > 0 {
+                            stats.foreign.fetch_add(foreign, Ordering::Relaxed);
+                        }
+                        stats.latency[index % LATENCY_SHARDS].record_all(
+                            update
+                                .messages
+                                .iter()
+                                .filter(|m| m.id.is_some())
+                                .map(|m| (now - m.server_time).max(0) as u64),
+                        );
                         slot.delivered.fetch_add(n, Ordering::Relaxed);
                         slot.checksum.fetch_add(sum, Ordering::Relaxed);
                         stats.deliveries.fetch_add(n, Ordering::Relaxed);
@@ -373,6 +424,27 @@ async fn run_client(
         if slot.state.swap(FAILED, Ordering::Relaxed) != FAILED && !stop.is_cancelled() {
             stats.lost.fetch_add(1, Ordering::Relaxed);
             stats.error(format!("client {index}: {e:#}"));
+        }
+    }
+}
+
+/// A send-only writer: connects, and never opens its update stream.
+async fn connect_only(index: usize, channel: Channel, slot: Arc<Slot>, stats: Arc<Stats>) {
+    let mut rpc = ChatServerClient::new(channel);
+    let mut request = tonic::Request::new(ConnectionStarter {});
+    if let Ok(name) = format!("writer-{index}").parse() {
+        request.metadata_mut().insert("x-chat-name", name);
+    }
+    match rpc.connect(request).await {
+        Ok(info) => {
+            let id = info.into_inner().client.map_or(0, |c| c.id);
+            slot.id.store(id, Ordering::Relaxed);
+            slot.state.store(READY, Ordering::Relaxed);
+        }
+        Err(e) => {
+            slot.state.store(FAILED, Ordering::Relaxed);
+            stats.lost.fetch_add(1, Ordering::Relaxed);
+            stats.error(format!("writer {index}: {e}"));
         }
     }
 }
@@ -434,6 +506,12 @@ async fn dispatch(
     } else {
         args.writers
     };
+    // Send-only writers are the slots after the streaming clients.
+    let first_writer = if args.send_only_writers {
+        args.clients
+    } else {
+        0
+    };
     let threads: Vec<Option<Thread>> = (0..args.threads)
         .map(|t| {
             (args.threads > 1).then(|| Thread {
@@ -444,7 +522,7 @@ async fn dispatch(
     let mut tasks = Vec::new();
     let mut streams: Vec<Option<StreamWriter>> = Vec::new();
     if args.mode == SendMode::Stream {
-        for w in 0..writers {
+        for w in first_writer..first_writer + writers {
             if slots[w].state.load(Ordering::Relaxed) != READY {
                 streams.push(None);
                 continue;
@@ -500,7 +578,7 @@ async fn dispatch(
         let due_count = (now.duration_since(start).as_secs_f64() * args.rate) as u64 + 1;
         while k < due_count {
             let due = start + Duration::from_secs_f64(k as f64 / args.rate);
-            let w = (k % writers as u64) as usize;
+            let w = first_writer + (k % writers as u64) as usize;
             let thread = &threads[(mix(k ^ 0x5eed) % args.threads as u64) as usize];
             let slot = &slots[w];
             let id = k;
@@ -525,9 +603,14 @@ async fn dispatch(
                     }));
                 }
                 SendMode::Stream => {
-                    if let Some(Some(s)) = streams.get(w) {
-                        let _ = s.meta.send((id, due));
-                        let _ = s.messages.send(m);
+                    match streams.get(w - first_writer) {
+                        Some(Some(s)) if s.messages.send(m).is_ok() => {
+                            let _ = s.meta.send((id, due));
+                        }
+                        _ => {
+                            // Its stream failed: the message is lost.
+                            stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -600,13 +683,24 @@ fn progress(
                 _ = tick.tick() => {}
             }
             let now = snapshot(&stats, None);
-            let dt = now.at.zip(last.at).map_or(1.0, |(a, b)| a.duration_since(b).as_secs_f64()).max(1e-3);
-            let ready = slots.iter().filter(|s| s.state.load(Ordering::Relaxed) == READY).count();
+            let dt = now
+                .at
+                .zip(last.at)
+                .map_or(1.0, |(a, b)| a.duration_since(b).as_secs_f64())
+                .max(1e-3);
+            let ready = slots
+                .iter()
+                .filter(|s| s.state.load(Ordering::Relaxed) == READY)
+                .count();
             let label = match phase.load(Ordering::Relaxed) {
                 0 => "ramp-up".to_owned(),
                 1 => {
                     let since = *sending_since.get_or_insert_with(Instant::now);
-                    format!("{:5.1}s/{}s", since.elapsed().as_secs_f64(), duration.as_secs_f64())
+                    format!(
+                        "{:5.1}s/{}s",
+                        since.elapsed().as_secs_f64(),
+                        duration.as_secs_f64()
+                    )
                 }
                 _ => "drain".to_owned(),
             };
@@ -620,7 +714,7 @@ fn progress(
                 si((now.deliveries - last.deliveries) as f64 / dt),
                 si((now.updates - last.updates) as f64 / dt),
                 si((now.acks - last.acks) as f64 / dt),
-                stats.latency.quantile(0.99) as f64 / 1000.0,
+                stats.latency().quantile(0.99) as f64 / 1000.0,
             );
             if tty {
                 eprint!("\r\x1b[2K{line}");
@@ -678,8 +772,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let baseline = server_pid.and_then(crate::sys::proc_stats);
 
     let stats = Arc::new(Stats::default());
-    let slots: Arc<Vec<Arc<Slot>>> =
-        Arc::new((0..args.clients).map(|_| Arc::new(Slot::default())).collect());
+    let send_only = if args.send_only_writers {
+        args.writers
+    } else {
+        0
+    };
+    let slots: Arc<Vec<Arc<Slot>>> = Arc::new(
+        (0..args.clients + send_only)
+            .map(|_| Arc::new(Slot::default()))
+            .collect(),
+    );
     let stop_clients = CancellationToken::new();
     let stop_progress = CancellationToken::new();
     let phase = Arc::new(AtomicU8::new(0));
@@ -695,17 +797,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     });
 
     // Ramp-up: clients connect spread over the ramp-up time.
-    let mut client_tasks = Vec::with_capacity(args.clients);
+    let mut client_tasks = Vec::with_capacity(slots.len());
     for (i, slot) in slots.iter().enumerate() {
-        let at = begun + args.ramp_up.mul_f64(i as f64 / args.clients as f64);
+        let at = begun + args.ramp_up.mul_f64(i as f64 / slots.len() as f64);
         tokio::time::sleep_until(at.into()).await;
-        client_tasks.push(tokio::spawn(run_client(
-            i,
-            channels[i % connections].clone(),
-            slot.clone(),
-            stats.clone(),
-            stop_clients.clone(),
-        )));
+        let channel = channels[i % connections].clone();
+        client_tasks.push(if i < args.clients {
+            tokio::spawn(run_client(
+                i,
+                channel,
+                slot.clone(),
+                stats.clone(),
+                stop_clients.clone(),
+            ))
+        } else {
+            tokio::spawn(connect_only(i, channel, slot.clone(), stats.clone()))
+        });
     }
     // Every client must have its first Update before sending starts, so every
     // accepted message is after every client's baseline.
@@ -719,6 +826,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     }
     let ready = slots
         .iter()
+        .take(args.clients)
         .filter(|s| s.state.load(Ordering::Relaxed) == READY)
         .count();
 
@@ -755,7 +863,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let mut complete = 0;
     let mut missing = 0u64;
     let mut extra = 0u64;
-    for s in slots.iter() {
+    for s in slots.iter().take(args.clients) {
         if s.state.load(Ordering::Relaxed) != READY {
             continue;
         }

@@ -40,6 +40,8 @@ pub struct Config {
     pub connections: usize,
     pub rate_per_s: f64,
     pub writers: usize,
+    /// The writers only send (they do not stream).
+    pub send_only_writers: bool,
     pub threads: usize,
     pub message_bytes: usize,
     pub duration_s: f64,
@@ -186,9 +188,9 @@ impl Report {
                     peak_rss_bytes: end.peak_rss_bytes,
                     baseline_rss_bytes: i.baseline.map(|p| p.rss_bytes),
                     peak_rss_per_client_bytes: end.peak_rss_bytes as f64 / clients,
-                    added_rss_per_client_bytes: i.baseline.map(|p| {
-                        end.peak_rss_bytes.saturating_sub(p.rss_bytes) as f64 / clients
-                    }),
+                    added_rss_per_client_bytes: i
+                        .baseline
+                        .map(|p| end.peak_rss_bytes.saturating_sub(p.rss_bytes) as f64 / clients),
                 })
             }
             _ => None,
@@ -213,6 +215,7 @@ impl Report {
                 } else {
                     i.args.writers
                 },
+                send_only_writers: i.args.send_only_writers,
                 threads: i.args.threads,
                 message_bytes: i.args.size,
                 duration_s: i.args.duration.as_secs_f64(),
@@ -244,7 +247,7 @@ impl Report {
             },
             acks_per_s: rate(a.acks, b.acks),
             ack_errors: s.ack_errors.load(Ordering::Relaxed),
-            latency: Latency::of(&s.latency),
+            latency: Latency::of(&s.latency()),
             send_latency: Latency::of(&s.send_latency),
             foreign_messages: s.foreign.load(Ordering::Relaxed),
             server,
@@ -291,7 +294,10 @@ impl Report {
                 c.mode
             ),
         );
-        row("server", format!("{} {}", c.server, c.server_args.join(" ")));
+        row(
+            "server",
+            format!("{} {}", c.server, c.server_args.join(" ")),
+        );
         row("window", format!("{:.1} s", self.window_s));
         row(
             "sent / accepted",

@@ -207,7 +207,12 @@ mod tests {
             ]
         );
         assert_eq!(contents(42, 100).len(), 100);
-        assert!(parse_update(&Update::default().encode_to_vec()).unwrap().messages.is_empty());
+        assert!(
+            parse_update(&Update::default().encode_to_vec())
+                .unwrap()
+                .messages
+                .is_empty()
+        );
     }
 
     #[test]

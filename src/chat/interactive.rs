@@ -228,7 +228,10 @@ impl App<'_> {
                 Some(until) => {
                     let left = until - c.clock().server_now();
                     if left > 0 {
-                        format!("lease {}", short_duration(Duration::from_micros(left as u64)))
+                        format!(
+                            "lease {}",
+                            short_duration(Duration::from_micros(left as u64))
+                        )
                     } else {
                         "lease EXPIRED".to_owned()
                     }
@@ -307,7 +310,11 @@ impl App<'_> {
             "/threads" => {
                 self.screen.line("-- threads seen:");
                 for (t, n) in &self.threads {
-                    let mark = if *t == self.thread { "  <- writing here" } else { "" };
+                    let mark = if *t == self.thread {
+                        "  <- writing here"
+                    } else {
+                        ""
+                    };
                     self.screen.line(&format!(
                         "--   {} ({n} message{}){mark}",
                         thread_label(t),
@@ -316,7 +323,8 @@ impl App<'_> {
                 }
             }
             "/status" => {
-                self.screen.line(&format!("-- status: {}", self.status_text()));
+                self.screen
+                    .line(&format!("-- status: {}", self.status_text()));
             }
             "/help" => {
                 for l in [
