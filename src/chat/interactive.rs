@@ -212,57 +212,57 @@ struct App<'a> {
 }
 
 impl App<'_> {
+    /// The status: who and where, lease left, the latest rejection and its
+    /// retry, the server clock offset. Most important first, as a narrow
+    /// terminal clips the end.
     fn status_text(&self) -> String {
         let mut parts = vec![self.link_state.clone()];
-        if let Some(c) = &self.client {
-            let clock = match c.clock().sample() {
-                Some(s) => format!(
-                    "clock offset {:+.2}ms ±{:.2}ms",
-                    s.offset as f64 / 1000.0,
-                    s.uncertainty as f64 / 1000.0
-                ),
-                None => "clock offset unknown".to_owned(),
-            };
-            parts.push(clock);
-            let lease = match self.lease_until {
-                Some(until) => {
-                    let left = until - c.clock().server_now();
-                    if left > 0 {
-                        format!(
-                            "lease {}",
-                            short_duration(Duration::from_micros(left as u64))
-                        )
-                    } else {
-                        "lease EXPIRED".to_owned()
-                    }
+        let Some(c) = &self.client else {
+            parts.push(self.rejection_text());
+            return parts.join(" | ");
+        };
+        parts.push(match self.lease_until {
+            Some(until) => {
+                let left = until - c.clock().server_now();
+                if left > 0 {
+                    format!(
+                        "lease {}",
+                        short_duration(Duration::from_micros(left as u64))
+                    )
+                } else {
+                    "lease EXPIRED".to_owned()
                 }
-                None => "lease -".to_owned(),
-            };
-            parts.push(lease);
-        }
-        parts.push(format!("to {}", thread_label(&self.thread)));
-        parts.push(match &self.last_rejection {
-            None => "no rejections".to_owned(),
-            Some(r) => {
-                let what = match r.outcome {
-                    RetryOutcome::RetryingIn(d) => format!(
-                        "retry {}/{} in {}",
-                        r.attempt + 1,
-                        r.attempts,
-                        short_duration(d)
-                    ),
-                    RetryOutcome::CommittedOn(n) => format!("retried: OK on attempt {n}"),
-                    RetryOutcome::GaveUp => format!("gave up after {} attempts", r.attempt),
-                };
-                format!(
-                    "last rejection {} at {} (attempt {}), {what}",
-                    r.code.as_str_name(),
-                    local_hms(r.at),
-                    r.attempt
-                )
             }
+            None => "lease -".to_owned(),
+        });
+        parts.push(self.rejection_text());
+        parts.push(match c.clock().sample() {
+            Some(s) => format!(
+                "clock {:+.2}ms ±{:.2}ms",
+                s.offset as f64 / 1000.0,
+                s.uncertainty as f64 / 1000.0
+            ),
+            None => "clock unknown".to_owned(),
         });
         parts.join(" | ")
+    }
+
+    fn rejection_text(&self) -> String {
+        let Some(r) = &self.last_rejection else {
+            return "no rejections".to_owned();
+        };
+        let what = match r.outcome {
+            RetryOutcome::RetryingIn(d) => format!("retry in {}", short_duration(d)),
+            RetryOutcome::CommittedOn(n) => format!("OK on try {n}"),
+            RetryOutcome::GaveUp => "gave up".to_owned(),
+        };
+        format!(
+            "rejected {} at {} (try {}/{}), {what}",
+            r.code.as_str_name(),
+            local_hms(r.at),
+            r.attempt,
+            r.attempts
+        )
     }
 
     fn show_status(&self, plain_too: bool) {
@@ -369,9 +369,11 @@ impl App<'_> {
                 });
                 self.was_connected = true;
                 self.failing = false;
+                let host = self.args.server.split("://").last().unwrap_or_default();
                 self.link_state = format!(
-                    "{}@{url}",
-                    sanitize(self.args.name.as_deref().unwrap_or("(anonymous)"))
+                    "{}@{}",
+                    sanitize(self.args.name.as_deref().unwrap_or("(anonymous)")),
+                    sanitize(host)
                 );
                 self.client = Some(link.client);
                 self.show_status(true);

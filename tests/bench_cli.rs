@@ -1,0 +1,176 @@
+//! `dyconit-chat bench` end to end: short runs against a spawned server that
+//! assert correctness only (every accepted message reached every client
+//! exactly once; the counts add up), never speed.
+
+use serde_json::Value;
+use std::process::Command;
+
+const EXE: &str = env!("CARGO_BIN_EXE_dyconit-chat");
+
+/// Runs `bench` with `args` and a JSON report; returns the report.
+fn bench(name: &str, args: &[&str]) -> Value {
+    let json =
+        std::env::temp_dir().join(format!("dyconit-bench-{}-{name}.json", std::process::id()));
+    let out = Command::new(EXE)
+        .args(["bench", "--spawn-server", "--quiet", "--check", "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("running bench");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{table}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("delivery check               PASSED"),
+        "{table}"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    report
+}
+
+fn n(v: &Value, path: &[&str]) -> u64 {
+    let mut v = v;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} is not a count: {v}"))
+}
+
+/// The checks every correct run satisfies.
+fn assert_consistent(r: &Value, clients: u64) {
+    let accepted = n(r, &["accepted"]);
+    assert!(accepted > 0, "nothing accepted: {r}");
+    let rejected: u64 = r["rejections"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        n(r, &["sent"]),
+        accepted + rejected + n(r, &["check", "send_errors"]),
+        "every sent message has one status"
+    );
+    assert_eq!(n(r, &["check", "clients_complete"]), clients);
+    assert_eq!(n(r, &["check", "clients_lost"]), 0);
+    assert_eq!(n(r, &["check", "missing"]), 0);
+    assert_eq!(n(r, &["check", "extra"]), 0);
+    assert_eq!(
+        n(r, &["deliveries_total"]),
+        accepted * clients,
+        "each accepted message once per client"
+    );
+    assert_eq!(n(r, &["latency", "count"]), n(r, &["deliveries_total"]));
+    assert_eq!(r["check"]["passed"], true);
+    let server = &r["server"];
+    assert!(server["peak_rss_bytes"].as_u64().unwrap() > 0, "{server}");
+    assert!(server["cpu_seconds"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn unary_sends_reach_every_client() {
+    let r = bench(
+        "unary",
+        &[
+            "--clients",
+            "30",
+            "--rate",
+            "300",
+            "--threads",
+            "4",
+            "--size",
+            "64",
+            "--duration",
+            "2s",
+            "--ramp-up",
+            "300ms",
+            "--staleness",
+            "100ms",
+        ],
+    );
+    assert_consistent(&r, 30);
+    assert_eq!(r["config"]["mode"], "unary");
+    // 2 s at 300/s, on schedule (open loop): all of them were sent.
+    assert!(n(&r, &["sent"]) >= 590, "{}", r["sent"]);
+}
+
+#[test]
+fn streamed_sends_over_shared_connections_reach_every_client() {
+    let r = bench(
+        "stream",
+        &[
+            "--clients",
+            "40",
+            "--connections",
+            "2",
+            "--writers",
+            "8",
+            "--mode",
+            "stream",
+            "--rate",
+            "400",
+            "--threads",
+            "3",
+            "--duration",
+            "2s",
+            "--ramp-up",
+            "300ms",
+            "--staleness",
+            "100ms",
+        ],
+    );
+    assert_consistent(&r, 40);
+    assert_eq!(r["config"]["connections"], 2);
+}
+
+#[test]
+fn send_only_writers_do_not_stream_and_readers_get_everything() {
+    let r = bench(
+        "send-only",
+        &[
+            "--clients",
+            "3",
+            "--writers",
+            "4",
+            "--send-only-writers",
+            "--mode",
+            "stream",
+            "--rate",
+            "500",
+            "--duration",
+            "1s",
+            "--ramp-up",
+            "100ms",
+            "--order",
+            "100000",
+            "--ack-timeout",
+            "30s",
+            "--staleness",
+            "100ms",
+        ],
+    );
+    assert_consistent(&r, 3);
+    assert_eq!(r["config"]["send_only_writers"], true);
+}
+
+#[test]
+fn bad_flags_are_refused_with_a_reason() {
+    let out = Command::new(EXE)
+        .args(["bench", "--spawn-server", "--size", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--size must be at least 16"));
+    let out = Command::new(EXE).args(["bench"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "neither --server nor --spawn-server"
+    );
+}
