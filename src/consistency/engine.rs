@@ -12,6 +12,7 @@ use super::settings::{Settings, safety_margin};
 use super::time::Micros;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The capability id a client got from `Connect`.
 pub type ClientId = i64;
@@ -135,6 +136,10 @@ pub struct Engine {
     timers: BTreeSet<(Micros, ClientId)>,
     /// The earliest time [`Engine::poll`] has something to do.
     next_wake: Micros,
+    /// How long a flush takes to reach all its clients (measured by the I/O
+    /// edge); flushes start this much earlier so the last client still gets
+    /// its Update within the staleness bound. Zero unless set.
+    flush_lead: Duration,
 }
 
 /// Moves client `id`'s entry in `timers` to `at`.
@@ -169,6 +174,7 @@ fn flush_due(
     bounds: &BoundsTable,
     head: Seq,
     cursor: Seq,
+    lead: Duration,
 ) -> Option<Micros> {
     if cursor >= head {
         return None;
@@ -182,9 +188,18 @@ fn flush_due(
         if log.count_after(cursor) >= b.flush_count() {
             return Some(Micros(i64::MIN));
         }
-        due = due.min(first_at.plus(b.staleness).minus(safety_margin(b.staleness)));
+        due = due.min(staleness_deadline(first_at, b.staleness, lead));
     }
     Some(due)
+}
+
+/// When a message committed `at` in a conit with `staleness` must be
+/// flushed: the safety margin before the bound, and the fan-out lead (at
+/// most a quarter of the bound, so batching keeps most of its window).
+fn staleness_deadline(at: Micros, staleness: Duration, lead: Duration) -> Micros {
+    at.plus(staleness)
+        .minus(safety_margin(staleness))
+        .minus(lead.min(staleness / 4))
 }
 
 impl Engine {
@@ -210,6 +225,7 @@ impl Engine {
             waiting_acks: BTreeMap::new(),
             timers: BTreeSet::new(),
             next_wake: Micros::MAX,
+            flush_lead: Duration::ZERO,
         }
     }
 
@@ -222,6 +238,21 @@ impl Engine {
     pub fn set_bounds(&mut self, bounds: BoundsTable) {
         self.settings.bounds = bounds;
         self.next_wake = Micros(i64::MIN);
+    }
+
+    /// Sets how long a flush takes to reach all its clients, so flush
+    /// deadlines start that much earlier (capped at a quarter of each
+    /// conit's staleness). Applies from the next commit or poll.
+    pub fn set_flush_lead(&mut self, lead: Duration) {
+        if lead > self.flush_lead {
+            // Deadlines moved earlier: re-arm them at the next poll.
+            self.next_wake = self.next_wake.min(Micros(i64::MIN));
+        }
+        self.flush_lead = lead;
+    }
+
+    pub fn flush_lead(&self) -> Duration {
+        self.flush_lead
     }
 
     pub fn head(&self) -> Seq {
@@ -475,7 +506,7 @@ impl Engine {
             let due = if log.count_after(cursor) >= b.flush_count() {
                 Micros(i64::MIN)
             } else {
-                at.plus(b.staleness).minus(safety_margin(b.staleness))
+                staleness_deadline(at, b.staleness, self.flush_lead)
             };
             self.next_wake = self.next_wake.min(due);
         }
@@ -526,9 +557,11 @@ impl Engine {
             cursors,
             cursor_members,
             timers,
+            flush_lead,
             ..
         } = self;
         let head = *head;
+        let lead = *flush_lead;
         let half_lease = settings.lease / 2;
         let heartbeat_after = half_lease - safety_margin(half_lease);
         let mut events = Vec::new();
@@ -544,7 +577,7 @@ impl Engine {
         for (&cursor, members) in cursor_members.iter() {
             let flush = *due_memo
                 .entry(cursor)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, head, cursor));
+                .or_insert_with(|| flush_due(conits, &settings.bounds, head, cursor, lead));
             if flush.is_some_and(|f| force || now >= f) {
                 candidates.extend(members.iter().copied());
             }
@@ -579,7 +612,7 @@ impl Engine {
             let heartbeat = c.last_update_at.plus(heartbeat_after);
             let flush = *due_memo
                 .entry(c.delivered)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, head, c.delivered));
+                .or_insert_with(|| flush_due(conits, &settings.bounds, head, c.delivered, lead));
             let due = match flush {
                 Some(_) if force => Micros(i64::MIN),
                 Some(f) => f.min(heartbeat),
@@ -647,7 +680,7 @@ impl Engine {
         for &cursor in self.cursor_members.keys() {
             let flush = match due_memo.get(&cursor) {
                 Some(&f) => f,
-                None => flush_due(&self.conits, &self.settings.bounds, head, cursor),
+                None => flush_due(&self.conits, &self.settings.bounds, head, cursor, lead),
             };
             if let Some(f) = flush {
                 next = next.min(f);
@@ -677,5 +710,56 @@ impl Engine {
             log.trim(conit_floor);
             !log.is_empty()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consistency::{Submission, SubmissionAck};
+
+    /// One streaming client, then a commit at `t0` in the main room
+    /// (default staleness 500 ms, safety margin 20 ms).
+    fn engine_with_a_commit(t0: Micros) -> Engine {
+        let mut e = Engine::new(Settings::default(), 0, Vec::new());
+        assert!(e.connect(7, 1, "a".into(), t0));
+        e.start_stream(7, t0).unwrap();
+        let sub = Submission {
+            ack: Some(SubmissionAck {
+                client: Some(7),
+                updates_received: 1,
+                messages_sent: 1,
+            }),
+            thread: String::new(),
+            contents: "x".into(),
+            timestamp: Some(t0),
+        };
+        let (d, entry) = e.submit(sub, t0);
+        assert!(entry.is_some(), "{d:?}");
+        e
+    }
+
+    #[test]
+    fn the_flush_lead_moves_flushes_earlier_within_a_quarter_of_the_bound() {
+        let t0 = Micros(1_000_000_000);
+        let ms = |n| Duration::from_millis(n);
+        let mut e = engine_with_a_commit(t0);
+        assert_eq!(e.next_wake(), t0.plus(ms(480)));
+
+        let mut e2 = engine_with_a_commit(t0);
+        e2.set_flush_lead(ms(40));
+        assert!(e2.poll(t0).is_empty());
+        assert_eq!(e2.next_wake(), t0.plus(ms(440)));
+        assert!(e2.poll(t0.plus(ms(439))).is_empty());
+        let events = e2.poll(t0.plus(ms(440)));
+        assert!(
+            matches!(&events[..], [Event::Update { batch, .. }] if batch.entries.len() == 1),
+            "{events:?}"
+        );
+
+        // A huge lead is capped at a quarter of the staleness bound.
+        e.set_flush_lead(Duration::from_secs(10));
+        assert!(e.poll(t0).is_empty());
+        assert_eq!(e.next_wake(), t0.plus(ms(355)));
     }
 }

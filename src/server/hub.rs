@@ -5,7 +5,7 @@
 
 use super::clock;
 use super::convert;
-use super::outbox::{Outbox, UpdateStream};
+use super::outbox::{FanoutLead, FlushTrack, Outbox, UpdateStream};
 use crate::consistency::{
     ClientId, Decision, DropReason, Engine, Event, Micros, Submission, Verdict,
 };
@@ -31,6 +31,9 @@ pub struct Hub {
     log: Arc<dyn Log>,
     /// Byte limit of each client's outbound queue.
     max_outbound_bytes: usize,
+    /// How long recent flushes took to reach all their clients; flushes
+    /// start that much before their deadline.
+    fanout: Arc<FanoutLead>,
 }
 
 /// The public handle of a client: derived from its public id, safe to log and
@@ -55,6 +58,7 @@ impl Hub {
             wake: Notify::new(),
             log,
             max_outbound_bytes,
+            fanout: Arc::default(),
         })
     }
 
@@ -125,7 +129,7 @@ impl Hub {
                     Status::already_exists("this client already has an update stream")
                 }
             })?;
-            outbox.push(convert::encoded_update(&batch));
+            outbox.push(convert::encoded_update(&batch), None);
             g.outboxes.insert(id, outbox.clone());
             Ok(())
         })?;
@@ -191,6 +195,7 @@ impl Hub {
     pub fn tick(&self) -> Micros {
         let now = clock::now();
         let mut g = self.lock();
+        g.engine.set_flush_lead(self.fanout.get());
         let events = g.engine.poll(now);
         self.deliver(&mut g, events);
         g.engine.next_wake()
@@ -201,6 +206,14 @@ impl Hub {
         // the bytes (a reference count per client, not a copy).
         let mut encoded: HashMap<*const (), bytes::Bytes> = HashMap::new();
         let mut overflow = Vec::new();
+        // Time this flush until its last Update is taken by the transport.
+        let updates = events
+            .iter()
+            .filter(
+                |e| matches!(e, Event::Update { client, .. } if g.outboxes.contains_key(client)),
+            )
+            .count();
+        let track = (updates > 0).then(|| FlushTrack::new(updates, self.fanout.clone()));
         for ev in events {
             match ev {
                 Event::Update { client, batch } => {
@@ -212,7 +225,7 @@ impl Hub {
                         .entry(key)
                         .or_insert_with(|| convert::encoded_update(&batch))
                         .clone();
-                    if !outbox.push(update) {
+                    if !outbox.push(update, track.clone()) {
                         overflow.push(client);
                     }
                 }
