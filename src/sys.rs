@@ -92,6 +92,31 @@ fn parse_proc(stat: &str, status: &str, ticks: f64) -> Option<ProcStats> {
     })
 }
 
+/// CPU seconds the whole machine has spent busy (all cores, everything but
+/// idle and iowait) since boot, from `/proc/stat`.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?;
+    Some(busy as f64 / clock_ticks_per_second())
+}
+
+/// The one-minute load average.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +136,7 @@ mod tests {
         let s = proc_stats(std::process::id()).expect("/proc/self");
         assert!(s.rss_bytes > 0 && s.peak_rss_bytes >= s.rss_bytes);
         assert!(raise_fd_limit().is_some_and(|n| n >= 256));
+        assert!(machine_busy_seconds().is_some_and(|b| b > 0.0));
+        assert!(load_average().is_some_and(|l| l >= 0.0));
     }
 }

@@ -638,6 +638,10 @@ struct Snapshot {
     server: Option<crate::sys::ProcStats>,
     /// This process (the load generator).
     generator: Option<crate::sys::ProcStats>,
+    /// CPU seconds the whole machine has been busy.
+    machine_busy: Option<f64>,
+    /// One-minute load average.
+    load: Option<f64>,
 }
 
 fn snapshot(stats: &Stats, server_pid: Option<u32>) -> Snapshot {
@@ -650,6 +654,8 @@ fn snapshot(stats: &Stats, server_pid: Option<u32>) -> Snapshot {
         accepted: stats.accepted(),
         server: server_pid.and_then(crate::sys::proc_stats),
         generator: crate::sys::proc_stats(std::process::id()),
+        machine_busy: crate::sys::machine_busy_seconds(),
+        load: crate::sys::load_average(),
     }
 }
 

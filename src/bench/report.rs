@@ -153,6 +153,11 @@ pub struct Report {
     /// CPU cores the load generator itself used in the window (it shares
     /// the machine with a local server).
     pub generator_cores: Option<f64>,
+    /// Cores that other processes on the machine used in the window (busy
+    /// CPU minus the server and the generator): noise in the figures.
+    pub other_cores: Option<f64>,
+    /// One-minute load average at the start and the end of the window.
+    pub load_average: (Option<f64>, Option<f64>),
     pub server_exit: Option<String>,
     pub check: Check,
 }
@@ -255,6 +260,14 @@ impl Report {
                 .generator
                 .zip(b.generator)
                 .map(|(x, y)| (x.cpu_seconds - y.cpu_seconds) / window),
+            other_cores: a.machine_busy.zip(b.machine_busy).map(|(x, y)| {
+                let busy = (x - y) / window;
+                let own = |p: Option<crate::sys::ProcStats>, q: Option<crate::sys::ProcStats>| {
+                    p.zip(q).map_or(0.0, |(p, q)| (p.cpu_seconds - q.cpu_seconds) / window)
+                };
+                (busy - own(a.server, b.server) - own(a.generator, b.generator)).max(0.0)
+            }),
+            load_average: (b.load, a.load),
             server_exit: i.server_exit,
             check: Check {
                 accepted,
@@ -369,6 +382,16 @@ impl Report {
         }
         if let Some(g) = self.generator_cores {
             row("load generator CPU", format!("{g:.3} cores"));
+        }
+        if let Some(o) = self.other_cores {
+            row(
+                "other processes' CPU",
+                format!(
+                    "{o:.3} cores (load average {} -> {})",
+                    self.load_average.0.map_or("?".into(), |l| format!("{l:.2}")),
+                    self.load_average.1.map_or("?".into(), |l| format!("{l:.2}"))
+                ),
+            );
         }
         let k = &self.check;
         row(

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every row of the load table in docs/benchmarks.md ("Load (issue 6)")
+# REPS times (default 3) and writes one JSON report per run into OUT
+# (default bench-results/). Summarise with: python3 scripts/bench-summary.py OUT
+# Needs a release build: cargo build --release
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/dyconit-chat}
+OUT=${1:-bench-results}
+REPS=${REPS:-3}
+ROWS=${ROWS:-"w1 compare idle max r3"}
+mkdir -p "$OUT"
+b() { local name=$1; shift; echo "== $name: $BIN bench $*" >&2; "$BIN" bench --quiet --json "$OUT/$name.json" "$@" > "$OUT/$name.txt"; }
+
+for r in $(seq 1 "$REPS"); do
+  for row in $ROWS; do
+    case $row in
+    w1)  # W1: 1,000 streaming clients, 200 msg/s, 100 B, staleness 500 ms
+      b "w1-$r" --spawn-server --staleness 500ms --clients 1000 --rate 200 --threads 50 \
+        --size 100 --duration 30s --ramp-up 5s ;;
+    compare)  # W1 at 500 ms and at the smallest staleness that admits writes, back to back
+      b "cmp500-$r" --spawn-server --staleness 500ms --clients 1000 --rate 200 --threads 50 \
+        --size 100 --duration 20s --ramp-up 5s
+      b "cmp1-$r" --spawn-server --staleness 1ms --clients 1000 --rate 200 --threads 50 \
+        --size 100 --duration 20s --ramp-up 5s ;;
+    idle)  # 10,000 idle streaming clients
+      b "idle-$r" --spawn-server --clients 10000 --rate 0 --duration 20s --ramp-up 10s ;;
+    max)  # max accepted msg/s: 64 send-only writers on SendMessages streams, 1 reader
+      for rate in 150000 200000; do
+        b "max$rate-$r" --spawn-server --clients 1 --writers 64 --send-only-writers \
+          --mode stream --rate "$rate" --threads 64 --size 100 --duration 10s --ramp-up 1s \
+          --numerical 1000000 --order 1000000 --ack-timeout 1h \
+          --server-arg=--max-outbound-bytes=1073741824 --drain 30s
+      done ;;
+    r3)  # 10,000 streaming clients, 100 msg/s aggregate, 60 s
+      b "r3-$r" --spawn-server --clients 10000 --rate 100 --threads 10 --size 100 \
+        --duration 60s --ramp-up 10s ;;
+    esac
+  done
+done
