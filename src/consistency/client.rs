@@ -108,6 +108,19 @@ impl ClientState {
         self.own.entry(thread.clone()).or_default().push_back(seq);
     }
 
+    /// Forgets its commits above `seq` (discarded after a storage failure):
+    /// they no longer count as its own, and a retry of them is not
+    /// recognised, so it commits afresh instead of getting a false OK.
+    pub fn forget_commits_after(&mut self, seq: Seq) {
+        self.own.retain(|_, seqs| {
+            while seqs.back().is_some_and(|&s| s > seq) {
+                seqs.pop_back();
+            }
+            !seqs.is_empty()
+        });
+        self.retries.forget_after(seq);
+    }
+
     /// Its own commits in `thread` above `acked_pos`.
     pub fn own_unacked(&self, thread: &str) -> u64 {
         self.own.get(thread).map_or(0, |s| s.len() as u64)
@@ -203,6 +216,13 @@ impl RetryCache {
     fn get(&self, n: i64, thread: &str, contents: &str) -> Option<(Seq, Micros)> {
         let &(fp, seq, at) = self.by_number.get(&n)?;
         (fp == Self::fingerprint(thread, contents)).then_some((seq, at))
+    }
+
+    /// Forgets the messages committed above `seq`.
+    fn forget_after(&mut self, seq: Seq) {
+        self.by_number.retain(|_, &mut (_, s, _)| s <= seq);
+        let by_number = &self.by_number;
+        self.order.retain(|n| by_number.contains_key(n));
     }
 
     fn insert(&mut self, n: i64, thread: &str, contents: &str, seq: Seq, at: Micros) {

@@ -2,6 +2,16 @@
 //! admission and flush decisions. Pure: no I/O, no clock; every call takes the
 //! current server time, and results come back as values for the I/O edge
 //! (`crate::server`) to carry out.
+//!
+//! **Admitted versus visible.** [`Engine::submit`] decides and assigns the
+//! next commit sequence number at once, so admission decisions and the commit
+//! order are exact. The new entry is *pending*: it counts toward the order and
+//! numerical errors of later writes, but no client is sent it (in an Update or
+//! as history) until the I/O edge reports it durable with
+//! [`Engine::mark_durable`]. If storing fails, [`Engine::discard_pending`]
+//! forgets every pending entry and the next commit reuses the first discarded
+//! sequence number, so the visible order never has gaps and nothing a client
+//! saw is ever taken back.
 
 use super::Seq;
 use super::admission::{ClientFault, Decision, Rejection, Submission, Verdict};
@@ -105,10 +115,15 @@ pub enum AckError {
 #[derive(Debug)]
 pub struct Engine {
     settings: Settings,
-    /// The last commit sequence number (0 before the first commit).
+    /// The last commit sequence number assigned (0 before the first commit);
+    /// entries above `durable` are pending.
     head: Seq,
-    /// Committed entries `(head - window.len(), head]`: the recent history
-    /// plus everything some streaming client has not been sent yet.
+    /// The last commit known to be stored: entries up to here are visible
+    /// (delivered, shown as history); `durable <= head` always.
+    durable: Seq,
+    /// Committed entries `(head - window.len(), head]`: the recent history,
+    /// everything some streaming client has not been sent yet, and the
+    /// pending entries above `durable`. Contiguous by seq.
     window: VecDeque<Arc<Entry>>,
     /// Per-thread commit records, for the order and numerical errors and the
     /// flush deadlines.
@@ -137,24 +152,28 @@ fn multiset_remove(m: &mut BTreeMap<Seq, usize>, k: Seq) {
     }
 }
 
-/// When a client whose cursor is `cursor` must be flushed: `None` if nothing
-/// is pending, `Micros(i64::MIN)` if a conit reached its flush count.
+/// When a client whose cursor is `cursor` must be flushed, counting only
+/// visible commits (up to `visible`): `None` if nothing visible is pending,
+/// `Micros(i64::MIN)` if a conit reached its flush count.
 fn flush_due(
     conits: &HashMap<Arc<str>, ConitLog>,
     bounds: &BoundsTable,
-    head: Seq,
+    visible: Seq,
     cursor: Seq,
 ) -> Option<Micros> {
-    if cursor >= head {
+    if cursor >= visible {
         return None;
     }
     let mut due = Micros::MAX;
     for (thread, log) in conits {
-        let Some((_, first_at)) = log.first_after(cursor) else {
+        let Some((first, first_at)) = log.first_after(cursor) else {
             continue;
         };
+        if first > visible {
+            continue;
+        }
         let b = bounds.for_thread(thread);
-        if log.count_after(cursor) >= b.flush_count() {
+        if log.count_between(cursor, visible) >= b.flush_count() {
             return Some(Micros(i64::MIN));
         }
         due = due.min(first_at.plus(b.staleness).minus(safety_margin(b.staleness)));
@@ -176,6 +195,7 @@ impl Engine {
         Engine {
             settings,
             head,
+            durable: head,
             window,
             conits: HashMap::new(),
             clients: HashMap::new(),
@@ -196,8 +216,19 @@ impl Engine {
         self.next_wake = Micros(i64::MIN);
     }
 
+    /// The last commit sequence number assigned (pending or durable).
     pub fn head(&self) -> Seq {
         self.head
+    }
+
+    /// The last commit reported durable: the visible end of the log.
+    pub fn durable(&self) -> Seq {
+        self.durable
+    }
+
+    /// Commits assigned but not yet reported durable.
+    pub fn pending(&self) -> u64 {
+        self.head - self.durable
     }
 
     /// The earliest time [`Engine::poll`] has something to do.
@@ -233,28 +264,31 @@ impl Engine {
         if self.clients.contains_key(&id) {
             return false;
         }
+        // It has seen what is visible, not what is still pending.
         self.clients
-            .insert(id, ClientState::new(public_id, name, now, self.head));
+            .insert(id, ClientState::new(public_id, name, now, self.durable));
         self.next_wake = self.next_wake.min(now.plus(self.settings.ack_timeout));
         true
     }
 
     /// Opens the client's one stream; returns its first Update: the most
-    /// recent `history` messages, with the current commit as the baseline.
+    /// recent `history` durable messages, with the last durable commit as the
+    /// baseline.
     pub fn start_stream(&mut self, id: ClientId, now: Micros) -> Result<Batch, StreamError> {
         let c = self.clients.get_mut(&id).ok_or(StreamError::NotFound)?;
         if c.phase != Phase::Waiting {
             return Err(StreamError::AlreadyStreaming);
         }
         c.phase = Phase::Streaming;
-        let keep = self.window.len().min(self.settings.history);
+        let visible = self.window.len() - (self.head - self.durable) as usize;
+        let keep = visible.min(self.settings.history);
         let entries: Arc<[Arc<Entry>]> = self
             .window
-            .range(self.window.len() - keep..)
+            .range(visible - keep..visible)
             .cloned()
             .collect();
         let expiration = now.plus(self.settings.lease);
-        c.record_update(self.head, now, expiration);
+        c.record_update(self.durable, now, expiration);
         multiset_add(&mut self.active_acks, c.acked_pos);
         multiset_add(&mut self.cursors, c.delivered);
         let half = self.settings.lease / 2;
@@ -290,7 +324,9 @@ impl Engine {
     }
 
     /// Decides on a `SentMessage` and, if accepted, commits it. Returns the
-    /// new entry for the log when one was committed.
+    /// new entry for the log when one was committed. The entry is pending: no
+    /// client gets it before [`Engine::mark_durable`] covers its seq. An
+    /// accepted retry carries the original seq, which may still be pending.
     pub fn submit(&mut self, sub: Submission, now: Micros) -> (Decision, Option<Arc<Entry>>) {
         let mut decision = Decision {
             verdict: Verdict::Rejected {
@@ -429,17 +465,66 @@ impl Engine {
         });
         self.window.push_back(entry.clone());
         self.head = seq;
+        // No flush is scheduled yet: the entry is not visible before it is
+        // durable (see `mark_durable`).
+        entry
+    }
+
+    /// The I/O edge stored every entry up to `upto`: they become visible, and
+    /// the flush deadlines they bring are scheduled. Values at or below the
+    /// current durable position are ignored; values above the head are
+    /// capped at the head.
+    pub fn mark_durable(&mut self, upto: Seq) {
+        let upto = upto.min(self.head);
+        if upto <= self.durable {
+            return;
+        }
+        let old = self.durable;
+        self.durable = upto;
         // The client with the lowest cursor is the first to become due.
-        if let Some((&cursor, _)) = self.cursors.first_key_value() {
-            let b = self.settings.bounds.for_thread(&entry.thread);
-            let due = if log.count_after(cursor) >= b.flush_count() {
+        let Some((&cursor, _)) = self.cursors.first_key_value() else {
+            return;
+        };
+        let floor = self.head - self.window.len() as Seq;
+        let range = (old - floor) as usize..(upto - floor) as usize;
+        for e in self.window.range(range) {
+            let b = self.settings.bounds.for_thread(&e.thread);
+            let count = self
+                .conits
+                .get(&e.thread)
+                .map_or(0, |log| log.count_between(cursor, upto));
+            let due = if count >= b.flush_count() {
                 Micros(i64::MIN)
             } else {
-                at.plus(b.staleness).minus(safety_margin(b.staleness))
+                e.commit_time
+                    .plus(b.staleness)
+                    .minus(safety_margin(b.staleness))
             };
             self.next_wake = self.next_wake.min(due);
         }
-        entry
+    }
+
+    /// Storing failed: forgets every pending entry (everything above the
+    /// durable position) as if it had never been accepted, and returns how
+    /// many were dropped. The next commit reuses the first dropped sequence
+    /// number. No client was sent any of them, so nothing seen is undone;
+    /// their retries are no longer recognised (a retry commits afresh).
+    pub fn discard_pending(&mut self) -> u64 {
+        let n = self.head - self.durable;
+        if n == 0 {
+            return 0;
+        }
+        let durable = self.durable;
+        self.window.truncate(self.window.len() - n as usize);
+        self.conits.retain(|_, log| {
+            log.truncate_after(durable);
+            !log.is_empty()
+        });
+        for c in self.clients.values_mut() {
+            c.forget_commits_after(durable);
+        }
+        self.head = durable;
+        n
     }
 
     /// Removes a client. Returns false if it was not there.
@@ -470,13 +555,16 @@ impl Engine {
         let Engine {
             settings,
             head,
+            durable,
             window,
             conits,
             clients,
             cursors,
             ..
         } = self;
-        let head = *head;
+        // Only durable entries are delivered; the window also holds the
+        // pending ones after them.
+        let visible = *durable;
         let half_lease = settings.lease / 2;
         let heartbeat_after = half_lease - safety_margin(half_lease);
         let mut events = Vec::new();
@@ -485,7 +573,7 @@ impl Engine {
         // Clients at the same cursor get the same batch: compute it once.
         let mut due_memo: HashMap<Seq, Option<Micros>> = HashMap::new();
         let mut batch_memo: HashMap<Seq, (Entries, u64)> = HashMap::new();
-        let window_floor = head - window.len() as Seq;
+        let window_floor = *head - window.len() as Seq;
         for (&id, c) in clients.iter_mut() {
             if c.phase == Phase::Waiting {
                 let reap = c.connected_at.plus(settings.ack_timeout);
@@ -504,7 +592,7 @@ impl Engine {
             let heartbeat = c.last_update_at.plus(heartbeat_after);
             let flush = *due_memo
                 .entry(c.delivered)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, head, c.delivered));
+                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, c.delivered));
             let due = match flush {
                 Some(_) if force => Micros(i64::MIN),
                 Some(f) => f.min(heartbeat),
@@ -518,7 +606,8 @@ impl Engine {
                 .entry(c.delivered)
                 .or_insert_with(|| {
                     let start = (c.delivered - window_floor) as usize;
-                    let entries: Arc<[Arc<Entry>]> = window.range(start..).cloned().collect();
+                    let end = (visible - window_floor) as usize;
+                    let entries: Arc<[Arc<Entry>]> = window.range(start..end).cloned().collect();
                     let late = entries
                         .iter()
                         .filter(|e| {
@@ -531,9 +620,9 @@ impl Engine {
                 })
                 .clone();
             multiset_remove(cursors, c.delivered);
-            multiset_add(cursors, head);
+            multiset_add(cursors, visible);
             let expiration = now.plus(settings.lease);
-            c.record_update(head, now, expiration);
+            c.record_update(visible, now, expiration);
             next = next
                 .min(now.plus(heartbeat_after))
                 .min(c.ack_deadline(settings.ack_timeout).unwrap_or(Micros::MAX));
@@ -557,8 +646,9 @@ impl Engine {
     }
 
     /// Forgets entries and conit records no client can need any more.
+    /// Pending entries are kept: they are above every floor used here.
     fn trim(&mut self) {
-        let history_floor = self.head.saturating_sub(self.settings.history as Seq);
+        let history_floor = self.durable.saturating_sub(self.settings.history as Seq);
         let window_floor = self
             .cursors
             .first_key_value()
@@ -571,10 +661,161 @@ impl Engine {
             .values()
             .map(|c| c.acked_pos)
             .min()
-            .unwrap_or(self.head);
+            .unwrap_or(self.durable);
         self.conits.retain(|_, log| {
             log.trim(conit_floor);
             !log.is_empty()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consistency::SubmissionAck;
+    use std::time::Duration;
+
+    const T0: Micros = Micros(1_700_000_000_000_000);
+
+    fn engine() -> Engine {
+        let mut s = Settings::default();
+        s.history = 10;
+        Engine::new(s, 0, Vec::new())
+    }
+
+    fn send(e: &mut Engine, id: ClientId, n: i64, text: &str, now: Micros) -> Decision {
+        let sub = Submission {
+            ack: Some(SubmissionAck {
+                client: Some(id),
+                updates_received: 0,
+                messages_sent: n,
+            }),
+            thread: String::new(),
+            contents: text.to_owned(),
+            timestamp: Some(now),
+        };
+        e.submit(sub, now).0
+    }
+
+    fn seqs(events: &[Event], client: ClientId) -> Vec<Seq> {
+        events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::Update { client: c, batch } if *c == client => Some(batch),
+                _ => None,
+            })
+            .flat_map(|b| b.entries.iter().map(|e| e.seq))
+            .collect()
+    }
+
+    #[test]
+    fn pending_entries_are_neither_delivered_nor_history_until_durable() {
+        let mut e = engine();
+        assert!(e.connect(1, 1, "w".into(), T0));
+        assert!(e.connect(2, 2, "r".into(), T0));
+        e.start_stream(2, T0).unwrap();
+        for n in 1..=3 {
+            assert!(matches!(
+                send(&mut e, 1, n, &format!("m{n}"), T0).verdict,
+                Verdict::Accepted { retry: false, .. }
+            ));
+        }
+        assert_eq!((e.head(), e.durable(), e.pending()), (3, 0, 3));
+        // Long past the staleness bound: still nothing to deliver.
+        let later = T0.plus(Duration::from_secs(2));
+        assert_eq!(seqs(&e.flush_all(later), 2), Vec::<Seq>::new());
+        // A new reader's history and baseline stop at the durable position.
+        assert!(e.connect(3, 3, "h".into(), later));
+        assert_eq!(e.start_stream(3, later).unwrap().entries.len(), 0);
+
+        e.mark_durable(2);
+        // Overdue entries become due at once, for every reader.
+        assert!(e.next_wake() <= later);
+        let events = e.poll(later);
+        assert_eq!(seqs(&events, 2), vec![1, 2]);
+        assert_eq!(seqs(&events, 3), vec![1, 2]);
+        e.mark_durable(99); // capped at the head
+        assert_eq!(e.durable(), 3);
+        e.mark_durable(1); // never goes back
+        assert_eq!(e.durable(), 3);
+        let events = e.flush_all(later);
+        assert_eq!(seqs(&events, 2), vec![3]);
+        assert_eq!(seqs(&events, 3), vec![3]);
+    }
+
+    #[test]
+    fn discarded_entries_are_never_seen_and_their_seqs_are_reused() {
+        let mut e = engine();
+        e.connect(1, 1, "w".into(), T0);
+        e.connect(2, 2, "r".into(), T0);
+        e.start_stream(2, T0).unwrap();
+        send(&mut e, 1, 1, "kept", T0);
+        e.mark_durable(1);
+        send(&mut e, 1, 2, "lost-a", T0);
+        send(&mut e, 1, 3, "lost-b", T0);
+        assert_eq!(
+            e.numerical_error(""),
+            3,
+            "pending entries count for admission"
+        );
+        assert_eq!(e.discard_pending(), 2);
+        assert_eq!((e.head(), e.durable()), (1, 1));
+        assert_eq!(e.numerical_error(""), 1);
+        assert_eq!(e.discard_pending(), 0);
+        // A retry of a discarded message commits afresh, at the reused seq.
+        match send(&mut e, 1, 2, "lost-a", T0).verdict {
+            Verdict::Accepted { seq, retry, .. } => assert_eq!((seq, retry), (2, false)),
+            v => panic!("{v:?}"),
+        }
+        e.mark_durable(2);
+        let events = e.flush_all(T0.plus(Duration::from_secs(1)));
+        let got: Vec<String> = events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::Update { client: 2, batch } => Some(batch),
+                _ => None,
+            })
+            .flat_map(|b| b.entries.iter().map(|e| e.contents.clone()))
+            .collect();
+        assert_eq!(got, ["kept", "lost-a"]);
+    }
+
+    #[test]
+    fn a_retry_of_a_pending_message_reports_the_pending_seq() {
+        let mut e = engine();
+        e.connect(1, 1, "w".into(), T0);
+        send(&mut e, 1, 1, "hello", T0);
+        match send(&mut e, 1, 1, "hello", T0).verdict {
+            Verdict::Accepted { seq, retry, .. } => assert_eq!((seq, retry), (1, true)),
+            v => panic!("{v:?}"),
+        }
+        assert!(seq_is_pending(&e, 1));
+    }
+
+    fn seq_is_pending(e: &Engine, seq: Seq) -> bool {
+        seq > e.durable() && seq <= e.head()
+    }
+
+    #[test]
+    fn a_restarted_engine_continues_the_sequence_with_its_history() {
+        let recent: Vec<Entry> = (8..=10)
+            .map(|seq| Entry {
+                seq,
+                thread: "".into(),
+                contents: format!("m{seq}"),
+                sender: "w".into(),
+                commit_time: T0,
+            })
+            .collect();
+        let mut e = Engine::new(Settings::default(), 10, recent);
+        assert_eq!((e.head(), e.durable()), (10, 10));
+        e.connect(1, 1, "w".into(), T0);
+        let first = e.start_stream(1, T0).unwrap();
+        let history: Vec<Seq> = first.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(history, [8, 9, 10]);
+        match send(&mut e, 1, 1, "next", T0).verdict {
+            Verdict::Accepted { seq, .. } => assert_eq!(seq, 11),
+            v => panic!("{v:?}"),
+        }
     }
 }
