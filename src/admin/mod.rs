@@ -2,8 +2,10 @@
 //!
 //! Endpoints:
 //! - `GET /healthz` — 200 while the process serves.
-//! - `GET /readyz` — 200 once serving, 503 while starting or draining.
+//! - `GET /readyz` — 200 once serving with a healthy message log; 503 while
+//!   starting or draining, or while the log fails to store (with the error).
 
+use crate::log::StorageHealth;
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +29,10 @@ impl Readiness {
 /// What the admin handlers can see.
 #[derive(Clone)]
 pub struct AdminState {
+    /// Serving (set at start, cleared when draining).
     pub ready: Readiness,
+    /// The message log's health: not ready while it cannot store.
+    pub storage: Arc<StorageHealth>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -37,11 +42,18 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
-    if s.ready.get() {
-        (StatusCode::OK, "ready\n")
+/// Ready = serving and the message log stores.
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
+    if !s.ready.get() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+    } else if !s.storage.is_healthy() {
+        let why = s.storage.last_error().unwrap_or_default();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: storage failing: {why}\n"),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::OK, "ready\n".into())
     }
 }
 

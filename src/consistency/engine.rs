@@ -678,8 +678,10 @@ mod tests {
     const T0: Micros = Micros(1_700_000_000_000_000);
 
     fn engine() -> Engine {
-        let mut s = Settings::default();
-        s.history = 10;
+        let s = Settings {
+            history: 10,
+            ..Settings::default()
+        };
         Engine::new(s, 0, Vec::new())
     }
 

@@ -1,20 +1,74 @@
-//! The shared state of a running server: the consistency engine, the log,
-//! and each streaming client's outbox, behind one lock. Every RPC and the
-//! flush scheduler go through here; the engine decides, the hub carries the
-//! decisions out (log appends, Updates on streams, ends of streams).
+//! The shared state of a running server: the consistency engine, the queue
+//! to the log writer, and each streaming client's outbox, behind one lock.
+//! Every RPC, the flush scheduler and the writer go through here; the engine
+//! decides, the hub carries the decisions out (log appends, Updates on
+//! streams, ends of streams).
+//!
+//! Durability before visibility: an accepted message is queued for the
+//! group-commit writer (`super::writer`) under the lock, in seq order. The
+//! writer stores a batch without the lock, then reports it here
+//! ([`Hub::batch_stored`]): the engine marks it durable (only then can it be
+//! delivered) and the waiting `SendMessage` calls get their OK. If storing
+//! fails ([`Hub::batch_failed`]), every pending message is discarded and its
+//! sender gets `INTERNAL_ERROR`.
 
 use super::clock;
 use super::convert;
 use super::outbox::{Outbox, UpdateStream};
 use crate::consistency::{
-    ClientId, Decision, DropReason, Engine, Event, Micros, Submission, Verdict,
+    ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq, Submission,
+    Verdict,
 };
 use crate::log::Log;
 use rand::Rng;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::Notify;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
 use tonic::Status;
+
+/// Where accepted messages go to become durable.
+pub enum Sink {
+    /// Appended at once, under the lock (the in-memory log): a message is
+    /// durable (as durable as memory is) when `submit` returns.
+    Immediate(Box<dyn Log>),
+    /// Queued for the group-commit writer thread (`super::writer`).
+    Writer,
+}
+
+/// Tells a waiting `SendMessage` whether its message was stored: `true`
+/// once durable, `false` (or the sender dropped) if storing failed.
+pub type Outcome = oneshot::Receiver<bool>;
+
+/// The answer to a `SendMessage`: the engine's decision, and for an accepted
+/// message that is not durable yet, the outcome to wait for before the OK
+/// may be sent.
+pub struct Submitted {
+    /// What the engine decided (an OK here is not final while `durable` is
+    /// `Some`).
+    pub decision: Decision,
+    /// `Some` while the message (or, for a retry, its original) is pending.
+    pub durable: Option<Outcome>,
+}
+
+/// Accepted messages waiting for the writer, in seq order.
+#[derive(Default)]
+struct Queue {
+    /// The entries, oldest first; they continue the log in seq order.
+    entries: Vec<Arc<Entry>>,
+    /// One outcome sender per entry, same order: its `SendMessage` waits.
+    waiters: Vec<oneshot::Sender<bool>>,
+}
+
+/// What [`Hub::take_batch`] gives the writer.
+pub enum Taken {
+    /// Entries to store (in seq order) and their waiters.
+    Batch(Vec<Arc<Entry>>, Vec<oneshot::Sender<bool>>),
+    /// Nothing arrived within the timeout.
+    Idle,
+    /// Shutdown and nothing left to store: the writer exits.
+    Stop,
+}
 
 struct Inner {
     engine: Engine,
@@ -22,13 +76,30 @@ struct Inner {
     outboxes: HashMap<ClientId, Arc<Outbox>>,
     /// Set once shutdown began: no new clients or streams.
     draining: bool,
+    /// How accepted messages are stored.
+    sink: Sink,
+    /// Accepted messages the writer has not taken yet (`Sink::Writer`).
+    queue: Queue,
+    /// Retries of messages that are still pending: `(original seq, waiter)`;
+    /// answered when that seq is stored or discarded.
+    retry_waiters: Vec<(Seq, oneshot::Sender<bool>)>,
+    /// True while the writer sleeps on `Hub::work`: a submit must wake it
+    /// (skipping the wake-up syscall while it is busy).
+    writer_idle: bool,
+    /// Set when the server has stopped taking RPCs: the writer stores what
+    /// is queued and exits.
+    writer_stop: bool,
 }
 
 pub struct Hub {
     inner: Mutex<Inner>,
     /// Wakes the flush scheduler when the engine's next deadline moved earlier.
     wake: Notify,
-    log: Arc<dyn Log>,
+    /// Wakes the writer thread when work arrives (waits on `inner`).
+    work: Condvar,
+    /// Notified whenever a batch was stored or failed: shutdown waits on it
+    /// until nothing is pending.
+    settled: Notify,
     /// Byte limit of each client's outbound queue.
     max_outbound_bytes: usize,
 }
@@ -45,15 +116,21 @@ pub fn redacted(id: ClientId) -> String {
 }
 
 impl Hub {
-    pub fn new(engine: Engine, log: Arc<dyn Log>, max_outbound_bytes: usize) -> Arc<Self> {
+    pub fn new(engine: Engine, sink: Sink, max_outbound_bytes: usize) -> Arc<Self> {
         Arc::new(Hub {
             inner: Mutex::new(Inner {
                 engine,
                 outboxes: HashMap::new(),
                 draining: false,
+                sink,
+                queue: Queue::default(),
+                retry_waiters: Vec::new(),
+                writer_idle: false,
+                writer_stop: false,
             }),
             wake: Notify::new(),
-            log,
+            work: Condvar::new(),
+            settled: Notify::new(),
             max_outbound_bytes,
         })
     }
@@ -164,26 +241,173 @@ impl Hub {
         Ok(now)
     }
 
-    /// `SendMessage`: decide, and append what was committed to the log.
-    pub fn submit(&self, sub: Submission) -> Decision {
+    /// `SendMessage`: decide, and hand what was committed to the log. No
+    /// disk I/O happens here: with the writer sink the entry is only queued.
+    pub fn submit(&self, sub: Submission) -> Submitted {
         let now = clock::now();
         self.with_engine(|g| {
             let (mut decision, entry) = g.engine.submit(sub, now);
-            if let Some(e) = entry
-                && let Err(err) = self.log.append(&[&e])
-            {
-                // The engine already made the entry visible; the log is the
-                // part that failed, so the writer must not be told OK.
-                tracing::error!(seq = e.seq, error = %err, "log append failed");
-                decision.verdict = Verdict::Rejected {
-                    reason: crate::consistency::Rejection::Internal,
-                    at: now,
+            let Some(e) = entry else {
+                // A retry whose original is still pending waits for it too:
+                // its OK must not come before the original is stored.
+                if let Verdict::Accepted {
+                    seq, retry: true, ..
+                } = decision.verdict
+                    && seq > g.engine.durable()
+                {
+                    let (tx, rx) = oneshot::channel();
+                    g.retry_waiters.push((seq, tx));
+                    return Submitted {
+                        decision,
+                        durable: Some(rx),
+                    };
+                }
+                return Submitted {
+                    decision,
+                    durable: None,
                 };
-                return Err(decision);
+            };
+            match &mut g.sink {
+                Sink::Immediate(log) => {
+                    if let Err(err) = log.append(std::slice::from_ref(&e)) {
+                        tracing::error!(seq = e.seq, error = %err, "log append failed");
+                        g.engine.discard_pending();
+                        decision.verdict = Verdict::Rejected {
+                            reason: Rejection::Internal,
+                            at: now,
+                        };
+                    } else {
+                        g.engine.mark_durable(e.seq);
+                    }
+                    Submitted {
+                        decision,
+                        durable: None,
+                    }
+                }
+                Sink::Writer => {
+                    let (tx, rx) = oneshot::channel();
+                    g.queue.entries.push(e);
+                    g.queue.waiters.push(tx);
+                    if g.writer_idle {
+                        g.writer_idle = false;
+                        self.work.notify_one();
+                    }
+                    Submitted {
+                        decision,
+                        durable: Some(rx),
+                    }
+                }
             }
-            Ok(decision)
         })
-        .unwrap_or_else(|d| d)
+    }
+
+    /// Writer: waits (up to `timeout`, or for ever) for queued messages and
+    /// takes them all, at most `max` (the rest stay for the next batch).
+    pub fn take_batch(&self, max: usize, timeout: Option<Duration>) -> Taken {
+        let mut g = self.lock();
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if !g.queue.entries.is_empty() {
+                g.writer_idle = false;
+                let n = g.queue.entries.len().min(max);
+                let (entries, waiters) = if n == g.queue.entries.len() {
+                    (
+                        std::mem::take(&mut g.queue.entries),
+                        std::mem::take(&mut g.queue.waiters),
+                    )
+                } else {
+                    (
+                        g.queue.entries.drain(..n).collect(),
+                        g.queue.waiters.drain(..n).collect(),
+                    )
+                };
+                return Taken::Batch(entries, waiters);
+            }
+            if g.writer_stop {
+                return Taken::Stop;
+            }
+            g.writer_idle = true;
+            g = match deadline {
+                None => self.work.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        g.writer_idle = false;
+                        return Taken::Idle;
+                    }
+                    self.work
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Writer: every entry up to `upto` is stored. They become visible, and
+    /// the retries waiting on them are answered (the batch's own waiters are
+    /// answered by the writer, after this).
+    pub fn batch_stored(&self, upto: Seq) {
+        let waiters = self.with_engine(|g| {
+            g.engine.mark_durable(upto);
+            let (done, waiting) = std::mem::take(&mut g.retry_waiters)
+                .into_iter()
+                .partition(|(seq, _)| *seq <= upto);
+            g.retry_waiters = waiting;
+            done
+        });
+        for (_, tx) in waiters {
+            let _ = tx.send(true);
+        }
+        self.settled.notify_waiters();
+    }
+
+    /// Writer: storing the batch it took failed. Every pending message (that
+    /// batch, and all admitted after it) is discarded, and the waiters still
+    /// queued (and the retries) are answered `INTERNAL_ERROR`; the writer
+    /// answers its batch's own. Returns the number of messages discarded.
+    pub fn batch_failed(&self) -> u64 {
+        let (n, waiters) = self.with_engine(|g| {
+            let n = g.engine.discard_pending();
+            g.queue.entries.clear();
+            let mut waiters = std::mem::take(&mut g.queue.waiters);
+            waiters.extend(
+                std::mem::take(&mut g.retry_waiters)
+                    .into_iter()
+                    .map(|(_, tx)| tx),
+            );
+            (n, waiters)
+        });
+        for tx in waiters {
+            let _ = tx.send(false);
+        }
+        self.settled.notify_waiters();
+        n
+    }
+
+    /// Shutdown: waits (up to `limit`) until nothing admitted so far is
+    /// pending, so the final flush delivers it. Returns false on timeout.
+    pub async fn wait_settled(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let settled = self.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if self.inspect(|e| e.pending()) == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// Shutdown: the server takes no more RPCs; the writer stores what is
+    /// queued and exits.
+    pub fn stop_writer(&self) {
+        let mut g = self.lock();
+        g.writer_stop = true;
+        self.work.notify_all();
     }
 
     /// Runs the engine's due work and carries out its events. Returns when

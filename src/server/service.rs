@@ -2,7 +2,7 @@
 //! answers. No consistency logic lives here.
 
 use super::convert;
-use super::hub::Hub;
+use super::hub::{Hub, Submitted};
 use super::outbox::UpdateStream;
 use crate::proto::chat_server_server::ChatServer;
 use crate::proto::{
@@ -10,7 +10,7 @@ use crate::proto::{
 };
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -18,6 +18,24 @@ use tonic::{Request, Response, Status, Streaming};
 pub const NAME_HEADER: &str = "x-chat-name";
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+/// Messages of one `SendMessages` stream decided but not yet answered (their
+/// batch is being stored). Lets one stream fill a group commit instead of
+/// waiting an fsync per message; bounds the memory one stream can hold.
+pub const PIPELINE_DEPTH: usize = 128;
+
+/// The final status of a submitted message: an accepted one waits until it
+/// is durable; if storing it failed, `INTERNAL_ERROR` (never a false OK).
+async fn settle(s: Submitted) -> MessageStatus {
+    let stored = match s.durable {
+        None => true,
+        Some(outcome) => outcome.await.unwrap_or(false),
+    };
+    if stored {
+        convert::message_status(&s.decision)
+    } else {
+        convert::internal_error(super::clock::now())
+    }
+}
 
 pub struct ChatService {
     hub: Arc<Hub>,
@@ -87,8 +105,8 @@ impl ChatServer for ChatService {
         &self,
         request: Request<SentMessage>,
     ) -> Result<Response<MessageStatus>, Status> {
-        let decision = self.hub.submit(convert::submission(request.into_inner()));
-        Ok(Response::new(convert::message_status(&decision)))
+        let submitted = self.hub.submit(convert::submission(request.into_inner()));
+        Ok(Response::new(settle(submitted).await))
     }
 
     type SendMessagesStream = Pin<Box<dyn Stream<Item = Result<MessageStatus, Status>> + Send>>;
@@ -98,11 +116,13 @@ impl ChatServer for ChatService {
         request: Request<Streaming<SentMessage>>,
     ) -> Result<Response<Self::SendMessagesStream>, Status> {
         let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Submitted, Status>>(PIPELINE_DEPTH);
         let hub = self.hub.clone();
         let shutdown = self.shutdown.clone();
-        // One message at a time, in input order: the accepted ones commit in
-        // input order and each status goes out in the same order.
+        // Decided one at a time, in input order, so the accepted ones commit
+        // in input order. Up to PIPELINE_DEPTH decided messages wait for
+        // their batch at once; the statuses go out in input order as each
+        // becomes final.
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -110,7 +130,7 @@ impl ChatServer for ChatService {
                     _ = shutdown.cancelled() => break,
                 };
                 let item = match next {
-                    Ok(Some(m)) => Ok(convert::message_status(&hub.submit(convert::submission(m)))),
+                    Ok(Some(m)) => Ok(hub.submit(convert::submission(m))),
                     Ok(None) => break,
                     Err(status) => Err(status),
                 };
@@ -120,6 +140,12 @@ impl ChatServer for ChatService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let statuses = ReceiverStream::new(rx).then(|item| async move {
+            match item {
+                Ok(submitted) => Ok(settle(submitted).await),
+                Err(status) => Err(status),
+            }
+        });
+        Ok(Response::new(Box::pin(statuses)))
     }
 }

@@ -5,7 +5,7 @@ use dyconit_chat::client::{ChatClient, Received, Subscription};
 use dyconit_chat::consistency::{Bounds, BoundsTable};
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
 use dyconit_chat::proto::{Acknowledgement, Client, SentMessage, ServerTime, Thread};
-use dyconit_chat::server::{self, Config, Listeners};
+use dyconit_chat::server::{self, Config, Listeners, Storage};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -18,10 +18,22 @@ pub struct TestServer {
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The data directory made for a durable config that named none; removed
+    /// when the server is dropped.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
-    pub async fn start(config: Config) -> TestServer {
+    /// Starts a server. A durable config whose data dir is the default
+    /// `data` gets a fresh temporary directory instead: tests never write
+    /// outside a temp dir.
+    pub async fn start(mut config: Config) -> TestServer {
+        let mut data = None;
+        if config.storage == Storage::Durable && config.data_dir == Config::default().data_dir {
+            let dir = tempfile::tempdir().expect("temp dir");
+            config.data_dir = dir.path().to_owned();
+            data = Some(dir);
+        }
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", grpc.local_addr().unwrap());
@@ -35,6 +47,7 @@ impl TestServer {
             admin: admin_addr,
             stop: Some(tx),
             task: Some(task),
+            _data: data,
         }
     }
 
@@ -84,9 +97,14 @@ impl ConnectTo for ChatServerClient<Channel> {
 }
 
 /// A config with the given default bounds and the rest as in tests: short
-/// leases and timeouts so waits stay short.
+/// leases and timeouts so waits stay short. Memory storage, unless
+/// `DYCONIT_TEST_STORAGE=durable` (then each server gets a temp data dir):
+/// `.ci/run` runs the protocol suite both ways.
 pub fn config(staleness_ms: u64, numerical: u64, order: u64) -> Config {
     let mut c = Config::default();
+    if std::env::var("DYCONIT_TEST_STORAGE").as_deref() == Ok("durable") {
+        c.storage = Storage::Durable;
+    }
     c.settings.bounds = BoundsTable::new(Bounds {
         staleness: Duration::from_millis(staleness_ms),
         numerical,
