@@ -360,7 +360,9 @@ impl Harness {
                         prop_assert_eq!(decision.numerical_error, Some(num_err));
                         prop_assert!(num_err < b.numerical);
                         prop_assert_eq!(seq, self.commits.len() as u64 + 1);
-                        prop_assert_eq!(entry.map(|e| e.seq), Some(seq));
+                        prop_assert_eq!(entry.as_ref().map(|e| e.seq), Some(seq));
+                        // The OK carries the commit time clients are sent.
+                        prop_assert_eq!(entry.map(|e| e.commit_time), Some(at));
                         self.commits.push((seq, thread, id, at));
                         c.accepted.insert(n, (thread.to_owned(), contents, seq));
                         if !hold {

@@ -398,9 +398,12 @@ impl Engine {
             return (decision, None);
         }
         let entry = self.commit(id, n, sub.thread, sub.contents, now);
+        // The commit time, not `now`: they differ when the clock read before
+        // the lock is older than the previous commit (commit times never go
+        // back), and the OK must carry the time every client is sent.
         decision.verdict = Verdict::Accepted {
             seq: entry.seq,
-            at: now,
+            at: entry.commit_time,
             retry: false,
         };
         (decision, Some(entry))
@@ -780,6 +783,18 @@ mod tests {
             .flat_map(|b| b.entries.iter().map(|e| e.contents.clone()))
             .collect();
         assert_eq!(got, ["kept", "lost-a"]);
+    }
+
+    #[test]
+    fn an_ok_carries_the_commit_time_even_when_the_clock_went_back() {
+        let mut e = engine();
+        e.connect(1, 1, "w".into(), T0);
+        send(&mut e, 1, 1, "first", T0.plus(Duration::from_millis(5)));
+        let d = send(&mut e, 1, 2, "second", T0);
+        match d.verdict {
+            Verdict::Accepted { at, .. } => assert_eq!(at, T0.plus(Duration::from_millis(5))),
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]
