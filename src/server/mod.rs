@@ -62,6 +62,9 @@ pub struct Config {
     pub retention: Retention,
     /// How often the retention pass runs.
     pub retention_interval: Duration,
+    /// The storage health counters `run` updates: the caller keeps a clone
+    /// to read them (the metrics layer, tests).
+    pub storage_health: Arc<StorageHealth>,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             retention: Retention::default(),
             retention_interval: Duration::from_secs(1),
+            storage_health: Arc::new(StorageHealth::default()),
         }
     }
 }
@@ -165,7 +169,7 @@ pub async fn run(
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
 
-    let storage_health = Arc::new(StorageHealth::default());
+    let storage_health = config.storage_health.clone();
     let (hub, storage) = open_storage(&config, &storage_health)?;
 
     let stop = CancellationToken::new();
