@@ -61,6 +61,19 @@ pub struct ServeArgs {
     /// Where messages are kept [default: memory]
     #[arg(long, env = "DYCONIT_STORAGE", value_enum)]
     pub storage: Option<Storage>,
+    /// Bearer token required by mutating admin API calls (PUT, DELETE);
+    /// required when --admin-listen is not a loopback address
+    #[arg(
+        long,
+        env = "DYCONIT_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317);
+    /// tracing is off when neither this nor OTEL_EXPORTER_OTLP_ENDPOINT is set
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// TOML config file: any of the settings above (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
@@ -99,6 +112,8 @@ pub struct FileConfig {
     pub max_clock_skew: Option<Duration>,
     pub max_outbound_bytes: Option<usize>,
     pub storage: Option<Storage>,
+    pub admin_token: Option<String>,
+    pub otlp_endpoint: Option<String>,
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
@@ -109,6 +124,8 @@ pub struct FileConfig {
 pub struct Resolved {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Where traces go, if anywhere.
+    pub otlp_endpoint: Option<String>,
     pub config: Config,
 }
 
@@ -164,6 +181,11 @@ impl ServeArgs {
             bail!("max outbound bytes {max_outbound_bytes} is below 1024");
         }
         Ok(Resolved {
+            otlp_endpoint: self
+                .otlp_endpoint
+                .clone()
+                .or(file.otlp_endpoint)
+                .filter(|e| !e.is_empty()),
             listen: self
                 .listen
                 .or(file.listen)
@@ -176,6 +198,7 @@ impl ServeArgs {
                 settings,
                 max_outbound_bytes,
                 storage: self.storage.or(file.storage).unwrap_or_default(),
+                admin_token: self.admin_token.clone().or(file.admin_token),
                 ..dc
             },
         })

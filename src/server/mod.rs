@@ -46,6 +46,18 @@ pub struct Config {
     /// How long shutdown waits for open RPCs before it stops anyway.
     pub shutdown_grace: Duration,
     pub storage: Storage,
+    /// Bearer token required by mutating admin calls; required when the
+    /// admin port listens beyond loopback.
+    pub admin_token: Option<String>,
+    /// Runtime control of the log filter (`PUT /api/v1/log-level`); `None`
+    /// when the process's subscriber is not ours to change (tests).
+    pub log_filter: Option<crate::telemetry::tracing_setup::LogFilter>,
+}
+
+impl std::fmt::Debug for crate::telemetry::tracing_setup::LogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LogFilter").field(&self.current()).finish()
+    }
 }
 
 impl Default for Config {
@@ -55,6 +67,8 @@ impl Default for Config {
             max_outbound_bytes: 4 << 20,
             shutdown_grace: Duration::from_secs(5),
             storage: Storage::Memory,
+            admin_token: None,
+            log_filter: None,
         }
     }
 }
@@ -78,6 +92,12 @@ pub async fn run(
     config.settings.validate().context("invalid settings")?;
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
+    if !admin_addr.ip().is_loopback() && config.admin_token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "refusing to serve the admin API on non-loopback address {admin_addr} without --admin-token (it can change bounds)"
+        );
+    }
+    let metrics = crate::telemetry::metrics::Metrics::new();
 
     let log: Arc<dyn Log> = match config.storage {
         Storage::Memory => Arc::new(MemoryLog::new(MEMORY_LOG_CAPACITY)),
@@ -85,7 +105,7 @@ pub async fn run(
     let head = log.head()?;
     let recent = log.recent(config.settings.history)?;
     let engine = Engine::new(config.settings.clone(), head, recent);
-    let hub = hub::Hub::new(engine, log, config.max_outbound_bytes);
+    let hub = hub::Hub::new(engine, log, config.max_outbound_bytes, metrics.clone());
 
     let stop = CancellationToken::new();
     let ready = admin::Readiness::default();
@@ -117,6 +137,18 @@ pub async fn run(
     let admin_stop = stop.clone();
     let admin_state = admin::AdminState {
         ready: ready.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        token: config
+            .admin_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
+        log_filter: config
+            .log_filter
+            .clone()
+            .unwrap_or_else(|| crate::telemetry::tracing_setup::LogFilter::detached("info")),
+        started: std::time::Instant::now(),
     };
     let admin = tokio::spawn(admin::serve(
         listeners.admin,
