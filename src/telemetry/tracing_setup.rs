@@ -18,11 +18,14 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, reload};
 
+/// A function that installs a filter string, or says why it cannot.
+type ApplyFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// Replaces the log filter at runtime. Cloned into the admin server.
 #[derive(Clone)]
 pub struct LogFilter {
     /// Applies a filter string (tracing `EnvFilter` syntax).
-    apply: Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    apply: ApplyFilter,
     /// The filter in force, for `GET`-style reporting.
     current: Arc<std::sync::Mutex<String>>,
 }
