@@ -75,6 +75,19 @@ pub struct ServeArgs {
     /// background (the newest message is always kept) [default: keep all]
     #[arg(long, env = "DYCONIT_RETENTION_AGE", value_name = "DUR", value_parser = parse_duration)]
     pub retention_age: Option<Duration>,
+    /// Bearer token required by mutating admin API calls (PUT, DELETE);
+    /// required when --admin-listen is not a loopback address
+    #[arg(
+        long,
+        env = "DYCONIT_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317);
+    /// tracing is off when neither this nor OTEL_EXPORTER_OTLP_ENDPOINT is set
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// TOML config file: any of the settings above (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
@@ -120,6 +133,8 @@ pub struct FileConfig {
         with = "crate::consistency::bounds::humantime_serde_compat::option"
     )]
     pub retention_age: Option<Duration>,
+    pub admin_token: Option<String>,
+    pub otlp_endpoint: Option<String>,
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
@@ -130,6 +145,8 @@ pub struct FileConfig {
 pub struct Resolved {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Where traces go, if anywhere.
+    pub otlp_endpoint: Option<String>,
     pub config: Config,
 }
 
@@ -196,6 +213,11 @@ impl ServeArgs {
         }
         let storage = self.storage.or(file.storage).unwrap_or_default();
         Ok(Resolved {
+            otlp_endpoint: self
+                .otlp_endpoint
+                .clone()
+                .or(file.otlp_endpoint)
+                .filter(|e| !e.is_empty()),
             listen: self
                 .listen
                 .or(file.listen)
@@ -214,6 +236,7 @@ impl ServeArgs {
                     .or(file.data_dir)
                     .unwrap_or(dc.data_dir.clone()),
                 retention,
+                admin_token: self.admin_token.clone().or(file.admin_token),
                 ..dc
             },
         })

@@ -13,6 +13,7 @@ pub mod config;
 pub mod consistency;
 pub mod log;
 pub mod server;
+pub mod telemetry;
 
 /// The wire types and service stubs generated from `proto/chat.proto`.
 pub mod proto {

@@ -3,8 +3,8 @@
 use clap::{Parser, Subcommand};
 use dyconit_chat::config::ServeArgs;
 use dyconit_chat::server::{self, Listeners};
+use dyconit_chat::telemetry::tracing_setup;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// Dyconit Chat: a gRPC chat server that batches deliveries within bounded
 /// inconsistency (staleness, numerical error, order error) per thread.
@@ -25,15 +25,11 @@ enum Command {
     Serve(ServeArgs),
 }
 
-fn init_logging(filter: Option<&str>) {
-    let filter = match filter {
-        Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+/// The log filter: `--log`, else `RUST_LOG`, else "info".
+fn log_filter(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "info".to_owned())
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -54,9 +50,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context;
-    let resolved = args.resolve()?;
+    let mut resolved = args.resolve()?;
+    let telemetry = tracing_setup::init(&log_filter(log), resolved.otlp_endpoint.as_deref())?;
+    resolved.config.log_filter = Some(telemetry.log_filter.clone());
     let grpc = TcpListener::bind(resolved.listen)
         .await
         .with_context(|| format!("binding the gRPC address {}", resolved.listen))?;
@@ -74,9 +72,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, cli.log.as_deref()).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -84,13 +84,14 @@ impl ClientState {
     }
 
     /// Applies an acknowledgement of `count` Updates (already checked to be
-    /// at most `updates_sent`). Returns true if it advanced.
-    pub fn acknowledge(&mut self, count: u64, now: Micros) -> bool {
+    /// at most `updates_sent`). Returns when the newest acknowledged Update
+    /// was sent, if the acknowledgement advanced.
+    pub fn acknowledge(&mut self, count: u64, now: Micros) -> Option<Micros> {
         if count <= self.acked {
-            return false;
+            return None;
         }
         let n = (count - self.acked) as usize;
-        let (pos, _) = self.unacked[n - 1];
+        let (pos, sent_at) = self.unacked[n - 1];
         self.unacked.drain(..n);
         self.acked = count;
         self.acked_pos = pos;
@@ -100,7 +101,17 @@ impl ClientState {
             seqs.drain(..n);
             !seqs.is_empty()
         });
-        true
+        Some(sent_at)
+    }
+
+    /// When the oldest unacknowledged Update was sent, if any is outstanding.
+    pub fn oldest_unacked_at(&self) -> Option<Micros> {
+        self.unacked.front().map(|&(_, at)| at)
+    }
+
+    /// Messages sent to it and not acknowledged.
+    pub fn unacked_messages(&self) -> u64 {
+        self.delivered - self.acked_pos
     }
 
     /// Records one of its own commits.

@@ -52,6 +52,17 @@ pub struct Batch {
     pub entries: Arc<[Arc<Entry>]>,
     /// Entries delivered later than their conit's staleness allowed.
     pub late: u64,
+    /// Sent after the previous Update's expiration time (a broken lease).
+    pub after_expiration: bool,
+}
+
+/// What an acknowledgement that advanced tells about the client's lag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckInfo {
+    /// Messages sent to the client and still unacknowledged after it.
+    pub lag_messages: u64,
+    /// From sending the newest acknowledged Update to its acknowledgement.
+    pub round_trip_micros: i64,
 }
 
 /// Why a client left.
@@ -258,6 +269,18 @@ impl Engine {
         }
     }
 
+    /// The numerical error of every conit with unacknowledged commits.
+    pub fn numerical_errors(&self) -> Vec<(Arc<str>, u64)> {
+        let Some((&min, _)) = self.active_acks.first_key_value() else {
+            return Vec::new();
+        };
+        self.conits
+            .iter()
+            .map(|(t, log)| (t.clone(), log.count_after(min)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
     /// Registers a client. Returns false (and changes nothing) if the id is
     /// already taken.
     pub fn connect(&mut self, id: ClientId, public_id: u64, name: Arc<str>, now: Micros) -> bool {
@@ -300,11 +323,19 @@ impl Engine {
             expiration,
             entries,
             late: 0,
+            after_expiration: false,
         })
     }
 
     /// An `Acknowlegde` call.
-    pub fn acknowledge(&mut self, id: ClientId, count: i64, now: Micros) -> Result<(), AckError> {
+    /// Returns what the acknowledgement says about the client's lag, if it
+    /// advanced.
+    pub fn acknowledge(
+        &mut self,
+        id: ClientId,
+        count: i64,
+        now: Micros,
+    ) -> Result<Option<AckInfo>, AckError> {
         let c = self.clients.get_mut(&id).ok_or(AckError::NotFound)?;
         if count < 0 {
             return Err(AckError::Negative);
@@ -316,11 +347,17 @@ impl Engine {
             });
         }
         let before = c.acked_pos;
-        if c.acknowledge(count as u64, now) && c.phase == Phase::Streaming {
+        let Some(sent_at) = c.acknowledge(count as u64, now) else {
+            return Ok(None);
+        };
+        if c.phase == Phase::Streaming {
             multiset_remove(&mut self.active_acks, before);
             multiset_add(&mut self.active_acks, c.acked_pos);
         }
-        Ok(())
+        Ok(Some(AckInfo {
+            lag_messages: c.unacked_messages(),
+            round_trip_micros: now.0.saturating_sub(sent_at.0),
+        }))
     }
 
     /// Decides on a `SentMessage` and, if accepted, commits it. Returns the
@@ -335,6 +372,7 @@ impl Engine {
             },
             order_error: None,
             numerical_error: None,
+            ack: None,
         };
         let reject = |d: &mut Decision, reason| {
             d.verdict = Verdict::Rejected { reason, at: now };
@@ -570,6 +608,7 @@ impl Engine {
         let visible = *durable;
         let half_lease = settings.lease / 2;
         let heartbeat_after = half_lease - safety_margin(half_lease);
+        let heartbeat_slack = heartbeat_after / 4;
         let mut events = Vec::new();
         let mut drops = Vec::new();
         let mut next = Micros::MAX;
@@ -596,13 +635,19 @@ impl Engine {
             let flush = *due_memo
                 .entry(c.delivered)
                 .or_insert_with(|| flush_due(conits, &settings.bounds, visible, c.delivered));
-            let due = match flush {
+            let flush = match flush {
                 Some(_) if force => Micros(i64::MIN),
-                Some(f) => f.min(heartbeat),
-                None => heartbeat,
+                Some(f) => f,
+                None => Micros::MAX,
             };
-            if now < due {
-                next = next.min(due).min(ack_deadline.unwrap_or(Micros::MAX));
+            // A heartbeat due soon goes out with this poll: idle clients
+            // that connected at scattered times thus fall into a few groups
+            // served together, instead of one wake-up per client.
+            if now < flush && now.plus(heartbeat_slack) < heartbeat {
+                next = next
+                    .min(flush)
+                    .min(heartbeat)
+                    .min(ack_deadline.unwrap_or(Micros::MAX));
                 continue;
             }
             let (entries, late) = batch_memo
@@ -624,6 +669,7 @@ impl Engine {
                 .clone();
             multiset_remove(cursors, c.delivered);
             multiset_add(cursors, visible);
+            let after_expiration = now > c.expiration;
             let expiration = now.plus(settings.lease);
             c.record_update(visible, now, expiration);
             next = next
@@ -636,6 +682,7 @@ impl Engine {
                     expiration,
                     entries,
                     late,
+                    after_expiration,
                 },
             });
         }

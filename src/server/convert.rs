@@ -35,15 +35,6 @@ pub fn message_status(d: &Decision) -> proto::MessageStatus {
     }
 }
 
-/// `INTERNAL_ERROR` at `at`: the message was accepted but could not be
-/// stored, so it was not committed.
-pub fn internal_error(at: Micros) -> proto::MessageStatus {
-    proto::MessageStatus {
-        status_code: StatusCode::InternalError as i32,
-        timestamp: Some(server_time(at)),
-    }
-}
-
 pub fn status_code(r: &Rejection) -> StatusCode {
     match r {
         Rejection::Client(_) => StatusCode::ClientError,

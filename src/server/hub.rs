@@ -15,11 +15,13 @@
 use super::clock;
 use super::convert;
 use super::outbox::{Outbox, UpdateStream};
+use crate::consistency::engine::AckInfo;
 use crate::consistency::{
     ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq, Submission,
     Verdict,
 };
 use crate::log::Log;
+use crate::telemetry::metrics::{Metrics, TOP_LAGGARDS};
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -89,6 +91,8 @@ struct Inner {
     /// Set when the server has stopped taking RPCs: the writer stores what
     /// is queued and exits.
     writer_stop: bool,
+    /// The last [`CHANGE_HISTORY`] runtime bound changes.
+    changes: std::collections::VecDeque<ChangeRecord>,
 }
 
 pub struct Hub {
@@ -102,6 +106,8 @@ pub struct Hub {
     settled: Notify,
     /// Byte limit of each client's outbound queue.
     max_outbound_bytes: usize,
+    /// Where every count and latency is recorded.
+    metrics: Metrics,
 }
 
 /// The public handle of a client: derived from its public id, safe to log and
@@ -116,7 +122,12 @@ pub fn redacted(id: ClientId) -> String {
 }
 
 impl Hub {
-    pub fn new(engine: Engine, sink: Sink, max_outbound_bytes: usize) -> Arc<Self> {
+    pub fn new(
+        engine: Engine,
+        sink: Sink,
+        max_outbound_bytes: usize,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         Arc::new(Hub {
             inner: Mutex::new(Inner {
                 engine,
@@ -127,12 +138,18 @@ impl Hub {
                 retry_waiters: Vec::new(),
                 writer_idle: false,
                 writer_stop: false,
+                changes: std::collections::VecDeque::new(),
             }),
             wake: Notify::new(),
             work: Condvar::new(),
             settled: Notify::new(),
             max_outbound_bytes,
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -223,6 +240,7 @@ impl Hub {
         if g.engine.remove(id)
             && let Some(p) = public
         {
+            self.count_drop(DropReason::StreamClosed);
             tracing::info!(client = %handle(p), reason = DropReason::StreamClosed.as_str(), "client left");
         }
     }
@@ -231,13 +249,17 @@ impl Hub {
     pub fn acknowledge(&self, id: ClientId, count: i64) -> Result<Micros, Status> {
         use crate::consistency::engine::AckError;
         let now = clock::now();
-        self.with_engine(|g| g.engine.acknowledge(id, count, now))
+        let info = self
+            .with_engine(|g| g.engine.acknowledge(id, count, now))
             .map_err(|e| match e {
                 AckError::NotFound => Status::not_found("unknown client id"),
                 AckError::Negative | AckError::AboveSent { .. } => {
                     Status::invalid_argument(e.to_string())
                 }
             })?;
+        // Standalone acknowledgements are most of them: count them in the
+        // acknowledgement-lag histograms like those inside a SentMessage.
+        self.observe_ack(info);
         Ok(now)
     }
 
@@ -245,60 +267,91 @@ impl Hub {
     /// disk I/O happens here: with the writer sink the entry is only queued.
     pub fn submit(&self, sub: Submission) -> Submitted {
         let now = clock::now();
-        self.with_engine(|g| {
+        let thread = sub.thread.clone();
+        let (submitted, tier) = self.with_engine(|g| {
             let (mut decision, entry) = g.engine.submit(sub, now);
-            let Some(e) = entry else {
+            let tier = decision
+                .order_error
+                .map(|_| g.engine.settings().bounds.tier(&thread));
+            let durable = match entry {
                 // A retry whose original is still pending waits for it too:
                 // its OK must not come before the original is stored.
-                if let Verdict::Accepted {
-                    seq, retry: true, ..
-                } = decision.verdict
-                    && seq > g.engine.durable()
-                {
-                    let (tx, rx) = oneshot::channel();
-                    g.retry_waiters.push((seq, tx));
-                    return Submitted {
-                        decision,
-                        durable: Some(rx),
-                    };
-                }
-                return Submitted {
-                    decision,
-                    durable: None,
-                };
+                None => match decision.verdict {
+                    Verdict::Accepted {
+                        seq, retry: true, ..
+                    } if seq > g.engine.durable() => {
+                        let (tx, rx) = oneshot::channel();
+                        g.retry_waiters.push((seq, tx));
+                        Some(rx)
+                    }
+                    _ => None,
+                },
+                Some(e) => match &mut g.sink {
+                    Sink::Immediate(log) => {
+                        if let Err(err) = log.append(std::slice::from_ref(&e)) {
+                            tracing::error!(seq = e.seq, error = %err, "log append failed");
+                            g.engine.discard_pending();
+                            decision.verdict = Verdict::Rejected {
+                                reason: Rejection::Internal,
+                                at: now,
+                            };
+                        } else {
+                            g.engine.mark_durable(e.seq);
+                        }
+                        None
+                    }
+                    Sink::Writer => {
+                        let (tx, rx) = oneshot::channel();
+                        g.queue.entries.push(e);
+                        g.queue.waiters.push(tx);
+                        if g.writer_idle {
+                            g.writer_idle = false;
+                            self.work.notify_one();
+                        }
+                        Some(rx)
+                    }
+                },
             };
-            match &mut g.sink {
-                Sink::Immediate(log) => {
-                    if let Err(err) = log.append(std::slice::from_ref(&e)) {
-                        tracing::error!(seq = e.seq, error = %err, "log append failed");
-                        g.engine.discard_pending();
-                        decision.verdict = Verdict::Rejected {
-                            reason: Rejection::Internal,
-                            at: now,
-                        };
-                    } else {
-                        g.engine.mark_durable(e.seq);
-                    }
-                    Submitted {
-                        decision,
-                        durable: None,
-                    }
-                }
-                Sink::Writer => {
-                    let (tx, rx) = oneshot::channel();
-                    g.queue.entries.push(e);
-                    g.queue.waiters.push(tx);
-                    if g.writer_idle {
-                        g.writer_idle = false;
-                        self.work.notify_one();
-                    }
-                    Submitted {
-                        decision,
-                        durable: Some(rx),
-                    }
-                }
+            (Submitted { decision, durable }, tier)
+        });
+        let m = &self.metrics;
+        let decision = &submitted.decision;
+        match decision.verdict {
+            // Final now (memory log); a pending one is counted when its batch
+            // is stored or fails (`batch_stored`, `batch_failed`).
+            Verdict::Accepted { retry: false, .. } if submitted.durable.is_none() => {
+                m.messages_accepted.inc()
             }
-        })
+            Verdict::Accepted { .. } => {}
+            Verdict::Rejected { reason, .. } => m
+                .messages_rejected
+                .with_label_values(&[reason.reason()])
+                .inc(),
+        }
+        if let (Some(e), Some(tier)) = (decision.order_error, tier) {
+            m.order_error
+                .with_label_values(&[tier.as_str()])
+                .set(e as i64);
+            m.order_error_observed.observe(e as f64);
+        }
+        self.observe_ack(decision.ack);
+        submitted
+    }
+
+    fn observe_ack(&self, info: Option<AckInfo>) {
+        if let Some(a) = info {
+            self.metrics.ack_lag_messages.observe(a.lag_messages as f64);
+            self.metrics
+                .ack_lag_seconds
+                .observe(a.round_trip_micros as f64 / 1e6);
+        }
+    }
+
+    fn count_drop(&self, reason: DropReason) {
+        self.metrics
+            .clients_dropped
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Writer: waits (up to `timeout`, or for ever) for queued messages and
@@ -348,14 +401,17 @@ impl Hub {
     /// the retries waiting on them are answered (the batch's own waiters are
     /// answered by the writer, after this).
     pub fn batch_stored(&self, upto: Seq) {
-        let waiters = self.with_engine(|g| {
+        let (waiters, stored) = self.with_engine(|g| {
+            let before = g.engine.durable();
             g.engine.mark_durable(upto);
+            let stored = g.engine.durable() - before;
             let (done, waiting) = std::mem::take(&mut g.retry_waiters)
                 .into_iter()
                 .partition(|(seq, _)| *seq <= upto);
             g.retry_waiters = waiting;
-            done
+            (done, stored)
         });
+        self.metrics.messages_accepted.inc_by(stored);
         for (_, tx) in waiters {
             let _ = tx.send(true);
         }
@@ -381,6 +437,10 @@ impl Hub {
         for tx in waiters {
             let _ = tx.send(false);
         }
+        self.metrics
+            .messages_rejected
+            .with_label_values(&[Rejection::Internal.reason()])
+            .inc_by(n);
         self.settled.notify_waiters();
         n
     }
@@ -424,12 +484,31 @@ impl Hub {
         // Clients at the same cursor share a batch: convert it once.
         let mut converted: HashMap<*const (), crate::proto::Update> = HashMap::new();
         let mut overflow = Vec::new();
+        let m = &self.metrics;
         for ev in events {
             match ev {
                 Event::Update { client, batch } => {
                     let Some(outbox) = g.outboxes.get(&client) else {
                         continue;
                     };
+                    m.updates_sent.inc();
+                    let n = batch.entries.len();
+                    m.update_messages.observe(n as f64);
+                    if let Some(oldest) = batch.entries.first() {
+                        m.messages_delivered.inc_by(n as u64);
+                        let latency = batch.current_time.0.saturating_sub(oldest.commit_time.0);
+                        m.delivery_latency.observe(latency as f64 / 1e6);
+                    }
+                    if batch.late > 0 {
+                        m.bound_violations
+                            .with_label_values(&["staleness"])
+                            .inc_by(batch.late);
+                        tracing::warn!(client = %redacted(client), late = batch.late, "messages delivered later than their staleness bound");
+                    }
+                    if batch.after_expiration {
+                        m.bound_violations.with_label_values(&["lease"]).inc();
+                        tracing::warn!(client = %redacted(client), "Update sent after the previous one expired");
+                    }
                     let key = Arc::as_ptr(&batch.entries) as *const ();
                     let update = converted
                         .entry(key)
@@ -440,6 +519,7 @@ impl Hub {
                     }
                 }
                 Event::Dropped { client, reason } => {
+                    self.count_drop(reason);
                     if let Some(outbox) = g.outboxes.remove(&client) {
                         outbox.close(drop_status(reason));
                     }
@@ -449,6 +529,7 @@ impl Hub {
         }
         for client in overflow {
             g.engine.remove(client);
+            self.count_drop(DropReason::SlowConsumer);
             if let Some(outbox) = g.outboxes.remove(&client) {
                 outbox.close(drop_status(DropReason::SlowConsumer));
             }
@@ -478,6 +559,141 @@ impl Hub {
     }
 }
 
+/// One client as the admin API shows it (never its capability id).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientView {
+    /// Public handle, derived from the public id.
+    pub handle: String,
+    pub name: String,
+    /// Microseconds since the epoch.
+    pub connected_since: i64,
+    pub streaming: bool,
+    pub updates_sent: u64,
+    pub updates_acked: u64,
+    /// Messages sent to it and not acknowledged.
+    pub lag_messages: u64,
+    /// Age of its oldest unacknowledged Update, in seconds (0 if none).
+    pub lag_seconds: f64,
+    /// Committed messages not yet sent to it.
+    pub pending: u64,
+    /// When its acknowledgement last advanced (microseconds since the epoch).
+    pub last_ack: i64,
+}
+
+/// Totals for `/api/v1/stats` and the gauges refreshed at each scrape.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Snapshot {
+    pub clients_connected: usize,
+    pub clients_active: usize,
+    /// The last commit sequence number.
+    pub head: u64,
+    pub pending_messages: u64,
+    pub ack_lag_messages_max: u64,
+    pub ack_lag_seconds_max: f64,
+    pub draining: bool,
+}
+
+impl Hub {
+    /// Every connected client, laggiest first.
+    pub fn clients(&self) -> Vec<ClientView> {
+        let now = clock::now();
+        let g = self.lock();
+        let head = g.engine.head();
+        let mut v: Vec<ClientView> = g
+            .engine
+            .clients()
+            .map(|(_, c)| ClientView {
+                handle: handle(c.public_id),
+                name: c.name.to_string(),
+                connected_since: c.connected_at.0,
+                streaming: c.phase == crate::consistency::client::Phase::Streaming,
+                updates_sent: c.updates_sent,
+                updates_acked: c.acked,
+                lag_messages: c.unacked_messages(),
+                lag_seconds: c
+                    .oldest_unacked_at()
+                    .map_or(0.0, |t| now.since(t).as_secs_f64()),
+                pending: if c.phase == crate::consistency::client::Phase::Streaming {
+                    head - c.delivered
+                } else {
+                    0
+                },
+                last_ack: c.last_ack_at.0,
+            })
+            .collect();
+        drop(g);
+        v.sort_by(|a, b| {
+            b.lag_messages
+                .cmp(&a.lag_messages)
+                .then(b.lag_seconds.total_cmp(&a.lag_seconds))
+        });
+        v
+    }
+
+    /// Refreshes the gauges that are read off the engine, and returns the
+    /// totals.
+    pub fn refresh_gauges(&self) -> Snapshot {
+        let clients = self.clients();
+        let g = self.lock();
+        let bounds = g.engine.settings().bounds.clone();
+        let mut numerical: HashMap<String, u64> = HashMap::new();
+        for (thread, n) in g.engine.numerical_errors() {
+            let e = numerical.entry(bounds.tier(&thread)).or_default();
+            *e = (*e).max(n);
+        }
+        let snap = Snapshot {
+            clients_connected: clients.len(),
+            clients_active: g.engine.streaming_clients(),
+            head: g.engine.head(),
+            pending_messages: clients.iter().map(|c| c.pending).sum(),
+            ack_lag_messages_max: clients.iter().map(|c| c.lag_messages).max().unwrap_or(0),
+            ack_lag_seconds_max: clients.iter().map(|c| c.lag_seconds).fold(0.0, f64::max),
+            draining: g.draining,
+        };
+        drop(g);
+        let m = &self.metrics;
+        m.clients_connected.set(snap.clients_connected as i64);
+        m.clients_active.set(snap.clients_active as i64);
+        m.pending_messages.set(snap.pending_messages as i64);
+        m.ack_lag_messages_max.set(snap.ack_lag_messages_max as i64);
+        m.ack_lag_seconds_max.set(snap.ack_lag_seconds_max);
+        m.numerical_error.reset();
+        m.numerical_error.with_label_values(&["default"]).set(0);
+        for (tier, n) in numerical {
+            m.numerical_error
+                .with_label_values(&[tier.as_str()])
+                .set(n as i64);
+        }
+        m.bound.reset();
+        let set_bounds = |tier: &str, b: crate::consistency::Bounds| {
+            m.bound
+                .with_label_values(&["staleness_seconds", tier])
+                .set(b.staleness.as_secs_f64());
+            m.bound
+                .with_label_values(&["numerical", tier])
+                .set(b.numerical as f64);
+            m.bound
+                .with_label_values(&["order", tier])
+                .set(b.order as f64);
+        };
+        set_bounds("default", bounds.default_bounds());
+        for (thread, _, b) in bounds.overrides() {
+            set_bounds(&bounds.tier(thread), *b);
+        }
+        m.client_lag.reset();
+        for c in clients
+            .iter()
+            .filter(|c| c.lag_messages > 0)
+            .take(TOP_LAGGARDS)
+        {
+            m.client_lag
+                .with_label_values(&[c.handle.as_str()])
+                .set(c.lag_messages as i64);
+        }
+        snap
+    }
+}
+
 fn drop_status(reason: DropReason) -> Status {
     match reason {
         DropReason::AckTimeout => Status::unavailable("acknowledgement timeout"),
@@ -488,5 +704,133 @@ fn drop_status(reason: DropReason) -> Status {
         DropReason::StreamClosed | DropReason::Shutdown => {
             Status::unavailable("server is shutting down")
         }
+    }
+}
+
+/// What a runtime bound change targets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "scope", rename_all = "lowercase")]
+pub enum BoundsTarget {
+    /// The defaults of every thread without an override.
+    Default,
+    /// One thread's override.
+    Thread { thread: String },
+}
+
+/// A runtime change to the bounds.
+#[derive(Debug, Clone)]
+pub enum BoundsChange {
+    /// Change the given fields of the defaults.
+    SetDefault(crate::consistency::BoundsOverride),
+    /// Set (replace) a thread's override.
+    SetThread(String, crate::consistency::BoundsOverride),
+    /// Remove a thread's override.
+    RemoveThread(String),
+}
+
+/// One applied change, as logged and listed by the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangeRecord {
+    /// Microseconds since the epoch.
+    pub at: i64,
+    /// Who asked (peer address, and whether a token was presented).
+    pub who: String,
+    #[serde(flatten)]
+    pub target: BoundsTarget,
+    /// Bounds in force for the target before (for a thread: its effective
+    /// bounds), `None` if it had no override.
+    pub old: Option<crate::consistency::Bounds>,
+    /// Bounds in force after; `None` when an override was removed.
+    pub new: Option<crate::consistency::Bounds>,
+}
+
+/// How many applied changes are kept for the admin API.
+pub const CHANGE_HISTORY: usize = 100;
+
+/// Why a bound change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Invalid(#[from] crate::consistency::bounds::BoundsError),
+    #[error("thread {0:?} has no bounds of its own")]
+    NoOverride(String),
+    #[error("at most {0} threads may have bounds of their own")]
+    TooManyOverrides(usize),
+}
+
+/// Most threads with their own bounds (keeps the metrics tiers bounded).
+pub const MAX_OVERRIDES: usize = 1000;
+
+impl Hub {
+    /// The one place a runtime bound change is applied: validated, applied
+    /// to the engine (the next decision uses it; flush deadlines re-armed at
+    /// once), logged with who/what/old/new, counted, and recorded.
+    pub fn change_bounds(
+        &self,
+        change: BoundsChange,
+        who: &str,
+    ) -> Result<ChangeRecord, ChangeError> {
+        let now = clock::now();
+        let record = self.with_engine(|g| {
+            let mut table = g.engine.settings().bounds.clone();
+            let (target, old, new) = match &change {
+                BoundsChange::SetDefault(o) => {
+                    let old = table.default_bounds();
+                    let new = o.apply(old);
+                    table.set_default(new)?;
+                    (BoundsTarget::Default, Some(old), Some(new))
+                }
+                BoundsChange::SetThread(thread, o) => {
+                    let had = table.overrides().any(|(t, _, _)| t == thread);
+                    if !had && table.overrides().count() >= MAX_OVERRIDES {
+                        return Err(ChangeError::TooManyOverrides(MAX_OVERRIDES));
+                    }
+                    let old = table.set_thread(thread, *o)?;
+                    let target = BoundsTarget::Thread {
+                        thread: thread.clone(),
+                    };
+                    (target, Some(old), Some(table.for_thread(thread)))
+                }
+                BoundsChange::RemoveThread(thread) => {
+                    let old = table.for_thread(thread);
+                    table
+                        .remove_thread(thread)
+                        .ok_or_else(|| ChangeError::NoOverride(thread.clone()))?;
+                    let target = BoundsTarget::Thread {
+                        thread: thread.clone(),
+                    };
+                    (target, Some(old), None)
+                }
+            };
+            g.engine.set_bounds(table);
+            let record = ChangeRecord {
+                at: now.0,
+                who: who.to_owned(),
+                target,
+                old,
+                new,
+            };
+            g.changes.push_back(record.clone());
+            if g.changes.len() > CHANGE_HISTORY {
+                g.changes.pop_front();
+            }
+            Ok(record)
+        })?;
+        let scope = match record.target {
+            BoundsTarget::Default => "default",
+            BoundsTarget::Thread { .. } => "thread",
+        };
+        self.metrics.bound_changes.with_label_values(&[scope]).inc();
+        tracing::info!(who, target = ?record.target, old = ?record.old, new = ?record.new, "bounds changed");
+        Ok(record)
+    }
+
+    /// The bounds in force and the recent changes, oldest first.
+    pub fn bounds(&self) -> (crate::consistency::BoundsTable, Vec<ChangeRecord>) {
+        let g = self.lock();
+        (
+            g.engine.settings().bounds.clone(),
+            g.changes.iter().cloned().collect(),
+        )
     }
 }

@@ -65,6 +65,18 @@ pub struct Config {
     /// The storage health counters `run` updates: the caller keeps a clone
     /// to read them (the metrics layer, tests).
     pub storage_health: Arc<StorageHealth>,
+    /// Bearer token required by mutating admin calls; required when the
+    /// admin port listens beyond loopback.
+    pub admin_token: Option<String>,
+    /// Runtime control of the log filter (`PUT /api/v1/log-level`); `None`
+    /// when the process's subscriber is not ours to change (tests).
+    pub log_filter: Option<crate::telemetry::tracing_setup::LogFilter>,
+}
+
+impl std::fmt::Debug for crate::telemetry::tracing_setup::LogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LogFilter").field(&self.current()).finish()
+    }
 }
 
 impl Default for Config {
@@ -78,6 +90,8 @@ impl Default for Config {
             retention: Retention::default(),
             retention_interval: Duration::from_secs(1),
             storage_health: Arc::new(StorageHealth::default()),
+            admin_token: None,
+            log_filter: None,
         }
     }
 }
@@ -95,6 +109,7 @@ struct StorageTasks {
 fn open_storage(
     config: &Config,
     health: &Arc<StorageHealth>,
+    metrics: &crate::telemetry::metrics::Metrics,
 ) -> anyhow::Result<(Arc<hub::Hub>, StorageTasks)> {
     let settings = config.settings.clone();
     match config.storage {
@@ -105,6 +120,7 @@ fn open_storage(
                 engine,
                 hub::Sink::Immediate(Box::new(log)),
                 config.max_outbound_bytes,
+                metrics.clone(),
             );
             tracing::info!(storage = "memory", "message log in memory: lost on restart");
             Ok((
@@ -129,7 +145,12 @@ fn open_storage(
                 "message log opened"
             );
             let engine = Engine::new(settings, head, recent);
-            let hub = hub::Hub::new(engine, hub::Sink::Writer, config.max_outbound_bytes);
+            let hub = hub::Hub::new(
+                engine,
+                hub::Sink::Writer,
+                config.max_outbound_bytes,
+                metrics.clone(),
+            );
             let writer = writer::spawn(hub.clone(), Box::new(log), head, health.clone())
                 .context("starting the log writer thread")?;
             let maintenance = Maintenance::start(
@@ -168,9 +189,15 @@ pub async fn run(
     config.settings.validate().context("invalid settings")?;
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
+    if !admin_addr.ip().is_loopback() && config.admin_token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "refusing to serve the admin API on non-loopback address {admin_addr} without --admin-token (it can change bounds)"
+        );
+    }
+    let metrics = crate::telemetry::metrics::Metrics::new();
 
     let storage_health = config.storage_health.clone();
-    let (hub, storage) = open_storage(&config, &storage_health)?;
+    let (hub, storage) = open_storage(&config, &storage_health, &metrics)?;
 
     let stop = CancellationToken::new();
     let ready = admin::Readiness::default();
@@ -203,6 +230,18 @@ pub async fn run(
     let admin_state = admin::AdminState {
         ready: ready.clone(),
         storage: storage_health.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        token: config
+            .admin_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
+        log_filter: config
+            .log_filter
+            .clone()
+            .unwrap_or_else(|| crate::telemetry::tracing_setup::LogFilter::detached("info")),
+        started: std::time::Instant::now(),
     };
     let admin = tokio::spawn(admin::serve(
         listeners.admin,

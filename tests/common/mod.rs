@@ -165,3 +165,110 @@ pub async fn first_update(sub: &mut Subscription) -> Received {
         .expect("first update")
         .expect("stream ok")
 }
+
+/// A minimal HTTP/1.1 request over a fresh connection: returns the status
+/// and the body. Enough for the admin API; no client library needed.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin connect");
+    let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (status, body) = http(addr, method, path, token, body).await;
+    let v = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
+    (status, v)
+}
+
+/// Sends one message over `rpc` and returns its status code.
+pub async fn status_of(
+    mut rpc: ChatServerClient<Channel>,
+    m: SentMessage,
+) -> dyconit_chat::proto::message_status::StatusCode {
+    let s = rpc.send_message(m).await.expect("SendMessage").into_inner();
+    dyconit_chat::proto::message_status::StatusCode::try_from(s.status_code).expect("known code")
+}
+
+/// `Connect` over a raw stub; returns the client id.
+pub async fn connect_raw(raw: &mut ChatServerClient<Channel>) -> i64 {
+    let info = raw
+        .connect(dyconit_chat::proto::ConnectionStarter {})
+        .await
+        .expect("Connect")
+        .into_inner();
+    info.client.expect("client").id
+}
+
+/// A client that opens its stream, reads the first Update, and never
+/// acknowledges anything (a raw stub: no library auto-acks).
+pub async fn silent_reader(
+    server: &TestServer,
+) -> (
+    ChatServerClient<Channel>,
+    i64,
+    tonic::Streaming<dyconit_chat::proto::Update>,
+) {
+    let mut raw = server.raw().await;
+    let id = connect_raw(&mut raw).await;
+    let mut stream = raw
+        .receive_updates(Client { id })
+        .await
+        .expect("ReceiveUpdates")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("first Update")
+        .expect("stream open");
+    (raw, id, stream)
+}
