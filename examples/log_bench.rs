@@ -1,7 +1,8 @@
 //! Storage benchmark (issue 5): accepted messages per second through the real
 //! gRPC server on loopback, memory versus durable storage, with 1 and 64
 //! concurrent writers, each writer a client with its own connection and one
-//! `SendMessages` stream that keeps up to `--window` messages in flight.
+//! `SendMessages` stream (on its own thread) that keeps up to `--window`
+//! messages in flight. Any rejection is counted and printed.
 //!
 //! ```sh
 //! cargo run --release --example log_bench -- --runs 5 --seconds 3
@@ -17,7 +18,9 @@
 use dyconit_chat::consistency::{Bounds, BoundsTable};
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
 use dyconit_chat::proto::message_status::StatusCode;
-use dyconit_chat::proto::{Acknowledgement, Client, ConnectionStarter, SentMessage, ServerTime};
+use dyconit_chat::proto::{
+    Acknowledgement, Client, ConnectionStarter, SentMessage, ServerTime, Thread,
+};
 use dyconit_chat::server::{self, Config, Listeners, Storage};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,9 +105,10 @@ fn now_micros() -> i64 {
     dyconit_chat::client::clock::local_micros()
 }
 
-/// The server config of a benchmark run: bounds wide enough that every
-/// well-formed message is accepted (writers do not stream, so nothing else
-/// would advance their seen position), and no reaping during the run.
+/// The server config of a benchmark run: every writer writes its own thread
+/// (writers do not stream, so commits by others in a shared thread would
+/// grow their order error without bound), bounds wide enough that every
+/// well-formed message is accepted, and no reaping during the run.
 fn bench_config(storage: Storage, data_dir: &std::path::Path) -> Config {
     let mut c = Config {
         storage,
@@ -126,6 +130,7 @@ fn bench_config(storage: Storage, data_dir: &std::path::Path) -> Config {
 /// `stop`; counts OKs into `ok` and anything else into `other`.
 async fn writer(
     url: String,
+    thread: String,
     window: usize,
     contents: String,
     stop: Arc<AtomicBool>,
@@ -161,7 +166,7 @@ async fn writer(
                 p.forget();
                 n += 1;
                 let m = SentMessage {
-                    thread: None,
+                    thread: Some(Thread { id: thread.clone() }),
                     contents: contents.clone(),
                     timestamp: Some(ServerTime {
                         timestamp: now_micros(),
@@ -186,7 +191,12 @@ async fn writer(
     while let Some(s) = statuses.next().await {
         match s {
             Ok(s) if s.status_code == StatusCode::Ok as i32 => ok.fetch_add(1, Ordering::Relaxed),
-            Ok(_) => other.fetch_add(1, Ordering::Relaxed),
+            Ok(s) => {
+                if other.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!("first rejection: status code {}", s.status_code);
+                }
+                0
+            }
             Err(e) => return Err(e.to_string()),
         };
         permits.add_permits(1);
@@ -201,6 +211,8 @@ struct RunResult {
     rate: f64,
     /// Non-OK statuses seen during the whole run.
     rejected: u64,
+    /// Group-commit figures of a durable run (batches, sizes, commit time).
+    storage: String,
 }
 
 fn run_once(
@@ -216,16 +228,17 @@ fn run_once(
         .build()
         .map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (url, server) = server_rt
+    let (url, server, health) = server_rt
         .block_on(async {
             let grpc = TcpListener::bind("127.0.0.1:0").await?;
             let admin = TcpListener::bind("127.0.0.1:0").await?;
             let url = format!("http://{}", grpc.local_addr()?);
             let config = bench_config(storage, dir.path());
+            let health = config.storage_health.clone();
             let task = tokio::spawn(server::run(Listeners { grpc, admin }, config, async {
                 let _ = stop_rx.await;
             }));
-            Ok::<_, std::io::Error>((url, task))
+            Ok::<_, std::io::Error>((url, task, health))
         })
         .map_err(|e| e.to_string())?;
 
@@ -234,9 +247,10 @@ fn run_once(
     let other = Arc::new(AtomicU64::new(0));
     let contents = "x".repeat(o.size);
     let tasks: Vec<_> = (0..writers)
-        .map(|_| {
+        .map(|i| {
             clients.spawn(writer(
                 url.clone(),
+                format!("w{i}"),
                 o.window,
                 contents.clone(),
                 stop.clone(),
@@ -267,9 +281,21 @@ fn run_once(
     if let Some(e) = failure {
         return Err(e);
     }
+    let batches = health.batches_total.load(Ordering::Relaxed);
+    let storage = (batches > 0).then(|| {
+        let messages = health.messages_total.load(Ordering::Relaxed);
+        let micros = health.commit_micros_total.load(Ordering::Relaxed);
+        format!(
+            "; {batches} batches, mean {:.0} msgs, max {}, mean commit {:.2} ms",
+            messages as f64 / batches as f64,
+            health.max_batch_messages.load(Ordering::Relaxed),
+            micros as f64 / batches as f64 / 1000.0
+        )
+    });
     Ok(RunResult {
         rate: (n1 - n0) as f64 / (t1 - t0).as_secs_f64(),
         rejected: other.load(Ordering::Relaxed),
+        storage: storage.unwrap_or_default(),
     })
 }
 
@@ -320,11 +346,12 @@ fn main() -> std::process::ExitCode {
                 match run_once(&o, m, w, &clients) {
                     Ok(r) => {
                         println!(
-                            "run {run}: {:>7} {:>3} writer(s): {:>10.0} msg/s accepted ({} rejected)",
+                            "run {run}: {:>7} {:>3} writer(s): {:>10.0} msg/s accepted ({} rejected){}",
                             mode_name(m),
                             w,
                             r.rate,
-                            r.rejected
+                            r.rejected,
+                            r.storage
                         );
                         if let Some((_, v)) = rates.iter_mut().find(|(k, _)| *k == (m, w)) {
                             v.push(r.rate);
