@@ -69,3 +69,34 @@ impl Log for MemoryLog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consistency::Micros;
+
+    fn entry(seq: Seq) -> Arc<Entry> {
+        Arc::new(Entry {
+            seq,
+            thread: "".into(),
+            contents: format!("m{seq}"),
+            sender: "s".into(),
+            commit_time: Micros(seq as i64),
+        })
+    }
+
+    #[test]
+    fn appends_continue_the_log_all_or_nothing_within_capacity() {
+        let mut log = MemoryLog::new(3);
+        log.append(&[entry(1), entry(2)]).unwrap();
+        // A gap anywhere in the batch refuses the whole batch.
+        assert!(log.append(&[entry(3), entry(5)]).is_err());
+        assert_eq!(log.head().unwrap(), 2);
+        log.append(&[entry(3), entry(4)]).unwrap();
+        let seqs: Vec<Seq> = log.recent(10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3, 4], "capacity 3 keeps the newest");
+        log.recover(3).unwrap();
+        assert_eq!(log.head().unwrap(), 3);
+        assert_eq!(log.recent(1).unwrap()[0].seq, 3);
+    }
+}

@@ -447,3 +447,108 @@ fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         contents: r.get(4)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: Seq, at: i64) -> Arc<Entry> {
+        Arc::new(Entry {
+            seq,
+            thread: "t".into(),
+            contents: format!("m{seq}"),
+            sender: "s".into(),
+            commit_time: Micros(at),
+        })
+    }
+
+    fn entries(seqs: std::ops::RangeInclusive<Seq>) -> Vec<Arc<Entry>> {
+        seqs.map(|s| entry(s, 1_000 + s as i64)).collect()
+    }
+
+    #[test]
+    fn every_commit_is_fsynced_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SqliteLog::open(dir.path()).unwrap();
+        let conn = log.conn().unwrap();
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!((sync, mode.as_str()), (2, "wal"), "synchronous=FULL, WAL");
+    }
+
+    #[test]
+    fn a_batch_is_all_or_nothing_and_recover_truncates_to_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SqliteLog::open(dir.path()).unwrap();
+        log.append(&entries(1..=3)).unwrap();
+        assert_eq!(log.head().unwrap(), 3);
+        // A batch whose last row clashes fails as a whole.
+        let mut bad = entries(4..=5);
+        bad.push(entry(3, 0));
+        assert!(log.append(&bad).is_err());
+        log.recover(3).unwrap();
+        assert_eq!(log.head().unwrap(), 3, "nothing of the failed batch stored");
+        // Rows above the durable position (a commit reported failed that
+        // reached the disk anyway) are removed by recover.
+        log.append(&entries(4..=6)).unwrap();
+        log.recover(4).unwrap();
+        assert_eq!(log.head().unwrap(), 4);
+        let recent: Vec<Seq> = log.recent(2).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(recent, [3, 4]);
+        // A log that lost rows below the durable position is an error.
+        let err = log.recover(9).unwrap_err().to_string();
+        assert!(err.contains("ends at seq 4"), "{err}");
+    }
+
+    #[test]
+    fn a_reopened_log_has_what_was_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = SqliteLog::open(dir.path()).unwrap();
+            log.append(&entries(1..=50)).unwrap();
+        }
+        let mut log = SqliteLog::open(dir.path()).unwrap();
+        assert_eq!(log.head().unwrap(), 50);
+        let recent = log.recent(3).unwrap();
+        assert_eq!(recent[2], *entry(50, 1_050));
+        assert_eq!(read_all(&dir.path().join(DB_FILE)).unwrap().len(), 50);
+    }
+
+    #[test]
+    fn a_foreign_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute_batch("CREATE TABLE other (x)").unwrap();
+        drop(c);
+        let err = SqliteLog::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("not a dyconit-chat database"), "{err}");
+    }
+
+    #[test]
+    fn retention_deletes_a_prefix_in_chunks_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SqliteLog::open(dir.path()).unwrap();
+        log.append(&entries(1..=5000)).unwrap();
+        let conn = connect(&dir.path().join(DB_FILE), "NORMAL").unwrap();
+        let keep = Retention {
+            messages: Some(10),
+            age: None,
+        };
+        assert_eq!(retention_pass(&conn, keep, Micros(0)).unwrap(), 4990);
+        assert_eq!(log.recent(100).unwrap().first().unwrap().seq, 4991);
+        // By age: commit times are 1000 + seq; everything older than the
+        // cutoff goes, but never the newest message.
+        let by_age = Retention {
+            messages: None,
+            age: Some(Duration::from_micros(1)),
+        };
+        assert_eq!(retention_pass(&conn, by_age, Micros(10_000)).unwrap(), 9);
+        let left: Vec<Seq> = log.recent(100).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(left, [5000]);
+        assert_eq!(retention_pass(&conn, by_age, Micros(10_000)).unwrap(), 0);
+    }
+}
