@@ -74,7 +74,7 @@ async function startServer() {
   const proc = launch(SERVER_BIN, [
     'serve', '--listen', listen, '--admin-listen', adminListen, '--admin-token', TOKEN,
     '--staleness', '500ms', '--numerical', String(LOOSE), '--order', String(LOOSE),
-    '--ack-timeout', '5s', '--log', 'info',
+    '--ack-timeout', '5s', '--log', 'info', '--storage', 'memory',
   ], 'server');
   server.proc = proc;
   const line = await waitFor('the server to report its addresses', () => {

@@ -80,6 +80,10 @@ class Server:
         ]
         for k, v in self.flags.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
+        # The default durable storage, in this test's temporary directory
+        # (never ./data, and one directory per server).
+        if "data_dir" not in self.flags:
+            args += ["--data-dir", str(log_path.with_suffix(".data"))]
         # Settings must come from the flags above only.
         env = {k: v for k, v in os.environ.items() if not k.startswith("DYCONIT_")}
         self.log_path = log_path
