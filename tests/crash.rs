@@ -32,7 +32,9 @@ const HISTORY: usize = 100_000;
 
 /// A running server process and its gRPC address.
 struct Server {
+    /// The `dyconit-chat serve` process (killed when dropped).
     child: Child,
+    /// Its gRPC address, from its log.
     url: String,
 }
 
@@ -125,6 +127,7 @@ async fn channel(url: &str) -> Channel {
 /// One OK as the writer saw it.
 #[derive(Debug, Clone)]
 struct Acked {
+    /// The message, `r{round}-w{writer}-n{n}`: unique across the test.
     contents: String,
     /// `MessageStatus.timestamp`: the commit time.
     at: i64,

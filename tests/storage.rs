@@ -277,14 +277,13 @@ fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why} (needs root with mount/chattr; .ci/run runs as root)");
 }
 
-/// Clears the immutable flag when dropped, so a failing test leaves a
-/// removable temp dir.
+/// The paths made immutable; the flag is cleared when dropped, so a failing
+/// test leaves a removable temp dir.
 struct Immutable(Vec<PathBuf>);
 
 impl Immutable {
     fn set(paths: Vec<PathBuf>) -> Result<Immutable, String> {
-        let guard = Immutable(Vec::new());
-        let mut guard = guard;
+        let mut guard = Immutable(Vec::new());
         for p in paths {
             sh("chattr", &["+i", p.to_str().unwrap()])?;
             guard.0.push(p);
@@ -346,6 +345,8 @@ async fn a_read_only_data_directory_fails_writes_until_it_is_writable_again() {
 struct SmallFs {
     /// The mount point (inside `_dir`).
     path: PathBuf,
+    /// The temporary directory holding the mount point, removed after the
+    /// unmount.
     _dir: tempfile::TempDir,
 }
 
@@ -493,4 +494,49 @@ async fn retention_keeps_the_newest_messages_and_the_sequence_continues() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stored_contents(dir.path()), [(21, "m21".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_retry_of_a_message_being_stored_waits_for_the_original() {
+    use dyconit_chat::proto::ConnectionStarter;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(durable(dir.path())).await;
+    let mut raw = server.raw().await;
+    let id = raw
+        .connect(ConnectionStarter {})
+        .await
+        .unwrap()
+        .into_inner()
+        .client
+        .unwrap()
+        .id;
+    let lock = WriteLock::take(dir.path());
+    // The same message twice, concurrently: whichever the server decides
+    // first is the original (pending: the writer waits for the lock), the
+    // other its retry, which must not be answered OK before the original
+    // is stored.
+    let msg = sent(id, "", "only once", 0, 1);
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut raw, msg) = (raw.clone(), msg.clone());
+            tokio::spawn(async move { raw.send_message(msg).await.unwrap().into_inner() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        calls.iter().all(|c| !c.is_finished()),
+        "answered before the message was stored"
+    );
+    lock.release();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.status_code == StatusCode::Ok as i32)
+    );
+    assert_eq!(answers[0].timestamp, answers[1].timestamp, "one commit");
+    assert_eq!(stored_contents(dir.path()), [(1, "only once".to_owned())]);
 }

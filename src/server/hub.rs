@@ -405,6 +405,9 @@ impl Hub {
             let before = g.engine.durable();
             g.engine.mark_durable(upto);
             let stored = g.engine.durable() - before;
+            if g.retry_waiters.is_empty() {
+                return (Vec::new(), stored);
+            }
             let (done, waiting) = std::mem::take(&mut g.retry_waiters)
                 .into_iter()
                 .partition(|(seq, _)| *seq <= upto);
