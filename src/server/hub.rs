@@ -601,7 +601,9 @@ impl Hub {
     pub fn clients(&self) -> Vec<ClientView> {
         let now = clock::now();
         let g = self.lock();
-        let head = g.engine.head();
+        // Pending for a client = durable (deliverable) commits not yet sent
+        // to it; commits still being stored are not deliverable yet.
+        let head = g.engine.durable();
         let mut v: Vec<ClientView> = g
             .engine
             .clients()
@@ -647,7 +649,9 @@ impl Hub {
         let snap = Snapshot {
             clients_connected: clients.len(),
             clients_active: g.engine.streaming_clients(),
-            head: g.engine.head(),
+            // The visible end of the log: a commit still being stored may
+            // yet fail, and the head must not go back.
+            head: g.engine.durable(),
             pending_messages: clients.iter().map(|c| c.pending).sum(),
             ack_lag_messages_max: clients.iter().map(|c| c.lag_messages).max().unwrap_or(0),
             ack_lag_seconds_max: clients.iter().map(|c| c.lag_seconds).fold(0.0, f64::max),
