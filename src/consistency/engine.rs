@@ -195,14 +195,21 @@ fn flush_due(
 impl Engine {
     /// A new engine whose log ends at `head`, with `recent` (ascending, the
     /// last ones up to `head`) as the history for new clients.
+    /// Only the run of `recent` that ends at `head` without a hole is kept
+    /// (the window must be contiguous; a log edited by hand may not be).
     pub fn new(settings: Settings, head: Seq, recent: Vec<Entry>) -> Self {
-        let keep = recent.len().min(settings.history);
-        let window = recent[recent.len() - keep..]
+        let mut start = recent.len();
+        while start > 0
+            && start > recent.len().saturating_sub(settings.history)
+            && head.checked_sub((recent.len() - start) as Seq) == Some(recent[start - 1].seq)
+        {
+            start -= 1;
+        }
+        let window = recent[start..]
             .iter()
             .cloned()
             .map(Arc::new)
             .collect::<VecDeque<_>>();
-        debug_assert!(window.back().is_none_or(|e| e.seq == head));
         Engine {
             settings,
             head,
@@ -858,6 +865,35 @@ mod tests {
 
     fn seq_is_pending(e: &Engine, seq: Seq) -> bool {
         seq > e.durable() && seq <= e.head()
+    }
+
+    #[test]
+    fn history_with_holes_or_not_ending_at_the_head_is_cut_to_its_contiguous_tail() {
+        let at = |seqs: &[Seq]| -> Vec<Entry> {
+            seqs.iter()
+                .map(|&seq| Entry {
+                    seq,
+                    thread: "".into(),
+                    contents: format!("m{seq}"),
+                    sender: "w".into(),
+                    commit_time: T0,
+                })
+                .collect()
+        };
+        let history = |e: &mut Engine| -> Vec<Seq> {
+            e.connect(1, 1, "r".into(), T0);
+            let b = e.start_stream(1, T0).unwrap();
+            b.entries.iter().map(|e| e.seq).collect()
+        };
+        let mut e = Engine::new(Settings::default(), 10, at(&[4, 5, 8, 9, 10]));
+        assert_eq!(history(&mut e), [8, 9, 10]);
+        let mut e = Engine::new(Settings::default(), 12, at(&[9, 10]));
+        assert_eq!(history(&mut e), Vec::<Seq>::new());
+        // Delivery after the restart still works from the right seq.
+        match send(&mut e, 1, 1, "next", T0).verdict {
+            Verdict::Accepted { seq, .. } => assert_eq!(seq, 13),
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]
