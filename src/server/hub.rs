@@ -172,13 +172,15 @@ impl Hub {
     pub fn acknowledge(&self, id: ClientId, count: i64) -> Result<Micros, Status> {
         use crate::consistency::engine::AckError;
         let now = clock::now();
-        self.with_engine(|g| g.engine.acknowledge(id, count, now))
+        let info = self
+            .with_engine(|g| g.engine.acknowledge(id, count, now))
             .map_err(|e| match e {
                 AckError::NotFound => Status::not_found("unknown client id"),
                 AckError::Negative | AckError::AboveSent { .. } => {
                     Status::invalid_argument(e.to_string())
                 }
             })?;
+        self.observe_ack(info);
         Ok(now)
     }
 
