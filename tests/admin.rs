@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use dyconit_chat::client::RetryPolicy;
 use dyconit_chat::proto::message_status::StatusCode;
-use dyconit_chat::proto::{Client, ConnectionStarter};
+
 use dyconit_chat::server::{self, Listeners};
 use std::time::Duration;
 
@@ -157,21 +157,7 @@ async fn lowering_numerical_starts_numerical_errors_for_the_default_and_one_thre
     cfg.settings.lease = Duration::from_secs(30);
     let server = TestServer::start(cfg).await;
     // A reader that streams and never acknowledges.
-    let mut raw = server.raw().await;
-    let rid = raw
-        .connect(ConnectionStarter {})
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap()
-        .id;
-    let mut rstream = raw
-        .receive_updates(Client { id: rid })
-        .await
-        .unwrap()
-        .into_inner();
-    rstream.message().await.unwrap().unwrap();
+    let _reader = silent_reader(&server).await; // held: its stream stays open
     let mut w = server.client(None).await;
     w.retry = RetryPolicy::none();
     for t in ["", "n"] {

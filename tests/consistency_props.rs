@@ -379,3 +379,50 @@ proptest! {
         }
     }
 }
+
+/// Idle clients that connected at scattered times are heartbeated in a few
+/// groups, not one wake-up each, and none waits longer than half a lease.
+#[test]
+fn heartbeats_of_idle_clients_coalesce_into_few_wake_ups() {
+    let settings = Settings {
+        lease: Duration::from_secs(10),
+        ack_timeout: Duration::from_secs(60),
+        ..Settings::default()
+    };
+    let mut engine = Engine::new(settings.clone(), 0, Vec::new());
+    let mut now = Micros(1_700_000_000_000_000);
+    let mut last: HashMap<i64, Micros> = HashMap::new();
+    let clients = 1000;
+    for id in 1..=clients {
+        // One client every 5 ms: spread over a whole half lease.
+        now = now.plus(Duration::from_millis(5));
+        assert!(engine.connect(id, id as u64, "c".into(), now));
+        engine.start_stream(id, now).unwrap();
+        last.insert(id, now);
+    }
+    let end = now.plus(Duration::from_secs(60));
+    let mut wake_ups = 0;
+    while engine.next_wake() <= end {
+        now = now.max(engine.next_wake());
+        wake_ups += 1;
+        for ev in engine.poll(now) {
+            let Event::Update { client, batch } = ev else {
+                panic!("unexpected {ev:?}")
+            };
+            let prev = last.insert(client, batch.current_time).unwrap();
+            assert!(batch.current_time <= prev.plus(settings.lease / 2));
+            // Acknowledge at once, as a live client would.
+            let n = engine.client(client).unwrap().updates_sent as i64;
+            engine.acknowledge(client, n, now).unwrap();
+        }
+    }
+    // 60 s is 12 half leases; one wake-up per client would be 12,000.
+    assert!(
+        wake_ups <= 12 * 6,
+        "{wake_ups} wake-ups for {clients} idle clients"
+    );
+    assert!(
+        last.values()
+            .all(|&t| t.plus(settings.lease / 2) >= end.minus(Duration::from_secs(1)))
+    );
+}

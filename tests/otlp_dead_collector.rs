@@ -18,6 +18,10 @@ async fn rpcs_and_shutdown_proceed_with_the_collector_down() {
 
     let mut server = TestServer::start(config(100, 100_000, 100_000)).await;
     let c = server.client(None).await;
+    // Streaming (and so acknowledging), so it is not reaped however long the
+    // loop below takes on a loaded machine.
+    let mut sub = c.subscribe().await.unwrap();
+    first_update(&mut sub).await;
     // Well past the exporter's batch size, so exports are attempted while
     // the RPCs run.
     for i in 0..3000 {

@@ -517,6 +517,7 @@ impl Engine {
         let head = *head;
         let half_lease = settings.lease / 2;
         let heartbeat_after = half_lease - safety_margin(half_lease);
+        let heartbeat_slack = heartbeat_after / 4;
         let mut events = Vec::new();
         let mut drops = Vec::new();
         let mut next = Micros::MAX;
@@ -543,13 +544,19 @@ impl Engine {
             let flush = *due_memo
                 .entry(c.delivered)
                 .or_insert_with(|| flush_due(conits, &settings.bounds, head, c.delivered));
-            let due = match flush {
+            let flush = match flush {
                 Some(_) if force => Micros(i64::MIN),
-                Some(f) => f.min(heartbeat),
-                None => heartbeat,
+                Some(f) => f,
+                None => Micros::MAX,
             };
-            if now < due {
-                next = next.min(due).min(ack_deadline.unwrap_or(Micros::MAX));
+            // A heartbeat due soon goes out with this poll: idle clients
+            // that connected at scattered times thus fall into a few groups
+            // served together, instead of one wake-up per client.
+            if now < flush && now.plus(heartbeat_slack) < heartbeat {
+                next = next
+                    .min(flush)
+                    .min(heartbeat)
+                    .min(ack_deadline.unwrap_or(Micros::MAX));
                 continue;
             }
             let (entries, late) = batch_memo

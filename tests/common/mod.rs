@@ -211,3 +211,46 @@ pub async fn http_json(
         .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
     (status, v)
 }
+
+/// Sends one message over `rpc` and returns its status code.
+pub async fn status_of(
+    mut rpc: ChatServerClient<Channel>,
+    m: SentMessage,
+) -> dyconit_chat::proto::message_status::StatusCode {
+    let s = rpc.send_message(m).await.expect("SendMessage").into_inner();
+    dyconit_chat::proto::message_status::StatusCode::try_from(s.status_code).expect("known code")
+}
+
+/// `Connect` over a raw stub; returns the client id.
+pub async fn connect_raw(raw: &mut ChatServerClient<Channel>) -> i64 {
+    let info = raw
+        .connect(dyconit_chat::proto::ConnectionStarter {})
+        .await
+        .expect("Connect")
+        .into_inner();
+    info.client.expect("client").id
+}
+
+/// A client that opens its stream, reads the first Update, and never
+/// acknowledges anything (a raw stub: no library auto-acks).
+pub async fn silent_reader(
+    server: &TestServer,
+) -> (
+    ChatServerClient<Channel>,
+    i64,
+    tonic::Streaming<dyconit_chat::proto::Update>,
+) {
+    let mut raw = server.raw().await;
+    let id = connect_raw(&mut raw).await;
+    let mut stream = raw
+        .receive_updates(Client { id })
+        .await
+        .expect("ReceiveUpdates")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("first Update")
+        .expect("stream open");
+    (raw, id, stream)
+}
