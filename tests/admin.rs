@@ -24,6 +24,17 @@ async fn health_readiness_and_openapi() {
     let (status, doc) = http_json(server.admin, "GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.0.3");
+    for path in ["/", "/ui/{asset}", "/api/v1/stats"] {
+        assert!(doc["paths"][path].is_object(), "{path} not documented");
+    }
+    let stats = &doc["components"]["schemas"]["Stats"]["properties"];
+    for field in [
+        "delivery_latency_seconds",
+        "ack_lag_seconds",
+        "ack_timeout_seconds",
+    ] {
+        assert!(stats[field].is_object(), "Stats.{field} not documented");
+    }
     let (status, err) = http_json(server.admin, "GET", "/api/v1/nope", None, None).await;
     assert_eq!(status, 404);
     assert!(err["error"].is_string());
@@ -435,4 +446,148 @@ async fn the_log_filter_changes_at_runtime() {
     )
     .await;
     assert_eq!(s, 400);
+}
+
+/// A raw HTTP/1.1 GET with extra header lines: the status, the response
+/// head (lower-cased, for header checks) and the body.
+async fn get_with_headers(
+    addr: std::net::SocketAddr,
+    path: &str,
+    extra: &str,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// The value of header `name` (lower-case) in a lower-cased response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
+}
+
+#[tokio::test]
+async fn the_dashboard_and_its_assets_are_served_from_the_binary() {
+    let mut cfg = config(100, 256, 32);
+    cfg.admin_token = Some("s3cret".into());
+    let server = TestServer::start(cfg).await;
+    // The page needs no token: only mutating calls do.
+    let (status, head, page) = get_with_headers(server.admin, "/", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(header(&head, "cache-control"), Some("no-cache"));
+    assert!(
+        header(&head, "content-security-policy").is_some_and(|c| c.contains("script-src 'self'"))
+    );
+    assert!(page.contains("<title>Dyconit Chat"));
+    assert!(!page.contains("{{"), "unfilled asset placeholder");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "the page must not load anything from elsewhere"
+    );
+    let etag = header(&head, "etag").expect("ETag").to_owned();
+    let (status, _, body) =
+        get_with_headers(server.admin, "/", &format!("If-None-Match: {etag}\r\n")).await;
+    assert_eq!((status, body.as_str()), (304, ""));
+    let (status, _, _) = get_with_headers(server.admin, "/", "If-None-Match: \"other\"\r\n").await;
+    assert_eq!(status, 200);
+
+    for (name, content_type) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("style.css", "text/css; charset=utf-8"),
+        ("favicon.svg", "image/svg+xml"),
+    ] {
+        // The page links each asset under its content hash.
+        let prefix = format!("/ui/{name}?v=");
+        let at = page
+            .find(&prefix)
+            .unwrap_or_else(|| panic!("{name} not linked"));
+        let url: String = page[at..].chars().take_while(|c| *c != '"').collect();
+        let (status, head, body) = get_with_headers(server.admin, &url, "").await;
+        assert_eq!(status, 200, "{url}");
+        assert_eq!(header(&head, "content-type"), Some(content_type), "{url}");
+        assert_eq!(
+            header(&head, "cache-control"),
+            Some("public, max-age=31536000, immutable"),
+            "{url}"
+        );
+        assert_eq!(header(&head, "x-content-type-options"), Some("nosniff"));
+        assert!(!body.is_empty());
+        // Without (or with a stale) version it must be revalidated.
+        for stale in [format!("/ui/{name}"), format!("/ui/{name}?v=0123")] {
+            let (status, head, _) = get_with_headers(server.admin, &stale, "").await;
+            assert_eq!(status, 200, "{stale}");
+            assert_eq!(header(&head, "cache-control"), Some("no-cache"), "{stale}");
+        }
+    }
+    let (status, err) = http_json(server.admin, "GET", "/ui/secrets.txt", None, None).await;
+    assert_eq!(status, 404);
+    assert!(err["error"].is_string());
+}
+
+#[tokio::test]
+async fn stats_carry_the_latency_histograms_the_dashboard_charts() {
+    let server = TestServer::start(config(50, 256, 32)).await;
+    let (_, before) = http_json(server.admin, "GET", "/api/v1/stats", None, None).await;
+    assert_eq!(before["delivery_latency_seconds"]["count"], 0);
+    assert_eq!(before["ack_timeout_seconds"], 3.0);
+    let reader = server.client(None).await;
+    let mut sub = reader.subscribe().await.unwrap();
+    first_update(&mut sub).await;
+    let writer = server.client(None).await;
+    for i in 0..5 {
+        assert_eq!(
+            writer.send("", &format!("{i}")).await.unwrap().status,
+            StatusCode::Ok
+        );
+    }
+    collect_messages(&mut sub, 5).await;
+    // The reader acknowledges in the background; wait for it to be counted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let (_, s) = http_json(server.admin, "GET", "/api/v1/stats", None, None).await;
+        if s["ack_lag_seconds"]["count"].as_u64().unwrap() >= 2 {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no acks counted: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for name in ["delivery_latency_seconds", "ack_lag_seconds"] {
+        let h = &stats[name];
+        let count = h["count"].as_u64().unwrap();
+        assert!(count >= 1, "{name}: {h}");
+        let sum = h["sum"].as_f64().unwrap();
+        assert!((0.0..10.0 * count as f64).contains(&sum), "{name}: {h}");
+        let buckets = h["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), 15, "{name}: the 1 ms .. 16 s buckets");
+        let mut last = (0.0, 0);
+        for b in buckets {
+            let (le, n) = (b[0].as_f64().unwrap(), b[1].as_u64().unwrap());
+            assert!(
+                le > last.0 && n >= last.1,
+                "{name}: buckets not cumulative: {h}"
+            );
+            last = (le, n);
+        }
+        assert!(last.1 <= count);
+    }
+    // Every batch of the 50 ms bound went out in time: the latency sum is
+    // at most about one staleness per Update.
+    let h = &stats["delivery_latency_seconds"];
+    let mean = h["sum"].as_f64().unwrap() / h["count"].as_f64().unwrap();
+    assert!(mean < 0.5, "mean delivery latency {mean} s");
 }

@@ -175,6 +175,25 @@ pub async fn clients(State(s): State<AdminState>, Query(q): Query<ClientsQuery>)
     Json(json!({ "total": total, "clients": all }))
 }
 
+/// A histogram as totals since start plus cumulative buckets (`[le, count]`,
+/// the `+Inf` bucket being `count`), so a reader can derive the mean and
+/// quantiles of any interval from two samples.
+fn histogram_json(h: &prometheus::Histogram) -> Value {
+    use prometheus::core::Metric;
+    let m = h.metric();
+    let h = m.get_histogram();
+    let buckets: Vec<Value> = h
+        .get_bucket()
+        .iter()
+        .map(|b| json!([b.upper_bound(), b.cumulative_count()]))
+        .collect();
+    json!({
+        "count": h.get_sample_count(),
+        "sum": h.get_sample_sum(),
+        "buckets": buckets,
+    })
+}
+
 pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
     let snap = s.hub.refresh_gauges();
     let m = &s.metrics;
@@ -200,6 +219,9 @@ pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
             &["ack_timeout", "never_streamed", "slow_consumer", "stream_closed", "shutdown"],
         ),
         "bound_violations": by(&m.bound_violations, &["staleness", "lease"]),
+        "delivery_latency_seconds": histogram_json(&m.delivery_latency),
+        "ack_lag_seconds": histogram_json(&m.ack_lag_seconds),
+        "ack_timeout_seconds": s.hub.inspect(|e| e.settings().ack_timeout.as_secs_f64()),
         "uptime_seconds": s.started.elapsed().as_secs_f64(),
         "ready": s.ready.get(),
         "draining": snap.draining,

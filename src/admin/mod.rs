@@ -1,6 +1,9 @@
 //! The admin HTTP server, on `--admin-listen`.
 //!
 //! Endpoints (JSON unless noted; errors are `{"error": "..."}`):
+//! - `GET /` — the live dashboard page (HTML; see `ui.rs`).
+//! - `GET /ui/{asset}` — its script, style sheet and icon, embedded in the
+//!   binary (`app.js`, `style.css`, `favicon.svg`).
 //! - `GET /healthz` — 200 while the process serves (text).
 //! - `GET /readyz` — 200 once serving, 503 while starting or draining (text).
 //! - `GET /metrics` — Prometheus text format.
@@ -9,7 +12,8 @@
 //! - `PUT /api/v1/bounds/threads/{id}` — set a thread's override.
 //! - `DELETE /api/v1/bounds/threads/{id}` — remove a thread's override.
 //! - `GET /api/v1/clients` — connected clients, laggiest first (`?limit=N`).
-//! - `GET /api/v1/stats` — totals.
+//! - `GET /api/v1/stats` — totals, and the delivery-latency and
+//!   acknowledgement-lag histograms (count, sum, cumulative buckets).
 //! - `PUT /api/v1/log-level` — replace the log filter.
 //! - `GET /api/v1/openapi.json` — the OpenAPI document of all of the above.
 //!
@@ -19,6 +23,7 @@
 
 mod api;
 mod openapi;
+mod ui;
 
 use crate::server::hub::Hub;
 use crate::telemetry::metrics::Metrics;
@@ -76,6 +81,8 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{asset}", get(ui::asset))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(api::metrics))

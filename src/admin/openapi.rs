@@ -17,6 +17,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(super::DOCUMENT).unwrap();
         let paths = v["paths"].as_object().unwrap();
         for p in [
+            "/",
+            "/ui/{asset}",
             "/healthz",
             "/readyz",
             "/metrics",
