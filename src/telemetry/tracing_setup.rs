@@ -11,6 +11,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::filter::{EnvFilter, Targets};
@@ -75,6 +76,8 @@ pub fn init(filter: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemet
     let (env, handle) = reload::Layer::new(env);
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
+        // Colour codes only on a terminal, not in journals or log files.
+        .with_ansi(std::io::stdout().is_terminal())
         .with_filter(env);
     let provider = otlp_endpoint.map(tracer_provider).transpose()?;
     let otel = provider.as_ref().map(|p| {
