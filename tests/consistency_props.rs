@@ -488,3 +488,31 @@ fn heartbeats_of_idle_clients_coalesce_into_few_wake_ups() {
             .all(|&t| t.plus(settings.lease / 2) >= end.minus(Duration::from_secs(1)))
     );
 }
+
+/// The acknowledgement inside a SentMessage is reported with the decision,
+/// so the server can observe acknowledgement lag from it.
+#[test]
+fn an_acknowledgement_inside_a_message_is_reported() {
+    let mut engine = Engine::new(Settings::default(), 0, Vec::new());
+    let t0 = Micros(1_700_000_000_000_000);
+    assert!(engine.connect(1, 1, "a".into(), t0));
+    engine.start_stream(1, t0).unwrap();
+    let sub = |updates| Submission {
+        ack: Some(SubmissionAck {
+            client: Some(1),
+            updates_received: updates,
+            messages_sent: 1,
+        }),
+        thread: String::new(),
+        contents: "x".into(),
+        timestamp: Some(t0),
+    };
+    let later = t0.plus(Duration::from_millis(7));
+    let (d, _) = engine.submit(sub(1), later);
+    let info = d.ack.expect("the ack advanced");
+    assert_eq!(info.round_trip_micros, 7_000);
+    assert_eq!(info.lag_messages, 0);
+    // The same count again is not news.
+    let (d, _) = engine.submit(sub(1), later);
+    assert!(d.ack.is_none());
+}

@@ -391,7 +391,8 @@ impl Engine {
         }
         let ack = sub.ack.expect("checked");
         let id = ack.client.expect("checked");
-        self.acknowledge(id, ack.updates_received, now)
+        decision.ack = self
+            .acknowledge(id, ack.updates_received, now)
             .expect("checked");
         let c = self.clients.get_mut(&id).expect("checked");
         let n = ack.messages_sent;
