@@ -4,6 +4,7 @@
 
 use crate::consistency::bounds::BoundsOverride;
 use crate::consistency::{Bounds, BoundsTable, Settings};
+use crate::log::sqlite::Retention;
 use crate::server::{Config, Storage};
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -58,9 +59,35 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED [default: 4194304]
     #[arg(long, env = "DYCONIT_MAX_OUTBOUND_BYTES", value_name = "N")]
     pub max_outbound_bytes: Option<usize>,
-    /// Where messages are kept [default: memory]
+    /// Where messages are kept: durable (SQLite in --data-dir; an OK means
+    /// the message is on disk) or memory (lost on restart) [default: durable]
     #[arg(long, env = "DYCONIT_STORAGE", value_enum)]
     pub storage: Option<Storage>,
+    /// Directory of the durable message log, created if missing; one server
+    /// per directory [default: ./data]
+    #[arg(long, env = "DYCONIT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep at most this many most recent messages in the durable log; older
+    /// ones are deleted in the background [default: keep all]
+    #[arg(long, env = "DYCONIT_RETENTION_MESSAGES", value_name = "N")]
+    pub retention_messages: Option<u64>,
+    /// Delete messages older than this from the durable log, in the
+    /// background (the newest message is always kept) [default: keep all]
+    #[arg(long, env = "DYCONIT_RETENTION_AGE", value_name = "DUR", value_parser = parse_duration)]
+    pub retention_age: Option<Duration>,
+    /// Bearer token required by mutating admin API calls (PUT, DELETE);
+    /// required when --admin-listen is not a loopback address
+    #[arg(
+        long,
+        env = "DYCONIT_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317);
+    /// tracing is off when neither this nor OTEL_EXPORTER_OTLP_ENDPOINT is set
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// TOML config file: any of the settings above (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
@@ -99,6 +126,15 @@ pub struct FileConfig {
     pub max_clock_skew: Option<Duration>,
     pub max_outbound_bytes: Option<usize>,
     pub storage: Option<Storage>,
+    pub data_dir: Option<PathBuf>,
+    pub retention_messages: Option<u64>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub retention_age: Option<Duration>,
+    pub admin_token: Option<String>,
+    pub otlp_endpoint: Option<String>,
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
@@ -109,6 +145,8 @@ pub struct FileConfig {
 pub struct Resolved {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Where traces go, if anywhere.
+    pub otlp_endpoint: Option<String>,
     pub config: Config,
 }
 
@@ -163,7 +201,23 @@ impl ServeArgs {
         if max_outbound_bytes < 1024 {
             bail!("max outbound bytes {max_outbound_bytes} is below 1024");
         }
+        let retention = Retention {
+            messages: self.retention_messages.or(file.retention_messages),
+            age: self.retention_age.or(file.retention_age),
+        };
+        if retention.messages == Some(0) {
+            bail!("retention messages 0 would delete everything; leave it unset to keep all");
+        }
+        if retention.age.is_some_and(|a| a < Duration::from_secs(1)) {
+            bail!("retention age is below 1s");
+        }
+        let storage = self.storage.or(file.storage).unwrap_or_default();
         Ok(Resolved {
+            otlp_endpoint: self
+                .otlp_endpoint
+                .clone()
+                .or(file.otlp_endpoint)
+                .filter(|e| !e.is_empty()),
             listen: self
                 .listen
                 .or(file.listen)
@@ -175,7 +229,14 @@ impl ServeArgs {
             config: Config {
                 settings,
                 max_outbound_bytes,
-                storage: self.storage.or(file.storage).unwrap_or_default(),
+                storage,
+                data_dir: self
+                    .data_dir
+                    .clone()
+                    .or(file.data_dir)
+                    .unwrap_or(dc.data_dir.clone()),
+                retention,
+                admin_token: self.admin_token.clone().or(file.admin_token),
                 ..dc
             },
         })
@@ -210,6 +271,48 @@ mod tests {
         assert_eq!(b.for_thread("ops").staleness, Duration::from_secs(2));
         assert_eq!(b.for_thread("").staleness, Duration::from_millis(100));
         assert_eq!(r.listen.port(), 50051);
+        // The command's default is the durable log in ./data.
+        assert_eq!(r.config.storage, Storage::Durable);
+        assert_eq!(r.config.data_dir, PathBuf::from("data"));
+        assert_eq!(r.config.retention, Retention::default());
+    }
+
+    #[test]
+    fn storage_settings_come_from_flags_or_the_file() {
+        let dir = std::env::temp_dir().join(format!("dyconit-config-s-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "storage = \"memory\"\ndata_dir = \"/var/lib/chat\"\nretention_messages = 1000\nretention_age = \"7days\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap().config;
+        assert_eq!(c.storage, Storage::Memory);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/chat"));
+        assert_eq!(c.retention.messages, Some(1000));
+        assert_eq!(c.retention.age, Some(Duration::from_secs(7 * 86400)));
+        let args = ServeArgs {
+            config: Some(path),
+            storage: Some(Storage::Durable),
+            data_dir: Some("/tmp/x".into()),
+            retention_messages: Some(5),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap().config;
+        assert_eq!(c.storage, Storage::Durable);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.retention.messages, Some(5));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let args = ServeArgs {
+            retention_messages: Some(0),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", args.resolve().unwrap_err()).contains("retention"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod consistency;
 pub mod log;
 pub mod server;
 pub mod sys;
+pub mod telemetry;
 
 /// The wire types and service stubs generated from `proto/chat.proto`.
 pub mod proto {

@@ -5,8 +5,8 @@ use dyconit_chat::bench::BenchArgs;
 use dyconit_chat::chat::ChatArgs;
 use dyconit_chat::config::ServeArgs;
 use dyconit_chat::server::{self, Listeners};
+use dyconit_chat::telemetry::tracing_setup;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// Dyconit Chat: a gRPC chat server that batches deliveries within bounded
 /// inconsistency (staleness, numerical error, order error) per thread.
@@ -31,14 +31,22 @@ enum Command {
     Bench(BenchArgs),
 }
 
-fn init_logging(filter: Option<&str>) {
-    let filter = match filter {
-        Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
+/// The log filter: `--log`, else `RUST_LOG`, else "info".
+fn log_filter(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "info".to_owned())
+}
+
+/// Plain logging to stderr for the client commands (`chat`, `bench`), which
+/// need neither the server's telemetry nor its stdout.
+fn init_client_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
 }
 
@@ -60,9 +68,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context;
-    let resolved = args.resolve()?;
+    let mut resolved = args.resolve()?;
+    let telemetry = tracing_setup::init(&log_filter(log), resolved.otlp_endpoint.as_deref())?;
+    resolved.config.log_filter = Some(telemetry.log_filter.clone());
     // Every client holds a connection (or shares one); the usual soft limit
     // of 1024 open files would cap the server far below its capacity.
     dyconit_chat::sys::raise_fd_limit();
@@ -84,17 +94,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => {
-            init_logging(cli.log.as_deref());
-            serve(args).await
-        }
+        Command::Serve(args) => serve(args, cli.log.as_deref()).await,
         // The chat client owns the terminal: it logs only when asked.
         Command::Chat(args) => {
-            init_logging(Some(cli.log.as_deref().unwrap_or("off")));
+            init_client_logging(cli.log.as_deref().unwrap_or("off"));
             return dyconit_chat::chat::run(args).await;
         }
         Command::Bench(args) => {
-            init_logging(Some(cli.log.as_deref().unwrap_or("warn")));
+            init_client_logging(cli.log.as_deref().unwrap_or("warn"));
             match dyconit_chat::bench::run(args).await {
                 Ok(true) => Ok(()),
                 Ok(false) => return std::process::ExitCode::FAILURE,

@@ -12,9 +12,20 @@ use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_dyconit-chat");
 
+/// The real server on 127.0.0.1:0, keeping messages in memory unless `args`
+/// say otherwise.
 fn server(args: &[&str]) -> SpawnedServer {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    SpawnedServer::start(EXE.as_ref(), &args).expect("server starts")
+    let mut all = vec!["--storage=memory".to_owned()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    SpawnedServer::start(EXE.as_ref(), &all).expect("server starts")
+}
+
+/// A fresh directory for a durable server's data.
+fn data_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dyconit-chat-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// `chat --send` from another user.
@@ -127,7 +138,15 @@ fn status_line(screen: &str) -> String {
 
 #[test]
 fn interactive_chat_shows_messages_threads_status_and_survives_a_restart() {
-    let srv = server(&["--staleness=100ms"]);
+    // Durable storage: after the restart the server sends its history
+    // again, and the client must not show those messages twice.
+    let dir = data_dir("restart");
+    let durable = [
+        "--staleness=100ms".to_owned(),
+        "--storage=durable".to_owned(),
+        format!("--data-dir={}", dir.display()),
+    ];
+    let srv = SpawnedServer::start(EXE.as_ref(), &durable).expect("server starts");
     let url = srv.url.clone();
     let port = url.rsplit(':').next().unwrap().to_owned();
     let tmux = Tmux::start(&format!(
@@ -174,20 +193,22 @@ fn interactive_chat_shows_messages_threads_status_and_survives_a_restart() {
     let exit = srv.stop(Duration::from_secs(10)).expect("server stops");
     assert!(exit.success(), "{exit:?}");
     tmux.wait_text("-- connection lost");
-    let srv = SpawnedServer::start_at(
-        EXE.as_ref(),
-        &format!("127.0.0.1:{port}"),
-        &["--staleness=100ms".to_owned()],
-    )
-    .expect("server restarts");
+    let srv = SpawnedServer::start_at(EXE.as_ref(), &format!("127.0.0.1:{port}"), &durable)
+        .expect("server restarts");
     tmux.wait_text("-- reconnected to");
     let out = send(&srv.url, "bob", "", "after the restart", &[]);
     assert!(out.status.success(), "{out:?}");
-    tmux.wait_text("[main] bob: after the restart");
+    let screen = tmux.wait_text("[main] bob: after the restart");
+    assert_eq!(
+        screen.matches("bob: hello from bob").count(),
+        1,
+        "the replayed history was shown again:\n{screen}"
+    );
     tmux.type_line("still here");
     tmux.wait_text("[#ops] alice: still here");
 
     tmux.type_line("/quit");
+    let _ = std::fs::remove_dir_all(&dir);
     let deadline = Instant::now() + Duration::from_secs(10);
     while tmux.alive() {
         assert!(Instant::now() < deadline, "/quit did not end the client");

@@ -1,6 +1,8 @@
 //! Property tests of the pure dyconit core: random interleavings of connects,
-//! streams, writes, acknowledgements and the passing of time, checked against
-//! an independent model of the definitions in DESIGN.md §2–§4.
+//! streams, writes, acknowledgements, the passing of time, and the storage
+//! reporting commits durable or failed, checked against an independent model
+//! of the definitions in DESIGN.md §2–§4 and of durability before visibility
+//! (issue 5).
 
 use dyconit_chat::consistency::{
     Bounds, BoundsOverride, BoundsTable, Engine, Event, Micros, Rejection, Settings, Submission,
@@ -21,15 +23,21 @@ enum Op {
     Ack(usize, u8),
     /// Send on a thread: `lag`/4 of received Updates acknowledged in the
     /// message, number offset (0 = next, 1 = skip one, 2 = repeat the last),
-    /// age of the timestamp in ms.
+    /// age of the timestamp in ms; `hold`: leave the commit pending instead
+    /// of reporting it durable at once.
     Send {
         client: usize,
         thread: usize,
         lag: u8,
         number: u8,
         age_ms: u16,
+        hold: bool,
     },
     Advance(u16),
+    /// The storage reports `frac`/4 of the pending commits durable.
+    Persist(u8),
+    /// The storage fails: every pending commit is discarded.
+    Fail,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -37,10 +45,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..CLIENTS).prop_map(Op::Connect),
         1 => (0..CLIENTS).prop_map(Op::Stream),
         2 => (0..CLIENTS, 0u8..=4).prop_map(|(c, f)| Op::Ack(c, f)),
-        5 => (0..CLIENTS, 0..THREADS.len(), 0u8..=4, 0u8..3, 0u16..400).prop_map(
-            |(client, thread, lag, number, age_ms)| Op::Send { client, thread, lag, number, age_ms }
+        5 => (0..CLIENTS, 0..THREADS.len(), 0u8..=4, 0u8..3, 0u16..400, prop::bool::weighted(0.4)).prop_map(
+            |(client, thread, lag, number, age_ms, hold)| Op::Send { client, thread, lag, number, age_ms, hold }
         ),
         3 => (1u16..600).prop_map(Op::Advance),
+        2 => (0u8..=4).prop_map(Op::Persist),
+        1 => Just(Op::Fail),
     ]
 }
 
@@ -100,8 +110,12 @@ struct Harness {
     settings: Settings,
     now: Micros,
     clients: Vec<Option<ModelClient>>,
-    /// (seq, thread, author, commit time)
+    /// (seq, thread, author, commit time), pending ones included.
     commits: Vec<(u64, &'static str, i64, Micros)>,
+    /// The last commit reported durable: only commits up to here may be seen.
+    durable: u64,
+    /// When each commit (by seq - 1) was reported durable.
+    durable_at: Vec<Micros>,
     next_id: i64,
 }
 
@@ -143,17 +157,25 @@ impl Harness {
                 Event::Update { client, batch } => {
                     let slot = self.slot_of(client);
                     let mut late = Vec::new();
+                    let mut late_count = 0;
                     for e in batch.entries.iter() {
+                        // Never a commit that is not durable.
+                        prop_assert!(e.seq <= self.durable, "seq {} not durable", e.seq);
                         let s = self.bounds(&e.thread).staleness;
                         if batch.current_time > e.commit_time.plus(s) {
-                            late.push(e.seq);
+                            late_count += 1;
+                            // Late only if it became durable late, and then
+                            // sent the moment it did.
+                            if batch.current_time > self.durable_at[e.seq as usize - 1] {
+                                late.push(e.seq);
+                            }
                         }
                     }
                     let c = self.clients[slot].as_mut().unwrap();
                     prop_assert!(c.streaming);
                     // Delivered within the staleness bound.
                     prop_assert!(late.is_empty(), "late deliveries {late:?}");
-                    prop_assert_eq!(batch.late, 0);
+                    prop_assert_eq!(batch.late, late_count);
                     // Heartbeat no later than half a lease after the last one.
                     if let Some(prev) = c.last_update_at {
                         prop_assert!(batch.current_time <= prev.plus(lease / 2));
@@ -198,7 +220,7 @@ impl Harness {
                     prop_assert!(self.engine.connect(id, id as u64, name.into(), self.now));
                     self.clients[k] = Some(ModelClient {
                         id,
-                        positions: vec![self.engine.head()],
+                        positions: vec![self.durable],
                         ..Default::default()
                     });
                 }
@@ -213,11 +235,12 @@ impl Harness {
                     return Ok(());
                 }
                 let batch = r.unwrap();
-                let head = self.engine.head();
+                let head = self.durable;
+                prop_assert_eq!(self.engine.durable(), head);
                 let history: Vec<u64> = batch.entries.iter().map(|e| e.seq).collect();
                 let want_len = (head as usize).min(self.settings.history);
-                // The most recent `history` commits (fewer if the window was
-                // never that long), ending at the head.
+                // The most recent `history` durable commits (fewer if the
+                // window was never that long), ending at the durable one.
                 prop_assert!(history.len() <= want_len);
                 if let Some(&last) = history.last() {
                     prop_assert_eq!(last, head);
@@ -243,6 +266,7 @@ impl Harness {
                 lag,
                 number,
                 age_ms,
+                hold,
             } => {
                 let Some(c) = self.clients[client].as_ref() else {
                     return Ok(());
@@ -292,6 +316,7 @@ impl Harness {
                 });
                 let b = self.bounds(thread);
                 let (decision, entry) = self.engine.submit(sub, self.now);
+                let mut persist_now = None;
                 let c = self.clients[client].as_mut().unwrap();
                 c.last_number = c.last_number.max(n);
                 match decision.verdict {
@@ -335,9 +360,14 @@ impl Harness {
                         prop_assert_eq!(decision.numerical_error, Some(num_err));
                         prop_assert!(num_err < b.numerical);
                         prop_assert_eq!(seq, self.commits.len() as u64 + 1);
-                        prop_assert_eq!(entry.map(|e| e.seq), Some(seq));
+                        prop_assert_eq!(entry.as_ref().map(|e| e.seq), Some(seq));
+                        // The OK carries the commit time clients are sent.
+                        prop_assert_eq!(entry.map(|e| e.commit_time), Some(at));
                         self.commits.push((seq, thread, id, at));
                         c.accepted.insert(n, (thread.to_owned(), contents, seq));
+                        if !hold {
+                            persist_now = Some(seq);
+                        }
                     }
                     Verdict::Rejected { reason, .. } => {
                         prop_assert!(false, "unexpected {reason:?}")
@@ -346,10 +376,37 @@ impl Harness {
                 if retry.is_none() {
                     c.arrived.insert(n);
                 }
+                if let Some(seq) = persist_now {
+                    self.persist(seq);
+                }
             }
             Op::Advance(ms) => self.advance(ms)?,
+            Op::Persist(frac) => {
+                let pending = self.commits.len() as u64 - self.durable;
+                self.persist(self.durable + pending * frac as u64 / 4);
+            }
+            Op::Fail => {
+                let durable = self.durable;
+                let pending = self.commits.len() as u64 - durable;
+                prop_assert_eq!(self.engine.discard_pending(), pending);
+                prop_assert_eq!(self.engine.head(), durable);
+                self.commits.truncate(durable as usize);
+                for c in self.clients.iter_mut().flatten() {
+                    c.accepted.retain(|_, (_, _, seq)| *seq <= durable);
+                }
+            }
         }
         self.poll_due()
+    }
+
+    /// The storage reports commits up to `upto` durable.
+    fn persist(&mut self, upto: u64) {
+        self.engine.mark_durable(upto);
+        while self.durable < upto {
+            self.durable += 1;
+            self.durable_at.push(self.now);
+        }
+        self.durable_at.truncate(self.durable as usize);
     }
 }
 
@@ -364,6 +421,8 @@ proptest! {
             now: Micros(1_700_000_000_000_000),
             clients: (0..CLIENTS).map(|_| None).collect(),
             commits: Vec::new(),
+            durable: 0,
+            durable_at: Vec::new(),
             next_id: 0,
         };
         for op in ops {
@@ -371,6 +430,9 @@ proptest! {
         }
         // Let everything drain: every streaming client ends with every
         // commit after its baseline, in commit order.
+        let head = h.commits.len() as u64;
+        h.persist(head);
+        prop_assert_eq!(h.engine.durable(), head);
         h.advance(2000)?;
         for c in h.clients.iter().flatten().filter(|c| c.streaming) {
             let base = c.positions[1];
@@ -378,4 +440,79 @@ proptest! {
             prop_assert_eq!(&c.seqs, &want);
         }
     }
+}
+
+/// Idle clients that connected at scattered times are heartbeated in a few
+/// groups, not one wake-up each, and none waits longer than half a lease.
+#[test]
+fn heartbeats_of_idle_clients_coalesce_into_few_wake_ups() {
+    let settings = Settings {
+        lease: Duration::from_secs(10),
+        ack_timeout: Duration::from_secs(60),
+        ..Settings::default()
+    };
+    let mut engine = Engine::new(settings.clone(), 0, Vec::new());
+    let mut now = Micros(1_700_000_000_000_000);
+    let mut last: HashMap<i64, Micros> = HashMap::new();
+    let clients = 1000;
+    for id in 1..=clients {
+        // One client every 5 ms: spread over a whole half lease.
+        now = now.plus(Duration::from_millis(5));
+        assert!(engine.connect(id, id as u64, "c".into(), now));
+        engine.start_stream(id, now).unwrap();
+        last.insert(id, now);
+    }
+    let end = now.plus(Duration::from_secs(60));
+    let mut wake_ups = 0;
+    while engine.next_wake() <= end {
+        now = now.max(engine.next_wake());
+        wake_ups += 1;
+        for ev in engine.poll(now) {
+            let Event::Update { client, batch } = ev else {
+                panic!("unexpected {ev:?}")
+            };
+            let prev = last.insert(client, batch.current_time).unwrap();
+            assert!(batch.current_time <= prev.plus(settings.lease / 2));
+            // Acknowledge at once, as a live client would.
+            let n = engine.client(client).unwrap().updates_sent as i64;
+            engine.acknowledge(client, n, now).unwrap();
+        }
+    }
+    // 60 s is 12 half leases; one wake-up per client would be 12,000.
+    assert!(
+        wake_ups <= 12 * 6,
+        "{wake_ups} wake-ups for {clients} idle clients"
+    );
+    assert!(
+        last.values()
+            .all(|&t| t.plus(settings.lease / 2) >= end.minus(Duration::from_secs(1)))
+    );
+}
+
+/// The acknowledgement inside a SentMessage is reported with the decision,
+/// so the server can observe acknowledgement lag from it.
+#[test]
+fn an_acknowledgement_inside_a_message_is_reported() {
+    let mut engine = Engine::new(Settings::default(), 0, Vec::new());
+    let t0 = Micros(1_700_000_000_000_000);
+    assert!(engine.connect(1, 1, "a".into(), t0));
+    engine.start_stream(1, t0).unwrap();
+    let sub = |updates| Submission {
+        ack: Some(SubmissionAck {
+            client: Some(1),
+            updates_received: updates,
+            messages_sent: 1,
+        }),
+        thread: String::new(),
+        contents: "x".into(),
+        timestamp: Some(t0),
+    };
+    let later = t0.plus(Duration::from_millis(7));
+    let (d, _) = engine.submit(sub(1), later);
+    let info = d.ack.expect("the ack advanced");
+    assert_eq!(info.round_trip_micros, 7_000);
+    assert_eq!(info.lag_messages, 0);
+    // The same count again is not news.
+    let (d, _) = engine.submit(sub(1), later);
+    assert!(d.ack.is_none());
 }

@@ -257,14 +257,7 @@ async fn a_client_that_stops_acknowledging_is_dropped_with_unavailable() {
     cfg.settings.ack_timeout = Duration::from_millis(800);
     let server = TestServer::start(cfg).await;
     let mut raw = server.raw().await;
-    let id = raw
-        .connect(ConnectionStarter {})
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap()
-        .id;
+    let id = connect_raw(&mut raw).await;
     let started = std::time::Instant::now();
     let mut stream = raw
         .receive_updates(Client { id })
@@ -296,14 +289,7 @@ async fn a_client_that_never_starts_its_stream_is_reaped() {
     cfg.settings.ack_timeout = Duration::from_millis(300);
     let server = TestServer::start(cfg).await;
     let mut raw = server.raw().await;
-    let id = raw
-        .connect(ConnectionStarter {})
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap()
-        .id;
+    let id = connect_raw(&mut raw).await;
     let started = std::time::Instant::now();
     // Poll with Acknowlegde(0), which starts nothing, until the id is gone.
     loop {
@@ -336,13 +322,8 @@ async fn old_timestamps_are_rejected_as_stale() {
         s.timestamp.unwrap().timestamp >= before,
         "carries the decision time"
     );
-    let ok = c
-        .rpc()
-        .send_message(sent(c.id(), "", "fresh", 0, 2))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(ok.status_code, StatusCode::Ok as i32);
+    let fresh = sent(c.id(), "", "fresh", 0, 2);
+    assert_eq!(status_of(c.rpc(), fresh).await, StatusCode::Ok);
 }
 
 #[tokio::test]
@@ -360,71 +341,52 @@ async fn writes_that_missed_too_many_commits_get_order_error() {
         );
     }
     // A has seen only its first Update: 3 commits unseen > order 2.
-    let s = a
-        .rpc()
-        .send_message(sent(a.id(), "", "a1", 1, 1))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::OrderError as i32);
+    assert_eq!(
+        status_of(a.rpc(), sent(a.id(), "", "a1", 1, 1)).await,
+        StatusCode::OrderError
+    );
     // Another thread's commits do not count against this one.
-    let s = a
-        .rpc()
-        .send_message(sent(a.id(), "other", "a2", 1, 2))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::Ok as i32);
+    assert_eq!(
+        status_of(a.rpc(), sent(a.id(), "other", "a2", 1, 2)).await,
+        StatusCode::Ok
+    );
     // Once A has received and acknowledged them, the retry is accepted.
     collect_messages(&mut sub_a, 4).await;
     let n = a.updates_received();
-    let s = a
-        .rpc()
-        .send_message(sent(a.id(), "", "a1", n, 1))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::Ok as i32);
+    assert_eq!(
+        status_of(a.rpc(), sent(a.id(), "", "a1", n, 1)).await,
+        StatusCode::Ok
+    );
 }
 
 #[tokio::test]
 async fn own_earlier_messages_not_yet_arrived_count_as_order_error() {
     let server = TestServer::start(config(100, 256, 2)).await;
     let c = server.client(None).await;
-    let mut raw = c.rpc();
+    let raw = c.rpc();
     // Message 5 first: 1..4 have not arrived, 4 > 2.
-    let s = raw
-        .send_message(sent(c.id(), "", "five", 0, 5))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::OrderError as i32);
+    assert_eq!(
+        status_of(raw.clone(), sent(c.id(), "", "five", 0, 5)).await,
+        StatusCode::OrderError
+    );
     // Message 3: 1 and 2 missing, 2 <= 2.
-    let s = raw
-        .send_message(sent(c.id(), "", "three", 0, 3))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::Ok as i32);
+    assert_eq!(
+        status_of(raw.clone(), sent(c.id(), "", "three", 0, 3)).await,
+        StatusCode::Ok
+    );
     // Message 5 again: 1, 2 and 4 missing (3 and 5 arrived), 3 > 2.
-    let s = raw
-        .send_message(sent(c.id(), "", "five", 0, 5))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::OrderError as i32);
-    let s = raw
-        .send_message(sent(c.id(), "", "one", 0, 1))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::Ok as i32);
-    let s = raw
-        .send_message(sent(c.id(), "", "five", 0, 5))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::Ok as i32);
+    assert_eq!(
+        status_of(raw.clone(), sent(c.id(), "", "five", 0, 5)).await,
+        StatusCode::OrderError
+    );
+    assert_eq!(
+        status_of(raw.clone(), sent(c.id(), "", "one", 0, 1)).await,
+        StatusCode::Ok
+    );
+    assert_eq!(
+        status_of(raw.clone(), sent(c.id(), "", "five", 0, 5)).await,
+        StatusCode::Ok
+    );
 }
 
 #[tokio::test]
@@ -434,21 +396,7 @@ async fn unacknowledged_messages_at_the_bound_get_numerical_error() {
     cfg.settings.lease = Duration::from_secs(30);
     let server = TestServer::start(cfg).await;
     // The reader streams but does not acknowledge (raw stub, no auto-ack).
-    let mut raw = server.raw().await;
-    let rid = raw
-        .connect(ConnectionStarter {})
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap()
-        .id;
-    let mut rstream = raw
-        .receive_updates(Client { id: rid })
-        .await
-        .unwrap()
-        .into_inner();
-    rstream.message().await.unwrap().unwrap();
+    let (mut raw, rid, mut rstream) = silent_reader(&server).await;
     let mut writer = server.client(None).await;
     writer.retry = RetryPolicy::none();
     let mut wsub = writer.subscribe().await.unwrap();
@@ -558,13 +506,10 @@ async fn malformed_messages_get_client_error_and_the_server_keeps_serving() {
         assert!(s.timestamp.is_some(), "{what}: carries the decision time");
     }
     // Exactly at the limits is fine, and the server still serves.
-    let s = c
-        .rpc()
-        .send_message(sent(id, &"t".repeat(128), &"x".repeat(16), 0, 1))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::Ok as i32);
+    assert_eq!(
+        status_of(c.rpc(), sent(id, &"t".repeat(128), &"x".repeat(16), 0, 1)).await,
+        StatusCode::Ok
+    );
 }
 
 #[tokio::test]
@@ -684,20 +629,14 @@ async fn per_thread_bounds_override_the_defaults() {
     assert_eq!(b.send("strict", "b").await.unwrap().status, StatusCode::Ok);
     assert_eq!(b.send("lax", "b").await.unwrap().status, StatusCode::Ok);
     // A has not seen B's commits: fine in "lax" (order 32), not in "strict".
-    let s = a
-        .rpc()
-        .send_message(sent(a.id(), "strict", "a", 0, 1))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::OrderError as i32);
-    let s = a
-        .rpc()
-        .send_message(sent(a.id(), "lax", "a", 0, 2))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(s.status_code, StatusCode::Ok as i32);
+    assert_eq!(
+        status_of(a.rpc(), sent(a.id(), "strict", "a", 0, 1)).await,
+        StatusCode::OrderError
+    );
+    assert_eq!(
+        status_of(a.rpc(), sent(a.id(), "lax", "a", 0, 2)).await,
+        StatusCode::Ok
+    );
 }
 
 #[tokio::test]
@@ -740,14 +679,7 @@ async fn a_client_that_stops_reading_is_cut_off_with_resource_exhausted() {
     cfg.settings.lease = Duration::from_secs(60);
     let server = TestServer::start(cfg).await;
     let mut raw = server.raw().await;
-    let id = raw
-        .connect(ConnectionStarter {})
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap()
-        .id;
+    let id = connect_raw(&mut raw).await;
     let mut stream = raw
         .receive_updates(Client { id })
         .await

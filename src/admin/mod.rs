@@ -1,11 +1,44 @@
 //! The admin HTTP server, on `--admin-listen`.
 //!
-//! Endpoints:
-//! - `GET /healthz` — 200 while the process serves.
-//! - `GET /readyz` — 200 once serving, 503 while starting or draining.
+//! Endpoints (JSON unless noted; errors are `{"error": "..."}`):
+//! - `GET /` — the live dashboard page (HTML; see `ui.rs`).
+//! - `GET /ui/{asset}` — its script, style sheet and icon, embedded in the
+//!   binary (`app.js`, `style.css`, `favicon.svg`).
+//! - `GET /healthz` — 200 while the process serves (text).
+//! - `GET /readyz` — 200 once serving with a healthy message log; 503 while
+//!   starting or draining, or while the log fails to store (text, with the
+//!   storage error).
+//! - `GET /metrics` — Prometheus text format.
+//! - `GET /api/v1/bounds` — default bounds, per-thread overrides, recent changes.
+//! - `PUT /api/v1/bounds/default` — change fields of the default bounds.
+//! - `PUT /api/v1/bounds/threads/{id}` — set a thread's override.
+//! - `DELETE /api/v1/bounds/threads/{id}` — remove a thread's override.
+//! - `GET /api/v1/clients` — connected clients, laggiest first (`?limit=N`).
+//! - `GET /api/v1/stats` — totals, and the delivery-latency and
+//!   acknowledgement-lag histograms (count, sum, cumulative buckets).
+//! - `PUT /api/v1/log-level` — replace the log filter.
+//! - `GET /api/v1/openapi.json` — the OpenAPI document of all of the above.
+//!
+//! With an admin token configured, every mutating call (`PUT`, `DELETE`)
+//! needs `Authorization: Bearer <token>`, else 401. `run` refuses a
+//! non-loopback admin address without a token.
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+mod api;
+mod openapi;
+mod ui;
+
+use crate::log::StorageHealth;
+use crate::server::hub::Hub;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::tracing_setup::LogFilter;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
@@ -27,22 +60,103 @@ impl Readiness {
 /// What the admin handlers can see.
 #[derive(Clone)]
 pub struct AdminState {
+    /// Serving (set at start, cleared when draining).
     pub ready: Readiness,
+    /// The message log's health: not ready while it cannot store.
+    pub storage: Arc<StorageHealth>,
+    /// The server's shared state: bounds, clients, stats.
+    pub hub: Arc<Hub>,
+    /// The registry `/metrics` renders.
+    pub metrics: Metrics,
+    /// The bearer token mutating calls need, if one is configured.
+    pub token: Option<Arc<str>>,
+    /// Runtime control of the log filter.
+    pub log_filter: LogFilter,
+    /// When the server started, for uptime.
+    pub started: std::time::Instant,
+}
+
+/// A JSON error response.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
 }
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/ui/{asset}", get(ui::asset))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(api::metrics))
+        .route("/api/v1/bounds", get(api::get_bounds))
+        .route("/api/v1/bounds/default", put(api::put_default))
+        .route(
+            "/api/v1/bounds/threads/{id}",
+            put(api::put_thread).delete(api::delete_thread),
+        )
+        .route("/api/v1/clients", get(api::clients))
+        .route("/api/v1/stats", get(api::stats))
+        .route(
+            "/api/v1/log-level",
+            put(api::put_log_level).get(api::get_log_level),
+        )
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /api/v1/openapi.json",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
 
-async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
-    if s.ready.get() {
-        (StatusCode::OK, "ready\n")
+/// Ready = serving and the message log stores.
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
+    if !s.ready.get() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+    } else if !s.storage.is_healthy() {
+        let why = s.storage.last_error().unwrap_or_default();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: storage failing: {why}\n"),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::OK, "ready\n".into())
     }
+}
+
+/// Compares in time independent of where the strings differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Mutating calls need the bearer token when one is configured.
+async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if let (true, Some(token)) = (mutating, &s.token) {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "this call needs Authorization: Bearer <admin token>",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    next.run(req).await
 }
 
 pub async fn serve(
@@ -50,7 +164,8 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    if let Err(e) = axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {

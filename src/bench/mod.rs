@@ -134,6 +134,11 @@ pub struct BenchArgs {
     /// Print no progress line
     #[arg(long)]
     pub quiet: bool,
+    /// Spawned server: where it keeps messages. memory keeps the disk out of
+    /// the delivery figures; durable (the server's own default) stores in a
+    /// fresh temporary --data-dir, removed afterwards
+    #[arg(long, value_enum, default_value = "memory")]
+    pub storage: crate::server::Storage,
     /// Spawned server: default staleness bound
     #[arg(long, value_name = "DUR", requires = "spawn_server")]
     pub staleness: Option<String>,
@@ -162,7 +167,10 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     fn server_args(&self) -> Vec<String> {
-        let mut a = Vec::new();
+        let mut a = vec![match self.storage {
+            crate::server::Storage::Memory => "--storage=memory".to_owned(),
+            crate::server::Storage::Durable => "--storage=durable".to_owned(),
+        }];
         let mut flag = |name: &str, v: Option<String>| {
             if let Some(v) = v {
                 a.push(format!("--{name}={v}"));
@@ -420,11 +428,12 @@ async fn run_client(
         }
     }
     .await;
-    if let Err(e) = result {
-        if slot.state.swap(FAILED, Ordering::Relaxed) != FAILED && !stop.is_cancelled() {
-            stats.lost.fetch_add(1, Ordering::Relaxed);
-            stats.error(format!("client {index}: {e:#}"));
-        }
+    if let Err(e) = result
+        && slot.state.swap(FAILED, Ordering::Relaxed) != FAILED
+        && !stop.is_cancelled()
+    {
+        stats.lost.fetch_add(1, Ordering::Relaxed);
+        stats.error(format!("client {index}: {e:#}"));
     }
 }
 
@@ -745,9 +754,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     {
         eprintln!("warning: the open-file limit {limit} may be too low");
     }
+    // A durable spawned server gets a fresh data directory of its own.
+    let data_dir =
+        (args.spawn_server && args.storage == crate::server::Storage::Durable).then(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            std::env::temp_dir().join(format!("dyconit-bench-{}-{nanos}", std::process::id()))
+        });
     let spawned = if args.spawn_server {
         let exe = std::env::current_exe().context("locating this program")?;
-        Some(server::SpawnedServer::start(&exe, &args.server_args())?)
+        let mut server_args = args.server_args();
+        if let Some(dir) = &data_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            server_args.push(format!("--data-dir={}", dir.display()));
+        }
+        Some(server::SpawnedServer::start(&exe, &server_args)?)
     } else {
         None
     };
@@ -889,6 +911,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         Some(s) => Some(s.stop(Duration::from_secs(10))?),
         None => None,
     };
+    if let Some(dir) = &data_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     let report = report::Report::build(report::Inputs {
         args: &args,

@@ -263,7 +263,8 @@ impl Report {
             other_cores: a.machine_busy.zip(b.machine_busy).map(|(x, y)| {
                 let busy = (x - y) / window;
                 let own = |p: Option<crate::sys::ProcStats>, q: Option<crate::sys::ProcStats>| {
-                    p.zip(q).map_or(0.0, |(p, q)| (p.cpu_seconds - q.cpu_seconds) / window)
+                    p.zip(q)
+                        .map_or(0.0, |(p, q)| (p.cpu_seconds - q.cpu_seconds) / window)
                 };
                 (busy - own(a.server, b.server) - own(a.generator, b.generator)).max(0.0)
             }),
@@ -388,8 +389,12 @@ impl Report {
                 "other processes' CPU",
                 format!(
                     "{o:.3} cores (load average {} -> {})",
-                    self.load_average.0.map_or("?".into(), |l| format!("{l:.2}")),
-                    self.load_average.1.map_or("?".into(), |l| format!("{l:.2}"))
+                    self.load_average
+                        .0
+                        .map_or("?".into(), |l| format!("{l:.2}")),
+                    self.load_average
+                        .1
+                        .map_or("?".into(), |l| format!("{l:.2}"))
                 ),
             );
         }

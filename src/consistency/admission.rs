@@ -114,4 +114,6 @@ pub struct Decision {
     pub order_error: Option<u64>,
     /// The numerical error measured, if the check was reached.
     pub numerical_error: Option<u64>,
+    /// What the acknowledgement inside the message told, if it advanced.
+    pub ack: Option<super::engine::AckInfo>,
 }

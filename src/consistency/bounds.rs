@@ -153,6 +153,16 @@ impl BoundsTable {
         Ok(old)
     }
 
+    /// The metrics tier of a thread: `thread:<id>` if it has its own
+    /// bounds, else `default`. Bounded by the number of overrides.
+    pub fn tier(&self, thread: &str) -> String {
+        if self.threads.contains_key(thread) {
+            format!("thread:{thread}")
+        } else {
+            "default".to_owned()
+        }
+    }
+
     /// Removes a thread's override; returns it if there was one.
     pub fn remove_thread(&mut self, thread: &str) -> Option<BoundsOverride> {
         self.threads.remove(thread).map(|(o, _)| o)

@@ -89,13 +89,14 @@ impl ClientState {
     }
 
     /// Applies an acknowledgement of `count` Updates (already checked to be
-    /// at most `updates_sent`). Returns true if it advanced.
-    pub fn acknowledge(&mut self, count: u64, now: Micros) -> bool {
+    /// at most `updates_sent`). Returns when the newest acknowledged Update
+    /// was sent, if the acknowledgement advanced.
+    pub fn acknowledge(&mut self, count: u64, now: Micros) -> Option<Micros> {
         if count <= self.acked {
-            return false;
+            return None;
         }
         let n = (count - self.acked) as usize;
-        let (pos, _) = self.unacked[n - 1];
+        let (pos, sent_at) = self.unacked[n - 1];
         self.unacked.drain(..n);
         self.acked = count;
         self.acked_pos = pos;
@@ -105,12 +106,35 @@ impl ClientState {
             seqs.drain(..n);
             !seqs.is_empty()
         });
-        true
+        Some(sent_at)
+    }
+
+    /// When the oldest unacknowledged Update was sent, if any is outstanding.
+    pub fn oldest_unacked_at(&self) -> Option<Micros> {
+        self.unacked.front().map(|&(_, at)| at)
+    }
+
+    /// Messages sent to it and not acknowledged.
+    pub fn unacked_messages(&self) -> u64 {
+        self.delivered - self.acked_pos
     }
 
     /// Records one of its own commits.
     pub fn committed_own(&mut self, thread: &Arc<str>, seq: Seq) {
         self.own.entry(thread.clone()).or_default().push_back(seq);
+    }
+
+    /// Forgets its commits above `seq` (discarded after a storage failure):
+    /// they no longer count as its own, and a retry of them is not
+    /// recognised, so it commits afresh instead of getting a false OK.
+    pub fn forget_commits_after(&mut self, seq: Seq) {
+        self.own.retain(|_, seqs| {
+            while seqs.back().is_some_and(|&s| s > seq) {
+                seqs.pop_back();
+            }
+            !seqs.is_empty()
+        });
+        self.retries.forget_after(seq);
     }
 
     /// Its own commits in `thread` above `acked_pos`.
@@ -208,6 +232,13 @@ impl RetryCache {
     fn get(&self, n: i64, thread: &str, contents: &str) -> Option<(Seq, Micros)> {
         let &(fp, seq, at) = self.by_number.get(&n)?;
         (fp == Self::fingerprint(thread, contents)).then_some((seq, at))
+    }
+
+    /// Forgets the messages committed above `seq`.
+    fn forget_after(&mut self, seq: Seq) {
+        self.by_number.retain(|_, &mut (_, s, _)| s <= seq);
+        let by_number = &self.by_number;
+        self.order.retain(|n| by_number.contains_key(n));
     }
 
     fn insert(&mut self, n: i64, thread: &str, contents: &str, seq: Seq, at: Micros) {

@@ -24,6 +24,19 @@ impl ConitLog {
         (self.commits.len() - self.commits.partition_point(|&(s, _)| s <= pos)) as u64
     }
 
+    /// How many of this conit's commits have a sequence in `(after, upto]`.
+    pub fn count_between(&self, after: Seq, upto: Seq) -> u64 {
+        let lo = self.commits.partition_point(|&(s, _)| s <= after);
+        let hi = self.commits.partition_point(|&(s, _)| s <= upto);
+        hi.saturating_sub(lo) as u64
+    }
+
+    /// Forgets commits above `pos` (they were discarded, never visible).
+    pub fn truncate_after(&mut self, pos: Seq) {
+        let keep = self.commits.partition_point(|&(s, _)| s <= pos);
+        self.commits.truncate(keep);
+    }
+
     /// The first commit of this conit above `pos`, if any.
     pub fn first_after(&self, pos: Seq) -> Option<(Seq, Micros)> {
         let i = self.commits.partition_point(|&(s, _)| s <= pos);

@@ -2,6 +2,16 @@
 //! admission and flush decisions. Pure: no I/O, no clock; every call takes the
 //! current server time, and results come back as values for the I/O edge
 //! (`crate::server`) to carry out.
+//!
+//! **Admitted versus visible.** [`Engine::submit`] decides and assigns the
+//! next commit sequence number at once, so admission decisions and the commit
+//! order are exact. The new entry is *pending*: it counts toward the order and
+//! numerical errors of later writes, but no client is sent it (in an Update or
+//! as history) until the I/O edge reports it durable with
+//! [`Engine::mark_durable`]. If storing fails, [`Engine::discard_pending`]
+//! forgets every pending entry and the next commit reuses the first discarded
+//! sequence number, so the visible order never has gaps and nothing a client
+//! saw is ever taken back.
 
 use super::Seq;
 use super::admission::{ClientFault, Decision, Rejection, Submission, Verdict};
@@ -43,6 +53,17 @@ pub struct Batch {
     pub entries: Arc<[Arc<Entry>]>,
     /// Entries delivered later than their conit's staleness allowed.
     pub late: u64,
+    /// Sent after the previous Update's expiration time (a broken lease).
+    pub after_expiration: bool,
+}
+
+/// What an acknowledgement that advanced tells about the client's lag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckInfo {
+    /// Messages sent to the client and still unacknowledged after it.
+    pub lag_messages: u64,
+    /// From sending the newest acknowledged Update to its acknowledgement.
+    pub round_trip_micros: i64,
 }
 
 /// Why a client left.
@@ -106,10 +127,15 @@ pub enum AckError {
 #[derive(Debug)]
 pub struct Engine {
     settings: Settings,
-    /// The last commit sequence number (0 before the first commit).
+    /// The last commit sequence number assigned (0 before the first commit);
+    /// entries above `durable` are pending.
     head: Seq,
-    /// Committed entries `(head - window.len(), head]`: the recent history
-    /// plus everything some streaming client has not been sent yet.
+    /// The last commit known to be stored: entries up to here are visible
+    /// (delivered, shown as history); `durable <= head` always.
+    durable: Seq,
+    /// Committed entries `(head - window.len(), head]`: the recent history,
+    /// everything some streaming client has not been sent yet, and the
+    /// pending entries above `durable`. Contiguous by seq.
     window: VecDeque<Arc<Entry>>,
     /// Per-thread commit records, for the order and numerical errors and the
     /// flush deadlines.
@@ -167,25 +193,29 @@ fn multiset_remove(m: &mut BTreeMap<Seq, usize>, k: Seq) {
     }
 }
 
-/// When a client whose cursor is `cursor` must be flushed: `None` if nothing
-/// is pending, `Micros(i64::MIN)` if a conit reached its flush count.
+/// When a client whose cursor is `cursor` must be flushed, counting only
+/// visible commits (up to `visible`): `None` if nothing visible is pending,
+/// `Micros(i64::MIN)` if a conit reached its flush count.
 fn flush_due(
     conits: &HashMap<Arc<str>, ConitLog>,
     bounds: &BoundsTable,
-    head: Seq,
+    visible: Seq,
     cursor: Seq,
     lead: Duration,
 ) -> Option<Micros> {
-    if cursor >= head {
+    if cursor >= visible {
         return None;
     }
     let mut due = Micros::MAX;
     for (thread, log) in conits {
-        let Some((_, first_at)) = log.first_after(cursor) else {
+        let Some((first, first_at)) = log.first_after(cursor) else {
             continue;
         };
+        if first > visible {
+            continue;
+        }
         let b = bounds.for_thread(thread);
-        if log.count_after(cursor) >= b.flush_count() {
+        if log.count_between(cursor, visible) >= b.flush_count() {
             return Some(Micros(i64::MIN));
         }
         due = due.min(staleness_deadline(first_at, b.staleness, lead));
@@ -205,17 +235,25 @@ fn staleness_deadline(at: Micros, staleness: Duration, lead: Duration) -> Micros
 impl Engine {
     /// A new engine whose log ends at `head`, with `recent` (ascending, the
     /// last ones up to `head`) as the history for new clients.
+    /// Only the run of `recent` that ends at `head` without a hole is kept
+    /// (the window must be contiguous; a log edited by hand may not be).
     pub fn new(settings: Settings, head: Seq, recent: Vec<Entry>) -> Self {
-        let keep = recent.len().min(settings.history);
-        let window = recent[recent.len() - keep..]
+        let mut start = recent.len();
+        while start > 0
+            && start > recent.len().saturating_sub(settings.history)
+            && head.checked_sub((recent.len() - start) as Seq) == Some(recent[start - 1].seq)
+        {
+            start -= 1;
+        }
+        let window = recent[start..]
             .iter()
             .cloned()
             .map(Arc::new)
             .collect::<VecDeque<_>>();
-        debug_assert!(window.back().is_none_or(|e| e.seq == head));
         Engine {
             settings,
             head,
+            durable: head,
             window,
             conits: HashMap::new(),
             clients: HashMap::new(),
@@ -255,8 +293,19 @@ impl Engine {
         self.flush_lead
     }
 
+    /// The last commit sequence number assigned (pending or durable).
     pub fn head(&self) -> Seq {
         self.head
+    }
+
+    /// The last commit reported durable: the visible end of the log.
+    pub fn durable(&self) -> Seq {
+        self.durable
+    }
+
+    /// Commits assigned but not yet reported durable.
+    pub fn pending(&self) -> u64 {
+        self.head - self.durable
     }
 
     /// The earliest time [`Engine::poll`] has something to do.
@@ -286,13 +335,26 @@ impl Engine {
         }
     }
 
+    /// The numerical error of every conit with unacknowledged commits.
+    pub fn numerical_errors(&self) -> Vec<(Arc<str>, u64)> {
+        let Some((&min, _)) = self.active_acks.first_key_value() else {
+            return Vec::new();
+        };
+        self.conits
+            .iter()
+            .map(|(t, log)| (t.clone(), log.count_after(min)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
     /// Registers a client. Returns false (and changes nothing) if the id is
     /// already taken.
     pub fn connect(&mut self, id: ClientId, public_id: u64, name: Arc<str>, now: Micros) -> bool {
         if self.clients.contains_key(&id) {
             return false;
         }
-        let mut c = ClientState::new(public_id, name, now, self.head);
+        // It has seen what is visible, not what is still pending.
+        let mut c = ClientState::new(public_id, name, now, self.durable);
         let reap = now.plus(self.settings.ack_timeout);
         retime(&mut self.timers, id, &mut c, reap);
         multiset_add(&mut self.waiting_acks, c.acked_pos);
@@ -302,21 +364,23 @@ impl Engine {
     }
 
     /// Opens the client's one stream; returns its first Update: the most
-    /// recent `history` messages, with the current commit as the baseline.
+    /// recent `history` durable messages, with the last durable commit as the
+    /// baseline.
     pub fn start_stream(&mut self, id: ClientId, now: Micros) -> Result<Batch, StreamError> {
         let c = self.clients.get_mut(&id).ok_or(StreamError::NotFound)?;
         if c.phase != Phase::Waiting {
             return Err(StreamError::AlreadyStreaming);
         }
         c.phase = Phase::Streaming;
-        let keep = self.window.len().min(self.settings.history);
+        let visible = self.window.len() - (self.head - self.durable) as usize;
+        let keep = visible.min(self.settings.history);
         let entries: Arc<[Arc<Entry>]> = self
             .window
-            .range(self.window.len() - keep..)
+            .range(visible - keep..visible)
             .cloned()
             .collect();
         let expiration = now.plus(self.settings.lease);
-        c.record_update(self.head, now, expiration);
+        c.record_update(self.durable, now, expiration);
         multiset_remove(&mut self.waiting_acks, c.acked_pos);
         multiset_add(&mut self.active_acks, c.acked_pos);
         multiset_add(&mut self.cursors, c.delivered);
@@ -337,11 +401,19 @@ impl Engine {
             expiration,
             entries,
             late: 0,
+            after_expiration: false,
         })
     }
 
     /// An `Acknowlegde` call.
-    pub fn acknowledge(&mut self, id: ClientId, count: i64, now: Micros) -> Result<(), AckError> {
+    /// Returns what the acknowledgement says about the client's lag, if it
+    /// advanced.
+    pub fn acknowledge(
+        &mut self,
+        id: ClientId,
+        count: i64,
+        now: Micros,
+    ) -> Result<Option<AckInfo>, AckError> {
         let c = self.clients.get_mut(&id).ok_or(AckError::NotFound)?;
         if count < 0 {
             return Err(AckError::Negative);
@@ -353,15 +425,23 @@ impl Engine {
             });
         }
         let before = c.acked_pos;
-        if c.acknowledge(count as u64, now) && c.phase == Phase::Streaming {
+        let Some(sent_at) = c.acknowledge(count as u64, now) else {
+            return Ok(None);
+        };
+        if c.phase == Phase::Streaming {
             multiset_remove(&mut self.active_acks, before);
             multiset_add(&mut self.active_acks, c.acked_pos);
         }
-        Ok(())
+        Ok(Some(AckInfo {
+            lag_messages: c.unacked_messages(),
+            round_trip_micros: now.0.saturating_sub(sent_at.0),
+        }))
     }
 
     /// Decides on a `SentMessage` and, if accepted, commits it. Returns the
-    /// new entry for the log when one was committed.
+    /// new entry for the log when one was committed. The entry is pending: no
+    /// client gets it before [`Engine::mark_durable`] covers its seq. An
+    /// accepted retry carries the original seq, which may still be pending.
     pub fn submit(&mut self, sub: Submission, now: Micros) -> (Decision, Option<Arc<Entry>>) {
         let mut decision = Decision {
             verdict: Verdict::Rejected {
@@ -370,6 +450,7 @@ impl Engine {
             },
             order_error: None,
             numerical_error: None,
+            ack: None,
         };
         let reject = |d: &mut Decision, reason| {
             d.verdict = Verdict::Rejected { reason, at: now };
@@ -381,7 +462,8 @@ impl Engine {
         }
         let ack = sub.ack.expect("checked");
         let id = ack.client.expect("checked");
-        self.acknowledge(id, ack.updates_received, now)
+        decision.ack = self
+            .acknowledge(id, ack.updates_received, now)
             .expect("checked");
         let c = self.clients.get_mut(&id).expect("checked");
         let n = ack.messages_sent;
@@ -433,9 +515,12 @@ impl Engine {
             return (decision, None);
         }
         let entry = self.commit(id, n, sub.thread, sub.contents, now);
+        // The commit time, not `now`: they differ when the clock read before
+        // the lock is older than the previous commit (commit times never go
+        // back), and the OK must carry the time every client is sent.
         decision.verdict = Verdict::Accepted {
             seq: entry.seq,
-            at: now,
+            at: entry.commit_time,
             retry: false,
         };
         (decision, Some(entry))
@@ -500,17 +585,64 @@ impl Engine {
         });
         self.window.push_back(entry.clone());
         self.head = seq;
+        // No flush is scheduled yet: the entry is not visible before it is
+        // durable (see `mark_durable`).
+        entry
+    }
+
+    /// The I/O edge stored every entry up to `upto`: they become visible, and
+    /// the flush deadlines they bring are scheduled. Values at or below the
+    /// current durable position are ignored; values above the head are
+    /// capped at the head.
+    pub fn mark_durable(&mut self, upto: Seq) {
+        let upto = upto.min(self.head);
+        if upto <= self.durable {
+            return;
+        }
+        let old = self.durable;
+        self.durable = upto;
         // The client with the lowest cursor is the first to become due.
-        if let Some((&cursor, _)) = self.cursors.first_key_value() {
-            let b = self.settings.bounds.for_thread(&entry.thread);
-            let due = if log.count_after(cursor) >= b.flush_count() {
+        let Some((&cursor, _)) = self.cursors.first_key_value() else {
+            return;
+        };
+        let floor = self.head - self.window.len() as Seq;
+        let range = (old - floor) as usize..(upto - floor) as usize;
+        for e in self.window.range(range) {
+            let b = self.settings.bounds.for_thread(&e.thread);
+            let count = self
+                .conits
+                .get(&e.thread)
+                .map_or(0, |log| log.count_between(cursor, upto));
+            let due = if count >= b.flush_count() {
                 Micros(i64::MIN)
             } else {
-                staleness_deadline(at, b.staleness, self.flush_lead)
+                staleness_deadline(e.commit_time, b.staleness, self.flush_lead)
             };
             self.next_wake = self.next_wake.min(due);
         }
-        entry
+    }
+
+    /// Storing failed: forgets every pending entry (everything above the
+    /// durable position) as if it had never been accepted, and returns how
+    /// many were dropped. The next commit reuses the first dropped sequence
+    /// number. No client was sent any of them, so nothing seen is undone;
+    /// their retries are no longer recognised (a retry commits afresh).
+    pub fn discard_pending(&mut self) -> u64 {
+        let n = self.head - self.durable;
+        if n == 0 {
+            return 0;
+        }
+        let durable = self.durable;
+        self.window.truncate(self.window.len() - n as usize);
+        self.conits.retain(|_, log| {
+            log.truncate_after(durable);
+            !log.is_empty()
+        });
+        for c in self.clients.values_mut() {
+            c.forget_commits_after(durable);
+        }
+        self.head = durable;
+        n
     }
 
     /// Removes a client. Returns false if it was not there.
@@ -551,6 +683,7 @@ impl Engine {
         let Engine {
             settings,
             head,
+            durable,
             window,
             conits,
             clients,
@@ -560,30 +693,34 @@ impl Engine {
             flush_lead,
             ..
         } = self;
-        let head = *head;
+        // Only durable entries are delivered; the window also holds the
+        // pending ones after them.
+        let visible = *durable;
         let lead = *flush_lead;
         let half_lease = settings.lease / 2;
         let heartbeat_after = half_lease - safety_margin(half_lease);
+        let heartbeat_slack = heartbeat_after / 4;
         let mut events = Vec::new();
         let mut drops = Vec::new();
         // Clients at the same cursor share a flush deadline and get the same
         // batch: compute each once.
         let mut due_memo: HashMap<Seq, Option<Micros>> = HashMap::new();
         let mut batch_memo: HashMap<Seq, (Entries, u64)> = HashMap::new();
-        let window_floor = head - window.len() as Seq;
+        let window_floor = *head - window.len() as Seq;
         // The clients with something due: every member of a cursor group
-        // whose flush is due, and every client whose own timer has passed.
+        // whose flush is due, and every client whose own timer has passed
+        // or comes within the heartbeat slack (see below).
         let mut candidates: Vec<ClientId> = Vec::new();
         for (&cursor, members) in cursor_members.iter() {
             let flush = *due_memo
                 .entry(cursor)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, head, cursor, lead));
+                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, cursor, lead));
             if flush.is_some_and(|f| force || now >= f) {
                 candidates.extend(members.iter().copied());
             }
         }
         while let Some(&(at, id)) = timers.first() {
-            if at > now {
+            if at > now.plus(heartbeat_slack) {
                 break;
             }
             timers.pop_first();
@@ -612,13 +749,16 @@ impl Engine {
             let heartbeat = c.last_update_at.plus(heartbeat_after);
             let flush = *due_memo
                 .entry(c.delivered)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, head, c.delivered, lead));
-            let due = match flush {
+                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, c.delivered, lead));
+            let flush = match flush {
                 Some(_) if force => Micros(i64::MIN),
-                Some(f) => f.min(heartbeat),
-                None => heartbeat,
+                Some(f) => f,
+                None => Micros::MAX,
             };
-            if now < due {
+            // A heartbeat due soon goes out with this poll: idle clients
+            // that connected at scattered times thus fall into a few groups
+            // served together, instead of one wake-up per client.
+            if now < flush && now.plus(heartbeat_slack) < heartbeat {
                 // Not due yet (an early timer): re-arm its own deadline; a
                 // pending flush is its cursor group's.
                 retime(
@@ -633,7 +773,8 @@ impl Engine {
                 .entry(c.delivered)
                 .or_insert_with(|| {
                     let start = (c.delivered - window_floor) as usize;
-                    let entries: Arc<[Arc<Entry>]> = window.range(start..).cloned().collect();
+                    let end = (visible - window_floor) as usize;
+                    let entries: Arc<[Arc<Entry>]> = window.range(start..end).cloned().collect();
                     let late = entries
                         .iter()
                         .filter(|e| {
@@ -646,16 +787,17 @@ impl Engine {
                 })
                 .clone();
             multiset_remove(cursors, c.delivered);
-            multiset_add(cursors, head);
+            multiset_add(cursors, visible);
             if let Some(members) = cursor_members.get_mut(&c.delivered) {
                 members.remove(&id);
                 if members.is_empty() {
                     cursor_members.remove(&c.delivered);
                 }
             }
-            cursor_members.entry(head).or_default().insert(id);
+            cursor_members.entry(visible).or_default().insert(id);
+            let after_expiration = now > c.expiration;
             let expiration = now.plus(settings.lease);
-            c.record_update(head, now, expiration);
+            c.record_update(visible, now, expiration);
             let personal = now
                 .plus(heartbeat_after)
                 .min(c.ack_deadline(settings.ack_timeout).unwrap_or(Micros::MAX));
@@ -667,6 +809,7 @@ impl Engine {
                     expiration,
                     entries,
                     late,
+                    after_expiration,
                 },
             });
         }
@@ -680,7 +823,7 @@ impl Engine {
         for &cursor in self.cursor_members.keys() {
             let flush = match due_memo.get(&cursor) {
                 Some(&f) => f,
-                None => flush_due(&self.conits, &self.settings.bounds, head, cursor, lead),
+                None => flush_due(&self.conits, &self.settings.bounds, visible, cursor, lead),
             };
             if let Some(f) = flush {
                 next = next.min(f);
@@ -692,8 +835,9 @@ impl Engine {
     }
 
     /// Forgets entries and conit records no client can need any more.
+    /// Pending entries are kept: they are above every floor used here.
     fn trim(&mut self) {
-        let history_floor = self.head.saturating_sub(self.settings.history as Seq);
+        let history_floor = self.durable.saturating_sub(self.settings.history as Seq);
         let window_floor = self
             .cursors
             .first_key_value()
@@ -705,7 +849,7 @@ impl Engine {
             .iter()
             .filter_map(|m| m.first_key_value().map(|(&k, _)| k))
             .min()
-            .unwrap_or(self.head);
+            .unwrap_or(self.durable);
         self.conits.retain(|_, log| {
             log.trim(conit_floor);
             !log.is_empty()
@@ -716,50 +860,227 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consistency::{Submission, SubmissionAck};
+    use crate::consistency::SubmissionAck;
+    use std::time::Duration;
 
-    /// One streaming client, then a commit at `t0` in the main room
-    /// (default staleness 500 ms, safety margin 20 ms).
-    fn engine_with_a_commit(t0: Micros) -> Engine {
-        let mut e = Engine::new(Settings::default(), 0, Vec::new());
-        assert!(e.connect(7, 1, "a".into(), t0));
-        e.start_stream(7, t0).unwrap();
+    const T0: Micros = Micros(1_700_000_000_000_000);
+
+    fn engine() -> Engine {
+        let s = Settings {
+            history: 10,
+            ..Settings::default()
+        };
+        Engine::new(s, 0, Vec::new())
+    }
+
+    fn send(e: &mut Engine, id: ClientId, n: i64, text: &str, now: Micros) -> Decision {
         let sub = Submission {
             ack: Some(SubmissionAck {
-                client: Some(7),
-                updates_received: 1,
-                messages_sent: 1,
+                client: Some(id),
+                updates_received: 0,
+                messages_sent: n,
             }),
             thread: String::new(),
-            contents: "x".into(),
-            timestamp: Some(t0),
+            contents: text.to_owned(),
+            timestamp: Some(now),
         };
-        let (d, entry) = e.submit(sub, t0);
-        assert!(entry.is_some(), "{d:?}");
-        e
+        e.submit(sub, now).0
+    }
+
+    fn seqs(events: &[Event], client: ClientId) -> Vec<Seq> {
+        events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::Update { client: c, batch } if *c == client => Some(batch),
+                _ => None,
+            })
+            .flat_map(|b| b.entries.iter().map(|e| e.seq))
+            .collect()
+    }
+
+    #[test]
+    fn pending_entries_are_neither_delivered_nor_history_until_durable() {
+        let mut e = engine();
+        assert!(e.connect(1, 1, "w".into(), T0));
+        assert!(e.connect(2, 2, "r".into(), T0));
+        e.start_stream(2, T0).unwrap();
+        for n in 1..=3 {
+            assert!(matches!(
+                send(&mut e, 1, n, &format!("m{n}"), T0).verdict,
+                Verdict::Accepted { retry: false, .. }
+            ));
+        }
+        assert_eq!((e.head(), e.durable(), e.pending()), (3, 0, 3));
+        // Long past the staleness bound: still nothing to deliver.
+        let later = T0.plus(Duration::from_secs(2));
+        assert_eq!(seqs(&e.flush_all(later), 2), Vec::<Seq>::new());
+        // A new reader's history and baseline stop at the durable position.
+        assert!(e.connect(3, 3, "h".into(), later));
+        assert_eq!(e.start_stream(3, later).unwrap().entries.len(), 0);
+
+        e.mark_durable(2);
+        // Overdue entries become due at once, for every reader.
+        assert!(e.next_wake() <= later);
+        let events = e.poll(later);
+        assert_eq!(seqs(&events, 2), vec![1, 2]);
+        assert_eq!(seqs(&events, 3), vec![1, 2]);
+        e.mark_durable(99); // capped at the head
+        assert_eq!(e.durable(), 3);
+        e.mark_durable(1); // never goes back
+        assert_eq!(e.durable(), 3);
+        let events = e.flush_all(later);
+        assert_eq!(seqs(&events, 2), vec![3]);
+        assert_eq!(seqs(&events, 3), vec![3]);
+    }
+
+    #[test]
+    fn discarded_entries_are_never_seen_and_their_seqs_are_reused() {
+        let mut e = engine();
+        e.connect(1, 1, "w".into(), T0);
+        e.connect(2, 2, "r".into(), T0);
+        e.start_stream(2, T0).unwrap();
+        send(&mut e, 1, 1, "kept", T0);
+        e.mark_durable(1);
+        send(&mut e, 1, 2, "lost-a", T0);
+        send(&mut e, 1, 3, "lost-b", T0);
+        assert_eq!(
+            e.numerical_error(""),
+            3,
+            "pending entries count for admission"
+        );
+        assert_eq!(e.discard_pending(), 2);
+        assert_eq!((e.head(), e.durable()), (1, 1));
+        assert_eq!(e.numerical_error(""), 1);
+        assert_eq!(e.discard_pending(), 0);
+        // A retry of a discarded message commits afresh, at the reused seq.
+        match send(&mut e, 1, 2, "lost-a", T0).verdict {
+            Verdict::Accepted { seq, retry, .. } => assert_eq!((seq, retry), (2, false)),
+            v => panic!("{v:?}"),
+        }
+        e.mark_durable(2);
+        let events = e.flush_all(T0.plus(Duration::from_secs(1)));
+        let got: Vec<String> = events
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::Update { client: 2, batch } => Some(batch),
+                _ => None,
+            })
+            .flat_map(|b| b.entries.iter().map(|e| e.contents.clone()))
+            .collect();
+        assert_eq!(got, ["kept", "lost-a"]);
+    }
+
+    #[test]
+    fn an_ok_carries_the_commit_time_even_when_the_clock_went_back() {
+        let mut e = engine();
+        e.connect(1, 1, "w".into(), T0);
+        send(&mut e, 1, 1, "first", T0.plus(Duration::from_millis(5)));
+        let d = send(&mut e, 1, 2, "second", T0);
+        match d.verdict {
+            Verdict::Accepted { at, .. } => assert_eq!(at, T0.plus(Duration::from_millis(5))),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retry_of_a_pending_message_reports_the_pending_seq() {
+        let mut e = engine();
+        e.connect(1, 1, "w".into(), T0);
+        send(&mut e, 1, 1, "hello", T0);
+        match send(&mut e, 1, 1, "hello", T0).verdict {
+            Verdict::Accepted { seq, retry, .. } => assert_eq!((seq, retry), (1, true)),
+            v => panic!("{v:?}"),
+        }
+        assert!(seq_is_pending(&e, 1));
+    }
+
+    fn seq_is_pending(e: &Engine, seq: Seq) -> bool {
+        seq > e.durable() && seq <= e.head()
+    }
+
+    #[test]
+    fn history_with_holes_or_not_ending_at_the_head_is_cut_to_its_contiguous_tail() {
+        let at = |seqs: &[Seq]| -> Vec<Entry> {
+            seqs.iter()
+                .map(|&seq| Entry {
+                    seq,
+                    thread: "".into(),
+                    contents: format!("m{seq}"),
+                    sender: "w".into(),
+                    commit_time: T0,
+                })
+                .collect()
+        };
+        let history = |e: &mut Engine| -> Vec<Seq> {
+            e.connect(1, 1, "r".into(), T0);
+            let b = e.start_stream(1, T0).unwrap();
+            b.entries.iter().map(|e| e.seq).collect()
+        };
+        let mut e = Engine::new(Settings::default(), 10, at(&[4, 5, 8, 9, 10]));
+        assert_eq!(history(&mut e), [8, 9, 10]);
+        let mut e = Engine::new(Settings::default(), 12, at(&[9, 10]));
+        assert_eq!(history(&mut e), Vec::<Seq>::new());
+        // Delivery after the restart still works from the right seq.
+        match send(&mut e, 1, 1, "next", T0).verdict {
+            Verdict::Accepted { seq, .. } => assert_eq!(seq, 13),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_restarted_engine_continues_the_sequence_with_its_history() {
+        let recent: Vec<Entry> = (8..=10)
+            .map(|seq| Entry {
+                seq,
+                thread: "".into(),
+                contents: format!("m{seq}"),
+                sender: "w".into(),
+                commit_time: T0,
+            })
+            .collect();
+        let mut e = Engine::new(Settings::default(), 10, recent);
+        assert_eq!((e.head(), e.durable()), (10, 10));
+        e.connect(1, 1, "w".into(), T0);
+        let first = e.start_stream(1, T0).unwrap();
+        let history: Vec<Seq> = first.entries.iter().map(|e| e.seq).collect();
+        assert_eq!(history, [8, 9, 10]);
+        match send(&mut e, 1, 1, "next", T0).verdict {
+            Verdict::Accepted { seq, .. } => assert_eq!(seq, 11),
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]
     fn the_flush_lead_moves_flushes_earlier_within_a_quarter_of_the_bound() {
-        let t0 = Micros(1_000_000_000);
-        let ms = |n| Duration::from_millis(n);
-        let mut e = engine_with_a_commit(t0);
-        assert_eq!(e.next_wake(), t0.plus(ms(480)));
+        // One streaming client, then a durable commit at T0 in the main
+        // room (default staleness 500 ms, safety margin 20 ms).
+        let with_a_commit = || {
+            let mut e = engine();
+            assert!(e.connect(7, 1, "a".into(), T0));
+            e.start_stream(7, T0).unwrap();
+            assert!(matches!(
+                send(&mut e, 7, 1, "x", T0).verdict,
+                Verdict::Accepted { .. }
+            ));
+            e.mark_durable(1);
+            e
+        };
+        let ms = Duration::from_millis;
+        let mut e = with_a_commit();
+        assert!(e.poll(T0).is_empty());
+        assert_eq!(e.next_wake(), T0.plus(ms(480)));
 
-        let mut e2 = engine_with_a_commit(t0);
+        let mut e2 = with_a_commit();
         e2.set_flush_lead(ms(40));
-        assert!(e2.poll(t0).is_empty());
-        assert_eq!(e2.next_wake(), t0.plus(ms(440)));
-        assert!(e2.poll(t0.plus(ms(439))).is_empty());
-        let events = e2.poll(t0.plus(ms(440)));
-        assert!(
-            matches!(&events[..], [Event::Update { batch, .. }] if batch.entries.len() == 1),
-            "{events:?}"
-        );
+        assert!(e2.poll(T0).is_empty());
+        assert_eq!(e2.next_wake(), T0.plus(ms(440)));
+        assert!(e2.poll(T0.plus(ms(439))).is_empty());
+        let events = e2.poll(T0.plus(ms(440)));
+        assert_eq!(seqs(&events, 7), vec![1]);
 
         // A huge lead is capped at a quarter of the staleness bound.
         e.set_flush_lead(Duration::from_secs(10));
-        assert!(e.poll(t0).is_empty());
-        assert_eq!(e.next_wake(), t0.plus(ms(355)));
+        assert!(e.poll(T0).is_empty());
+        assert_eq!(e.next_wake(), T0.plus(ms(355)));
     }
 }

@@ -4,55 +4,99 @@
 use super::{Log, LogError};
 use crate::consistency::{Entry, Seq};
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 pub struct MemoryLog {
     /// Most entries kept; older ones are forgotten.
     capacity: usize,
-    /// `(head, recent entries)`: the head survives the entries' eviction.
-    inner: Mutex<(Seq, VecDeque<Entry>)>,
+    /// The last appended seq; survives the entries' eviction.
+    head: Seq,
+    /// The most recent entries, oldest first.
+    entries: VecDeque<Arc<Entry>>,
 }
 
 impl MemoryLog {
     pub fn new(capacity: usize) -> Self {
         MemoryLog {
             capacity: capacity.max(1),
-            inner: Mutex::new((0, VecDeque::new())),
+            head: 0,
+            entries: VecDeque::new(),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Seq, VecDeque<Entry>)> {
-        // A panic elsewhere cannot leave the deque half-updated: recover.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Log for MemoryLog {
-    fn append(&self, entries: &[&Entry]) -> Result<(), LogError> {
-        let mut g = self.lock();
-        for e in entries {
-            if e.seq != g.0 + 1 {
+    fn append(&mut self, entries: &[Arc<Entry>]) -> Result<(), LogError> {
+        // Check the whole batch first: all or nothing.
+        for (i, e) in entries.iter().enumerate() {
+            if e.seq != self.head + 1 + i as Seq {
                 return Err(LogError(format!(
                     "append of seq {} after head {}",
-                    e.seq, g.0
+                    e.seq,
+                    self.head + i as Seq
                 )));
             }
-            g.0 = e.seq;
-            g.1.push_back((*e).clone());
-            if g.1.len() > self.capacity {
-                g.1.pop_front();
+        }
+        for e in entries {
+            self.head = e.seq;
+            self.entries.push_back(e.clone());
+            if self.entries.len() > self.capacity {
+                self.entries.pop_front();
             }
         }
         Ok(())
     }
 
-    fn head(&self) -> Result<Seq, LogError> {
-        Ok(self.lock().0)
+    fn head(&mut self) -> Result<Seq, LogError> {
+        Ok(self.head)
     }
 
-    fn recent(&self, n: usize) -> Result<Vec<Entry>, LogError> {
-        let g = self.lock();
-        let skip = g.1.len().saturating_sub(n);
-        Ok(g.1.iter().skip(skip).cloned().collect())
+    fn recent(&mut self, n: usize) -> Result<Vec<Entry>, LogError> {
+        let skip = self.entries.len().saturating_sub(n);
+        Ok(self
+            .entries
+            .iter()
+            .skip(skip)
+            .map(|e| (**e).clone())
+            .collect())
+    }
+
+    fn recover(&mut self, durable: Seq) -> Result<(), LogError> {
+        while self.head > durable {
+            self.entries.pop_back();
+            self.head -= 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consistency::Micros;
+
+    fn entry(seq: Seq) -> Arc<Entry> {
+        Arc::new(Entry {
+            seq,
+            thread: "".into(),
+            contents: format!("m{seq}"),
+            sender: "s".into(),
+            commit_time: Micros(seq as i64),
+        })
+    }
+
+    #[test]
+    fn appends_continue_the_log_all_or_nothing_within_capacity() {
+        let mut log = MemoryLog::new(3);
+        log.append(&[entry(1), entry(2)]).unwrap();
+        // A gap anywhere in the batch refuses the whole batch.
+        assert!(log.append(&[entry(3), entry(5)]).is_err());
+        assert_eq!(log.head().unwrap(), 2);
+        log.append(&[entry(3), entry(4)]).unwrap();
+        let seqs: Vec<Seq> = log.recent(10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3, 4], "capacity 3 keeps the newest");
+        log.recover(3).unwrap();
+        assert_eq!(log.head().unwrap(), 3);
+        assert_eq!(log.recent(1).unwrap()[0].seq, 3);
     }
 }

@@ -1,12 +1,20 @@
-//! The ordered message log behind one trait. The single-node server commits
-//! in the engine and appends here in the same order; the store answers the
+//! The ordered message log behind one trait. The engine assigns commit
+//! sequence numbers; the log stores entries in that order, and answers the
 //! history question at start-up.
 //!
-//! - [`memory`]: the in-memory log (`--storage memory`).
+//! - [`memory`]: the in-memory log (`--storage memory`): gone on restart.
+//! - [`sqlite`]: the durable embedded log (`--storage durable`, the default):
+//!   SQLite in WAL mode, one transaction and one fsync per batch.
+//! - [`health`]: storage health counters, read by `/readyz` (and metrics).
 
+pub mod health;
 pub mod memory;
+pub mod sqlite;
 
 use crate::consistency::{Entry, Seq};
+use std::sync::Arc;
+
+pub use health::StorageHealth;
 
 /// Why the log could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -14,11 +22,25 @@ use crate::consistency::{Entry, Seq};
 pub struct LogError(pub String);
 
 /// An append-only, ordered log of committed messages.
-pub trait Log: Send + Sync + 'static {
-    /// Appends entries whose sequence numbers continue the log, in order.
-    fn append(&self, entries: &[&Entry]) -> Result<(), LogError>;
-    /// The last committed sequence number (0 if empty).
-    fn head(&self) -> Result<Seq, LogError>;
+///
+/// One owner calls it at a time (the group-commit writer thread, or the hub
+/// under its lock for the in-memory log), hence `&mut self`.
+pub trait Log: Send + 'static {
+    /// Stores `entries`, whose sequence numbers continue the log in order,
+    /// atomically: after `Ok` all of them are as durable as this log makes
+    /// anything; after `Err` the caller must treat none of them as stored and
+    /// call [`Log::recover`] before appending again.
+    fn append(&mut self, entries: &[Arc<Entry>]) -> Result<(), LogError>;
+    /// The last stored sequence number (0 if empty).
+    fn head(&mut self) -> Result<Seq, LogError>;
     /// Up to `n` most recent entries, oldest first.
-    fn recent(&self, n: usize) -> Result<Vec<Entry>, LogError>;
+    fn recent(&mut self, n: usize) -> Result<Vec<Entry>, LogError>;
+    /// After a failure (and as the periodic health probe while failing):
+    /// makes the log usable again, holding exactly the entries up to
+    /// `durable`. Anything above `durable` that a failed append may still
+    /// have left on disk (an fsync that reported failure after the data got
+    /// there) is removed, because its writers were told `INTERNAL_ERROR` and
+    /// the next commits reuse those sequence numbers. `Ok` means a real write
+    /// went through.
+    fn recover(&mut self, durable: Seq) -> Result<(), LogError>;
 }

@@ -1,20 +1,76 @@
-//! The shared state of a running server: the consistency engine, the log,
-//! and each streaming client's outbox, behind one lock. Every RPC and the
-//! flush scheduler go through here; the engine decides, the hub carries the
-//! decisions out (log appends, Updates on streams, ends of streams).
+//! The shared state of a running server: the consistency engine, the queue
+//! to the log writer, and each streaming client's outbox, behind one lock.
+//! Every RPC, the flush scheduler and the writer go through here; the engine
+//! decides, the hub carries the decisions out (log appends, Updates on
+//! streams, ends of streams).
+//!
+//! Durability before visibility: an accepted message is queued for the
+//! group-commit writer (`super::writer`) under the lock, in seq order. The
+//! writer stores a batch without the lock, then reports it here
+//! ([`Hub::batch_stored`]): the engine marks it durable (only then can it be
+//! delivered) and the waiting `SendMessage` calls get their OK. If storing
+//! fails ([`Hub::batch_failed`]), every pending message is discarded and its
+//! sender gets `INTERNAL_ERROR`.
 
 use super::clock;
 use super::convert;
 use super::outbox::{FanoutLead, FlushTrack, Outbox, UpdateStream};
+use crate::consistency::engine::AckInfo;
 use crate::consistency::{
-    ClientId, Decision, DropReason, Engine, Event, Micros, Submission, Verdict,
+    ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq, Submission,
+    Verdict,
 };
 use crate::log::Log;
+use crate::telemetry::metrics::{Metrics, TOP_LAGGARDS};
 use rand::Rng;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::Notify;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
 use tonic::Status;
+
+/// Where accepted messages go to become durable.
+pub enum Sink {
+    /// Appended at once, under the lock (the in-memory log): a message is
+    /// durable (as durable as memory is) when `submit` returns.
+    Immediate(Box<dyn Log>),
+    /// Queued for the group-commit writer thread (`super::writer`).
+    Writer,
+}
+
+/// Tells a waiting `SendMessage` whether its message was stored: `true`
+/// once durable, `false` (or the sender dropped) if storing failed.
+pub type Outcome = oneshot::Receiver<bool>;
+
+/// The answer to a `SendMessage`: the engine's decision, and for an accepted
+/// message that is not durable yet, the outcome to wait for before the OK
+/// may be sent.
+pub struct Submitted {
+    /// What the engine decided (an OK here is not final while `durable` is
+    /// `Some`).
+    pub decision: Decision,
+    /// `Some` while the message (or, for a retry, its original) is pending.
+    pub durable: Option<Outcome>,
+}
+
+/// Accepted messages waiting for the writer, in seq order.
+#[derive(Default)]
+struct Queue {
+    /// The entries, oldest first; they continue the log in seq order.
+    entries: Vec<Arc<Entry>>,
+    /// One outcome sender per entry, same order: its `SendMessage` waits.
+    waiters: Vec<oneshot::Sender<bool>>,
+}
+
+/// What [`Hub::take_batch`] gives the writer.
+pub enum Taken {
+    /// Entries to store (in seq order) and their waiters.
+    Batch(Vec<Arc<Entry>>, Vec<oneshot::Sender<bool>>),
+    /// Nothing arrived within the timeout.
+    Idle,
+    /// Shutdown and nothing left to store: the writer exits.
+    Stop,
+}
 
 struct Inner {
     engine: Engine,
@@ -22,18 +78,39 @@ struct Inner {
     outboxes: HashMap<ClientId, Arc<Outbox>>,
     /// Set once shutdown began: no new clients or streams.
     draining: bool,
+    /// How accepted messages are stored.
+    sink: Sink,
+    /// Accepted messages the writer has not taken yet (`Sink::Writer`).
+    queue: Queue,
+    /// Retries of messages that are still pending: `(original seq, waiter)`;
+    /// answered when that seq is stored or discarded.
+    retry_waiters: Vec<(Seq, oneshot::Sender<bool>)>,
+    /// True while the writer sleeps on `Hub::work`: a submit must wake it
+    /// (skipping the wake-up syscall while it is busy).
+    writer_idle: bool,
+    /// Set when the server has stopped taking RPCs: the writer stores what
+    /// is queued and exits.
+    writer_stop: bool,
+    /// The last [`CHANGE_HISTORY`] runtime bound changes.
+    changes: std::collections::VecDeque<ChangeRecord>,
 }
 
 pub struct Hub {
     inner: Mutex<Inner>,
     /// Wakes the flush scheduler when the engine's next deadline moved earlier.
     wake: Notify,
-    log: Arc<dyn Log>,
+    /// Wakes the writer thread when work arrives (waits on `inner`).
+    work: Condvar,
+    /// Notified whenever a batch was stored or failed: shutdown waits on it
+    /// until nothing is pending.
+    settled: Notify,
     /// Byte limit of each client's outbound queue.
     max_outbound_bytes: usize,
     /// How long recent flushes took to reach all their clients; flushes
     /// start that much before their deadline.
     fanout: Arc<FanoutLead>,
+    /// Where every count and latency is recorded.
+    metrics: Metrics,
 }
 
 /// The public handle of a client: derived from its public id, safe to log and
@@ -48,18 +125,35 @@ pub fn redacted(id: ClientId) -> String {
 }
 
 impl Hub {
-    pub fn new(engine: Engine, log: Arc<dyn Log>, max_outbound_bytes: usize) -> Arc<Self> {
+    pub fn new(
+        engine: Engine,
+        sink: Sink,
+        max_outbound_bytes: usize,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         Arc::new(Hub {
             inner: Mutex::new(Inner {
                 engine,
                 outboxes: HashMap::new(),
                 draining: false,
+                sink,
+                queue: Queue::default(),
+                retry_waiters: Vec::new(),
+                writer_idle: false,
+                writer_stop: false,
+                changes: std::collections::VecDeque::new(),
             }),
             wake: Notify::new(),
-            log,
+            work: Condvar::new(),
+            settled: Notify::new(),
             max_outbound_bytes,
             fanout: Arc::default(),
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -150,6 +244,7 @@ impl Hub {
         if g.engine.remove(id)
             && let Some(p) = public
         {
+            self.count_drop(DropReason::StreamClosed);
             tracing::info!(client = %handle(p), reason = DropReason::StreamClosed.as_str(), "client left");
         }
     }
@@ -158,36 +253,228 @@ impl Hub {
     pub fn acknowledge(&self, id: ClientId, count: i64) -> Result<Micros, Status> {
         use crate::consistency::engine::AckError;
         let now = clock::now();
-        self.with_engine(|g| g.engine.acknowledge(id, count, now))
+        let info = self
+            .with_engine(|g| g.engine.acknowledge(id, count, now))
             .map_err(|e| match e {
                 AckError::NotFound => Status::not_found("unknown client id"),
                 AckError::Negative | AckError::AboveSent { .. } => {
                     Status::invalid_argument(e.to_string())
                 }
             })?;
+        // Standalone acknowledgements are most of them: count them in the
+        // acknowledgement-lag histograms like those inside a SentMessage.
+        self.observe_ack(info);
         Ok(now)
     }
 
-    /// `SendMessage`: decide, and append what was committed to the log.
-    pub fn submit(&self, sub: Submission) -> Decision {
+    /// `SendMessage`: decide, and hand what was committed to the log. No
+    /// disk I/O happens here: with the writer sink the entry is only queued.
+    pub fn submit(&self, sub: Submission) -> Submitted {
         let now = clock::now();
-        self.with_engine(|g| {
+        let thread = sub.thread.clone();
+        let (submitted, tier) = self.with_engine(|g| {
             let (mut decision, entry) = g.engine.submit(sub, now);
-            if let Some(e) = entry
-                && let Err(err) = self.log.append(&[&e])
-            {
-                // The engine already made the entry visible; the log is the
-                // part that failed, so the writer must not be told OK.
-                tracing::error!(seq = e.seq, error = %err, "log append failed");
-                decision.verdict = Verdict::Rejected {
-                    reason: crate::consistency::Rejection::Internal,
-                    at: now,
-                };
-                return Err(decision);
+            let tier = decision
+                .order_error
+                .map(|_| g.engine.settings().bounds.tier(&thread));
+            let durable = match entry {
+                // A retry whose original is still pending waits for it too:
+                // its OK must not come before the original is stored.
+                None => match decision.verdict {
+                    Verdict::Accepted {
+                        seq, retry: true, ..
+                    } if seq > g.engine.durable() => {
+                        let (tx, rx) = oneshot::channel();
+                        g.retry_waiters.push((seq, tx));
+                        Some(rx)
+                    }
+                    _ => None,
+                },
+                Some(e) => match &mut g.sink {
+                    Sink::Immediate(log) => {
+                        if let Err(err) = log.append(std::slice::from_ref(&e)) {
+                            tracing::error!(seq = e.seq, error = %err, "log append failed");
+                            g.engine.discard_pending();
+                            decision.verdict = Verdict::Rejected {
+                                reason: Rejection::Internal,
+                                at: now,
+                            };
+                        } else {
+                            g.engine.mark_durable(e.seq);
+                        }
+                        None
+                    }
+                    Sink::Writer => {
+                        let (tx, rx) = oneshot::channel();
+                        g.queue.entries.push(e);
+                        g.queue.waiters.push(tx);
+                        if g.writer_idle {
+                            g.writer_idle = false;
+                            self.work.notify_one();
+                        }
+                        Some(rx)
+                    }
+                },
+            };
+            (Submitted { decision, durable }, tier)
+        });
+        let m = &self.metrics;
+        let decision = &submitted.decision;
+        match decision.verdict {
+            // Final now (memory log); a pending one is counted when its batch
+            // is stored or fails (`batch_stored`, `batch_failed`).
+            Verdict::Accepted { retry: false, .. } if submitted.durable.is_none() => {
+                m.messages_accepted.inc()
             }
-            Ok(decision)
-        })
-        .unwrap_or_else(|d| d)
+            Verdict::Accepted { .. } => {}
+            Verdict::Rejected { reason, .. } => m
+                .messages_rejected
+                .with_label_values(&[reason.reason()])
+                .inc(),
+        }
+        if let (Some(e), Some(tier)) = (decision.order_error, tier) {
+            m.order_error
+                .with_label_values(&[tier.as_str()])
+                .set(e as i64);
+            m.order_error_observed.observe(e as f64);
+        }
+        self.observe_ack(decision.ack);
+        submitted
+    }
+
+    fn observe_ack(&self, info: Option<AckInfo>) {
+        if let Some(a) = info {
+            self.metrics.ack_lag_messages.observe(a.lag_messages as f64);
+            self.metrics
+                .ack_lag_seconds
+                .observe(a.round_trip_micros as f64 / 1e6);
+        }
+    }
+
+    fn count_drop(&self, reason: DropReason) {
+        self.metrics
+            .clients_dropped
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Writer: waits (up to `timeout`, or for ever) for queued messages and
+    /// takes them all, at most `max` (the rest stay for the next batch).
+    pub fn take_batch(&self, max: usize, timeout: Option<Duration>) -> Taken {
+        let mut g = self.lock();
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if !g.queue.entries.is_empty() {
+                g.writer_idle = false;
+                let n = g.queue.entries.len().min(max);
+                let (entries, waiters) = if n == g.queue.entries.len() {
+                    (
+                        std::mem::take(&mut g.queue.entries),
+                        std::mem::take(&mut g.queue.waiters),
+                    )
+                } else {
+                    (
+                        g.queue.entries.drain(..n).collect(),
+                        g.queue.waiters.drain(..n).collect(),
+                    )
+                };
+                return Taken::Batch(entries, waiters);
+            }
+            if g.writer_stop {
+                return Taken::Stop;
+            }
+            g.writer_idle = true;
+            g = match deadline {
+                None => self.work.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        g.writer_idle = false;
+                        return Taken::Idle;
+                    }
+                    self.work
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Writer: every entry up to `upto` is stored. They become visible, and
+    /// the retries waiting on them are answered (the batch's own waiters are
+    /// answered by the writer, after this).
+    pub fn batch_stored(&self, upto: Seq) {
+        let (waiters, stored) = self.with_engine(|g| {
+            let before = g.engine.durable();
+            g.engine.mark_durable(upto);
+            let stored = g.engine.durable() - before;
+            if g.retry_waiters.is_empty() {
+                return (Vec::new(), stored);
+            }
+            let (done, waiting) = std::mem::take(&mut g.retry_waiters)
+                .into_iter()
+                .partition(|(seq, _)| *seq <= upto);
+            g.retry_waiters = waiting;
+            (done, stored)
+        });
+        self.metrics.messages_accepted.inc_by(stored);
+        for (_, tx) in waiters {
+            let _ = tx.send(true);
+        }
+        self.settled.notify_waiters();
+    }
+
+    /// Writer: storing the batch it took failed. Every pending message (that
+    /// batch, and all admitted after it) is discarded, and the waiters still
+    /// queued (and the retries) are answered `INTERNAL_ERROR`; the writer
+    /// answers its batch's own. Returns the number of messages discarded.
+    pub fn batch_failed(&self) -> u64 {
+        let (n, waiters) = self.with_engine(|g| {
+            let n = g.engine.discard_pending();
+            g.queue.entries.clear();
+            let mut waiters = std::mem::take(&mut g.queue.waiters);
+            waiters.extend(
+                std::mem::take(&mut g.retry_waiters)
+                    .into_iter()
+                    .map(|(_, tx)| tx),
+            );
+            (n, waiters)
+        });
+        for tx in waiters {
+            let _ = tx.send(false);
+        }
+        self.metrics
+            .messages_rejected
+            .with_label_values(&[Rejection::Internal.reason()])
+            .inc_by(n);
+        self.settled.notify_waiters();
+        n
+    }
+
+    /// Shutdown: waits (up to `limit`) until nothing admitted so far is
+    /// pending, so the final flush delivers it. Returns false on timeout.
+    pub async fn wait_settled(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let settled = self.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if self.inspect(|e| e.pending()) == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// Shutdown: the server takes no more RPCs; the writer stores what is
+    /// queued and exits.
+    pub fn stop_writer(&self) {
+        let mut g = self.lock();
+        g.writer_stop = true;
+        self.work.notify_all();
     }
 
     /// Runs the engine's due work and carries out its events. Returns when
@@ -214,12 +501,31 @@ impl Hub {
             )
             .count();
         let track = (updates > 0).then(|| FlushTrack::new(updates, self.fanout.clone()));
+        let m = &self.metrics;
         for ev in events {
             match ev {
                 Event::Update { client, batch } => {
                     let Some(outbox) = g.outboxes.get(&client) else {
                         continue;
                     };
+                    m.updates_sent.inc();
+                    let n = batch.entries.len();
+                    m.update_messages.observe(n as f64);
+                    if let Some(oldest) = batch.entries.first() {
+                        m.messages_delivered.inc_by(n as u64);
+                        let latency = batch.current_time.0.saturating_sub(oldest.commit_time.0);
+                        m.delivery_latency.observe(latency as f64 / 1e6);
+                    }
+                    if batch.late > 0 {
+                        m.bound_violations
+                            .with_label_values(&["staleness"])
+                            .inc_by(batch.late);
+                        tracing::warn!(client = %redacted(client), late = batch.late, "messages delivered later than their staleness bound");
+                    }
+                    if batch.after_expiration {
+                        m.bound_violations.with_label_values(&["lease"]).inc();
+                        tracing::warn!(client = %redacted(client), "Update sent after the previous one expired");
+                    }
                     let key = Arc::as_ptr(&batch.entries) as *const ();
                     let update = encoded
                         .entry(key)
@@ -230,6 +536,7 @@ impl Hub {
                     }
                 }
                 Event::Dropped { client, reason } => {
+                    self.count_drop(reason);
                     if let Some(outbox) = g.outboxes.remove(&client) {
                         outbox.close(drop_status(reason));
                     }
@@ -239,6 +546,7 @@ impl Hub {
         }
         for client in overflow {
             g.engine.remove(client);
+            self.count_drop(DropReason::SlowConsumer);
             if let Some(outbox) = g.outboxes.remove(&client) {
                 outbox.close(drop_status(DropReason::SlowConsumer));
             }
@@ -268,6 +576,145 @@ impl Hub {
     }
 }
 
+/// One client as the admin API shows it (never its capability id).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientView {
+    /// Public handle, derived from the public id.
+    pub handle: String,
+    pub name: String,
+    /// Microseconds since the epoch.
+    pub connected_since: i64,
+    pub streaming: bool,
+    pub updates_sent: u64,
+    pub updates_acked: u64,
+    /// Messages sent to it and not acknowledged.
+    pub lag_messages: u64,
+    /// Age of its oldest unacknowledged Update, in seconds (0 if none).
+    pub lag_seconds: f64,
+    /// Committed messages not yet sent to it.
+    pub pending: u64,
+    /// When its acknowledgement last advanced (microseconds since the epoch).
+    pub last_ack: i64,
+}
+
+/// Totals for `/api/v1/stats` and the gauges refreshed at each scrape.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Snapshot {
+    pub clients_connected: usize,
+    pub clients_active: usize,
+    /// The last commit sequence number.
+    pub head: u64,
+    pub pending_messages: u64,
+    pub ack_lag_messages_max: u64,
+    pub ack_lag_seconds_max: f64,
+    pub draining: bool,
+}
+
+impl Hub {
+    /// Every connected client, laggiest first.
+    pub fn clients(&self) -> Vec<ClientView> {
+        let now = clock::now();
+        let g = self.lock();
+        // Pending for a client = durable (deliverable) commits not yet sent
+        // to it; commits still being stored are not deliverable yet.
+        let head = g.engine.durable();
+        let mut v: Vec<ClientView> = g
+            .engine
+            .clients()
+            .map(|(_, c)| ClientView {
+                handle: handle(c.public_id),
+                name: c.name.to_string(),
+                connected_since: c.connected_at.0,
+                streaming: c.phase == crate::consistency::client::Phase::Streaming,
+                updates_sent: c.updates_sent,
+                updates_acked: c.acked,
+                lag_messages: c.unacked_messages(),
+                lag_seconds: c
+                    .oldest_unacked_at()
+                    .map_or(0.0, |t| now.since(t).as_secs_f64()),
+                pending: if c.phase == crate::consistency::client::Phase::Streaming {
+                    head - c.delivered
+                } else {
+                    0
+                },
+                last_ack: c.last_ack_at.0,
+            })
+            .collect();
+        drop(g);
+        v.sort_by(|a, b| {
+            b.lag_messages
+                .cmp(&a.lag_messages)
+                .then(b.lag_seconds.total_cmp(&a.lag_seconds))
+        });
+        v
+    }
+
+    /// Refreshes the gauges that are read off the engine, and returns the
+    /// totals.
+    pub fn refresh_gauges(&self) -> Snapshot {
+        let clients = self.clients();
+        let g = self.lock();
+        let bounds = g.engine.settings().bounds.clone();
+        let mut numerical: HashMap<String, u64> = HashMap::new();
+        for (thread, n) in g.engine.numerical_errors() {
+            let e = numerical.entry(bounds.tier(&thread)).or_default();
+            *e = (*e).max(n);
+        }
+        let snap = Snapshot {
+            clients_connected: clients.len(),
+            clients_active: g.engine.streaming_clients(),
+            // The visible end of the log: a commit still being stored may
+            // yet fail, and the head must not go back.
+            head: g.engine.durable(),
+            pending_messages: clients.iter().map(|c| c.pending).sum(),
+            ack_lag_messages_max: clients.iter().map(|c| c.lag_messages).max().unwrap_or(0),
+            ack_lag_seconds_max: clients.iter().map(|c| c.lag_seconds).fold(0.0, f64::max),
+            draining: g.draining,
+        };
+        drop(g);
+        let m = &self.metrics;
+        m.clients_connected.set(snap.clients_connected as i64);
+        m.clients_active.set(snap.clients_active as i64);
+        m.pending_messages.set(snap.pending_messages as i64);
+        m.ack_lag_messages_max.set(snap.ack_lag_messages_max as i64);
+        m.ack_lag_seconds_max.set(snap.ack_lag_seconds_max);
+        m.numerical_error.reset();
+        m.numerical_error.with_label_values(&["default"]).set(0);
+        for (tier, n) in numerical {
+            m.numerical_error
+                .with_label_values(&[tier.as_str()])
+                .set(n as i64);
+        }
+        m.bound.reset();
+        let set_bounds = |tier: &str, b: crate::consistency::Bounds| {
+            m.bound
+                .with_label_values(&["staleness_seconds", tier])
+                .set(b.staleness.as_secs_f64());
+            m.bound
+                .with_label_values(&["numerical", tier])
+                .set(b.numerical as f64);
+            m.bound
+                .with_label_values(&["order", tier])
+                .set(b.order as f64);
+        };
+        set_bounds("default", bounds.default_bounds());
+        for (thread, _, b) in bounds.overrides() {
+            set_bounds(&bounds.tier(thread), *b);
+        }
+        m.client_lag.reset();
+        for c in clients
+            .iter()
+            .filter(|c| c.lag_messages > 0)
+            .take(TOP_LAGGARDS)
+        {
+            m.client_lag
+                .with_label_values(&[c.handle.as_str()])
+                .set(c.lag_messages as i64);
+        }
+        snap
+    }
+}
+
 fn drop_status(reason: DropReason) -> Status {
     match reason {
         DropReason::AckTimeout => Status::unavailable("acknowledgement timeout"),
@@ -278,5 +725,133 @@ fn drop_status(reason: DropReason) -> Status {
         DropReason::StreamClosed | DropReason::Shutdown => {
             Status::unavailable("server is shutting down")
         }
+    }
+}
+
+/// What a runtime bound change targets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "scope", rename_all = "lowercase")]
+pub enum BoundsTarget {
+    /// The defaults of every thread without an override.
+    Default,
+    /// One thread's override.
+    Thread { thread: String },
+}
+
+/// A runtime change to the bounds.
+#[derive(Debug, Clone)]
+pub enum BoundsChange {
+    /// Change the given fields of the defaults.
+    SetDefault(crate::consistency::BoundsOverride),
+    /// Set (replace) a thread's override.
+    SetThread(String, crate::consistency::BoundsOverride),
+    /// Remove a thread's override.
+    RemoveThread(String),
+}
+
+/// One applied change, as logged and listed by the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangeRecord {
+    /// Microseconds since the epoch.
+    pub at: i64,
+    /// Who asked (peer address, and whether a token was presented).
+    pub who: String,
+    #[serde(flatten)]
+    pub target: BoundsTarget,
+    /// Bounds in force for the target before (for a thread: its effective
+    /// bounds), `None` if it had no override.
+    pub old: Option<crate::consistency::Bounds>,
+    /// Bounds in force after; `None` when an override was removed.
+    pub new: Option<crate::consistency::Bounds>,
+}
+
+/// How many applied changes are kept for the admin API.
+pub const CHANGE_HISTORY: usize = 100;
+
+/// Why a bound change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Invalid(#[from] crate::consistency::bounds::BoundsError),
+    #[error("thread {0:?} has no bounds of its own")]
+    NoOverride(String),
+    #[error("at most {0} threads may have bounds of their own")]
+    TooManyOverrides(usize),
+}
+
+/// Most threads with their own bounds (keeps the metrics tiers bounded).
+pub const MAX_OVERRIDES: usize = 1000;
+
+impl Hub {
+    /// The one place a runtime bound change is applied: validated, applied
+    /// to the engine (the next decision uses it; flush deadlines re-armed at
+    /// once), logged with who/what/old/new, counted, and recorded.
+    pub fn change_bounds(
+        &self,
+        change: BoundsChange,
+        who: &str,
+    ) -> Result<ChangeRecord, ChangeError> {
+        let now = clock::now();
+        let record = self.with_engine(|g| {
+            let mut table = g.engine.settings().bounds.clone();
+            let (target, old, new) = match &change {
+                BoundsChange::SetDefault(o) => {
+                    let old = table.default_bounds();
+                    let new = o.apply(old);
+                    table.set_default(new)?;
+                    (BoundsTarget::Default, Some(old), Some(new))
+                }
+                BoundsChange::SetThread(thread, o) => {
+                    let had = table.overrides().any(|(t, _, _)| t == thread);
+                    if !had && table.overrides().count() >= MAX_OVERRIDES {
+                        return Err(ChangeError::TooManyOverrides(MAX_OVERRIDES));
+                    }
+                    let old = table.set_thread(thread, *o)?;
+                    let target = BoundsTarget::Thread {
+                        thread: thread.clone(),
+                    };
+                    (target, Some(old), Some(table.for_thread(thread)))
+                }
+                BoundsChange::RemoveThread(thread) => {
+                    let old = table.for_thread(thread);
+                    table
+                        .remove_thread(thread)
+                        .ok_or_else(|| ChangeError::NoOverride(thread.clone()))?;
+                    let target = BoundsTarget::Thread {
+                        thread: thread.clone(),
+                    };
+                    (target, Some(old), None)
+                }
+            };
+            g.engine.set_bounds(table);
+            let record = ChangeRecord {
+                at: now.0,
+                who: who.to_owned(),
+                target,
+                old,
+                new,
+            };
+            g.changes.push_back(record.clone());
+            if g.changes.len() > CHANGE_HISTORY {
+                g.changes.pop_front();
+            }
+            Ok(record)
+        })?;
+        let scope = match record.target {
+            BoundsTarget::Default => "default",
+            BoundsTarget::Thread { .. } => "thread",
+        };
+        self.metrics.bound_changes.with_label_values(&[scope]).inc();
+        tracing::info!(who, target = ?record.target, old = ?record.old, new = ?record.new, "bounds changed");
+        Ok(record)
+    }
+
+    /// The bounds in force and the recent changes, oldest first.
+    pub fn bounds(&self) -> (crate::consistency::BoundsTable, Vec<ChangeRecord>) {
+        let g = self.lock();
+        (
+            g.engine.settings().bounds.clone(),
+            g.changes.iter().cloned().collect(),
+        )
     }
 }

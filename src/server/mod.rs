@@ -6,6 +6,7 @@
 //! - [`updates`]: `ReceiveUpdates` served from pre-encoded, shared bytes.
 //! - [`outbox`]: each client's bounded outbound queue and stream.
 //! - [`scheduler`]: the one task that wakes at the engine's next deadline.
+//! - [`writer`]: the group-commit thread that makes messages durable.
 //! - [`convert`]: wire types to and from core types.
 //! - [`clock`]: the one place the wall clock is read.
 
@@ -16,13 +17,16 @@ pub mod outbox;
 pub mod scheduler;
 pub mod service;
 pub mod updates;
+pub mod writer;
 
 use crate::admin;
 use crate::consistency::{Engine, Settings};
-use crate::log::{Log, memory::MemoryLog};
+use crate::log::sqlite::{Maintenance, Retention, SqliteLog};
+use crate::log::{Log, StorageHealth, memory::MemoryLog};
 use crate::proto::chat_server_server::ChatServerServer;
 use anyhow::Context;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -33,8 +37,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Storage {
-    /// In memory: fast, and gone on restart.
+    /// On disk in --data-dir (SQLite, WAL): an OK means the message is
+    /// fsynced; history and sequence numbers survive restarts.
     #[default]
+    Durable,
+    /// In memory: fast, and gone on restart.
     Memory,
 }
 
@@ -47,7 +54,31 @@ pub struct Config {
     pub max_outbound_bytes: usize,
     /// How long shutdown waits for open RPCs before it stops anyway.
     pub shutdown_grace: Duration,
+    /// Which log stores messages. `Config::default()` says memory, so an
+    /// embedding program or a test never writes files by accident; the
+    /// `serve` command defaults to durable.
     pub storage: Storage,
+    /// The directory of the durable log (created if missing).
+    pub data_dir: PathBuf,
+    /// What the durable log keeps (by count and age); everything if unset.
+    pub retention: Retention,
+    /// How often the retention pass runs.
+    pub retention_interval: Duration,
+    /// The storage health counters `run` updates: the caller keeps a clone
+    /// to read them (the metrics layer, tests).
+    pub storage_health: Arc<StorageHealth>,
+    /// Bearer token required by mutating admin calls; required when the
+    /// admin port listens beyond loopback.
+    pub admin_token: Option<String>,
+    /// Runtime control of the log filter (`PUT /api/v1/log-level`); `None`
+    /// when the process's subscriber is not ours to change (tests).
+    pub log_filter: Option<crate::telemetry::tracing_setup::LogFilter>,
+}
+
+impl std::fmt::Debug for crate::telemetry::tracing_setup::LogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LogFilter").field(&self.current()).finish()
+    }
 }
 
 impl Default for Config {
@@ -57,6 +88,86 @@ impl Default for Config {
             max_outbound_bytes: 4 << 20,
             shutdown_grace: Duration::from_secs(5),
             storage: Storage::Memory,
+            data_dir: PathBuf::from("data"),
+            retention: Retention::default(),
+            retention_interval: Duration::from_secs(1),
+            storage_health: Arc::new(StorageHealth::default()),
+            admin_token: None,
+            log_filter: None,
+        }
+    }
+}
+
+/// The running storage machinery `run` stops at the end.
+struct StorageTasks {
+    /// The group-commit writer thread (durable storage only).
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// The retention thread (durable storage with a retention policy).
+    maintenance: Option<Maintenance>,
+}
+
+/// Opens the configured log and builds the hub (and, for durable storage,
+/// starts the writer and retention threads).
+fn open_storage(
+    config: &Config,
+    health: &Arc<StorageHealth>,
+    metrics: &crate::telemetry::metrics::Metrics,
+) -> anyhow::Result<(Arc<hub::Hub>, StorageTasks)> {
+    let settings = config.settings.clone();
+    match config.storage {
+        Storage::Memory => {
+            let mut log = MemoryLog::new(MEMORY_LOG_CAPACITY);
+            let engine = Engine::new(settings, log.head()?, log.recent(config.settings.history)?);
+            let hub = hub::Hub::new(
+                engine,
+                hub::Sink::Immediate(Box::new(log)),
+                config.max_outbound_bytes,
+                metrics.clone(),
+            );
+            tracing::info!(storage = "memory", "message log in memory: lost on restart");
+            Ok((
+                hub,
+                StorageTasks {
+                    writer: None,
+                    maintenance: None,
+                },
+            ))
+        }
+        Storage::Durable => {
+            let mut log = SqliteLog::open(&config.data_dir).context("opening the message log")?;
+            let head = log.head().context("reading the message log")?;
+            let recent = log
+                .recent(config.settings.history)
+                .context("reading the message log")?;
+            tracing::info!(
+                storage = "durable",
+                path = %log.path().display(),
+                head,
+                history = recent.len(),
+                "message log opened"
+            );
+            let engine = Engine::new(settings, head, recent);
+            let hub = hub::Hub::new(
+                engine,
+                hub::Sink::Writer,
+                config.max_outbound_bytes,
+                metrics.clone(),
+            );
+            let writer = writer::spawn(hub.clone(), Box::new(log), head, health.clone())
+                .context("starting the log writer thread")?;
+            let maintenance = Maintenance::start(
+                &config.data_dir,
+                config.retention,
+                config.retention_interval,
+                health.clone(),
+            );
+            Ok((
+                hub,
+                StorageTasks {
+                    writer: Some(writer),
+                    maintenance: Some(maintenance),
+                },
+            ))
         }
     }
 }
@@ -80,14 +191,15 @@ pub async fn run(
     config.settings.validate().context("invalid settings")?;
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
+    if !admin_addr.ip().is_loopback() && config.admin_token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "refusing to serve the admin API on non-loopback address {admin_addr} without --admin-token (it can change bounds)"
+        );
+    }
+    let metrics = crate::telemetry::metrics::Metrics::new();
 
-    let log: Arc<dyn Log> = match config.storage {
-        Storage::Memory => Arc::new(MemoryLog::new(MEMORY_LOG_CAPACITY)),
-    };
-    let head = log.head()?;
-    let recent = log.recent(config.settings.history)?;
-    let engine = Engine::new(config.settings.clone(), head, recent);
-    let hub = hub::Hub::new(engine, log, config.max_outbound_bytes);
+    let storage_health = config.storage_health.clone();
+    let (hub, storage) = open_storage(&config, &storage_health, &metrics)?;
 
     let stop = CancellationToken::new();
     let ready = admin::Readiness::default();
@@ -119,6 +231,19 @@ pub async fn run(
     let admin_stop = stop.clone();
     let admin_state = admin::AdminState {
         ready: ready.clone(),
+        storage: storage_health.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        token: config
+            .admin_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
+        log_filter: config
+            .log_filter
+            .clone()
+            .unwrap_or_else(|| crate::telemetry::tracing_setup::LogFilter::detached("info")),
+        started: std::time::Instant::now(),
     };
     let admin = tokio::spawn(admin::serve(
         listeners.admin,
@@ -135,9 +260,13 @@ pub async fn run(
     health
         .set_not_serving::<ChatServerServer<service::ChatService>>()
         .await;
+    let grace = config.shutdown_grace;
+    // What was accepted before the signal is stored, then delivered.
+    if !hub.wait_settled(grace).await {
+        tracing::warn!(?grace, "messages still being stored at shutdown");
+    }
     hub.drain();
     stop.cancel();
-    let grace = config.shutdown_grace;
     match tokio::time::timeout(grace, grpc).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
@@ -146,6 +275,26 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(grace, admin).await;
     let _ = scheduler.await;
+    // No RPC is left to submit: the writer stores what is queued and exits.
+    hub.stop_writer();
+    let StorageTasks {
+        writer,
+        maintenance,
+    } = storage;
+    let joined = tokio::task::spawn_blocking(move || {
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        if let Some(m) = maintenance {
+            m.stop();
+        }
+    });
+    if tokio::time::timeout(grace, joined).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "the log writer did not finish within the grace period"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }

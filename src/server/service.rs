@@ -2,22 +2,71 @@
 //! answers. No consistency logic lives here.
 
 use super::convert;
-use super::hub::Hub;
+use super::hub::{Hub, Submitted};
 use super::outbox::UpdateStream;
+use crate::consistency::{Decision, Rejection, Verdict};
 use crate::proto::chat_server_server::ChatServer;
 use crate::proto::{
     Acknowledgement, Client, ConnectionStarter, MessageStatus, SentMessage, ServerInfo, ServerTime,
 };
+use crate::telemetry::propagation::parent_context;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The metadata key that carries a client's chosen display name.
 pub const NAME_HEADER: &str = "x-chat-name";
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+/// Messages of one `SendMessages` stream decided but not yet answered (their
+/// batch is being stored). Lets one stream fill a group commit instead of
+/// waiting an fsync per message; bounds the memory one stream can hold.
+pub const PIPELINE_DEPTH: usize = 128;
+
+/// The final decision on a submitted message: an accepted one waits until
+/// it is durable; if storing it failed, `INTERNAL_ERROR` at the time of the
+/// failure (never a false OK).
+async fn settle(s: Submitted) -> Decision {
+    let stored = match s.durable {
+        None => true,
+        Some(outcome) => outcome.await.unwrap_or(false),
+    };
+    let mut decision = s.decision;
+    if !stored {
+        decision.verdict = Verdict::Rejected {
+            reason: Rejection::Internal,
+            at: super::clock::now(),
+        };
+    }
+    decision
+}
+
+/// The final statuses of one `SendMessages` stream, recorded on its span
+/// when the response stream is dropped.
+struct StreamTotals {
+    /// The stream's span.
+    span: Span,
+    /// Messages answered OK.
+    accepted: AtomicI64,
+    /// Messages answered anything else.
+    rejected: AtomicI64,
+}
+
+impl Drop for StreamTotals {
+    fn drop(&mut self) {
+        self.span
+            .record("chat.accepted", self.accepted.load(Ordering::Relaxed));
+        self.span
+            .record("chat.rejected", self.rejected.load(Ordering::Relaxed));
+    }
+}
 
 pub struct ChatService {
     hub: Arc<Hub>,
@@ -32,9 +81,122 @@ impl ChatService {
 }
 
 impl ChatService {
-    /// `ReceiveUpdates`: the client's stream of encoded Updates.
-    pub fn open_stream(&self, id: i64) -> Result<Response<UpdateStream>, Status> {
-        Ok(Response::new(self.hub.start_stream(id)?))
+    /// `ReceiveUpdates`: the client's stream of encoded Updates, with the
+    /// RPC's span and metrics. [`super::updates::ChatRoutes`] serves the
+    /// path with it; the trait method below decodes it for callers that
+    /// serve the generated server directly.
+    pub fn open_stream(&self, request: Request<Client>) -> Result<Response<UpdateStream>, Status> {
+        let started = Instant::now();
+        let span = self.span(
+            "ChatServer/ReceiveUpdates",
+            "ReceiveUpdates",
+            request.metadata(),
+        );
+        let id = request.into_inner().id;
+        let result = span.in_scope(|| self.hub.start_stream(id).map(Response::new));
+        self.finish("ReceiveUpdates", started, &span, &result);
+        result
+    }
+
+    /// The span of one RPC, with the OpenTelemetry RPC attributes, child of
+    /// the caller's `traceparent` if it sent one.
+    fn span(
+        &self,
+        name: &'static str,
+        method: &'static str,
+        meta: &tonic::metadata::MetadataMap,
+    ) -> Span {
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = "ChatServer",
+            rpc.method = method,
+            rpc.grpc.status_code = Empty,
+            chat.status = Empty,
+            chat.thread = Empty,
+            chat.order_error = Empty,
+            chat.numerical_error = Empty,
+            chat.message_age_ms = Empty,
+            chat.accepted = Empty,
+            chat.rejected = Empty,
+        );
+        let _ = span.set_parent(parent_context(meta));
+        span
+    }
+
+    /// Records an RPC's outcome on its span and in the metrics.
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        span: &Span,
+        result: &Result<T, Status>,
+    ) {
+        let code = match result {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        span.record("rpc.grpc.status_code", code as i64);
+        if code != Code::Ok {
+            span.record("otel.status_code", "ERROR");
+        }
+        let m = self.hub.metrics();
+        let labels = [method, code_name(code)];
+        m.rpc_requests.with_label_values(&labels).inc();
+        m.rpc_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Records an admission decision on the current RPC span.
+fn record_decision(span: &Span, d: &Decision, thread: &str, age_micros: Option<i64>) {
+    let status = match d.verdict {
+        Verdict::Accepted { .. } => "OK",
+        Verdict::Rejected { reason, .. } => match reason {
+            Rejection::Client(_) => "CLIENT_ERROR",
+            Rejection::Staleness { .. } => "STALENESS",
+            Rejection::Order { .. } => "ORDER_ERROR",
+            Rejection::Numerical { .. } => "NUMERICAL_ERROR",
+            Rejection::Internal => "INTERNAL_ERROR",
+        },
+    };
+    span.record("chat.status", status);
+    span.record("chat.thread", thread);
+    if let Some(e) = d.order_error {
+        span.record("chat.order_error", e as i64);
+    }
+    if let Some(e) = d.numerical_error {
+        span.record("chat.numerical_error", e as i64);
+    }
+    if let Some(a) = age_micros {
+        span.record("chat.message_age_ms", a as f64 / 1000.0);
+    }
+}
+
+/// The gRPC code as Prometheus labels spell it by convention.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -58,12 +220,18 @@ impl ChatServer for ChatService {
         &self,
         request: Request<ConnectionStarter>,
     ) -> Result<Response<ServerInfo>, Status> {
-        let name = chosen_name(request.metadata())?;
-        let (id, _name, now) = self.hub.connect(name)?;
-        Ok(Response::new(ServerInfo {
-            current_time: Some(convert::server_time(now)),
-            client: Some(Client { id }),
-        }))
+        let started = Instant::now();
+        let span = self.span("ChatServer/Connect", "Connect", request.metadata());
+        let result = span.in_scope(|| {
+            let name = chosen_name(request.metadata())?;
+            let (id, _name, now) = self.hub.connect(name)?;
+            Ok(Response::new(ServerInfo {
+                current_time: Some(convert::server_time(now)),
+                client: Some(Client { id }),
+            }))
+        });
+        self.finish("Connect", started, &span, &result);
+        result
     }
 
     type ReceiveUpdatesStream =
@@ -76,7 +244,7 @@ impl ChatServer for ChatService {
         &self,
         request: Request<Client>,
     ) -> Result<Response<Self::ReceiveUpdatesStream>, Status> {
-        let stream = self.open_stream(request.into_inner().id)?.into_inner();
+        let stream = self.open_stream(request)?.into_inner();
         Ok(Response::new(Box::pin(super::updates::decode_stream(
             stream,
         ))))
@@ -86,22 +254,45 @@ impl ChatServer for ChatService {
         &self,
         request: Request<Acknowledgement>,
     ) -> Result<Response<ServerTime>, Status> {
+        let started = Instant::now();
+        let span = self.span("ChatServer/Acknowlegde", "Acknowlegde", request.metadata());
         let ack = request.into_inner();
-        let Some(client) = ack.client else {
-            return Err(Status::invalid_argument(
-                "acknowledgement.client is required",
-            ));
-        };
-        let now = self.hub.acknowledge(client.id, ack.num_updates_received)?;
-        Ok(Response::new(convert::server_time(now)))
+        let result = span.in_scope(|| {
+            let Some(client) = ack.client else {
+                return Err(Status::invalid_argument(
+                    "acknowledgement.client is required",
+                ));
+            };
+            let now = self.hub.acknowledge(client.id, ack.num_updates_received)?;
+            Ok(Response::new(convert::server_time(now)))
+        });
+        self.finish("Acknowlegde", started, &span, &result);
+        result
     }
 
     async fn send_message(
         &self,
         request: Request<SentMessage>,
     ) -> Result<Response<MessageStatus>, Status> {
-        let decision = self.hub.submit(convert::submission(request.into_inner()));
-        Ok(Response::new(convert::message_status(&decision)))
+        let started = Instant::now();
+        let span = self.span("ChatServer/SendMessage", "SendMessage", request.metadata());
+        let sub = convert::submission(request.into_inner());
+        let thread = sub.thread.clone();
+        let sent_at = sub.timestamp;
+        let submitted = span.in_scope(|| self.hub.submit(sub));
+        let decision = settle(submitted).await;
+        let at = match decision.verdict {
+            Verdict::Accepted { at, .. } | Verdict::Rejected { at, .. } => at,
+        };
+        record_decision(
+            &span,
+            &decision,
+            &thread,
+            sent_at.map(|t| at.0.saturating_sub(t.0)),
+        );
+        let result = Ok(Response::new(convert::message_status(&decision)));
+        self.finish("SendMessage", started, &span, &result);
+        result
     }
 
     type SendMessagesStream = Pin<Box<dyn Stream<Item = Result<MessageStatus, Status>> + Send>>;
@@ -110,29 +301,61 @@ impl ChatServer for ChatService {
         &self,
         request: Request<Streaming<SentMessage>>,
     ) -> Result<Response<Self::SendMessagesStream>, Status> {
+        let started = Instant::now();
+        let span = self.span(
+            "ChatServer/SendMessages",
+            "SendMessages",
+            request.metadata(),
+        );
         let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Submitted, Status>>(PIPELINE_DEPTH);
         let hub = self.hub.clone();
         let shutdown = self.shutdown.clone();
-        // One message at a time, in input order: the accepted ones commit in
-        // input order and each status goes out in the same order.
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    next = inbound.message() => next,
-                    _ = shutdown.cancelled() => break,
-                };
-                let item = match next {
-                    Ok(Some(m)) => Ok(convert::message_status(&hub.submit(convert::submission(m)))),
-                    Ok(None) => break,
-                    Err(status) => Err(status),
-                };
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    break;
+        let totals = Arc::new(StreamTotals {
+            span: span.clone(),
+            accepted: AtomicI64::new(0),
+            rejected: AtomicI64::new(0),
+        });
+        // Decided one at a time, in input order, so the accepted ones commit
+        // in input order. Up to PIPELINE_DEPTH decided messages wait for
+        // their batch at once; the statuses go out in input order as each
+        // becomes final. The span stays open for the life of the stream and
+        // counts the final statuses.
+        tokio::spawn(
+            async move {
+                loop {
+                    let next = tokio::select! {
+                        next = inbound.message() => next,
+                        _ = shutdown.cancelled() => break,
+                    };
+                    let item = match next {
+                        Ok(Some(m)) => Ok(hub.submit(convert::submission(m))),
+                        Ok(None) => break,
+                        Err(status) => Err(status),
+                    };
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        break;
+                    }
                 }
             }
+            .instrument(span.clone()),
+        );
+        let statuses = ReceiverStream::new(rx).then(move |item| {
+            let totals = totals.clone();
+            async move {
+                let decision = settle(item?).await;
+                let counter = match decision.verdict {
+                    Verdict::Accepted { .. } => &totals.accepted,
+                    Verdict::Rejected { .. } => &totals.rejected,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(convert::message_status(&decision))
+            }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let result: Result<Response<Self::SendMessagesStream>, Status> =
+            Ok(Response::new(Box::pin(statuses)));
+        self.finish("SendMessages", started, &span, &result);
+        result
     }
 }

@@ -82,7 +82,7 @@ impl ServerStreamingService<Client> for ReceiveUpdatesSvc {
 
     fn call(&mut self, request: Request<Client>) -> Self::Future {
         let service = self.0.clone();
-        Box::pin(async move { service.open_stream(request.into_inner().id) })
+        Box::pin(async move { service.open_stream(request) })
     }
 }
 

@@ -5,7 +5,7 @@ use dyconit_chat::client::{ChatClient, Received, Subscription};
 use dyconit_chat::consistency::{Bounds, BoundsTable};
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
 use dyconit_chat::proto::{Acknowledgement, Client, SentMessage, ServerTime, Thread};
-use dyconit_chat::server::{self, Config, Listeners};
+use dyconit_chat::server::{self, Config, Listeners, Storage};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -18,10 +18,22 @@ pub struct TestServer {
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The data directory made for a durable config that named none; removed
+    /// when the server is dropped.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
-    pub async fn start(config: Config) -> TestServer {
+    /// Starts a server. A durable config whose data dir is the default
+    /// `data` gets a fresh temporary directory instead: tests never write
+    /// outside a temp dir.
+    pub async fn start(mut config: Config) -> TestServer {
+        let mut data = None;
+        if config.storage == Storage::Durable && config.data_dir == Config::default().data_dir {
+            let dir = tempfile::tempdir().expect("temp dir");
+            config.data_dir = dir.path().to_owned();
+            data = Some(dir);
+        }
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", grpc.local_addr().unwrap());
@@ -35,6 +47,7 @@ impl TestServer {
             admin: admin_addr,
             stop: Some(tx),
             task: Some(task),
+            _data: data,
         }
     }
 
@@ -84,9 +97,14 @@ impl ConnectTo for ChatServerClient<Channel> {
 }
 
 /// A config with the given default bounds and the rest as in tests: short
-/// leases and timeouts so waits stay short.
+/// leases and timeouts so waits stay short. Memory storage, unless
+/// `DYCONIT_TEST_STORAGE=durable` (then each server gets a temp data dir):
+/// `.ci/run` runs the protocol suite both ways.
 pub fn config(staleness_ms: u64, numerical: u64, order: u64) -> Config {
     let mut c = Config::default();
+    if std::env::var("DYCONIT_TEST_STORAGE").as_deref() == Ok("durable") {
+        c.storage = Storage::Durable;
+    }
     c.settings.bounds = BoundsTable::new(Bounds {
         staleness: Duration::from_millis(staleness_ms),
         numerical,
@@ -146,4 +164,111 @@ pub async fn first_update(sub: &mut Subscription) -> Received {
         .await
         .expect("first update")
         .expect("stream ok")
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection: returns the status
+/// and the body. Enough for the admin API; no client library needed.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin connect");
+    let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (status, body) = http(addr, method, path, token, body).await;
+    let v = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
+    (status, v)
+}
+
+/// Sends one message over `rpc` and returns its status code.
+pub async fn status_of(
+    mut rpc: ChatServerClient<Channel>,
+    m: SentMessage,
+) -> dyconit_chat::proto::message_status::StatusCode {
+    let s = rpc.send_message(m).await.expect("SendMessage").into_inner();
+    dyconit_chat::proto::message_status::StatusCode::try_from(s.status_code).expect("known code")
+}
+
+/// `Connect` over a raw stub; returns the client id.
+pub async fn connect_raw(raw: &mut ChatServerClient<Channel>) -> i64 {
+    let info = raw
+        .connect(dyconit_chat::proto::ConnectionStarter {})
+        .await
+        .expect("Connect")
+        .into_inner();
+    info.client.expect("client").id
+}
+
+/// A client that opens its stream, reads the first Update, and never
+/// acknowledges anything (a raw stub: no library auto-acks).
+pub async fn silent_reader(
+    server: &TestServer,
+) -> (
+    ChatServerClient<Channel>,
+    i64,
+    tonic::Streaming<dyconit_chat::proto::Update>,
+) {
+    let mut raw = server.raw().await;
+    let id = connect_raw(&mut raw).await;
+    let mut stream = raw
+        .receive_updates(Client { id })
+        .await
+        .expect("ReceiveUpdates")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("first Update")
+        .expect("stream open");
+    (raw, id, stream)
 }

@@ -1,0 +1,256 @@
+//! The handlers of the admin API (see the module doc of `crate::admin`).
+
+use super::{AdminState, error};
+use crate::consistency::{Bounds, BoundsOverride};
+use crate::server::hub::{BoundsChange, ChangeError, ChangeRecord};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub async fn metrics(State(s): State<AdminState>) -> Response {
+    s.hub.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Bounds as the API shows them.
+pub fn bounds_json(b: &Bounds) -> Value {
+    json!({
+        "staleness": humantime::format_duration(b.staleness).to_string(),
+        "staleness_ms": b.staleness.as_secs_f64() * 1000.0,
+        "numerical": b.numerical,
+        "order": b.order,
+    })
+}
+
+fn override_json(o: &BoundsOverride) -> Value {
+    json!({
+        "staleness": o.staleness.map(|d| humantime::format_duration(d).to_string()),
+        "numerical": o.numerical,
+        "order": o.order,
+    })
+}
+
+fn change_json(c: &ChangeRecord) -> Value {
+    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "old".into(),
+            c.old.as_ref().map_or(Value::Null, bounds_json),
+        );
+        m.insert(
+            "new".into(),
+            c.new.as_ref().map_or(Value::Null, bounds_json),
+        );
+    }
+    v
+}
+
+pub async fn get_bounds(State(s): State<AdminState>) -> Json<Value> {
+    let (table, changes) = s.hub.bounds();
+    let threads: Vec<Value> = table
+        .overrides()
+        .map(|(t, o, b)| json!({ "thread": t, "override": override_json(o), "effective": bounds_json(b) }))
+        .collect();
+    Json(json!({
+        "default": bounds_json(&table.default_bounds()),
+        "threads": threads,
+        "changes": changes.iter().map(change_json).collect::<Vec<_>>(),
+    }))
+}
+
+/// Parses a bounds body: an object with any of `staleness` (a duration
+/// string such as "300ms", or a number of milliseconds), `numerical` and
+/// `order` (non-negative integers), and nothing else.
+fn parse_override(body: &[u8]) -> Result<BoundsOverride, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let Value::Object(map) = v else {
+        return Err("body must be a JSON object".into());
+    };
+    let mut o = BoundsOverride::default();
+    for (k, v) in &map {
+        match k.as_str() {
+            "staleness" => o.staleness = Some(parse_staleness(v)?),
+            "numerical" => o.numerical = Some(parse_count(k, v)?),
+            "order" => o.order = Some(parse_count(k, v)?),
+            _ => {
+                return Err(format!(
+                    "unknown field {k:?}; expected staleness, numerical, order"
+                ));
+            }
+        }
+    }
+    if map.is_empty() {
+        return Err("nothing to change: give staleness, numerical and/or order".into());
+    }
+    Ok(o)
+}
+
+fn parse_staleness(v: &Value) -> Result<Duration, String> {
+    match v {
+        Value::String(s) => {
+            humantime::parse_duration(s).map_err(|e| format!("staleness {s:?}: {e}"))
+        }
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|ms| ms.is_finite() && *ms >= 0.0 && *ms <= 3_600_000.0)
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+            .ok_or_else(|| format!("staleness {n} ms is outside 0..=3600000")),
+        _ => Err("staleness must be a duration string (\"300ms\") or milliseconds".into()),
+    }
+}
+
+fn parse_count(name: &str, v: &Value) -> Result<u64, String> {
+    v.as_u64()
+        .ok_or_else(|| format!("{name} must be a non-negative integer, got {v}"))
+}
+
+fn who(addr: SocketAddr, s: &AdminState) -> String {
+    match s.token {
+        Some(_) => format!("{addr} (token)"),
+        None => addr.to_string(),
+    }
+}
+
+fn apply(s: &AdminState, change: BoundsChange, addr: SocketAddr) -> Response {
+    match s.hub.change_bounds(change, &who(addr, s)) {
+        Ok(record) => Json(change_json(&record)).into_response(),
+        Err(e @ ChangeError::NoOverride(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+pub async fn put_default(
+    State(s): State<AdminState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    match parse_override(&body) {
+        Ok(o) => apply(&s, BoundsChange::SetDefault(o), addr),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+pub async fn put_thread(
+    State(s): State<AdminState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    match parse_override(&body) {
+        Ok(o) => apply(&s, BoundsChange::SetThread(id, o), addr),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+pub async fn delete_thread(
+    State(s): State<AdminState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    apply(&s, BoundsChange::RemoveThread(id), addr)
+}
+
+#[derive(serde::Deserialize)]
+pub struct ClientsQuery {
+    /// Most clients listed (laggiest first); default 1000.
+    limit: Option<usize>,
+}
+
+pub async fn clients(State(s): State<AdminState>, Query(q): Query<ClientsQuery>) -> Json<Value> {
+    let mut all = s.hub.clients();
+    let total = all.len();
+    all.truncate(q.limit.unwrap_or(1000));
+    Json(json!({ "total": total, "clients": all }))
+}
+
+/// A histogram as totals since start plus cumulative buckets (`[le, count]`,
+/// the `+Inf` bucket being `count`), so a reader can derive the mean and
+/// quantiles of any interval from two samples.
+fn histogram_json(h: &prometheus::Histogram) -> Value {
+    use prometheus::core::Metric;
+    let m = h.metric();
+    let h = m.get_histogram();
+    let buckets: Vec<Value> = h
+        .get_bucket()
+        .iter()
+        .map(|b| json!([b.upper_bound(), b.cumulative_count()]))
+        .collect();
+    json!({
+        "count": h.get_sample_count(),
+        "sum": h.get_sample_sum(),
+        "buckets": buckets,
+    })
+}
+
+pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
+    let snap = s.hub.refresh_gauges();
+    let m = &s.metrics;
+    let by = |v: &prometheus::IntCounterVec, labels: &[&str]| -> Map<String, Value> {
+        labels
+            .iter()
+            .map(|l| (l.to_string(), json!(v.with_label_values(&[l]).get())))
+            .collect()
+    };
+    Json(json!({
+        "clients_connected": snap.clients_connected,
+        "clients_active": snap.clients_active,
+        "head": snap.head,
+        "pending_messages": snap.pending_messages,
+        "ack_lag_messages_max": snap.ack_lag_messages_max,
+        "ack_lag_seconds_max": snap.ack_lag_seconds_max,
+        "messages_accepted": m.messages_accepted.get(),
+        "rejections": by(&m.messages_rejected, &["order", "numerical", "staleness", "client", "internal"]),
+        "updates_sent": m.updates_sent.get(),
+        "messages_delivered": m.messages_delivered.get(),
+        "clients_dropped": by(
+            &m.clients_dropped,
+            &["ack_timeout", "never_streamed", "slow_consumer", "stream_closed", "shutdown"],
+        ),
+        "bound_violations": by(&m.bound_violations, &["staleness", "lease"]),
+        "delivery_latency_seconds": histogram_json(&m.delivery_latency),
+        "ack_lag_seconds": histogram_json(&m.ack_lag_seconds),
+        "ack_timeout_seconds": s.hub.inspect(|e| e.settings().ack_timeout.as_secs_f64()),
+        "uptime_seconds": s.started.elapsed().as_secs_f64(),
+        "ready": s.ready.get(),
+        "draining": snap.draining,
+    }))
+}
+
+pub async fn get_log_level(State(s): State<AdminState>) -> Json<Value> {
+    Json(json!({ "filter": s.log_filter.current() }))
+}
+
+pub async fn put_log_level(
+    State(s): State<AdminState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let filter = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("filter").and_then(Value::as_str).map(str::to_owned));
+    let Some(filter) = filter else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"filter\": \"<tracing filter>\"}",
+        );
+    };
+    match s.log_filter.set(&filter) {
+        Ok(old) => {
+            tracing::info!(who = %who(addr, &s), %old, new = %filter, "log filter changed");
+            Json(json!({ "old": old, "new": filter })).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("invalid filter: {e}")),
+    }
+}

@@ -1,0 +1,142 @@
+//! The process-wide log and trace pipeline, set up once by `main`:
+//!
+//! - logs: `tracing-subscriber`'s formatter, behind a filter that the admin
+//!   API can replace at runtime (`PUT /api/v1/log-level`);
+//! - traces: when an OTLP endpoint is configured, every RPC span goes to it
+//!   through a batch exporter (bounded queue, spans dropped rather than
+//!   waited for, so a dead collector never slows the server).
+
+use anyhow::Context;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, reload};
+
+/// A function that installs a filter string, or says why it cannot.
+type ApplyFilter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Replaces the log filter at runtime. Cloned into the admin server.
+#[derive(Clone)]
+pub struct LogFilter {
+    /// Applies a filter string (tracing `EnvFilter` syntax).
+    apply: ApplyFilter,
+    /// The filter in force, for `GET`-style reporting.
+    current: Arc<std::sync::Mutex<String>>,
+}
+
+impl LogFilter {
+    /// A filter control that changes nothing (tests that own no subscriber).
+    pub fn detached(initial: &str) -> Self {
+        LogFilter {
+            apply: Arc::new(|f| EnvFilter::try_new(f).map(|_| ()).map_err(|e| e.to_string())),
+            current: Arc::new(std::sync::Mutex::new(initial.to_owned())),
+        }
+    }
+
+    /// Sets a new filter; returns the old one.
+    pub fn set(&self, filter: &str) -> Result<String, String> {
+        (self.apply)(filter)?;
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(std::mem::replace(&mut cur, filter.to_owned()))
+    }
+
+    pub fn current(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
+pub struct Telemetry {
+    /// The OTLP pipeline, if an endpoint was configured.
+    provider: Option<SdkTracerProvider>,
+    pub log_filter: LogFilter,
+}
+
+/// Spans exported when tracing is on: this crate's, at info and above.
+fn span_targets() -> Targets {
+    Targets::new().with_target("dyconit_chat", tracing::Level::INFO)
+}
+
+/// Installs the global subscriber. `otlp_endpoint` turns trace export on.
+/// Must run inside a Tokio runtime when tracing is on (the exporter's
+/// channel lives there).
+pub fn init(filter: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
+    let env =
+        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    let (env, handle) = reload::Layer::new(env);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        // Colour codes only on a terminal, not in journals or log files.
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_filter(env);
+    let provider = otlp_endpoint.map(tracer_provider).transpose()?;
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("dyconit-chat"))
+            .with_filter(span_targets())
+    });
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .context("installing the log subscriber")?;
+    if let Some(ep) = otlp_endpoint {
+        tracing::info!(endpoint = ep, "exporting traces over OTLP");
+    }
+    let log_filter = LogFilter {
+        apply: Arc::new(move |f| {
+            let new = EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+            handle.reload(new).map_err(|e| e.to_string())
+        }),
+        current: Arc::new(std::sync::Mutex::new(filter.to_owned())),
+    };
+    Ok(Telemetry {
+        provider,
+        log_filter,
+    })
+}
+
+/// An OTLP/gRPC trace pipeline to `endpoint` with a batch processor.
+pub fn tracer_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(3))
+        .build()
+        .context("building the OTLP exporter")?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name("dyconit-chat")
+                .build(),
+        )
+        .build())
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporter, giving up after a short while so a
+    /// dead collector cannot hold up shutdown.
+    pub async fn shutdown(self) {
+        if let Some(p) = self.provider {
+            let done = tokio::task::spawn_blocking(move || {
+                p.shutdown_with_timeout(Duration::from_secs(2))
+            });
+            match tokio::time::timeout(Duration::from_secs(3), done).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "trace exporter shutdown"),
+                _ => tracing::warn!("trace exporter did not shut down in time; spans may be lost"),
+            }
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Crash test (issue 5): the real `dyconit-chat serve` process, 64 writers on
+//! `SendMessages` streams recording every OK, `kill -9` at a random moment,
+//! restart on the same data directory, and then every OK'd message must be in
+//! the log exactly once, in commit order, with nothing duplicated. Repeated
+//! `DYCONIT_CRASH_ROUNDS` times (default 10) on one data directory, so each
+//! restart also recovers from the crashes before it. The random seed is
+//! printed; `DYCONIT_CRASH_SEED` replays it.
+
+use dyconit_chat::consistency::Entry;
+use dyconit_chat::log::sqlite::{self, DB_FILE};
+use dyconit_chat::proto::chat_server_client::ChatServerClient;
+use dyconit_chat::proto::message_status::StatusCode;
+use dyconit_chat::proto::{Acknowledgement, Client, ConnectionStarter, SentMessage, ServerTime};
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+const WRITERS: usize = 64;
+/// Messages in flight per writer stream.
+const WINDOW: usize = 16;
+/// History asked of the restarted server (its maximum).
+const HISTORY: usize = 100_000;
+
+/// A running server process and its gRPC address.
+struct Server {
+    /// The `dyconit-chat serve` process (killed when dropped).
+    child: Child,
+    /// Its gRPC address, from its log.
+    url: String,
+}
+
+impl Drop for Server {
+    /// A failing test must not leave a server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in a log line such as `... grpc_addr=127.0.0.1:4242 ...`,
+/// ignoring any terminal colour codes around it.
+fn grpc_addr(line: &str) -> Option<String> {
+    let plain: String = {
+        let mut out = String::new();
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let rest = &plain[plain.find("grpc_addr=")? + "grpc_addr=".len()..];
+    Some(rest.split_whitespace().next()?.to_owned())
+}
+
+fn start(dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--history", &HISTORY.to_string()])
+        .args(["--order", "1000000", "--numerical", "1000000"])
+        .args(["--staleness", "5s", "--ack-timeout", "1h", "--lease", "1h"])
+        .env("NO_COLOR", "1")
+        .env("DYCONIT_LOG", "info")
+        .env_remove("DYCONIT_STORAGE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn dyconit-chat");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("ERROR") || line.contains("WARN") {
+                eprintln!("server: {line}");
+            }
+            if let Some(addr) = grpc_addr(&line)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server did not report its address");
+    Server {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+async fn channel(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect to the server")
+}
+
+/// One OK as the writer saw it.
+#[derive(Debug, Clone)]
+struct Acked {
+    /// The message, `r{round}-w{writer}-n{n}`: unique across the test.
+    contents: String,
+    /// `MessageStatus.timestamp`: the commit time.
+    at: i64,
+}
+
+/// Writes `r{round}-w{writer}-n{n}` messages until the stream breaks (the
+/// server was killed); records every OK in order.
+async fn writer(
+    url: String,
+    round: usize,
+    w: usize,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    oks: Arc<AtomicU64>,
+) {
+    let mut rpc = ChatServerClient::new(channel(&url).await);
+    let id = rpc
+        .connect(ConnectionStarter {})
+        .await
+        .expect("Connect")
+        .into_inner()
+        .client
+        .expect("client id")
+        .id;
+    let (tx, rx) = tokio::sync::mpsc::channel::<SentMessage>(WINDOW);
+    let permits = Arc::new(Semaphore::new(WINDOW));
+    let sent: Arc<Mutex<std::collections::VecDeque<String>>> = Default::default();
+    let producer = {
+        let (permits, sent) = (permits.clone(), sent.clone());
+        tokio::spawn(async move {
+            for n in 1.. {
+                let Ok(p) = permits.acquire().await else {
+                    return;
+                };
+                p.forget();
+                let contents = format!("r{round}-w{w}-n{n}");
+                sent.lock().unwrap().push_back(contents.clone());
+                let m = SentMessage {
+                    thread: None,
+                    contents,
+                    timestamp: Some(ServerTime {
+                        timestamp: dyconit_chat::client::clock::local_micros(),
+                    }),
+                    acknowledgement: Some(Acknowledgement {
+                        client: Some(Client { id }),
+                        num_updates_received: 0,
+                        num_messages_sent: n,
+                    }),
+                };
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let Ok(resp) = rpc.send_messages(ReceiverStream::new(rx)).await else {
+        producer.abort();
+        return;
+    };
+    let mut statuses = resp.into_inner();
+    while let Some(Ok(s)) = statuses.next().await {
+        let contents = sent
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a status per message");
+        if s.status_code == StatusCode::Ok as i32 {
+            let at = s.timestamp.map_or(0, |t| t.timestamp);
+            acked.lock().unwrap().push(Acked { contents, at });
+            oks.fetch_add(1, Ordering::Relaxed);
+        } else {
+            panic!("{contents}: unexpected status {}", s.status_code);
+        }
+        permits.add_permits(1);
+    }
+    producer.abort();
+}
+
+/// `r{round}-w{writer}-n{n}` back into its parts.
+fn parse(contents: &str) -> Option<(usize, usize, i64)> {
+    let mut it = contents.split('-');
+    let r = it.next()?.strip_prefix('r')?.parse().ok()?;
+    let w = it.next()?.strip_prefix('w')?.parse().ok()?;
+    let n = it.next()?.strip_prefix('n')?.parse().ok()?;
+    Some((r, w, n))
+}
+
+/// Checks the store against every OK so far (`acked[(round, writer)]`, in
+/// the order the OKs arrived). Returns the entries stored.
+fn verify(dir: &Path, acked: &HashMap<(usize, usize), Vec<Acked>>, round: usize) -> Vec<Entry> {
+    let all = sqlite::read_all(&dir.join(DB_FILE)).expect("read the log");
+    // Gap-free, commit times in commit order.
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "gap in the log at index {i}");
+    }
+    for pair in all.windows(2) {
+        assert!(
+            pair[0].commit_time <= pair[1].commit_time,
+            "commit times go back"
+        );
+    }
+    // No duplicates, and each writer's stored messages are exactly its first
+    // m messages in its input order: a prefix of what it sent.
+    let mut pos: HashMap<&str, usize> = HashMap::with_capacity(all.len());
+    let mut next_n: HashMap<(usize, usize), i64> = HashMap::new();
+    for (i, e) in all.iter().enumerate() {
+        if let Some(j) = pos.insert(e.contents.as_str(), i) {
+            panic!(
+                "{:?} stored twice (seqs {} and {})",
+                e.contents,
+                j + 1,
+                i + 1
+            );
+        }
+        let (r, w, n) = parse(&e.contents).unwrap_or_else(|| panic!("foreign {:?}", e.contents));
+        assert!(r <= round, "{:?} from the future", e.contents);
+        let want = next_n.entry((r, w)).or_insert(1);
+        assert_eq!(
+            n, *want,
+            "writer r{r}-w{w}: stored out of input order or with a hole"
+        );
+        *want += 1;
+    }
+    // Every OK is there exactly once, with its commit time, in OK order.
+    for list in acked.values() {
+        let mut last = None;
+        for a in list {
+            let Some(&i) = pos.get(a.contents.as_str()) else {
+                panic!(
+                    "round {round}: {:?} got OK but is not in the log",
+                    a.contents
+                );
+            };
+            assert_eq!(all[i].commit_time.0, a.at, "{}: commit time", a.contents);
+            assert!(last < Some(i), "{}: out of commit order", a.contents);
+            last = Some(i);
+        }
+    }
+    all
+}
+
+/// The history a new client gets from the restarted server must be the tail
+/// of the store, in order.
+async fn verify_history(url: &str, all: &[Entry]) {
+    // A first Update with 100,000 messages is larger than gRPC's default
+    // 4 MiB message limit.
+    let mut rpc = ChatServerClient::new(channel(url).await).max_decoding_message_size(1 << 30);
+    let id = rpc
+        .connect(ConnectionStarter {})
+        .await
+        .unwrap()
+        .into_inner()
+        .client
+        .unwrap()
+        .id;
+    let mut stream = rpc
+        .receive_updates(Client { id })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("first Update in time")
+        .expect("a first Update")
+        .expect("stream ok");
+    let tail = &all[all.len().saturating_sub(HISTORY)..];
+    assert_eq!(first.message.len(), tail.len(), "history length");
+    for (m, e) in first.message.iter().zip(tail) {
+        assert_eq!(m.contents, e.contents);
+        assert_eq!(m.server_time.map(|t| t.timestamp), Some(e.commit_time.0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
+    let rounds: usize = std::env::var("DYCONIT_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("DYCONIT_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("crash test: {rounds} rounds, seed {seed} (DYCONIT_CRASH_SEED={seed} replays)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut acked: HashMap<(usize, usize), Vec<Acked>> = HashMap::new();
+    let mut server = start(dir.path());
+    for round in 1..=rounds {
+        let oks = Arc::new(AtomicU64::new(0));
+        let lists: Vec<Arc<Mutex<Vec<Acked>>>> = (0..WRITERS).map(|_| Default::default()).collect();
+        let tasks: Vec<_> = lists
+            .iter()
+            .enumerate()
+            .map(|(w, list)| {
+                tokio::spawn(writer(
+                    server.url.clone(),
+                    round,
+                    w,
+                    list.clone(),
+                    oks.clone(),
+                ))
+            })
+            .collect();
+        // Kill at a random moment once writing is under way.
+        let t0 = Instant::now();
+        while oks.load(Ordering::Relaxed) < 200 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no progress");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let extra = Duration::from_millis(rng.random_range(0..600));
+        tokio::time::sleep(extra).await;
+        server.child.kill().expect("kill -9");
+        let status = server.child.wait().unwrap();
+        let killed_at = t0.elapsed();
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("writer ends after the kill")
+                .expect("writer did not panic");
+        }
+        let round_oks: usize = lists.iter().map(|l| l.lock().unwrap().len()).sum();
+        for (w, l) in lists.iter().enumerate() {
+            acked.insert((round, w), std::mem::take(&mut *l.lock().unwrap()));
+        }
+
+        server = start(dir.path());
+        let all = verify(dir.path(), &acked, round);
+        verify_history(&server.url, &all).await;
+        let acked_total: usize = acked.values().map(Vec::len).sum();
+        eprintln!(
+            "round {round}: killed ({status}) after {killed_at:?}: {round_oks} OKs; log holds {} \
+             ({} stored without an OK reaching its writer)",
+            all.len(),
+            all.len() - acked_total
+        );
+        assert!(round_oks >= 200);
+    }
+    // The last restart shuts down cleanly on SIGTERM.
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "clean shutdown: {status}");
+    eprintln!("crash test done in {:?}", started.elapsed());
+}

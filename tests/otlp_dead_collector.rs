@@ -1,0 +1,43 @@
+//! A dead trace collector must not slow the server or hold up shutdown.
+//! (Its own test binary: the subscriber is process-wide.)
+
+mod common;
+
+use common::*;
+use dyconit_chat::proto::message_status::StatusCode;
+use dyconit_chat::telemetry::tracing_setup;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_and_shutdown_proceed_with_the_collector_down() {
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let telemetry = tracing_setup::init("warn", Some(&endpoint)).unwrap();
+
+    let mut server = TestServer::start(config(100, 100_000, 100_000)).await;
+    let c = server.client(None).await;
+    // Streaming (and so acknowledging), so it is not reaped however long the
+    // loop below takes on a loaded machine.
+    let mut sub = c.subscribe().await.unwrap();
+    first_update(&mut sub).await;
+    // Well past the exporter's batch size, so exports are attempted while
+    // the RPCs run.
+    for i in 0..3000 {
+        assert_eq!(
+            c.send("", &format!("{i}")).await.unwrap().status,
+            StatusCode::Ok
+        );
+    }
+    let started = Instant::now();
+    server.shutdown().await.unwrap();
+    telemetry.shutdown().await;
+    // The exporter gives up after its own short timeout instead of waiting
+    // for a collector that will never answer.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
