@@ -2,7 +2,8 @@
 # Runs every row of the load table in docs/benchmarks.md ("Load (issue 6)")
 # REPS times (default 3) and writes one JSON report per run into OUT
 # (default bench-results/). Summarise with: python3 scripts/bench-summary.py OUT
-# Needs a release build: cargo build --release
+# Needs a release build: cargo build --release. Spawned servers keep messages
+# in memory (bench --storage memory, the default) unless the row says durable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/dyconit-chat}
@@ -18,6 +19,9 @@ for r in $(seq 1 "$REPS"); do
     w1)  # W1: 1,000 streaming clients, 200 msg/s, 100 B, staleness 500 ms
       b "w1-$r" --spawn-server --staleness 500ms --clients 1000 --rate 200 --threads 50 \
         --size 100 --duration 30s --ramp-up 5s ;;
+    w1durable)  # W1 with the server's default storage (SQLite, fsync per group commit)
+      b "w1durable-$r" --spawn-server --storage durable --staleness 500ms --clients 1000 \
+        --rate 200 --threads 50 --size 100 --duration 30s --ramp-up 5s ;;
     compare)  # W1 at 500 ms and at the smallest staleness that admits writes, back to back
       b "cmp500-$r" --spawn-server --staleness 500ms --clients 1000 --rate 200 --threads 50 \
         --size 100 --duration 20s --ramp-up 5s
