@@ -30,7 +30,7 @@ for r in $(seq 1 "$REPS"); do
     idle)  # 10,000 idle streaming clients
       b "idle-$r" --spawn-server --clients 10000 --rate 0 --duration 20s --ramp-up 10s ;;
     max)  # max accepted msg/s: 64 send-only writers on SendMessages streams, 1 reader
-      for rate in 150000 200000; do
+      for rate in ${MAX_RATES:-150000 200000 250000 300000}; do
         b "max$rate-$r" --spawn-server --clients 1 --writers 64 --send-only-writers \
           --mode stream --rate "$rate" --threads 64 --size 100 --duration 10s --ramp-up 1s \
           --numerical 1000000 --order 1000000 --ack-timeout 1h \

@@ -162,10 +162,6 @@ pub struct Engine {
     timers: BTreeSet<(Micros, ClientId)>,
     /// The earliest time [`Engine::poll`] has something to do.
     next_wake: Micros,
-    /// How long a flush takes to reach all its clients (measured by the I/O
-    /// edge); flushes start this much earlier so the last client still gets
-    /// its Update within the staleness bound. Zero unless set.
-    flush_lead: Duration,
 }
 
 /// Moves client `id`'s entry in `timers` to `at`.
@@ -201,7 +197,6 @@ fn flush_due(
     bounds: &BoundsTable,
     visible: Seq,
     cursor: Seq,
-    lead: Duration,
 ) -> Option<Micros> {
     if cursor >= visible {
         return None;
@@ -218,18 +213,15 @@ fn flush_due(
         if log.count_between(cursor, visible) >= b.flush_count() {
             return Some(Micros(i64::MIN));
         }
-        due = due.min(staleness_deadline(first_at, b.staleness, lead));
+        due = due.min(staleness_deadline(first_at, b.staleness));
     }
     Some(due)
 }
 
 /// When a message committed `at` in a conit with `staleness` must be
-/// flushed: the safety margin before the bound, and the fan-out lead (at
-/// most a quarter of the bound, so batching keeps most of its window).
-fn staleness_deadline(at: Micros, staleness: Duration, lead: Duration) -> Micros {
-    at.plus(staleness)
-        .minus(safety_margin(staleness))
-        .minus(lead.min(staleness / 4))
+/// flushed: the safety margin before the bound.
+fn staleness_deadline(at: Micros, staleness: Duration) -> Micros {
+    at.plus(staleness).minus(safety_margin(staleness))
 }
 
 impl Engine {
@@ -263,7 +255,6 @@ impl Engine {
             waiting_acks: BTreeMap::new(),
             timers: BTreeSet::new(),
             next_wake: Micros::MAX,
-            flush_lead: Duration::ZERO,
         }
     }
 
@@ -276,21 +267,6 @@ impl Engine {
     pub fn set_bounds(&mut self, bounds: BoundsTable) {
         self.settings.bounds = bounds;
         self.next_wake = Micros(i64::MIN);
-    }
-
-    /// Sets how long a flush takes to reach all its clients, so flush
-    /// deadlines start that much earlier (capped at a quarter of each
-    /// conit's staleness). Applies from the next commit or poll.
-    pub fn set_flush_lead(&mut self, lead: Duration) {
-        if lead > self.flush_lead {
-            // Deadlines moved earlier: re-arm them at the next poll.
-            self.next_wake = self.next_wake.min(Micros(i64::MIN));
-        }
-        self.flush_lead = lead;
-    }
-
-    pub fn flush_lead(&self) -> Duration {
-        self.flush_lead
     }
 
     /// The last commit sequence number assigned (pending or durable).
@@ -616,7 +592,7 @@ impl Engine {
             let due = if count >= b.flush_count() {
                 Micros(i64::MIN)
             } else {
-                staleness_deadline(e.commit_time, b.staleness, self.flush_lead)
+                staleness_deadline(e.commit_time, b.staleness)
             };
             self.next_wake = self.next_wake.min(due);
         }
@@ -690,13 +666,11 @@ impl Engine {
             cursors,
             cursor_members,
             timers,
-            flush_lead,
             ..
         } = self;
         // Only durable entries are delivered; the window also holds the
         // pending ones after them.
         let visible = *durable;
-        let lead = *flush_lead;
         let half_lease = settings.lease / 2;
         let heartbeat_after = half_lease - safety_margin(half_lease);
         let heartbeat_slack = heartbeat_after / 4;
@@ -714,7 +688,7 @@ impl Engine {
         for (&cursor, members) in cursor_members.iter() {
             let flush = *due_memo
                 .entry(cursor)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, cursor, lead));
+                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, cursor));
             if flush.is_some_and(|f| force || now >= f) {
                 candidates.extend(members.iter().copied());
             }
@@ -749,7 +723,7 @@ impl Engine {
             let heartbeat = c.last_update_at.plus(heartbeat_after);
             let flush = *due_memo
                 .entry(c.delivered)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, c.delivered, lead));
+                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, c.delivered));
             let flush = match flush {
                 Some(_) if force => Micros(i64::MIN),
                 Some(f) => f,
@@ -823,7 +797,7 @@ impl Engine {
         for &cursor in self.cursor_members.keys() {
             let flush = match due_memo.get(&cursor) {
                 Some(&f) => f,
-                None => flush_due(&self.conits, &self.settings.bounds, visible, cursor, lead),
+                None => flush_due(&self.conits, &self.settings.bounds, visible, cursor),
             };
             if let Some(f) = flush {
                 next = next.min(f);
@@ -1048,39 +1022,5 @@ mod tests {
             Verdict::Accepted { seq, .. } => assert_eq!(seq, 11),
             v => panic!("{v:?}"),
         }
-    }
-
-    #[test]
-    fn the_flush_lead_moves_flushes_earlier_within_a_quarter_of_the_bound() {
-        // One streaming client, then a durable commit at T0 in the main
-        // room (default staleness 500 ms, safety margin 20 ms).
-        let with_a_commit = || {
-            let mut e = engine();
-            assert!(e.connect(7, 1, "a".into(), T0));
-            e.start_stream(7, T0).unwrap();
-            assert!(matches!(
-                send(&mut e, 7, 1, "x", T0).verdict,
-                Verdict::Accepted { .. }
-            ));
-            e.mark_durable(1);
-            e
-        };
-        let ms = Duration::from_millis;
-        let mut e = with_a_commit();
-        assert!(e.poll(T0).is_empty());
-        assert_eq!(e.next_wake(), T0.plus(ms(480)));
-
-        let mut e2 = with_a_commit();
-        e2.set_flush_lead(ms(40));
-        assert!(e2.poll(T0).is_empty());
-        assert_eq!(e2.next_wake(), T0.plus(ms(440)));
-        assert!(e2.poll(T0.plus(ms(439))).is_empty());
-        let events = e2.poll(T0.plus(ms(440)));
-        assert_eq!(seqs(&events, 7), vec![1]);
-
-        // A huge lead is capped at a quarter of the staleness bound.
-        e.set_flush_lead(Duration::from_secs(10));
-        assert!(e.poll(T0).is_empty());
-        assert_eq!(e.next_wake(), T0.plus(ms(355)));
     }
 }

@@ -14,7 +14,7 @@
 
 use super::clock;
 use super::convert;
-use super::outbox::{FanoutLead, FlushTrack, Outbox, UpdateStream};
+use super::outbox::{Outbox, UpdateStream};
 use crate::consistency::engine::AckInfo;
 use crate::consistency::{
     ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq, Submission,
@@ -106,9 +106,6 @@ pub struct Hub {
     settled: Notify,
     /// Byte limit of each client's outbound queue.
     max_outbound_bytes: usize,
-    /// How long recent flushes took to reach all their clients; flushes
-    /// start that much before their deadline.
-    fanout: Arc<FanoutLead>,
     /// Where every count and latency is recorded.
     metrics: Metrics,
 }
@@ -147,7 +144,6 @@ impl Hub {
             work: Condvar::new(),
             settled: Notify::new(),
             max_outbound_bytes,
-            fanout: Arc::default(),
             metrics,
         })
     }
@@ -223,7 +219,7 @@ impl Hub {
                     Status::already_exists("this client already has an update stream")
                 }
             })?;
-            outbox.push(convert::encoded_update(&batch), None);
+            outbox.push(convert::encoded_update(&batch));
             g.outboxes.insert(id, outbox.clone());
             Ok(())
         })?;
@@ -482,7 +478,6 @@ impl Hub {
     pub fn tick(&self) -> Micros {
         let now = clock::now();
         let mut g = self.lock();
-        g.engine.set_flush_lead(self.fanout.get());
         let events = g.engine.poll(now);
         self.deliver(&mut g, events);
         g.engine.next_wake()
@@ -493,14 +488,6 @@ impl Hub {
         // the bytes (a reference count per client, not a copy).
         let mut encoded: HashMap<*const (), bytes::Bytes> = HashMap::new();
         let mut overflow = Vec::new();
-        // Time this flush until its last Update is taken by the transport.
-        let updates = events
-            .iter()
-            .filter(
-                |e| matches!(e, Event::Update { client, .. } if g.outboxes.contains_key(client)),
-            )
-            .count();
-        let track = (updates > 0).then(|| FlushTrack::new(updates, self.fanout.clone()));
         let m = &self.metrics;
         for ev in events {
             match ev {
@@ -531,7 +518,7 @@ impl Hub {
                         .entry(key)
                         .or_insert_with(|| convert::encoded_update(&batch))
                         .clone();
-                    if !outbox.push(update, track.clone()) {
+                    if !outbox.push(update) {
                         overflow.push(client);
                     }
                 }
