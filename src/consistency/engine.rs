@@ -148,6 +148,10 @@ pub struct Engine {
     cursors: BTreeMap<Seq, usize>,
     /// The earliest time [`Engine::poll`] has something to do.
     next_wake: Micros,
+    /// The last commit assigned when the bounds last changed: messages up to
+    /// it were promised the old bounds, so a tightened staleness that makes
+    /// them due at once is not counted as a broken promise.
+    bounds_changed_at_seq: Seq,
 }
 
 fn multiset_add(m: &mut BTreeMap<Seq, usize>, k: Seq) {
@@ -220,6 +224,7 @@ impl Engine {
             active_acks: BTreeMap::new(),
             cursors: BTreeMap::new(),
             next_wake: Micros::MAX,
+            bounds_changed_at_seq: 0,
         }
     }
 
@@ -231,6 +236,7 @@ impl Engine {
     /// deadlines are re-armed by the next [`Engine::poll`], due at once.
     pub fn set_bounds(&mut self, bounds: BoundsTable) {
         self.settings.bounds = bounds;
+        self.bounds_changed_at_seq = self.head;
         self.next_wake = Micros(i64::MIN);
     }
 
@@ -609,8 +615,10 @@ impl Engine {
             conits,
             clients,
             cursors,
+            bounds_changed_at_seq,
             ..
         } = self;
+        let bounds_changed_at_seq = *bounds_changed_at_seq;
         // Only durable entries are delivered; the window also holds the
         // pending ones after them.
         let visible = *durable;
@@ -667,9 +675,10 @@ impl Engine {
                     let late = entries
                         .iter()
                         .filter(|e| {
-                            now > e
-                                .commit_time
-                                .plus(settings.bounds.for_thread(&e.thread).staleness)
+                            e.seq > bounds_changed_at_seq
+                                && now
+                                    > e.commit_time
+                                        .plus(settings.bounds.for_thread(&e.thread).staleness)
                         })
                         .count() as u64;
                     (entries, late)
