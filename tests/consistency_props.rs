@@ -516,3 +516,61 @@ fn an_acknowledgement_inside_a_message_is_reported() {
     let (d, _) = engine.submit(sub(1), later);
     assert!(d.ack.is_none());
 }
+
+/// Tightening staleness makes pending messages due at once; they were
+/// promised the old bound, so that is not counted as a late delivery. A
+/// message that really is delivered late is.
+#[test]
+fn tightening_staleness_does_not_count_old_messages_as_late() {
+    let bounds = |ms| {
+        BoundsTable::new(Bounds {
+            staleness: Duration::from_millis(ms),
+            ..Bounds::default()
+        })
+        .unwrap()
+    };
+    let run = |tighten: bool| {
+        let settings = Settings {
+            bounds: bounds(1000),
+            ..Settings::default()
+        };
+        let mut engine = Engine::new(settings, 0, Vec::new());
+        let t0 = Micros(1_700_000_000_000_000);
+        assert!(engine.connect(1, 1, "r".into(), t0));
+        engine.start_stream(1, t0).unwrap();
+        assert!(engine.connect(2, 2, "w".into(), t0));
+        let sub = Submission {
+            ack: Some(SubmissionAck {
+                client: Some(2),
+                updates_received: 0,
+                messages_sent: 1,
+            }),
+            thread: String::new(),
+            contents: "x".into(),
+            timestamp: Some(t0),
+        };
+        let (d, _) = engine.submit(sub, t0);
+        let Verdict::Accepted { seq, .. } = d.verdict else {
+            panic!("{d:?}")
+        };
+        engine.mark_durable(seq);
+        let at = if tighten {
+            engine.set_bounds(bounds(10));
+            t0.plus(Duration::from_millis(100))
+        } else {
+            // Polled far too late: a real broken promise.
+            t0.plus(Duration::from_millis(1500))
+        };
+        let late: u64 = engine
+            .poll(at)
+            .into_iter()
+            .map(|ev| match ev {
+                Event::Update { batch, .. } => batch.late,
+                Event::Dropped { .. } => 0,
+            })
+            .sum();
+        late
+    };
+    assert_eq!(run(true), 0);
+    assert_eq!(run(false), 1);
+}

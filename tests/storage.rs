@@ -241,10 +241,21 @@ async fn a_locked_database_gives_internal_error_and_not_ready_until_released() {
     assert!(!health.healthy.load(Ordering::SeqCst));
     assert!(health.write_errors_total.load(Ordering::SeqCst) >= 1);
     assert!(health.failed_messages_total.load(Ordering::SeqCst) >= 2);
+    // The fault is on /metrics too.
+    let (_, metrics) = http_get(server.admin, "/metrics").await;
+    assert!(metrics.contains("chat_storage_healthy 0"), "{metrics}");
+    assert!(!metrics.contains("chat_storage_write_errors_total 0\n"));
+    assert!(metrics.contains("chat_messages_rejected_total{reason=\"internal\"} 2"));
 
     lock.release();
     await_ready(&server, 200, Duration::from_secs(5)).await;
     assert!(health.healthy.load(Ordering::SeqCst));
+    let (_, metrics) = http_get(server.admin, "/metrics").await;
+    assert!(metrics.contains("chat_storage_healthy 1"), "{metrics}");
+    assert!(
+        metrics.contains("chat_storage_messages_total 1"),
+        "{metrics}"
+    );
     assert_eq!(send_once(&w, "after").await, StatusCode::Ok);
     let got = collect_messages(&mut sub, 2).await;
     let texts: Vec<_> = got
@@ -470,7 +481,11 @@ async fn retention_keeps_the_newest_messages_and_the_sequence_continues() {
         assert_eq!(send_once(&w, &format!("m{i}")).await, StatusCode::Ok);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while stored_contents(dir.path()).len() > 5 {
+    // The counter is bumped just after the deleting transaction commits:
+    // wait for both.
+    while stored_contents(dir.path()).len() > 5
+        || health.retention_deleted_total.load(Ordering::SeqCst) < 15
+    {
         assert!(Instant::now() < deadline, "retention did not run");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

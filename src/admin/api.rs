@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub async fn metrics(State(s): State<AdminState>) -> Response {
     s.hub.refresh_gauges();
+    s.metrics.storage.observe(&s.storage);
     (
         [(
             header::CONTENT_TYPE,

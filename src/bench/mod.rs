@@ -638,10 +638,15 @@ async fn dispatch(
 struct Snapshot {
     /// When.
     at: Option<Instant>,
+    /// Bench messages received so far (all clients).
     deliveries: u64,
+    /// Updates received so far, first ones excluded.
     updates: u64,
+    /// Of those, the empty ones (heartbeats).
     empty_updates: u64,
+    /// Acknowledgement RPCs answered so far.
     acks: u64,
+    /// Messages accepted so far.
     accepted: u64,
     /// The server process, if measured.
     server: Option<crate::sys::ProcStats>,

@@ -9,11 +9,15 @@ use std::sync::atomic::Ordering;
 
 /// What [`Report::build`] needs.
 pub(super) struct Inputs<'a> {
+    /// The flags of the run.
     pub args: &'a BenchArgs,
+    /// The server's URL.
     pub url: &'a str,
+    /// HTTP/2 connections the clients shared.
     pub connections: usize,
     /// Clients that got their first Update.
     pub ready: usize,
+    /// The counters of the run.
     pub stats: &'a Stats,
     /// At the start of the send window.
     pub before: &'a Snapshot,
@@ -25,7 +29,9 @@ pub(super) struct Inputs<'a> {
     pub end_server: Option<crate::sys::ProcStats>,
     /// Clients whose messages matched the accepted ones exactly.
     pub accepted_checksum_ok: usize,
+    /// Accepted messages missing, summed over clients.
     pub missing: u64,
+    /// Messages beyond the accepted ones, summed over clients.
     pub extra: u64,
     /// How the spawned server exited.
     pub server_exit: Option<String>,
@@ -34,18 +40,29 @@ pub(super) struct Inputs<'a> {
 /// The run's parameters, as given.
 #[derive(Debug, Serialize)]
 pub struct Config {
+    /// The server's URL.
     pub server: String,
+    /// Whether the bench started it (`--spawn-server`).
     pub spawned_server: bool,
+    /// Streaming clients.
     pub clients: usize,
+    /// HTTP/2 connections they shared.
     pub connections: usize,
+    /// Scheduled aggregate send rate.
     pub rate_per_s: f64,
+    /// Clients that sent.
     pub writers: usize,
     /// The writers only send (they do not stream).
     pub send_only_writers: bool,
+    /// Threads the messages were spread over.
     pub threads: usize,
+    /// Bytes of contents per message.
     pub message_bytes: usize,
+    /// Length of the send window asked for.
     pub duration_s: f64,
+    /// Time the clients took to connect, before sending.
     pub ramp_up_s: f64,
+    /// Unary SendMessage or SendMessages streams.
     pub mode: SendMode,
     /// Flags the spawned server got.
     pub server_args: Vec<String>,
@@ -54,11 +71,17 @@ pub struct Config {
 /// A latency distribution, in milliseconds.
 #[derive(Debug, Serialize)]
 pub struct Latency {
+    /// Values recorded.
     pub count: u64,
+    /// Median (each quantile errs high by at most 1.6%, never low).
     pub p50_ms: f64,
+    /// 90th percentile.
     pub p90_ms: f64,
+    /// 99th percentile.
     pub p99_ms: f64,
+    /// The largest value, exact.
     pub max_ms: f64,
+    /// The mean.
     pub mean_ms: f64,
 }
 
@@ -124,24 +147,32 @@ pub struct Check {
 /// Everything measured.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The run's parameters.
     pub config: Config,
     /// Length of the send window, seconds.
     pub window_s: f64,
+    /// Messages sent (handed to the transport).
     pub sent: u64,
+    /// Messages accepted (status OK), the whole run.
     pub accepted: u64,
+    /// Accepted per second over the window.
     pub accepted_per_s: f64,
     /// Rejections by status name.
     pub rejections: BTreeMap<String, u64>,
+    /// Bench messages received per second over the window, all clients.
     pub deliveries_per_s: f64,
     /// Bench messages received over the whole run, drain included; equals
     /// accepted x clients when the check passes.
     pub deliveries_total: u64,
+    /// Updates received per second over the window (first ones excluded).
     pub updates_per_s: f64,
     /// Deliveries per Update in the window (heartbeats included).
     pub messages_per_update: f64,
     /// Share of Updates in the window that were empty heartbeats.
     pub empty_update_share: f64,
+    /// Acknowledgement RPCs answered per second over the window.
     pub acks_per_s: f64,
+    /// Acknowledgement RPCs that failed.
     pub ack_errors: u64,
     /// Commit -> receive (same-host clock).
     pub latency: Latency,
@@ -149,6 +180,7 @@ pub struct Report {
     pub send_latency: Latency,
     /// Messages received without a bench id (other traffic on the server).
     pub foreign_messages: u64,
+    /// The server's CPU and memory, when it could be measured.
     pub server: Option<ServerCost>,
     /// CPU cores the load generator itself used in the window (it shares
     /// the machine with a local server).
@@ -158,7 +190,9 @@ pub struct Report {
     pub other_cores: Option<f64>,
     /// One-minute load average at the start and the end of the window.
     pub load_average: (Option<f64>, Option<f64>),
+    /// How the spawned server exited.
     pub server_exit: Option<String>,
+    /// The delivery check.
     pub check: Check,
 }
 

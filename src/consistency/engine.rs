@@ -162,6 +162,10 @@ pub struct Engine {
     timers: BTreeSet<(Micros, ClientId)>,
     /// The earliest time [`Engine::poll`] has something to do.
     next_wake: Micros,
+    /// The last commit assigned when the bounds last changed: messages up to
+    /// it were promised the old bounds, so a tightened staleness that makes
+    /// them due at once is not counted as a broken promise.
+    bounds_changed_at_seq: Seq,
 }
 
 /// Moves client `id`'s entry in `timers` to `at`.
@@ -255,6 +259,7 @@ impl Engine {
             waiting_acks: BTreeMap::new(),
             timers: BTreeSet::new(),
             next_wake: Micros::MAX,
+            bounds_changed_at_seq: 0,
         }
     }
 
@@ -266,6 +271,7 @@ impl Engine {
     /// deadlines are re-armed by the next [`Engine::poll`], due at once.
     pub fn set_bounds(&mut self, bounds: BoundsTable) {
         self.settings.bounds = bounds;
+        self.bounds_changed_at_seq = self.head;
         self.next_wake = Micros(i64::MIN);
     }
 
@@ -666,8 +672,10 @@ impl Engine {
             cursors,
             cursor_members,
             timers,
+            bounds_changed_at_seq,
             ..
         } = self;
+        let bounds_changed_at_seq = *bounds_changed_at_seq;
         // Only durable entries are delivered; the window also holds the
         // pending ones after them.
         let visible = *durable;
@@ -752,9 +760,10 @@ impl Engine {
                     let late = entries
                         .iter()
                         .filter(|e| {
-                            now > e
-                                .commit_time
-                                .plus(settings.bounds.for_thread(&e.thread).staleness)
+                            e.seq > bounds_changed_at_seq
+                                && now
+                                    > e.commit_time
+                                        .plus(settings.bounds.for_thread(&e.thread).staleness)
                         })
                         .count() as u64;
                     (entries, late)

@@ -69,6 +69,113 @@ pub struct Metrics {
     pub rpc_duration: HistogramVec,
     /// Acknowledgement lag in messages of the laggiest clients, by handle.
     pub client_lag: IntGaugeVec,
+    /// The message log's health and throughput, copied from its
+    /// `StorageHealth` at each scrape.
+    pub storage: StorageMetrics,
+}
+
+/// The message log's figures (see `crate::log::health::StorageHealth`).
+#[derive(Clone)]
+pub struct StorageMetrics {
+    /// 1 while writes succeed, 0 from a failed write until one succeeds.
+    pub healthy: IntGauge,
+    /// Failed batch writes and failed recovery probes.
+    pub write_errors: IntCounter,
+    /// Messages answered INTERNAL_ERROR because storing them failed.
+    pub failed_messages: IntCounter,
+    /// Batches stored (one transaction and one fsync each).
+    pub batches: IntCounter,
+    /// Messages stored.
+    pub messages: IntCounter,
+    /// Time spent storing batches.
+    pub commit_seconds: prometheus::Counter,
+    /// The largest batch stored so far.
+    pub batch_messages_max: IntGauge,
+    /// Messages deleted by retention.
+    pub retention_deleted: IntCounter,
+    /// Failed retention or checkpoint passes.
+    pub maintenance_errors: IntCounter,
+}
+
+impl StorageMetrics {
+    fn new(r: &Registry) -> Self {
+        let commit_seconds = prometheus::Counter::new(
+            "chat_storage_commit_seconds_total",
+            "Time spent storing batches (transaction and fsync).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(commit_seconds.clone()))
+            .expect("unique metric");
+        StorageMetrics {
+            healthy: gauge(
+                r,
+                "chat_storage_healthy",
+                "1 while the message log accepts writes, 0 from a failed write until one succeeds.",
+            ),
+            write_errors: counter(
+                r,
+                "chat_storage_write_errors_total",
+                "Failed batch writes and failed recovery probes of the message log.",
+            ),
+            failed_messages: counter(
+                r,
+                "chat_storage_failed_messages_total",
+                "Messages answered INTERNAL_ERROR because storing them failed.",
+            ),
+            batches: counter(
+                r,
+                "chat_storage_batches_total",
+                "Batches stored by the message log (one transaction and one fsync each).",
+            ),
+            messages: counter(
+                r,
+                "chat_storage_messages_total",
+                "Messages stored by the message log.",
+            ),
+            commit_seconds,
+            batch_messages_max: gauge(
+                r,
+                "chat_storage_batch_messages_max",
+                "The largest batch stored so far, in messages.",
+            ),
+            retention_deleted: counter(
+                r,
+                "chat_storage_retention_deleted_total",
+                "Messages deleted by retention (count or age).",
+            ),
+            maintenance_errors: counter(
+                r,
+                "chat_storage_maintenance_errors_total",
+                "Failed retention or checkpoint passes of the message log.",
+            ),
+        }
+    }
+
+    /// Copies the log's figures in (counters advance by the difference).
+    pub fn observe(&self, h: &crate::log::health::StorageHealth) {
+        use std::sync::atomic::Ordering::Relaxed;
+        fn advance(c: &IntCounter, now: u64) {
+            c.inc_by(now.saturating_sub(c.get()));
+        }
+        self.healthy.set(h.is_healthy() as i64);
+        advance(&self.write_errors, h.write_errors_total.load(Relaxed));
+        advance(&self.failed_messages, h.failed_messages_total.load(Relaxed));
+        advance(&self.batches, h.batches_total.load(Relaxed));
+        advance(&self.messages, h.messages_total.load(Relaxed));
+        let secs = h.commit_micros_total.load(Relaxed) as f64 / 1e6;
+        self.commit_seconds
+            .inc_by((secs - self.commit_seconds.get()).max(0.0));
+        self.batch_messages_max
+            .set(h.max_batch_messages.load(Relaxed) as i64);
+        advance(
+            &self.retention_deleted,
+            h.retention_deleted_total.load(Relaxed),
+        );
+        advance(
+            &self.maintenance_errors,
+            h.maintenance_errors_total.load(Relaxed),
+        );
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -282,6 +389,7 @@ impl Metrics {
                 "Acknowledgement lag in messages of the laggiest clients, by public handle.",
                 &["client"],
             ),
+            storage: StorageMetrics::new(&r),
             registry: r,
         }
     }
