@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use dyconit_chat::client::RetryPolicy;
 use dyconit_chat::proto::message_status::StatusCode;
-use dyconit_chat::proto::{Client, ConnectionStarter};
 use std::time::Duration;
 
 /// The value of an unlabelled sample in a Prometheus text scrape.
@@ -23,21 +22,8 @@ fn sample(text: &str, name: &str) -> f64 {
 #[tokio::test]
 async fn an_acknowlegde_rpc_is_observed_in_the_ack_lag_histograms() {
     let server = TestServer::start(config(50, 256, 32)).await;
-    let mut raw = server.raw().await;
-    let id = raw
-        .connect(ConnectionStarter {})
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap()
-        .id;
-    let mut stream = raw
-        .receive_updates(Client { id })
-        .await
-        .unwrap()
-        .into_inner();
-    stream.message().await.unwrap().expect("first Update");
+    // Streams and acknowledges only when this test says so.
+    let (mut raw, id, mut stream) = silent_reader(&server).await;
     // A writer that never streams: its messages acknowledge nothing.
     let mut w = server.client(None).await;
     w.retry = RetryPolicy::none();
