@@ -489,6 +489,116 @@ fn heartbeats_of_idle_clients_coalesce_into_few_wake_ups() {
     );
 }
 
+/// Many clients at one cursor do not all flush in one instant: each goes out
+/// by its own share of the spread ahead of the group's deadline, never after
+/// it and never more than a sixteenth of the bound (plus the safety
+/// margin) before it; the group is
+/// served in a dozen or so wake-ups; and over later cycles the clients' flush
+/// times drift apart instead of staying one burst.
+#[test]
+fn a_large_cursor_group_is_flushed_spread_out_and_drifts_apart() {
+    let settings = Settings {
+        ack_timeout: Duration::from_secs(3600),
+        lease: Duration::from_secs(3600),
+        ..Settings::default()
+    };
+    let staleness = Duration::from_millis(500);
+    let mut engine = Engine::new(settings, 0, Vec::new());
+    let t0 = Micros(1_700_000_000_000_000);
+    let clients = 5000;
+    for id in 1..=clients {
+        assert!(engine.connect(id, id as u64, "c".into(), t0));
+        engine.start_stream(id, t0).unwrap();
+    }
+    let writer = clients + 1;
+    assert!(engine.connect(writer, 0, "w".into(), t0));
+    let mut sent = 0;
+    let mut send = |engine: &mut Engine, at: Micros| {
+        sent += 1;
+        let sub = Submission {
+            ack: Some(SubmissionAck {
+                client: Some(writer),
+                updates_received: 0,
+                messages_sent: sent,
+            }),
+            thread: String::new(),
+            contents: "m".into(),
+            timestamp: Some(at),
+        };
+        let (d, _) = engine.submit(sub, at);
+        assert!(matches!(d.verdict, Verdict::Accepted { .. }), "{d:?}");
+        engine.mark_durable(engine.head());
+    };
+    // One commit every 10 ms for 20 s; every client acknowledges at once.
+    let mut now = t0;
+    let mut next_send = t0.plus(Duration::from_millis(10));
+    let end = t0.plus(Duration::from_secs(20));
+    let mut first_cycle: Vec<Micros> = Vec::new();
+    let mut wake_ups_first_cycle = 0;
+    // Per 10 ms slot of the last 5 s: how many Updates went out.
+    let mut late_slots: HashMap<i64, usize> = HashMap::new();
+    while now < end {
+        let wake = engine.next_wake().min(next_send);
+        now = now.max(wake);
+        if now >= next_send {
+            send(&mut engine, now);
+            next_send = next_send.plus(Duration::from_millis(10));
+        }
+        let events = engine.poll(now);
+        let mut any = false;
+        for ev in events {
+            let Event::Update { client, batch } = ev else {
+                panic!("unexpected {ev:?}")
+            };
+            let oldest = batch.entries.first().expect("a flush carries messages");
+            let age = now.since(oldest.commit_time);
+            assert!(
+                age <= staleness,
+                "client {client} flushed {age:?} after a commit"
+            );
+            if now < t0.plus(Duration::from_millis(500)) {
+                any = true;
+                first_cycle.push(now);
+                assert!(
+                    age >= staleness - Duration::from_millis(20) - staleness / 16 - staleness / 128,
+                    "client {client} flushed only {age:?} after the first commit"
+                );
+            }
+            if now >= end.minus(Duration::from_secs(5)) {
+                *late_slots.entry((now.0 - t0.0) / 10_000).or_default() += 1;
+            }
+            let n = engine.client(client).unwrap().updates_sent as i64;
+            engine.acknowledge(client, n, now).unwrap();
+        }
+        wake_ups_first_cycle += usize::from(any);
+    }
+    assert_eq!(
+        first_cycle.len(),
+        clients as usize,
+        "every client got the first commit"
+    );
+    let spread = first_cycle.iter().max().unwrap().0 - first_cycle.iter().min().unwrap().0;
+    assert!(spread >= 25_000, "first flush spread over only {spread} µs");
+    assert!(
+        (4..=24).contains(&wake_ups_first_cycle),
+        "first flush took {wake_ups_first_cycle} wake-ups"
+    );
+    // Later, the busiest 10 ms carries a small share of the clients, not
+    // all of them (one burst would be 5,000 in one slot every 500 ms).
+    let busiest = late_slots.values().copied().max().unwrap();
+    assert!(
+        busiest <= clients as usize / 8,
+        "busiest 10 ms slot: {busiest} Updates"
+    );
+    // The price: a flush at most 1/16 of the bound early, so not much more
+    // than one Update per client per (500 - 20 - 31) ms.
+    let updates: usize = late_slots.values().sum();
+    assert!(
+        updates <= clients as usize * 5000 / 449,
+        "{updates} Updates in 5 s for {clients} clients"
+    );
+}
+
 /// The acknowledgement inside a SentMessage is reported with the decision,
 /// so the server can observe acknowledgement lag from it.
 #[test]

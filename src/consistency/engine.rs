@@ -18,9 +18,9 @@ use super::admission::{ClientFault, Decision, Rejection, Submission, Verdict};
 use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
 use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
-use super::settings::{Settings, safety_margin};
+use super::settings::{Settings, flush_spread, safety_margin};
 use super::time::Micros;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,10 +147,11 @@ pub struct Engine {
     /// Multiset of the delivery cursors of streaming clients; its minimum is
     /// the client with the most pending, which is due first.
     cursors: BTreeMap<Seq, usize>,
-    /// The streaming clients at each delivery cursor. Clients at one cursor
-    /// share their flush deadline, so a poll finds the due flushes by looking
-    /// at the few cursors instead of every client.
-    cursor_members: HashMap<Seq, HashSet<ClientId>>,
+    /// The streaming clients at each delivery cursor, by [`spread_rank`].
+    /// Clients at one cursor share their flush deadline (each flushes ahead
+    /// of it by its rank's share of [`flush_spread`]), so a poll finds the
+    /// due flushes by looking at the few cursors instead of every client.
+    cursor_members: HashMap<Seq, BTreeSet<(u16, ClientId)>>,
     /// Multiset of the acknowledged positions of clients that have not
     /// started streaming (they still hold conit records back).
     waiting_acks: BTreeMap<Seq, usize>,
@@ -166,6 +167,11 @@ pub struct Engine {
     /// it were promised the old bounds, so a tightened staleness that makes
     /// them due at once is not counted as a broken promise.
     bounds_changed_at_seq: Seq,
+    /// Flush deadlines of cursor groups, computed for the visible end
+    /// `due_cache.0`: a deadline changes only when more commits become
+    /// visible or the bounds change, while a group may be polled dozens of
+    /// times as its members' shares of the spread come due.
+    due_cache: (Seq, HashMap<Seq, Option<GroupDue>>),
 }
 
 /// Moves client `id`'s entry in `timers` to `at`.
@@ -193,19 +199,67 @@ fn multiset_remove(m: &mut BTreeMap<Seq, usize>, k: Seq) {
     }
 }
 
+/// A client's place in the flush spread of its cursor group: 0 flushes at
+/// the group's deadline, `u16::MAX` a whole [`flush_spread`] before it. A
+/// hash of the id and the cursor, so ranks are uniform, need no storage, and
+/// change with every flush: a fixed rank would keep the clients that flushed
+/// together once in lockstep, and their groups would merge back into one
+/// burst.
+pub fn spread_rank(id: ClientId, cursor: Seq) -> u16 {
+    let mut z = (id as u64 ^ cursor.rotate_left(32)).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z >> 48) as u16
+}
+
+/// The flush deadline of the clients at one cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GroupDue {
+    /// When the oldest pending commit must go out: the earliest staleness
+    /// deadline over the conits, or `Micros(i64::MIN)` if a conit reached
+    /// its flush count.
+    at: Micros,
+    /// The staleness bound of the conit that set `at`; the group's members
+    /// are spread ahead of `at` by [`flush_spread`] of it. Zero when a flush
+    /// count is reached: everyone is due at once.
+    staleness: Duration,
+}
+
+impl GroupDue {
+    /// When the member of rank `rank` in a group of `members` is due.
+    fn member(self, rank: u16, members: usize) -> Micros {
+        if self.staleness.is_zero() {
+            return self.at;
+        }
+        let spread = flush_spread(self.staleness, members);
+        self.at
+            .minus(spread.mul_f64(f64::from(rank) / f64::from(u16::MAX)))
+    }
+
+    /// Whether that member flushes in a poll at `now`: one poll takes every
+    /// member due within the next 1/8 of the spread, so a group is served
+    /// in about eight wake-ups, not one per client.
+    fn member_due(self, rank: u16, members: usize, now: Micros) -> bool {
+        let slack = flush_spread(self.staleness, members) / 8;
+        now.plus(slack) >= self.member(rank, members)
+    }
+}
+
 /// When a client whose cursor is `cursor` must be flushed, counting only
-/// visible commits (up to `visible`): `None` if nothing visible is pending,
-/// `Micros(i64::MIN)` if a conit reached its flush count.
+/// visible commits (up to `visible`): `None` if nothing visible is pending.
 fn flush_due(
     conits: &HashMap<Arc<str>, ConitLog>,
     bounds: &BoundsTable,
     visible: Seq,
     cursor: Seq,
-) -> Option<Micros> {
+) -> Option<GroupDue> {
     if cursor >= visible {
         return None;
     }
-    let mut due = Micros::MAX;
+    let mut due = GroupDue {
+        at: Micros::MAX,
+        staleness: Duration::ZERO,
+    };
     for (thread, log) in conits {
         let Some((first, first_at)) = log.first_after(cursor) else {
             continue;
@@ -215,9 +269,18 @@ fn flush_due(
         }
         let b = bounds.for_thread(thread);
         if log.count_between(cursor, visible) >= b.flush_count() {
-            return Some(Micros(i64::MIN));
+            return Some(GroupDue {
+                at: Micros(i64::MIN),
+                staleness: Duration::ZERO,
+            });
         }
-        due = due.min(staleness_deadline(first_at, b.staleness));
+        let at = staleness_deadline(first_at, b.staleness);
+        if at < due.at {
+            due = GroupDue {
+                at,
+                staleness: b.staleness,
+            };
+        }
     }
     Some(due)
 }
@@ -260,6 +323,7 @@ impl Engine {
             timers: BTreeSet::new(),
             next_wake: Micros::MAX,
             bounds_changed_at_seq: 0,
+            due_cache: (0, HashMap::new()),
         }
     }
 
@@ -272,6 +336,7 @@ impl Engine {
     pub fn set_bounds(&mut self, bounds: BoundsTable) {
         self.settings.bounds = bounds;
         self.bounds_changed_at_seq = self.head;
+        self.due_cache.1.clear();
         self.next_wake = Micros(i64::MIN);
     }
 
@@ -369,7 +434,7 @@ impl Engine {
         self.cursor_members
             .entry(c.delivered)
             .or_default()
-            .insert(id);
+            .insert((spread_rank(id, c.delivered), id));
         let half = self.settings.lease / 2;
         let heartbeat = now.plus(half).minus(safety_margin(half));
         let personal = heartbeat.min(
@@ -600,7 +665,9 @@ impl Engine {
             } else {
                 staleness_deadline(e.commit_time, b.staleness)
             };
-            self.next_wake = self.next_wake.min(due);
+            // The first member of the group flushes a spread earlier.
+            let lead = flush_spread(b.staleness, self.clients.len());
+            self.next_wake = self.next_wake.min(due.minus(lead));
         }
     }
 
@@ -638,7 +705,7 @@ impl Engine {
                 multiset_remove(&mut self.active_acks, c.acked_pos);
                 multiset_remove(&mut self.cursors, c.delivered);
                 if let Some(members) = self.cursor_members.get_mut(&c.delivered) {
-                    members.remove(&id);
+                    members.remove(&(spread_rank(id, c.delivered), id));
                     if members.is_empty() {
                         self.cursor_members.remove(&c.delivered);
                     }
@@ -673,6 +740,7 @@ impl Engine {
             cursor_members,
             timers,
             bounds_changed_at_seq,
+            due_cache,
             ..
         } = self;
         let bounds_changed_at_seq = *bounds_changed_at_seq;
@@ -686,20 +754,35 @@ impl Engine {
         let mut drops = Vec::new();
         // Clients at the same cursor share a flush deadline and get the same
         // batch: compute each once.
-        let mut due_memo: HashMap<Seq, Option<Micros>> = HashMap::new();
+        if due_cache.0 != visible {
+            *due_cache = (visible, HashMap::new());
+        }
+        let due_memo = &mut due_cache.1;
         let mut batch_memo: HashMap<Seq, (Entries, u64)> = HashMap::new();
         let window_floor = *head - window.len() as Seq;
         // The clients with something due: every member of a cursor group
-        // whose flush is due, and every client whose own timer has passed
-        // or comes within the heartbeat slack (see below).
+        // whose own share of the group's flush is due (the highest ranks
+        // first), and every client whose own timer has passed or comes
+        // within the heartbeat slack (see below).
         let mut candidates: Vec<ClientId> = Vec::new();
+        // Each group's size when the poll began: a member's place in the
+        // spread must not move while the group empties.
+        let mut group_size: HashMap<Seq, usize> = HashMap::new();
         for (&cursor, members) in cursor_members.iter() {
-            let flush = *due_memo
+            group_size.insert(cursor, members.len());
+            let Some(due) = *due_memo
                 .entry(cursor)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, cursor));
-            if flush.is_some_and(|f| force || now >= f) {
-                candidates.extend(members.iter().copied());
-            }
+                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, cursor))
+            else {
+                continue;
+            };
+            candidates.extend(
+                members
+                    .iter()
+                    .rev()
+                    .take_while(|&&(rank, _)| force || due.member_due(rank, members.len(), now))
+                    .map(|&(_, id)| id),
+            );
         }
         while let Some(&(at, id)) = timers.first() {
             if at > now.plus(heartbeat_slack) {
@@ -732,15 +815,16 @@ impl Engine {
             let flush = *due_memo
                 .entry(c.delivered)
                 .or_insert_with(|| flush_due(conits, &settings.bounds, visible, c.delivered));
-            let flush = match flush {
-                Some(_) if force => Micros(i64::MIN),
-                Some(f) => f,
-                None => Micros::MAX,
+            let members = group_size.get(&c.delivered).copied().unwrap_or(1);
+            let flush_now = match flush {
+                Some(_) if force => true,
+                Some(due) => due.member_due(spread_rank(id, c.delivered), members, now),
+                None => false,
             };
             // A heartbeat due soon goes out with this poll: idle clients
             // that connected at scattered times thus fall into a few groups
             // served together, instead of one wake-up per client.
-            if now < flush && now.plus(heartbeat_slack) < heartbeat {
+            if !flush_now && now.plus(heartbeat_slack) < heartbeat {
                 // Not due yet (an early timer): re-arm its own deadline; a
                 // pending flush is its cursor group's.
                 retime(
@@ -772,12 +856,15 @@ impl Engine {
             multiset_remove(cursors, c.delivered);
             multiset_add(cursors, visible);
             if let Some(members) = cursor_members.get_mut(&c.delivered) {
-                members.remove(&id);
+                members.remove(&(spread_rank(id, c.delivered), id));
                 if members.is_empty() {
                     cursor_members.remove(&c.delivered);
                 }
             }
-            cursor_members.entry(visible).or_default().insert(id);
+            cursor_members
+                .entry(visible)
+                .or_default()
+                .insert((spread_rank(id, visible), id));
             let after_expiration = now > c.expiration;
             let expiration = now.plus(settings.lease);
             c.record_update(visible, now, expiration);
@@ -801,15 +888,17 @@ impl Engine {
             events.push(Event::Dropped { client: id, reason });
         }
         // Next: the earliest own timer, or the earliest pending flush of a
-        // cursor group.
+        // cursor group: its highest-ranked member's.
         let mut next = self.timers.first().map_or(Micros::MAX, |&(at, _)| at);
-        for &cursor in self.cursor_members.keys() {
-            let flush = match due_memo.get(&cursor) {
-                Some(&f) => f,
-                None => flush_due(&self.conits, &self.settings.bounds, visible, cursor),
-            };
-            if let Some(f) = flush {
-                next = next.min(f);
+        let due_memo = &mut self.due_cache.1;
+        due_memo.retain(|cursor, _| self.cursor_members.contains_key(cursor));
+        for (&cursor, members) in &self.cursor_members {
+            let flush = *due_memo
+                .entry(cursor)
+                .or_insert_with(|| flush_due(&self.conits, &self.settings.bounds, visible, cursor));
+            if let (Some(due), Some(&(rank, _))) = (flush, members.last()) {
+                let size = group_size.get(&cursor).copied().unwrap_or(members.len());
+                next = next.min(due.member(rank, size));
             }
         }
         self.next_wake = next;
