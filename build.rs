@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The RPC `Connect` would clash with the generated `connect(dst)`
         // constructor; clients build their channel themselves.
         .build_transport(false)
+        // Small per-call buffers (see src/codec.rs).
+        .codec_path("crate::codec::ProstCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod bench;
 pub mod chat;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod consistency;
 pub mod log;

@@ -9,14 +9,14 @@
 //! `Update`.
 
 use super::service::ChatService;
+use crate::codec::{Pair, PreEncoded, Prost};
 use crate::proto::Client;
 use crate::proto::chat_server_server::ChatServerServer;
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use prost::Message;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::server::{NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status};
@@ -24,53 +24,8 @@ use tonic::{Request, Response, Status};
 /// The path this module serves itself.
 pub const RECEIVE_UPDATES_PATH: &str = "/ChatServer/ReceiveUpdates";
 
-/// Encodes pre-encoded Updates (bytes) and decodes the `Client` request.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PreEncodedCodec;
-
-/// Writes the bytes of an already encoded message.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BytesEncoder;
-
-/// Decodes a `Client` request with prost.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClientDecoder;
-
-impl Codec for PreEncodedCodec {
-    type Encode = Bytes;
-    type Decode = Client;
-    type Encoder = BytesEncoder;
-    type Decoder = ClientDecoder;
-
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
-    }
-
-    fn decoder(&mut self) -> ClientDecoder {
-        ClientDecoder
-    }
-}
-
-impl Encoder for BytesEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for ClientDecoder {
-    type Item = Client;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Client>, Status> {
-        Client::decode(src)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("cannot decode Client: {e}")))
-    }
-}
+/// Writes the shared Update bytes as they are; reads the `Client` request.
+type UpdatesCodec = Pair<PreEncoded, Prost<Client>>;
 
 /// The `ReceiveUpdates` handler as a tonic streaming service.
 struct ReceiveUpdatesSvc(Arc<ChatService>);
@@ -129,7 +84,7 @@ where
         }
         let svc = ReceiveUpdatesSvc(self.service.clone());
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(PreEncodedCodec);
+            let mut grpc = tonic::server::Grpc::new(UpdatesCodec::default());
             Ok(grpc.server_streaming(svc, req).await)
         })
     }
