@@ -10,6 +10,7 @@ use crate::proto::{
     Acknowledgement, Client, ConnectionStarter, MessageStatus, SentMessage, ServerInfo, ServerTime,
 };
 use crate::telemetry::propagation::parent_context;
+use crate::telemetry::tracing_setup::RPC_SPAN_TARGET;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -107,6 +108,7 @@ impl ChatService {
         meta: &tonic::metadata::MetadataMap,
     ) -> Span {
         let span = tracing::info_span!(
+            target: RPC_SPAN_TARGET,
             "rpc",
             otel.name = name,
             otel.kind = "server",
@@ -123,7 +125,9 @@ impl ChatService {
             chat.accepted = Empty,
             chat.rejected = Empty,
         );
-        let _ = span.set_parent(parent_context(meta));
+        if !span.is_disabled() {
+            let _ = span.set_parent(parent_context(meta));
+        }
         span
     }
 
