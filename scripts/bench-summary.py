@@ -38,6 +38,7 @@ for name in sorted(runs):
     row(name, "accepted/s", lambda r: r["accepted_per_s"], "{:.1f}")
     row(name, "rejections", lambda r: sum(r["rejections"].values()), "{:.0f}")
     row(name, "deliveries/s", lambda r: r["deliveries_per_s"], "{:.0f}")
+    row(name, "deliveries per window s", lambda r: r["deliveries_per_window_s"], "{:.0f}")
     row(name, "Updates/s", lambda r: r["updates_per_s"], "{:.1f}")
     row(name, "messages per Update", lambda r: r["messages_per_update"], "{:.2f}")
     row(name, "acks/s", lambda r: r["acks_per_s"], "{:.1f}")

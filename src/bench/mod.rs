@@ -17,6 +17,7 @@
 //! - [`server`]: the server as a child process (`--spawn-server`).
 //! - [`report`]: the final table and the JSON report.
 
+pub mod conn;
 pub mod histogram;
 pub mod report;
 pub mod server;
@@ -29,13 +30,13 @@ use crate::proto::{
     Acknowledgement, Client, ConnectionStarter, MessageStatus, SentMessage, ServerTime, Thread,
 };
 use anyhow::{Context, bail};
+use conn::Connection;
 use histogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 300ms, 2s, 1m)"))
@@ -61,8 +62,9 @@ Examples:
   # against a running server (and measure its CPU and memory via /proc)
   dyconit-chat bench --server http://127.0.0.1:50051 --server-pid $(pidof dyconit-chat)
 
-The report: accepted/s, deliveries/s (messages received by all clients),
-Updates/s and messages per Update, commit->receive latency p50/p90/p99/max,
+The report: accepted/s, deliveries/s (messages received by all clients:
+within the window, and all deliveries of the window's messages, drain
+included, per second of the window), Updates/s and messages per Update, commit->receive latency p50/p90/p99/max,
 send latency (from the scheduled time to the status: open loop, so a slow
 server shows here instead of being hidden), rejections by reason,
 acknowledgement RPCs/s, server CPU seconds and cores (CPU s / window s) and RSS
@@ -324,7 +326,7 @@ fn mix(x: u64) -> u64 {
 /// Runs one client: connect, stream, acknowledge, count, until `stop`.
 async fn run_client(
     index: usize,
-    channel: Channel,
+    channel: Connection,
     slot: Arc<Slot>,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -349,7 +351,7 @@ async fn run_client(
             .server_streaming(
                 tonic::Request::new(Client { id }),
                 tonic::codegen::http::uri::PathAndQuery::from_static("/ChatServer/ReceiveUpdates"),
-                wire::SummaryCodec,
+                wire::SummaryCodec::default(),
             )
             .await?
             .into_inner();
@@ -438,7 +440,7 @@ async fn run_client(
 }
 
 /// A send-only writer: connects, and never opens its update stream.
-async fn connect_only(index: usize, channel: Channel, slot: Arc<Slot>, stats: Arc<Stats>) {
+async fn connect_only(index: usize, channel: Connection, slot: Arc<Slot>, stats: Arc<Stats>) {
     let mut rpc = ChatServerClient::new(channel);
     let mut request = tonic::Request::new(ConnectionStarter {});
     if let Ok(name) = format!("writer-{index}").parse() {
@@ -506,7 +508,7 @@ fn message(slot: &Slot, thread: &Option<Thread>, id: u64, size: usize) -> SentMe
 async fn dispatch(
     args: &BenchArgs,
     slots: &[Arc<Slot>],
-    channels: &[Channel],
+    channels: &[Connection],
     stats: &Arc<Stats>,
     start: Instant,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -791,13 +793,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     };
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let endpoint = Endpoint::from_shared(url.clone())
-            .context("invalid server URL")?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5));
         channels.push(
-            endpoint
-                .connect()
+            conn::connect(&url)
                 .await
                 .with_context(|| format!("connecting to {url}"))?,
         );

@@ -164,6 +164,10 @@ pub struct Report {
     /// Bench messages received over the whole run, drain included; equals
     /// accepted x clients when the check passes.
     pub deliveries_total: u64,
+    /// `deliveries_total` per second of the send window: the delivery rate
+    /// the window's load was carried at, without the dip of the first
+    /// staleness period (nothing is due yet) that `deliveries_per_s` has.
+    pub deliveries_per_window_s: f64,
     /// Updates received per second over the window (first ones excluded).
     pub updates_per_s: f64,
     /// Deliveries per Update in the window (heartbeats included).
@@ -273,6 +277,11 @@ impl Report {
             rejections,
             deliveries_per_s: rate(a.deliveries, b.deliveries),
             deliveries_total: s.deliveries.load(Ordering::Relaxed),
+            deliveries_per_window_s: if window > 0.0 {
+                s.deliveries.load(Ordering::Relaxed) as f64 / window
+            } else {
+                0.0
+            },
             updates_per_s: rate(a.updates, b.updates),
             messages_per_update: if updates == 0 {
                 0.0
@@ -364,7 +373,13 @@ impl Report {
                     .join(", ")
             },
         );
-        row("deliveries/s", format!("{:.0}", self.deliveries_per_s));
+        row(
+            "deliveries/s",
+            format!(
+                "{:.0} in the window; all {} deliveries of its messages: {:.0} per window second",
+                self.deliveries_per_s, self.deliveries_total, self.deliveries_per_window_s
+            ),
+        );
         row(
             "Updates/s",
             format!(
