@@ -2,9 +2,11 @@
 //! pseudo-terminal (tmux), against the real server binary on 127.0.0.1.
 //! Needs `tmux` (`.ci/run` installs it).
 
+mod common;
+
 use dyconit_chat::bench::server::SpawnedServer;
+use dyconit_chat::proto::Client;
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
-use dyconit_chat::proto::{Client, ConnectionStarter};
 use std::io::BufRead;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -231,14 +233,7 @@ async fn rejections_show_in_the_status_line_and_in_exit_codes() {
         .await
         .unwrap();
     let mut raw = ChatServerClient::new(channel);
-    let id = raw
-        .connect(ConnectionStarter {})
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap()
-        .id;
+    let id = common::connect_raw(&mut raw).await;
     let mut silent = raw
         .receive_updates(Client { id })
         .await

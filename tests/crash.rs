@@ -6,6 +6,8 @@
 //! restart also recovers from the crashes before it. The random seed is
 //! printed; `DYCONIT_CRASH_SEED` replays it.
 
+mod common;
+
 use dyconit_chat::consistency::Entry;
 use dyconit_chat::log::sqlite::{self, DB_FILE};
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
@@ -274,14 +276,7 @@ async fn verify_history(url: &str, all: &[Entry]) {
     // A first Update with 100,000 messages is larger than gRPC's default
     // 4 MiB message limit.
     let mut rpc = ChatServerClient::new(channel(url).await).max_decoding_message_size(1 << 30);
-    let id = rpc
-        .connect(ConnectionStarter {})
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap()
-        .id;
+    let id = common::connect_raw(&mut rpc).await;
     let mut stream = rpc
         .receive_updates(Client { id })
         .await

@@ -513,18 +513,10 @@ async fn retention_keeps_the_newest_messages_and_the_sequence_continues() {
 
 #[tokio::test]
 async fn a_retry_of_a_message_being_stored_waits_for_the_original() {
-    use dyconit_chat::proto::ConnectionStarter;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(durable(dir.path())).await;
     let mut raw = server.raw().await;
-    let id = raw
-        .connect(ConnectionStarter {})
-        .await
-        .unwrap()
-        .into_inner()
-        .client
-        .unwrap()
-        .id;
+    let id = connect_raw(&mut raw).await;
     let lock = WriteLock::take(dir.path());
     // The same message twice, concurrently: whichever the server decides
     // first is the original (pending: the writer waits for the lock), the
