@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/dyconit-chat}
 OUT=${1:-bench-results}
 REPS=${REPS:-3}
-ROWS=${ROWS:-"w1 compare idle max r3"}
+ROWS=${ROWS:-"w1 w1durable compare idle max r3 r3x110"}
 mkdir -p "$OUT"
 b() { local name=$1; shift; echo "== $name: $BIN bench $*" >&2; "$BIN" bench --quiet --json "$OUT/$name.json" "$@" > "$OUT/$name.txt"; }
 
@@ -38,6 +38,9 @@ for r in $(seq 1 "$REPS"); do
       done ;;
     r3)  # 10,000 streaming clients, 100 msg/s aggregate, 60 s
       b "r3-$r" --spawn-server --clients 10000 --rate 100 --threads 10 --size 100 \
+        --duration 60s --ramp-up 10s ;;
+    r3x110)  # the same at 110 msg/s: headroom above 1,000,000 deliveries/s
+      b "r3x110-$r" --spawn-server --clients 10000 --rate 110 --threads 10 --size 100 \
         --duration 60s --ramp-up 10s ;;
     esac
   done
