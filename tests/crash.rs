@@ -8,6 +8,7 @@
 
 mod common;
 
+use dyconit_chat::bench::server::SpawnedServer;
 use dyconit_chat::consistency::Entry;
 use dyconit_chat::log::sqlite::{self, DB_FILE};
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
@@ -15,9 +16,7 @@ use dyconit_chat::proto::message_status::StatusCode;
 use dyconit_chat::proto::{Acknowledgement, Client, ConnectionStarter, SentMessage, ServerTime};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,89 +31,31 @@ const WINDOW: usize = 16;
 /// History asked of the restarted server (its maximum).
 const HISTORY: usize = 100_000;
 
-/// A running server process and its gRPC address.
-struct Server {
-    /// The `dyconit-chat serve` process (killed when dropped).
-    child: Child,
-    /// Its gRPC address, from its log.
-    url: String,
-}
-
-impl Drop for Server {
-    /// A failing test must not leave a server behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address in a log line such as `... grpc_addr=127.0.0.1:4242 ...`,
-/// ignoring any terminal colour codes around it.
-fn grpc_addr(line: &str) -> Option<String> {
-    let plain: String = {
-        let mut out = String::new();
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
-    let rest = &plain[plain.find("grpc_addr=")? + "grpc_addr=".len()..];
-    Some(rest.split_whitespace().next()?.to_owned())
-}
-
-fn start(dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--history", &HISTORY.to_string()])
-        .args(["--order", "1000000", "--numerical", "1000000"])
-        .args(["--staleness", "5s", "--ack-timeout", "1h", "--lease", "1h"])
-        .env("NO_COLOR", "1")
-        .env("DYCONIT_LOG", "info")
-        .env_remove("DYCONIT_STORAGE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn dyconit-chat");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("ERROR") || line.contains("WARN") {
-                eprintln!("server: {line}");
-            }
-            if let Some(addr) = grpc_addr(&line)
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server did not report its address");
-    Server {
-        child,
-        url: format!("http://{addr}"),
-    }
+/// A durable server on `dir`, with bounds no writer reaches and the most
+/// history a restarted server may give.
+fn start(dir: &Path) -> SpawnedServer {
+    let args: Vec<String> = [
+        "--storage",
+        "durable",
+        "--data-dir",
+        dir.to_str().expect("UTF-8 temp dir"),
+        "--history",
+        &HISTORY.to_string(),
+        "--order",
+        "1000000",
+        "--numerical",
+        "1000000",
+        "--staleness",
+        "5s",
+        "--ack-timeout",
+        "1h",
+        "--lease",
+        "1h",
+    ]
+    .map(str::to_owned)
+    .into();
+    SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
+        .expect("start dyconit-chat serve")
 }
 
 async fn channel(url: &str) -> Channel {
@@ -335,8 +276,7 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
         }
         let extra = Duration::from_millis(rng.random_range(0..600));
         tokio::time::sleep(extra).await;
-        server.child.kill().expect("kill -9");
-        let status = server.child.wait().unwrap();
+        let status = server.kill().expect("kill -9");
         let killed_at = t0.elapsed();
         for t in tasks {
             tokio::time::timeout(Duration::from_secs(30), t)
@@ -362,15 +302,7 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
         assert!(round_oks >= 200);
     }
     // The last restart shuts down cleanly on SIGTERM.
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = server.child.wait().unwrap();
+    let status = server.stop(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "clean shutdown: {status}");
     eprintln!("crash test done in {:?}", started.elapsed());
 }

@@ -122,6 +122,13 @@ impl SpawnedServer {
         self.child.id()
     }
 
+    /// Kills the server at once (SIGKILL: no flush, no clean shutdown) and
+    /// reaps it; the crash test's `kill -9`.
+    pub fn kill(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.kill()?;
+        self.child.wait()
+    }
+
     /// Asks the server to stop (SIGTERM) and waits up to `grace` for it.
     pub fn stop(mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
         // SAFETY: kill only sends a signal to our own child.
