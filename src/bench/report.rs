@@ -277,11 +277,7 @@ impl Report {
             rejections,
             deliveries_per_s: rate(a.deliveries, b.deliveries),
             deliveries_total: s.deliveries.load(Ordering::Relaxed),
-            deliveries_per_window_s: if window > 0.0 {
-                s.deliveries.load(Ordering::Relaxed) as f64 / window
-            } else {
-                0.0
-            },
+            deliveries_per_window_s: s.deliveries.load(Ordering::Relaxed) as f64 / window,
             updates_per_s: rate(a.updates, b.updates),
             messages_per_update: if updates == 0 {
                 0.0

@@ -46,31 +46,12 @@ pub fn status_code(r: &Rejection) -> StatusCode {
     }
 }
 
-pub fn received(e: &Entry) -> proto::ReceivedMessage {
-    proto::ReceivedMessage {
-        thread: Some(proto::Thread {
-            id: e.thread.to_string(),
-        }),
-        contents: e.contents.clone(),
-        server_time: Some(server_time(e.commit_time)),
-        sender: e.sender.to_string(),
-    }
-}
-
-pub fn update(b: &Batch) -> proto::Update {
-    proto::Update {
-        current_time: Some(server_time(b.current_time)),
-        expiration_time: Some(server_time(b.expiration)),
-        message: b.entries.iter().map(|e| received(e)).collect(),
-    }
-}
-
 /// The wire bytes of the Update for `b`, encoded once so that every client
 /// that gets the same batch can share them.
 ///
 /// Written straight from the entries, byte for byte what prost makes of
-/// [`update`] (tested below), without first copying every thread, text and
-/// sender into a `proto::Update`: with thousands of clients flushing at
+/// the same `proto::Update` (tested below), without first copying every
+/// thread, text and sender into one: with thousands of clients flushing at
 /// spread-out times the server encodes thousands of batches a second.
 pub fn encoded_update(b: &Batch) -> bytes::Bytes {
     let messages: Vec<usize> = b.entries.iter().map(|e| received_len(e)).collect();
@@ -166,6 +147,23 @@ mod tests {
     use proptest::prelude::*;
     use prost::Message;
     use std::sync::Arc;
+
+    /// The reference: the batch as a `proto::Update`, for prost to encode.
+    fn update(b: &Batch) -> proto::Update {
+        let received = |e: &Arc<Entry>| proto::ReceivedMessage {
+            thread: Some(proto::Thread {
+                id: e.thread.to_string(),
+            }),
+            contents: e.contents.clone(),
+            server_time: Some(server_time(e.commit_time)),
+            sender: e.sender.to_string(),
+        };
+        proto::Update {
+            current_time: Some(server_time(b.current_time)),
+            expiration_time: Some(server_time(b.expiration)),
+            message: b.entries.iter().map(received).collect(),
+        }
+    }
 
     fn entry(seq: Seq, thread: &str, contents: &str, sender: &str, at: i64) -> Arc<Entry> {
         Arc::new(Entry {
