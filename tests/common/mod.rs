@@ -9,6 +9,8 @@ use dyconit_chat::server::{self, Config, Listeners, Storage};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
+pub mod nats;
+
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
