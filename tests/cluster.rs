@@ -376,3 +376,60 @@ async fn a_node_refuses_a_stream_whose_config_conflicts() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn without_a_quorum_writes_fail_in_time_and_the_node_is_not_ready() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let mut cluster = NatsCluster::start(3).await;
+    let mut config = common::config(5000, 1_000_000, 1_000_000);
+    config.storage = Storage::Nats;
+    // The writer never streams: it must not be reaped meanwhile.
+    config.settings.ack_timeout = Duration::from_secs(120);
+    config.nats = NatsOptions {
+        urls: cluster.urls.clone(),
+        timeout: TIMEOUT,
+        ..Default::default()
+    };
+    let server = common::TestServer::start(config).await;
+    let readyz = |s: &common::TestServer| {
+        let addr = s.admin;
+        async move { common::http(addr, "GET", "/readyz", None, None).await.0 }
+    };
+    let mut raw = server.raw().await;
+    let id = common::connect_raw(&mut raw).await;
+    let send =
+        |n: i64| common::status_of(raw.clone(), common::sent(id, "", &format!("m{n}"), 0, n));
+    assert_eq!(send(1).await, StatusCode::Ok);
+    assert_eq!(readyz(&server).await, 200);
+    // Two of three servers gone: the stream has no quorum.
+    cluster.kill(1);
+    cluster.kill(2);
+    let started = std::time::Instant::now();
+    assert_eq!(send(2).await, StatusCode::InternalError);
+    let took = started.elapsed();
+    assert!(
+        took < TIMEOUT + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    assert_eq!(readyz(&server).await, 503);
+    // The quorum is back: ready again within seconds, and writes go through.
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_ready().await;
+    let back = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while readyz(&server).await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "not ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut n = 3;
+    while send(n).await != StatusCode::Ok {
+        assert!(tokio::time::Instant::now() < deadline, "writes still fail");
+        n += 1;
+    }
+    eprintln!(
+        "INTERNAL_ERROR after {took:?} without a quorum; ready and writing again {:?} after the cluster answered",
+        back.elapsed()
+    );
+}

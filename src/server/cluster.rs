@@ -31,8 +31,14 @@ use tokio_util::sync::CancellationToken;
 /// stream leader election on loopback takes a few seconds: several attempts
 /// fit in the default 5 s commit timeout.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often an unhealthy node probes the stream while nothing publishes.
+/// How often the node compares the stream's last sequence with what it
+/// applied (and, while unhealthy, whether the stream answers at all).
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a commit JetStream acknowledged may stay unconsumed before the
+/// node takes its consumer for lost and recreates it. The client library's
+/// ordered consumer notices a lost consumer only after two missed 15 s
+/// heartbeats: measured 20-30 s of failed writes after a quorum came back.
+const STALL_AFTER: Duration = Duration::from_secs(1);
 
 /// An admitted write on its way to the stream.
 struct Proposal {
@@ -70,6 +76,9 @@ struct Shared {
     own: Mutex<HashMap<String, (ClientId, i64)>>,
     /// The last stream sequence this node's engine applied.
     applied: watch::Sender<Seq>,
+    /// Told when the stream has commits the consumer has not delivered
+    /// within [`STALL_AFTER`]: the consumer recreates itself.
+    stalled: tokio::sync::Notify,
     hub: Arc<Hub>,
     health: Arc<StorageHealth>,
     /// Set when the consumer stopped for good: the node stays not ready.
@@ -132,16 +141,9 @@ pub async fn open(
     let start = first
         .max(head.saturating_sub(history.saturating_sub(1)))
         .max(1);
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            },
-            ..Default::default()
-        })
+    let mut messages = open_consumer(&stream, start)
         .await
-        .context("creating the stream consumer")?;
-    let mut messages = consumer.messages().await.context("reading the stream")?;
+        .map_err(|e| anyhow::anyhow!("creating the stream consumer: {e}"))?;
     let recent = read_history(&mut messages, head, o.timeout).await?;
     tracing::info!(
         storage = "nats",
@@ -164,6 +166,7 @@ pub async fn open(
     let shared = Arc::new(Shared {
         own: Mutex::new(HashMap::new()),
         applied: watch::Sender::new(head),
+        stalled: tokio::sync::Notify::new(),
         hub: hub.clone(),
         health: health.clone(),
         broken: Default::default(),
@@ -193,6 +196,22 @@ fn spawn_until(
     tokio::spawn(async move {
         stop.run_until_cancelled(task).await;
     })
+}
+
+/// An ordered consumer of the whole stream from `start`.
+async fn open_consumer(
+    stream: &jetstream::stream::Stream,
+    start: Seq,
+) -> Result<consumer::pull::Ordered, async_nats::Error> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
 }
 
 /// Reads the stream from the consumer's start up to `head`: the history a
@@ -242,10 +261,28 @@ fn decode(m: &jetstream::Message, previous: Micros) -> Option<Entry> {
     ))
 }
 
-/// Applies every commit of the stream, in order, to this node's engine.
+/// Applies every commit of the stream, in order, to this node's engine;
+/// recreates the consumer from the next seq when it stalls.
 async fn consume_loop(shared: Arc<Shared>, mut messages: consumer::pull::Ordered, last: Micros) {
     let mut previous = last;
-    while let Some(m) = messages.next().await {
+    loop {
+        let m = tokio::select! {
+            m = messages.next() => m,
+            _ = shared.stalled.notified() => {
+                let next = *shared.applied.borrow() + 1;
+                tracing::warn!(next, "the stream consumer stalled: recreating it");
+                match open_consumer(&shared.stream, next).await {
+                    Ok(fresh) => messages = fresh,
+                    Err(e) => tracing::warn!(error = %e, "recreating the stream consumer"),
+                }
+                continue;
+            }
+        };
+        let Some(m) = m else {
+            tracing::warn!("the stream consumer ended: recreating it");
+            shared.stalled.notify_one();
+            continue;
+        };
         let m = match m {
             Ok(m) => m,
             Err(e) => {
@@ -259,27 +296,34 @@ async fn consume_loop(shared: Arc<Shared>, mut messages: consumer::pull::Ordered
             continue;
         };
         previous = entry.commit_time;
-        let seq = entry.seq;
-        let own = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .and_then(|id| lock(&shared.own).remove(id.as_str()));
-        match shared.hub.reconfigure(|e| e.apply_committed(entry, own)) {
-            Ok(_) => {
-                shared.applied.send_replace(seq);
-            }
-            Err(e) => {
-                shared
-                    .broken
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-                shared.health.record_error(&e.to_string());
-                tracing::error!(error = %e, "cannot apply the stream: restart this node");
-                return;
-            }
+        if !apply(&shared, &m, entry) {
+            return;
         }
     }
-    tracing::warn!("the stream consumer ended");
+}
+
+/// Applies one commit; false if the node cannot go on.
+fn apply(shared: &Shared, m: &jetstream::Message, entry: Entry) -> bool {
+    let seq = entry.seq;
+    let own = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .and_then(|id| lock(&shared.own).remove(id.as_str()));
+    match shared.hub.reconfigure(|e| e.apply_committed(entry, own)) {
+        Ok(_) => {
+            shared.applied.send_replace(seq);
+            true
+        }
+        Err(e) => {
+            shared
+                .broken
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            shared.health.record_error(&e.to_string());
+            tracing::error!(error = %e, "cannot apply the stream: restart this node");
+            false
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -349,6 +393,13 @@ async fn commit(
             .await;
     };
     let mut applied = shared.applied.subscribe();
+    let soon = tokio::time::Instant::now() + STALL_AFTER;
+    if tokio::time::timeout_at(soon.min(deadline), applied.wait_for(|&a| a >= seq))
+        .await
+        .is_err()
+    {
+        shared.stalled.notify_one();
+    }
     tokio::time::timeout_at(deadline, applied.wait_for(|&a| a >= seq))
         .await
         .map_err(|_| format!("seq {seq} was stored but not consumed in time"))?
@@ -410,17 +461,41 @@ fn finish(
     }
 }
 
-/// While unhealthy, asks the stream for its info: once that works (a
-/// leader answers), the node is ready again.
+/// Compares the stream's last sequence with what this node applied: a
+/// consumer that has not moved while the stream is ahead is recreated (a
+/// node with only readers publishes nothing that would notice). While
+/// unhealthy, the node is ready again once the stream answers and the
+/// consumer has caught up with it.
 async fn probe_loop(shared: Arc<Shared>) {
     let mut stream = shared.stream.clone();
+    let mut behind_at: Option<Seq> = None;
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
-        if shared.health.is_healthy() || shared.broken.load(std::sync::atomic::Ordering::SeqCst) {
+        if shared.broken.load(std::sync::atomic::Ordering::SeqCst) {
             continue;
         }
-        if stream.info().await.is_ok() && shared.health.record_healthy() {
-            tracing::info!("the stream answers again: ready");
+        let last = match stream.info().await {
+            Ok(info) => info.state.last_sequence,
+            Err(e) => {
+                if !shared.health.is_healthy() {
+                    tracing::debug!(error = %e, "the stream does not answer yet");
+                }
+                continue;
+            }
+        };
+        let applied = *shared.applied.borrow();
+        if applied >= last {
+            behind_at = None;
+            if shared.health.record_healthy() {
+                tracing::info!(
+                    applied,
+                    "the stream answers and this node is caught up: ready"
+                );
+            }
+        } else if behind_at == Some(applied) {
+            shared.stalled.notify_one();
+        } else {
+            behind_at = Some(applied);
         }
     }
 }

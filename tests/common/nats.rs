@@ -34,11 +34,27 @@ pub struct NatsCluster {
     dir: tempfile::TempDir,
 }
 
+/// A free loopback port below the ephemeral range (32768 and up on Linux):
+/// a port from `bind(:0)` that is released again can be taken by any
+/// outgoing connection's local end (the servers' own route connections
+/// did, and a server then failed to listen). Ports are handed out once per
+/// test process, from a base that differs per process.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 1000) as u16 * 12,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "no free loopback port below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl NatsCluster {
@@ -117,9 +133,10 @@ impl NatsCluster {
     }
 
     /// Waits until JetStream answers an account query through any server:
-    /// only a cluster with an elected meta leader does.
-    pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// only a cluster with an elected meta leader does. Up to 60 s: a whole
+    /// cluster restarted on a busy 2-core machine has taken over 30 s.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
         let client = loop {
             match async_nats::connect(self.urls.as_slice()).await {
                 Ok(c) => break c,
@@ -135,6 +152,7 @@ impl NatsCluster {
         };
         let js = async_nats::jetstream::new(client);
         loop {
+            self.assert_running();
             match js.query_account().await {
                 Ok(_) => return,
                 Err(e) if Instant::now() < deadline => {
@@ -142,8 +160,8 @@ impl NatsCluster {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!(
-                    "JetStream did not elect a meta leader in 30 s: {e}; logs in {}",
-                    self.log_dir()
+                    "JetStream did not elect a meta leader in 60 s: {e}; last log lines:\n{}",
+                    self.log_tail()
                 ),
             }
         }
@@ -158,8 +176,37 @@ impl NatsCluster {
         async_nats::jetstream::new(client)
     }
 
+    /// Panics with the logs if a started server has exited.
+    fn assert_running(&mut self) {
+        for i in 0..self.nodes.len() {
+            let exited = self.nodes[i]
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            assert!(
+                !exited,
+                "nats-server n{i} exited; last log lines:\n{}",
+                self.log_tail()
+            );
+        }
+    }
+
     fn log_dir(&self) -> String {
         self.dir.path().display().to_string()
+    }
+
+    /// The last lines of every server's log, for a failure message.
+    fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.nodes.len() {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("n{i}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(&format!("n{i}: {l}\n"));
+            }
+        }
+        out
     }
 
     /// SIGKILLs server `i`.
