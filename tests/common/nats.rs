@@ -231,3 +231,22 @@ impl Drop for NatsCluster {
         }
     }
 }
+
+/// NATS options for a server of the protocol suite run on NATS storage: the
+/// servers in `DYCONIT_TEST_NATS_URL`, and a stream no other server of the
+/// run uses, so tests running in parallel do not see each other's messages.
+pub fn test_options() -> dyconit_chat::log::nats::NatsOptions {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SERIAL: AtomicU64 = AtomicU64::new(0);
+    let urls = std::env::var("DYCONIT_TEST_NATS_URL")
+        .expect("DYCONIT_TEST_STORAGE=nats needs DYCONIT_TEST_NATS_URL (nats://host:port,...)");
+    let n = SERIAL.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    dyconit_chat::log::nats::NatsOptions {
+        urls: urls.split(',').map(str::to_owned).collect(),
+        stream: format!("T{}_{nanos}_{n}", std::process::id()),
+        ..Default::default()
+    }
+}
