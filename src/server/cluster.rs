@@ -115,17 +115,7 @@ pub async fn open(
     metrics: &Metrics,
 ) -> anyhow::Result<(Arc<Hub>, Tasks)> {
     let o = &config.nats;
-    let events = health.clone();
-    let node = o.node_name.clone();
-    let client = nats::connect(o, move |e| match e {
-        async_nats::Event::Disconnected => {
-            events.record_error("disconnected from NATS");
-            tracing::warn!(node = %node, "disconnected from NATS: not ready until a commit goes through");
-        }
-        async_nats::Event::Connected => tracing::info!(node = %node, "connected to NATS"),
-        other => tracing::info!(node = %node, event = %other, "NATS connection event"),
-    })
-    .await?;
+    let client = connect(o, health).await?;
     let admin_js = jetstream::ContextBuilder::new()
         .timeout(o.timeout)
         .build(client.clone());
@@ -196,6 +186,25 @@ fn spawn_until(
     tokio::spawn(async move {
         stop.run_until_cancelled(task).await;
     })
+}
+
+/// Connects to NATS; a lost connection makes the node not ready.
+async fn connect(
+    o: &nats::NatsOptions,
+    health: &Arc<StorageHealth>,
+) -> anyhow::Result<async_nats::Client> {
+    let events = health.clone();
+    let node = o.node_name.clone();
+    let client = nats::connect(o, move |e| match e {
+        async_nats::Event::Disconnected => {
+            events.record_error("disconnected from NATS");
+            tracing::warn!(node = %node, "disconnected from NATS: not ready until the stream answers again");
+        }
+        async_nats::Event::Connected => tracing::info!(node = %node, "connected to NATS"),
+        other => tracing::info!(node = %node, event = %other, "NATS connection event"),
+    })
+    .await?;
+    Ok(client)
 }
 
 /// An ordered consumer of the whole stream from `start`.
