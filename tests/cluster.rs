@@ -435,3 +435,37 @@ async fn without_a_quorum_writes_fail_in_time_and_the_node_is_not_ready() {
         back.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_node_starts_on_a_stream_emptied_by_retention_and_the_sequence_goes_on() {
+    let cluster = NatsCluster::start(3).await;
+    let a = node(&cluster, "a", &[]);
+    let w = ChatClient::connect(&a.url, None).await.unwrap();
+    for k in 0..3 {
+        assert_eq!(
+            w.send("", &format!("old{k}")).await.unwrap().status,
+            StatusCode::Ok
+        );
+    }
+    a.stop(Duration::from_secs(5)).unwrap();
+    // Everything removed (as retention by age would): the stream is empty
+    // but its sequence stays at 3.
+    let js = cluster.jetstream().await;
+    let mut stream = js.get_stream("CHAT").await.unwrap();
+    stream.purge().await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    let b = node(&cluster, "b", &[]);
+    let c = ChatClient::connect(&b.url, None).await.unwrap();
+    let mut sub = c.subscribe().await.unwrap();
+    assert!(
+        common::first_update(&mut sub)
+            .await
+            .update
+            .message
+            .is_empty()
+    );
+    assert_eq!(c.send("", "new").await.unwrap().status, StatusCode::Ok);
+    assert_eq!(read(&mut sub, 1).await[0].2, "new");
+    assert_eq!(stream.info().await.unwrap().state.last_sequence, 4);
+}

@@ -134,7 +134,12 @@ pub async fn open(
     let mut messages = open_consumer(&stream, start)
         .await
         .map_err(|e| anyhow::anyhow!("creating the stream consumer: {e}"))?;
-    let recent = read_history(&mut messages, head, o.timeout).await?;
+    // Nothing to read if retention or a purge removed everything up to head.
+    let recent = if start <= head {
+        read_history(&mut messages, head, o.timeout).await?
+    } else {
+        Vec::new()
+    };
     tracing::info!(
         storage = "nats",
         stream = %o.stream,
