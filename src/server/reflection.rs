@@ -17,8 +17,7 @@ fn builder() -> Builder<'static> {
 }
 
 /// The v1 reflection service.
-pub(crate) fn v1()
--> anyhow::Result<v1::ServerReflectionServer<impl v1::ServerReflection>> {
+pub(crate) fn v1() -> anyhow::Result<v1::ServerReflectionServer<impl v1::ServerReflection>> {
     Ok(builder().build_v1()?)
 }
 
