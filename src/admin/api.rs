@@ -226,6 +226,11 @@ fn histogram_json(h: &prometheus::Histogram) -> Value {
 }
 
 pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
+    Json(stats_json(&s))
+}
+
+/// The body of `/api/v1/stats` (also the dashboard's history samples).
+pub(super) fn stats_json(s: &AdminState) -> Value {
     let snap = s.hub.refresh_gauges();
     let m = &s.metrics;
     let by = |v: &prometheus::IntCounterVec, labels: &[&str]| -> Map<String, Value> {
@@ -234,7 +239,7 @@ pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
             .map(|l| (l.to_string(), json!(v.with_label_values(&[l]).get())))
             .collect()
     };
-    Json(json!({
+    json!({
         "clients_connected": snap.clients_connected,
         "clients_active": snap.clients_active,
         "head": snap.head,
@@ -256,7 +261,7 @@ pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
         "uptime_seconds": s.started.elapsed().as_secs_f64(),
         "ready": s.ready.get(),
         "draining": snap.draining,
-    }))
+    })
 }
 
 pub async fn get_log_level(State(s): State<AdminState>) -> Json<Value> {
