@@ -179,6 +179,13 @@ fn bad_flags_are_refused_with_a_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--size must be at least 16"));
+    let long = "t".repeat(130);
+    let out = Command::new(EXE)
+        .args(["bench", "--spawn-server", "--thread-prefix", &long])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--thread-prefix is too long"));
     let out = Command::new(EXE).args(["bench"]).output().unwrap();
     assert_eq!(
         out.status.code(),

@@ -3,8 +3,11 @@
 //! charts are full as soon as it opens (and after a reload) instead of
 //! starting empty and filling over two minutes.
 //!
-//! Samples are kept as compact JSON text, about 1.5 KB each with both
-//! histograms: 600 of them are under 1 MB, whatever the number of clients.
+//! Samples are kept as compact JSON text, about 1.1 KB each with both
+//! histograms (1,087 bytes measured on an idle server): 600 of them are under
+//! 1 MB, whatever the number of clients. Taking one costs what one
+//! `/api/v1/stats` call costs (a pass over the clients), which an open
+//! dashboard used to make every second anyway.
 
 use super::AdminState;
 use axum::extract::{Query, State};

@@ -222,6 +222,13 @@ impl BenchArgs {
         if self.size < wire::ID_CHARS {
             bail!("--size must be at least {} bytes", wire::ID_CHARS);
         }
+        let longest = self.thread_prefix.len() + (self.threads.max(1) - 1).to_string().len();
+        if longest > crate::consistency::bounds::MAX_THREAD_ID_BYTES {
+            bail!(
+                "--thread-prefix is too long: thread ids would be {longest} bytes, and the server refuses more than {}",
+                crate::consistency::bounds::MAX_THREAD_ID_BYTES
+            );
+        }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
