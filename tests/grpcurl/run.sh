@@ -64,7 +64,10 @@ wait_for() {
 
 fail() { echo "FAILED: $*" >&2; exit 1; }
 
-start_server --ack-timeout 1h
+# A generous staleness: the message's timestamp is taken by `date` before
+# grpcurl starts and looks the service up by reflection, which on a loaded
+# machine can take longer than the default 500 ms.
+start_server --ack-timeout 1h --staleness 5s
 services="$("$grpcurl" -plaintext "$addr" list)"
 echo "$services"
 for s in ChatServer grpc.health.v1.Health; do
