@@ -230,8 +230,16 @@ async fn a_server_with_other_clients_is_warned_about_and_bench_threads_are_its_o
     let _ = std::fs::remove_file(&json);
     assert_eq!(r["server_counters"]["other_clients_at_start"], 1, "{r}");
     // The user got the bench's messages on the bench's thread, not the main room.
+    assert!(n(&r, &["accepted"]) > 0, "nothing accepted: {r}");
+    // Heartbeats may come first; the deadline only bounds a failure.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let got = loop {
-        let u = updates.next().await.unwrap().unwrap();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let u = updates
+            .next_within(left)
+            .await
+            .expect("the bench's messages reached the user")
+            .unwrap();
         if !u.update.message.is_empty() {
             break u;
         }
