@@ -67,8 +67,8 @@ Examples:
   dyconit-chat bench --server http://127.0.0.1:50051 \
       --server-pid $(pgrep -o -f 'dyconit-chat serve')
 
-Messages go to threads bench-0, bench-1, ... (--thread-prefix), never to the
-main room, so chat users can tell them apart; on a durable server they stay
+Messages go to threads bench-0, bench-1, ... (--thread-prefix; an empty
+prefix with one thread is the main room), so chat users can tell them apart; on a durable server they stay
 in its history. The bench warns when the server already has other clients:
 they receive every bench message, and their traffic is in the figures.
 
@@ -82,8 +82,8 @@ when the server is a child (--spawn-server) or given by --server-pid.
 Rates are over the send window (after ramp-up, --duration long).
 
 --check exits 1 unless every client received every accepted message exactly
-once (counted and checksummed by id), no client lost its stream, and no RPC
-failed.
+once (counted and checksummed by id), no client lost its stream, no RPC
+failed, and the server counted no bound violation.
 
 The server's own counters for the run are read from its admin port
 (/metrics; --admin, by default the --server host on port 9090): bound
