@@ -19,6 +19,8 @@
 
 pub mod conn;
 pub mod histogram;
+pub mod record;
+pub mod record_run;
 pub mod report;
 pub mod server;
 pub mod wire;
@@ -133,6 +135,14 @@ pub struct BenchArgs {
     /// Exit 1 unless every accepted message reached every client exactly once
     #[arg(long)]
     pub check: bool,
+    /// Record every send, status, Update and acknowledgement to FILE (a
+    /// compact binary stream) for `dyconit-chat check FILE`
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
+    /// With --server: its admin URL (http://HOST:PORT), so the recording
+    /// holds its bounds and their change log (a spawned server's is known)
+    #[arg(long, value_name = "URL", requires = "server")]
+    pub admin_url: Option<String>,
     /// Print no progress line
     #[arg(long)]
     pub quiet: bool,
@@ -263,6 +273,8 @@ struct Stats {
     send_latency: Histogram,
     /// The first error seen, for the report.
     first_error: std::sync::Mutex<Option<String>>,
+    /// `--record`: where every event goes.
+    recording: Option<record_run::RunRecording>,
 }
 
 /// Shards of the latency histogram.
@@ -285,6 +297,7 @@ impl Default for Stats {
             latency: (0..LATENCY_SHARDS).map(|_| Histogram::default()).collect(),
             send_latency: Histogram::default(),
             first_error: std::sync::Mutex::new(None),
+            recording: None,
         }
     }
 }
@@ -343,6 +356,9 @@ async fn run_client(
             .map(|c| c.id)
             .context("ServerInfo without client")?;
         slot.id.store(id, Ordering::Relaxed);
+        if let Some(r) = &stats.recording {
+            r.connected(index);
+        }
         // A server with a high numerical bound may batch megabytes into one
         // Update; the bench must not be the limit.
         let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 30);
@@ -360,19 +376,33 @@ async fn run_client(
         let mut ack: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send>>> = None;
         let start_ack = |count: i64| {
             let mut rpc = rpc.clone();
+            let stats = stats.clone();
+            if let Some(r) = &stats.recording {
+                r.ack_sent(index, count);
+            }
             Box::pin(async move {
-                rpc.acknowlegde(Acknowledgement {
-                    client: Some(Client { id }),
-                    num_updates_received: count,
-                    num_messages_sent: 0,
-                })
-                .await
-                .is_ok()
+                let reply = rpc
+                    .acknowlegde(Acknowledgement {
+                        client: Some(Client { id }),
+                        num_updates_received: count,
+                        num_messages_sent: 0,
+                    })
+                    .await;
+                if let Some(r) = &stats.recording {
+                    let at = reply.as_ref().ok().map(|t| t.get_ref().timestamp);
+                    r.ack_reply(index, count, at);
+                }
+                reply.is_ok()
             }) as std::pin::Pin<Box<dyn Future<Output = bool> + Send>>
         };
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => {
+                    if let Some(r) = &stats.recording {
+                        r.end(index, None);
+                    }
+                    return Ok(());
+                }
                 ok = async { ack.as_mut().expect("guarded").await }, if ack.is_some() => {
                     ack = None;
                     if ok {
@@ -390,6 +420,9 @@ async fn run_client(
                         bail!("the server ended the stream");
                     };
                     let now = local_micros();
+                    if let Some(r) = &stats.recording {
+                        r.update(index, now, &update);
+                    }
                     received += 1;
                     slot.updates.store(received, Ordering::Relaxed);
                     if received == 1 {
@@ -436,6 +469,9 @@ async fn run_client(
     {
         stats.lost.fetch_add(1, Ordering::Relaxed);
         stats.error(format!("client {index}: {e:#}"));
+        if let Some(r) = &stats.recording {
+            r.end(index, Some(format!("{e:#}")));
+        }
     }
 }
 
@@ -451,6 +487,9 @@ async fn connect_only(index: usize, channel: Connection, slot: Arc<Slot>, stats:
             let id = info.into_inner().client.map_or(0, |c| c.id);
             slot.id.store(id, Ordering::Relaxed);
             slot.state.store(READY, Ordering::Relaxed);
+            if let Some(r) = &stats.recording {
+                r.connected(index);
+            }
         }
         Err(e) => {
             slot.state.store(FAILED, Ordering::Relaxed);
@@ -465,6 +504,9 @@ fn record_status(stats: &Stats, status: &MessageStatus, id: u64, due: Instant) {
     stats
         .send_latency
         .record(due.elapsed().as_micros().min(u64::MAX as u128) as u64);
+    if let Some(r) = &stats.recording {
+        r.status(id, status);
+    }
     let code = status.status_code.clamp(0, 5) as usize;
     stats.statuses[code].fetch_add(1, Ordering::Relaxed);
     if code == StatusCode::Ok as usize {
@@ -530,6 +572,9 @@ async fn dispatch(
             })
         })
         .collect();
+    // Ids start at a random base, so runs against one server (and the
+    // recordings of several bench processes) never share an id.
+    let id_base = u64::from(rand::random::<u32>()) << 32;
     let mut tasks = Vec::new();
     let mut streams: Vec<Option<StreamWriter>> = Vec::new();
     if args.mode == SendMode::Stream {
@@ -592,12 +637,15 @@ async fn dispatch(
             let w = first_writer + (k % writers as u64) as usize;
             let thread = &threads[(mix(k ^ 0x5eed) % args.threads as u64) as usize];
             let slot = &slots[w];
-            let id = k;
+            let id = id_base.wrapping_add(k);
             k += 1;
             if slot.state.load(Ordering::Relaxed) != READY {
                 continue; // a lost client does not send
             }
             let m = message(slot, thread, id, args.size);
+            if let Some(r) = &stats.recording {
+                r.send(w, &m, id, args.mode == SendMode::Stream);
+            }
             stats.dispatched.fetch_add(1, Ordering::Relaxed);
             match args.mode {
                 SendMode::Unary => {
@@ -801,7 +849,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     }
     let baseline = server_pid.and_then(crate::sys::proc_stats);
 
-    let stats = Arc::new(Stats::default());
+    let admin_url = (spawned.as_ref())
+        .and_then(|s| s.admin_url.clone())
+        .or_else(|| args.admin_url.clone());
+    let recording = match &args.record {
+        Some(path) => {
+            Some(record_run::RunRecording::start(path, &args, &url, admin_url.as_deref()).await?)
+        }
+        None => None,
+    };
+    let stats = Arc::new(Stats {
+        recording,
+        ..Stats::default()
+    });
     let send_only = if args.send_only_writers {
         args.writers
     } else {
@@ -907,6 +967,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     stop_clients.cancel();
     for t in client_tasks {
         let _ = t.await;
+    }
+    if let Some(r) = &stats.recording {
+        record_run::finish(r, &args, admin_url.as_deref()).await?;
     }
     drop(channels);
     let exit = match spawned {
