@@ -73,9 +73,18 @@ pub struct CheckArgs {
 
 /// What `check` concluded.
 #[derive(Debug)]
-pub enum Outcome {
-    Passed,
-    Failed,
+pub struct Checked {
+    /// Broken promises by kind ([`violation::Violation::kind`]); empty if
+    /// every promise held.
+    pub failures: std::collections::BTreeMap<&'static str, u64>,
+    /// The report: figures, and the counterexamples of a failure.
+    pub report: String,
+}
+
+impl Checked {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
 }
 
 fn meta<'a>(metas: &'a [Value], kind: &str) -> Option<&'a Value> {
@@ -84,9 +93,8 @@ fn meta<'a>(metas: &'a [Value], kind: &str) -> Option<&'a Value> {
         .find(|m| m.get("kind").and_then(Value::as_str) == Some(kind))
 }
 
-/// Checks the recordings and prints the report. `Err` if they could not be
-/// read.
-pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
+/// Checks the recordings. `Err` if they could not be read.
+pub fn run(args: &CheckArgs) -> anyhow::Result<Checked> {
     let started = Instant::now();
     let read_err = |(p, e): (PathBuf, _)| anyhow::anyhow!("{}: {e}", p.display());
     let cat = catalog::build(&args.files).map_err(read_err)?;
@@ -110,19 +118,23 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
         found.add(x.clone());
     }
     let report = report(&cat, &timeline, &found, args, started.elapsed());
-    print!("{report}");
-    Ok(if found.counts.is_empty() {
-        Outcome::Passed
-    } else {
-        Outcome::Failed
+    Ok(Checked {
+        failures: found.counts,
+        report,
     })
 }
 
 /// Runs `check` for the command line: exit status 0, 1 or 2.
 pub fn main(args: CheckArgs) -> std::process::ExitCode {
     match run(&args).context("check") {
-        Ok(Outcome::Passed) => std::process::ExitCode::SUCCESS,
-        Ok(Outcome::Failed) => std::process::ExitCode::from(1),
+        Ok(c) => {
+            print!("{}", c.report);
+            if c.passed() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            }
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)

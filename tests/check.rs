@@ -1,0 +1,335 @@
+//! `bench --record` and `dyconit-chat check` end to end: real recorded runs
+//! against a spawned server (memory and durable storage) pass the checker,
+//! and each of those recordings with one fault injected (a lost delivery, a
+//! swapped pair, a late delivery, a write over its order or numerical bound,
+//! a retry committed twice, a missed heartbeat) fails it with that fault
+//! named.
+
+use dyconit_chat::bench::record::{self, Event};
+use dyconit_chat::check::{self, CheckArgs};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const EXE: &str = env!("CARGO_BIN_EXE_dyconit-chat");
+
+/// Time allowed over the staleness bound: generous, as CI machines run the
+/// debug build beside other jobs (figures seen there: up to 100 ms from an
+/// Update being built to its receipt).
+const ALLOWANCE: &str = "500ms";
+
+/// Runs a recorded bench; returns the recording.
+fn recorded_run(name: &str, args: &[&str]) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("dyconit-check-{}-{name}.rec", std::process::id()));
+    let out = Command::new(EXE)
+        .args(["bench", "--spawn-server", "--quiet", "--check", "--record"])
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("running bench");
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// 30 clients of which 10 write (unary), 4 threads, memory storage, a lease
+/// of 1 s so heartbeats matter, numerical bound 64 so it can be reached.
+fn memory_run() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        recorded_run(
+            "memory",
+            &[
+                "--clients",
+                "30",
+                "--writers",
+                "10",
+                "--rate",
+                "300",
+                "--threads",
+                "4",
+                "--size",
+                "64",
+                "--duration",
+                "3s",
+                "--ramp-up",
+                "300ms",
+                "--staleness",
+                "200ms",
+                "--numerical",
+                "64",
+                "--lease",
+                "1s",
+                "--storage",
+                "memory",
+            ],
+        )
+    })
+}
+
+fn check_cli(path: &Path) -> (Option<i32>, String) {
+    let out = Command::new(EXE)
+        .args(["check", "--allowance", ALLOWANCE])
+        .arg(path)
+        .output()
+        .expect("running check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn check(path: &Path) -> check::Checked {
+    check::run(&CheckArgs {
+        files: vec![path.to_owned()],
+        allowance: Duration::from_millis(500),
+    })
+    .expect("the recording reads")
+}
+
+#[test]
+fn a_recorded_run_on_memory_storage_passes() {
+    let (code, report) = check_cli(memory_run());
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("PASSED: every promise held"), "{report}");
+    assert!(
+        report.contains("30 of 30 active clients complete"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_recorded_run_on_durable_storage_with_streams_passes() {
+    let path = recorded_run(
+        "durable",
+        &[
+            "--clients",
+            "20",
+            "--writers",
+            "5",
+            "--mode",
+            "stream",
+            "--rate",
+            "200",
+            "--threads",
+            "3",
+            "--duration",
+            "2s",
+            "--ramp-up",
+            "300ms",
+            "--staleness",
+            "200ms",
+            "--storage",
+            "durable",
+        ],
+    );
+    let (code, report) = check_cli(&path);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("20 of 20 active clients complete"),
+        "{report}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+/// Applies `mutate` to the memory run's events and checks the result.
+fn mutated(name: &str, mutate: impl FnOnce(&mut Vec<Event>)) -> check::Checked {
+    let mut events = record::read_all(memory_run()).expect("read the recording");
+    mutate(&mut events);
+    let path =
+        std::env::temp_dir().join(format!("dyconit-check-{}-{name}.rec", std::process::id()));
+    record::write_all(&path, &events).expect("write the mutated recording");
+    let c = check(&path);
+    let _ = std::fs::remove_file(path);
+    c
+}
+
+fn assert_found(c: &check::Checked, kind: &str) {
+    assert!(
+        c.failures.contains_key(kind),
+        "expected {kind:?}, found {:?}\n{}",
+        c.failures,
+        c.report
+    );
+    assert!(c.report.contains("Counterexamples"), "{}", c.report);
+}
+
+/// The local time of the first Send: the run's send window starts there.
+fn first_send(events: &[Event]) -> i64 {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Send { time, .. } => Some(*time),
+            _ => None,
+        })
+        .expect("a send")
+}
+
+/// Index of `client`'s first Update received after `after` with at least
+/// `min` messages.
+fn update_of(events: &[Event], client: u32, after: i64, min: usize) -> usize {
+    events
+        .iter()
+        .position(|e| {
+            matches!(e, Event::Update { client: c, time, messages, .. }
+                if *c == client && *time > after && messages.len() >= min)
+        })
+        .expect("such an Update")
+}
+
+#[test]
+fn a_lost_delivery_is_found() {
+    let c = mutated("lost", |ev| {
+        let i = update_of(ev, 14, first_send(ev) + 500_000, 1);
+        if let Event::Update { messages, .. } = &mut ev[i] {
+            messages.remove(0);
+        }
+    });
+    assert_found(&c, "lost delivery");
+}
+
+#[test]
+fn a_swapped_pair_is_found() {
+    let c = mutated("swapped", |ev| {
+        let i = update_of(ev, 13, first_send(ev) + 500_000, 2);
+        if let Event::Update { messages, .. } = &mut ev[i] {
+            messages.swap(0, 1);
+        }
+    });
+    assert_found(&c, "two clients saw different orders");
+}
+
+#[test]
+fn a_late_delivery_is_found() {
+    let c = mutated("late", |ev| {
+        let i = update_of(ev, 12, first_send(ev) + 500_000, 1);
+        if let Event::Update { time, .. } = &mut ev[i] {
+            *time += 2_000_000;
+        }
+    });
+    assert_found(&c, "late delivery");
+}
+
+/// Removes `client`'s acknowledgements (and those inside its messages): as
+/// if it had never processed anything after its first Update.
+fn withhold_acks(ev: &mut Vec<Event>, client: u32) {
+    ev.retain(|e| !matches!(e, Event::AckSent { client: c, .. } if *c == client));
+    for e in ev.iter_mut() {
+        if let Event::Send {
+            client: c, acked, ..
+        } = e
+            && *c == client
+        {
+            *acked = 1;
+        }
+    }
+}
+
+#[test]
+fn a_write_over_its_order_bound_is_found() {
+    // Writer 4 had seen nothing when it wrote: every write of it after the
+    // 32nd commit of its thread was over the order bound.
+    let c = mutated("order", |ev| withhold_acks(ev, 4));
+    assert_found(&c, "write admitted over its order bound");
+}
+
+#[test]
+fn a_write_at_its_numerical_bound_is_found() {
+    // Reader 20 (it never writes) acknowledged nothing: once 64 commits of a
+    // thread were unacknowledged, no write there should have been admitted.
+    let c = mutated("numerical", |ev| withhold_acks(ev, 20));
+    assert_found(&c, "write admitted at its numerical bound");
+    assert!(
+        !c.failures
+            .contains_key("write admitted over its order bound")
+    );
+}
+
+#[test]
+fn a_retry_committed_twice_is_found() {
+    let c = mutated("retry", |ev| {
+        let after = first_send(ev) + 500_000;
+        let (i, send) = ev
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| match e {
+                Event::Send {
+                    client: 3, time, ..
+                } if *time > after => Some((i, e.clone())),
+                _ => None,
+            })
+            .expect("a send of writer 3");
+        let Event::Send { id, .. } = send else {
+            unreachable!()
+        };
+        let j = i + ev[i..]
+            .iter()
+            .position(|e| matches!(e, Event::Status { id: s, code: 0, .. } if *s == id))
+            .expect("its OK");
+        let Event::Status {
+            server_time, time, ..
+        } = ev[j]
+        else {
+            unreachable!()
+        };
+        // The retry: the same message again, OK'd with a commit of its own.
+        let mut retry = send.clone();
+        if let Event::Send { time: t, .. } = &mut retry {
+            *t = time + 1;
+        }
+        let again = Event::Status {
+            id,
+            code: 0,
+            server_time: server_time + 7_000,
+            time: time + 2,
+        };
+        ev.insert(j + 1, retry);
+        ev.insert(j + 2, again);
+    });
+    assert_found(&c, "retry committed twice");
+}
+
+#[test]
+fn a_missed_heartbeat_is_found() {
+    // Client 15 received nothing for 2 s with a lease of 1 s.
+    let c = mutated("heartbeat", |ev| {
+        let from = first_send(ev) + 500_000;
+        ev.retain(|e| {
+            !matches!(e, Event::Update { client: 15, time, .. }
+                if *time > from && *time < from + 2_000_000)
+        });
+    });
+    assert_found(&c, "Update after the previous expirationTime");
+}
+
+#[test]
+fn the_cli_exits_1_with_a_counterexample() {
+    let mut events = record::read_all(memory_run()).unwrap();
+    let i = update_of(&events, 16, first_send(&events) + 500_000, 1);
+    if let Event::Update { messages, .. } = &mut events[i] {
+        let m = messages[0];
+        messages.push(m);
+    }
+    let path = std::env::temp_dir().join(format!("dyconit-check-{}-dup.rec", std::process::id()));
+    record::write_all(&path, &events).unwrap();
+    let (code, report) = check_cli(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("FAILED: duplicate delivery: 1"), "{report}");
+    assert!(
+        report.contains("received again in client 16's Update"),
+        "{report}"
+    );
+    // An unreadable file is exit 2 with the reason.
+    std::fs::write(&path, b"not a recording").unwrap();
+    let (code, _) = check_cli(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, Some(2));
+}
