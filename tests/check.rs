@@ -333,3 +333,115 @@ fn the_cli_exits_1_with_a_counterexample() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(code, Some(2));
 }
+
+/// Writes a synthetic correct run of `clients` × `messages` deliveries:
+/// messages 100 µs apart over 8 threads, flushed to every client in Updates
+/// of 50, each acknowledged.
+fn synthetic(path: &Path, clients: u32, messages: u64) {
+    use dyconit_chat::bench::record::{Delivery, EndKind, Recorder};
+    let rec = Recorder::create(path).unwrap();
+    let t0 = 1_795_000_000_000_000i64;
+    let bounds = serde_json::json!({"default": {"staleness_ms": 500.0, "numerical": 1_000_000, "order": 1_000_000}, "threads": [], "changes": []});
+    rec.push(&Event::Meta(
+        serde_json::json!({"kind": "start", "at": t0, "bounds": bounds}),
+    ));
+    for t in 0..8 {
+        rec.push(&Event::Thread {
+            index: t,
+            name: format!("t{t}"),
+        });
+    }
+    let base = 7u64 << 32;
+    for c in 0..clients {
+        rec.push(&Event::Connect {
+            client: c,
+            time: t0,
+        });
+        let empty = Event::Update {
+            client: c,
+            time: t0 + 1,
+            current_time: t0,
+            expiration: t0 + 10_000_000,
+            messages: vec![],
+        };
+        rec.push(&empty);
+    }
+    let batch = 50;
+    let mut updates = vec![1i64; clients as usize];
+    for start in (0..messages).step_by(batch) {
+        let end = (start + batch as u64).min(messages);
+        for k in start..end {
+            let time = t0 + 1000 + k as i64 * 100;
+            let client = (k % u64::from(clients)) as u32;
+            let id = base + k;
+            rec.push(&Event::Send {
+                client,
+                n: (k / u64::from(clients)) as i64 + 1,
+                thread: (k % 8) as u32,
+                id,
+                timestamp: time,
+                acked: updates[client as usize],
+                stream: 0,
+                time,
+            });
+            rec.push(&Event::Status {
+                id,
+                code: 0,
+                server_time: time + 10,
+                time: time + 20,
+            });
+        }
+        let flushed = t0 + 1000 + end as i64 * 100 + 1000;
+        for c in 0..clients {
+            let msgs = (start as usize..end as usize).map(|k| Delivery {
+                id: Some(base + k as u64),
+                server_time: t0 + 1000 + k as i64 * 100 + 10,
+            });
+            rec.update(c, flushed + 100, flushed, flushed + 10_000_000, msgs);
+            updates[c as usize] += 1;
+            rec.push(&Event::AckSent {
+                client: c,
+                count: updates[c as usize],
+                time: flushed + 200,
+            });
+        }
+    }
+    let last = t0 + 1000 + messages as i64 * 100 + 5000;
+    for c in 0..clients {
+        rec.push(&Event::End {
+            client: c,
+            time: last,
+            kind: EndKind::Stopped,
+            reason: String::new(),
+        });
+    }
+    rec.finish().unwrap();
+}
+
+/// The checker at scale: 1,000 clients × 10,000 messages = 10^7
+/// deliveries (`DYCONIT_CHECK_MESSAGES` changes the messages). Prints the
+/// file size and the time taken. Run with `--ignored --nocapture`.
+#[test]
+#[ignore = "a scale measurement, not a check (about a minute in a debug build)"]
+fn ten_million_deliveries() {
+    let messages = std::env::var("DYCONIT_CHECK_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scale.rec");
+    let t = std::time::Instant::now();
+    synthetic(&path, 1000, messages);
+    let written = t.elapsed();
+    let t = std::time::Instant::now();
+    let c = check(&path);
+    println!(
+        "{} deliveries: {:.1} MB recorded in {:.1} s, checked in {:.1} s\n{}",
+        1000 * messages,
+        std::fs::metadata(&path).unwrap().len() as f64 / 1e6,
+        written.as_secs_f64(),
+        t.elapsed().as_secs_f64(),
+        c.report
+    );
+    assert!(c.passed(), "{}", c.report);
+}

@@ -1,7 +1,8 @@
 //! `dyconit-chat bench`: a load generator that tells the truth about
 //! latency, throughput and cost.
 //!
-//! N streaming clients share a few HTTP/2 connections. After a ramp-up in
+//! N streaming clients, each on its own HTTP/2 connection as real users are
+//! (or multiplexed over a few, `--connections`). After a ramp-up in
 //! which they connect and open their streams, messages are sent on a fixed
 //! schedule (open loop: message k is due at `k / rate` seconds, whether or
 //! not earlier ones were answered), round-robin over the writers and spread
@@ -95,9 +96,13 @@ pub struct BenchArgs {
     /// Streaming clients
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub clients: usize,
-    /// HTTP/2 connections the clients share (0: one per 100 clients)
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub connections: usize,
+    /// Multiplex: the clients share N HTTP/2 connections (default: each
+    /// client has its own connection, as real users do)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections: Option<u64>,
+    /// Multiplex: K clients share each HTTP/2 connection
+    #[arg(long, value_name = "K", conflicts_with = "connections", value_parser = clap::value_parser!(u64).range(1..))]
+    pub clients_per_connection: Option<u64>,
     /// Aggregate send rate, messages per second (0: idle clients)
     #[arg(long, default_value_t = 100.0, value_name = "MSG_PER_S")]
     pub rate: f64,
@@ -195,6 +200,22 @@ impl BenchArgs {
         flag("ack-timeout", self.ack_timeout.clone());
         a.extend(self.server_arg.iter().cloned());
         a
+    }
+
+    /// HTTP/2 connections to open: one per client (send-only writers
+    /// included) unless multiplexing was asked for.
+    fn connection_count(&self) -> usize {
+        let send_only = if self.send_only_writers {
+            self.writers
+        } else {
+            0
+        };
+        let clients = self.clients + send_only;
+        match (self.connections, self.clients_per_connection) {
+            (Some(n), _) => (n as usize).min(clients),
+            (None, Some(k)) => clients.div_ceil(k as usize),
+            (None, None) => clients,
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -803,11 +824,14 @@ fn progress(
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     args.validate()?;
     let fd_limit = crate::sys::raise_fd_limit();
-    let needed = args.clients as u64 / 50 + 64;
+    let connections = args.connection_count();
+    let needed = connections as u64 + 64;
     if let Some(limit) = fd_limit
         && limit < needed
     {
-        eprintln!("warning: the open-file limit {limit} may be too low");
+        eprintln!(
+            "warning: the open-file limit {limit} is below the {needed} this run needs (one per connection); multiplex with --clients-per-connection"
+        );
     }
     // A durable spawned server gets a fresh data directory of its own.
     let data_dir =
@@ -834,11 +858,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         (None, None) => bail!("give --server URL or --spawn-server"),
     };
     let server_pid = spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
-    let connections = if args.connections == 0 {
-        args.clients.div_ceil(100).clamp(1, 256)
-    } else {
-        args.connections
-    };
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
         channels.push(

@@ -437,6 +437,7 @@ impl<'a> Verifier<'a> {
     /// message committed after its stream began that was due before its
     /// end, and its last lease did not run out before that end.
     pub fn finish(&mut self, last_time: i64) {
+        let due = self.due_times(last_time);
         for (i, info) in self.cat.clients.iter().enumerate() {
             let Some(first) = info.first_update else {
                 continue;
@@ -446,7 +447,7 @@ impl<'a> Verifier<'a> {
                 Some((EndKind::Stopped, t, _)) => *t,
                 None => last_time,
             };
-            self.check_complete(i as u32, first, end);
+            self.check_complete(i as u32, first, end, &due);
             let c = &mut self.clients[i];
             if let Some(prev) = c.prev_update.take()
                 && end > prev.expiration + self.allowance
@@ -462,27 +463,34 @@ impl<'a> Verifier<'a> {
         }
     }
 
-    fn check_complete(&mut self, client: u32, first_update: u64, end: i64) {
+    /// By rank: when the message must have reached every active client.
+    fn due_times(&self, last_time: i64) -> Vec<i64> {
+        let cat = self.cat;
+        (cat.order.iter())
+            .map(|&m| {
+                let msg = &cat.msgs[m as usize];
+                let commit = msg.commit_time().unwrap_or(i64::MAX);
+                let staleness = if self.bounds.known() {
+                    self.bounds
+                        .loosest(self.thread_name(msg.thread), commit, last_time)
+                        .staleness
+                } else {
+                    UNKNOWN_STALENESS
+                };
+                commit.saturating_add(staleness + self.allowance)
+            })
+            .collect()
+    }
+
+    fn check_complete(&mut self, client: u32, first_update: u64, end: i64, due: &[i64]) {
         let mut complete = true;
         for (r, &m) in self.cat.order.iter().enumerate() {
-            let msg = &self.cat.msgs[m as usize];
-            if msg.send_pos < first_update {
-                continue;
-            }
             let c = &self.clients[client as usize];
-            if c.bits[r / 64] & (1 << (r % 64)) != 0 {
-                continue;
+            if c.bits[r / 64] & (1 << (r % 64)) != 0 || due[r] > end {
+                continue; // delivered, or not yet due when the client ended
             }
-            let commit = msg.commit_time().unwrap_or(i64::MAX);
-            let staleness = if self.bounds.known() {
-                self.bounds
-                    .loosest(self.thread_name(msg.thread), commit, end)
-                    .staleness
-            } else {
-                UNKNOWN_STALENESS
-            };
-            if commit.saturating_add(staleness + self.allowance) > end {
-                continue; // not yet due when the client ended
+            if self.cat.msgs[m as usize].send_pos < first_update {
+                continue; // sent before its stream began: maybe before its baseline
             }
             complete = false;
             let v = Violation::Lost {
