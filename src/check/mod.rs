@@ -29,7 +29,7 @@ const AFTER_HELP: &str = "\
 What is checked (DESIGN.md sections 2-4):
   - every message committed after a client's stream began reached it exactly
     once, if the client stayed active (its stream was not lost) and the
-    message was due before the client's end;
+    message was due before the client's end or a later one reached it;
   - one order: every client received the messages in the one commit order
     (commit times, ties broken by the first delivery seen);
   - each writer's SendMessages stream committed in its order;
@@ -117,11 +117,68 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Checked> {
     for x in &cat.violations {
         found.add(x.clone());
     }
+    first_deliveries(&args.files, &cat, &mut found.examples).map_err(read_err)?;
     let report = report(&cat, &timeline, &found, args, started.elapsed());
     Ok(Checked {
         failures: found.counts,
         report,
     })
+}
+
+/// Completes the duplicate-delivery counterexamples with the Update that
+/// first brought the message (one more pass, only when there are some).
+fn first_deliveries(
+    files: &[PathBuf],
+    cat: &catalog::Catalog,
+    examples: &mut [violation::Violation],
+) -> Result<(), (PathBuf, crate::bench::record::ReadError)> {
+    use violation::{UpdateRef, Violation};
+    let wanted: Vec<(u32, u64)> = (examples.iter())
+        .filter_map(|v| match v {
+            Violation::Duplicate { msg, again_in, .. } => Some((again_in.client, msg.id)),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut updates = vec![0u64; cat.clients.len()];
+    let mut firsts: std::collections::HashMap<(u32, u64), UpdateRef> = Default::default();
+    input::stream(files, |_, _, e| {
+        if let input::Ev::Update {
+            client,
+            time,
+            current_time,
+            expiration,
+            messages,
+        } = e
+        {
+            updates[client as usize] += 1;
+            for d in &messages {
+                let Some(id) = d.id else { continue };
+                if wanted.contains(&(client, id)) {
+                    firsts.entry((client, id)).or_insert(UpdateRef {
+                        client,
+                        index: updates[client as usize],
+                        received: time,
+                        current_time,
+                        expiration,
+                    });
+                }
+            }
+        }
+    })?;
+    for v in examples.iter_mut() {
+        if let Violation::Duplicate {
+            msg,
+            first_in,
+            again_in,
+        } = v
+        {
+            *first_in = firsts.get(&(again_in.client, msg.id)).cloned();
+        }
+    }
+    Ok(())
 }
 
 /// Runs `check` for the command line: exit status 0, 1 or 2.
@@ -211,7 +268,11 @@ fn report(
     for n in &timeline.notes {
         let _ = writeln!(s, "  note: {n}");
     }
-    let fmt = violation::Fmt { t0: cat.t0 };
+    let fmt = violation::Fmt {
+        t0: cat.t0,
+        clients: cat.names.clients.clone(),
+        files: args.files.len(),
+    };
     if found.counts.is_empty() {
         let _ = writeln!(s, "PASSED: every promise held");
         return s;

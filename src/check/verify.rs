@@ -272,6 +272,7 @@ impl<'a> Verifier<'a> {
         if c.bits[word] & bit != 0 {
             let v = Violation::Duplicate {
                 msg: self.cat.msg_ref(m),
+                first_in: None,
                 again_in: u.clone(),
             };
             self.found.add(v);
@@ -315,6 +316,12 @@ impl<'a> Verifier<'a> {
                 self.found.add(v);
             }
             _ => {}
+        }
+        // A message sent before the client's stream began may reach it as
+        // history, which no staleness bound covers.
+        let first = self.cat.clients[u.client as usize].first_update;
+        if first.is_some_and(|p| msg.send_pos < p) {
+            return;
         }
         let commit = msg.commit_time().unwrap_or(delivered_time);
         let latency = u.received - commit;
@@ -486,8 +493,11 @@ impl<'a> Verifier<'a> {
         let mut complete = true;
         for (r, &m) in self.cat.order.iter().enumerate() {
             let c = &self.clients[client as usize];
-            if c.bits[r / 64] & (1 << (r % 64)) != 0 || due[r] > end {
-                continue; // delivered, or not yet due when the client ended
+            // Not yet due when the client ended, and nothing after it
+            // reached the client either (delivery is in commit order).
+            let pending = due[r] > end && r as i64 > c.max_rank;
+            if c.bits[r / 64] & (1 << (r % 64)) != 0 || pending {
+                continue;
             }
             if self.cat.msgs[m as usize].send_pos < first_update {
                 continue; // sent before its stream began: maybe before its baseline

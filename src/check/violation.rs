@@ -34,7 +34,12 @@ pub enum Violation {
     /// A client that stayed active never received a committed message.
     Lost { client: u32, msg: MsgRef },
     /// A client received a message twice.
-    Duplicate { msg: MsgRef, again_in: UpdateRef },
+    Duplicate {
+        msg: MsgRef,
+        /// The Update it first came in (found by a pass of its own).
+        first_in: Option<UpdateRef>,
+        again_in: UpdateRef,
+    },
     /// A client received two messages in the other order than the commit
     /// order (which other clients, or the commit times, show).
     Order {
@@ -114,9 +119,22 @@ impl Violation {
 /// Formats times relative to the start of the recording.
 pub struct Fmt {
     pub t0: i64,
+    /// Global client number -> (file, the bench's client number).
+    pub clients: Vec<(usize, u32)>,
+    pub files: usize,
 }
 
 impl Fmt {
+    /// A client as its bench named it (prefixed with the file's place when
+    /// several recordings were merged).
+    pub fn c(&self, g: u32) -> String {
+        match self.clients.get(g as usize) {
+            Some(&(f, c)) if self.files > 1 => format!("client {}/{c}", f + 1),
+            Some(&(_, c)) => format!("client {c}"),
+            None => format!("client ?{g}"),
+        }
+    }
+
     pub fn t(&self, t: i64) -> String {
         format!("{:+.6}s", (t - self.t0) as f64 / 1e6)
     }
@@ -135,9 +153,9 @@ impl Fmt {
             },
         };
         format!(
-            "message {:016x}: client {}'s #{} on thread {:?}, sent {}, {}",
+            "message {:016x}: {}'s #{} on thread {:?}, sent {}, {}",
             m.id,
-            m.client,
+            self.c(m.client),
             m.n,
             m.thread,
             self.t(m.send_time),
@@ -147,8 +165,8 @@ impl Fmt {
 
     pub fn update(&self, u: &UpdateRef) -> String {
         format!(
-            "client {}'s Update #{}: received {}, currentTime {}, expirationTime {}",
-            u.client,
+            "{}'s Update #{}: received {}, currentTime {}, expirationTime {}",
+            self.c(u.client),
             u.index,
             self.t(u.received),
             self.t(u.current_time),
@@ -167,11 +185,19 @@ impl Fmt {
             Violation::Lost { client, msg } => {
                 line(self.msg(msg));
                 line(format!(
-                    "client {client} stayed active to the end and never received it"
+                    "{} stayed active to the end and never received it",
+                    self.c(*client)
                 ));
             }
-            Violation::Duplicate { msg, again_in } => {
+            Violation::Duplicate {
+                msg,
+                first_in,
+                again_in,
+            } => {
                 line(self.msg(msg));
+                if let Some(f) = first_in {
+                    line(format!("received in {}", self.update(f)));
+                }
                 line(format!("received again in {}", self.update(again_in)));
             }
             Violation::Order {
@@ -180,7 +206,7 @@ impl Fmt {
                 then,
                 in_update,
             } => {
-                line(format!("client {client} received, in this order:"));
+                line(format!("{} received, in this order:", self.c(*client)));
                 line(format!("1. {}", self.msg(first)));
                 line(format!(
                     "2. {} (in {})",
@@ -268,7 +294,8 @@ impl Fmt {
             } => {
                 line(self.msg(msg));
                 line(format!(
-                    "active client {laggard} had acknowledged at most {acked} Updates: at least {error} commits of the thread unacknowledged >= bound {bound}"
+                    "active {} had acknowledged at most {acked} Updates: at least {error} commits of the thread unacknowledged >= bound {bound}",
+                    self.c(*laggard)
                 ));
             }
             Violation::RetryCommittedTwice { msg, second_commit } => {
@@ -296,7 +323,7 @@ impl Fmt {
             }
             Violation::IdReused { first, client, n } => {
                 line(self.msg(first));
-                line(format!("client {client}'s #{n} carried the same id"));
+                line(format!("{}'s #{n} carried the same id", self.c(*client)));
             }
             _ => {}
         }
