@@ -203,9 +203,9 @@ fn ms(us: i64) -> String {
     format!("{:.1} ms", us as f64 / 1000.0)
 }
 
-fn report(
+/// The figures of the run, one line per promise.
+fn figures(
     cat: &catalog::Catalog,
-    timeline: &bounds::Timeline,
     found: &verify::Findings,
     args: &CheckArgs,
     took: Duration,
@@ -265,6 +265,22 @@ fn report(
         "  numerical bound:          {} writes checked, numerical error at least {} at most",
         f.numerical_checked, f.max_numerical_error
     );
+    let _ = writeln!(
+        s,
+        "  (order and numerical errors are lower bounds of the server's: acknowledgements count from when they were sent; commits and clients outside the recording are not counted)"
+    );
+    s
+}
+
+fn report(
+    cat: &catalog::Catalog,
+    timeline: &bounds::Timeline,
+    found: &verify::Findings,
+    args: &CheckArgs,
+    took: Duration,
+) -> String {
+    use std::fmt::Write;
+    let mut s = figures(cat, found, args, took);
     for n in &timeline.notes {
         let _ = writeln!(s, "  note: {n}");
     }
