@@ -5,6 +5,8 @@
 //! a retry committed twice, a missed heartbeat) fails it with that fault
 //! named.
 
+mod common;
+
 use dyconit_chat::bench::record::{self, Event};
 use dyconit_chat::check::{self, CheckArgs};
 use std::path::{Path, PathBuf};
@@ -448,4 +450,105 @@ fn ten_million_deliveries() {
         c.report
     );
     assert!(c.passed(), "{}", c.report);
+}
+
+/// The recording's header and footer metadata.
+fn metas(events: &mut [Event]) -> (&mut serde_json::Value, &mut serde_json::Value) {
+    let mut it = events.iter_mut().filter_map(|e| match e {
+        Event::Meta(v) => Some(v),
+        _ => None,
+    });
+    let start = it.next().expect("header");
+    let end = it.last().expect("footer");
+    (start, end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_changes_during_a_run_come_from_the_change_log() {
+    // A running server (not spawned by the bench): --admin-url tells the
+    // bench where its bounds are. Order bound 1,000,000 at the start.
+    let server = common::TestServer::start(common::config(1000, 1_000_000, 1_000_000)).await;
+    let path =
+        std::env::temp_dir().join(format!("dyconit-check-{}-change.rec", std::process::id()));
+    let bench = Command::new(EXE)
+        .args([
+            "bench",
+            "--quiet",
+            "--check",
+            "--server",
+            &server.url,
+            "--admin-url",
+        ])
+        .arg(format!("http://{}", server.admin))
+        .arg("--record")
+        .arg(&path)
+        .args([
+            "--clients",
+            "10",
+            "--rate",
+            "200",
+            "--duration",
+            "3s",
+            "--ramp-up",
+            "200ms",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start bench");
+    // Once writes are being accepted, tighten the order bound to 2.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, stats) = common::http_json(server.admin, "GET", "/api/v1/stats", None, None).await;
+        if stats["messages_accepted"].as_u64().unwrap_or(0) >= 50 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no writes accepted: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, _) = common::http(
+        server.admin,
+        "PUT",
+        "/api/v1/bounds/default",
+        None,
+        Some(r#"{"order": 2}"#),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let out = tokio::task::spawn_blocking(move || bench.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The run passes with the change taken from the log...
+    let c = check(&path);
+    assert!(c.passed(), "{}", c.report);
+    let mut events = record::read_all(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let (start, end) = metas(&mut events);
+    assert_eq!(start["bounds"]["default"]["order"], 1_000_000, "{start}");
+    let changes = end["bounds"]["changes"]
+        .as_array()
+        .expect("change log")
+        .clone();
+    assert_eq!(changes.len(), 1, "{end}");
+    assert_eq!(changes[0]["new"]["order"], 2);
+    // ...and a recording claiming order 2 from the start fails it: writes
+    // before the change had more unseen commits than that.
+    start["bounds"]["default"]["order"] = 2.into();
+    end["bounds"]["changes"] = serde_json::json!([]);
+    let mutated =
+        std::env::temp_dir().join(format!("dyconit-check-{}-nochange.rec", std::process::id()));
+    record::write_all(&mutated, &events).unwrap();
+    let c = check(&mutated);
+    let _ = std::fs::remove_file(&mutated);
+    assert_found(&c, "write admitted over its order bound");
 }
