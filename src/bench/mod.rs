@@ -858,14 +858,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         (None, None) => bail!("give --server URL or --spawn-server"),
     };
     let server_pid = spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
-    let mut channels = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        channels.push(
-            conn::connect(&url)
-                .await
-                .with_context(|| format!("connecting to {url}"))?,
-        );
-    }
+    let channels = conn::connect_many(&url, connections)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     let baseline = server_pid.and_then(crate::sys::proc_stats);
 
     let admin_url = (spawned.as_ref())
