@@ -436,6 +436,17 @@ impl Recorder {
     }
 }
 
+impl Drop for Recorder {
+    /// A run that ended early (an error) still leaves a readable file: what
+    /// was recorded is written out.
+    fn drop(&mut self) {
+        let open = self.writer.lock().map(|w| w.is_some()).unwrap_or(false);
+        if open {
+            let _ = self.finish();
+        }
+    }
+}
+
 /// The writer thread: takes the buffer when it is big enough (or every
 /// 100 ms) and writes it.
 fn write_loop(shared: &Shared, file: std::fs::File) -> std::io::Result<u64> {
