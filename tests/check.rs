@@ -559,3 +559,91 @@ async fn bound_changes_during_a_run_come_from_the_change_log() {
     let _ = std::fs::remove_file(&mutated);
     assert_found(&c, "write admitted over its order bound");
 }
+
+/// Two messages of writer 0, numbered 1 and 2, committed in the other order
+/// (2 first) and delivered so to both clients; `stream` says how they were
+/// sent (0: unary SendMessage, 1: one SendMessages stream).
+fn reordered_pair(stream: u32) -> Vec<Event> {
+    use dyconit_chat::bench::record::{Delivery, EndKind};
+    let t = 1_795_000_000_000_000i64;
+    let bounds = serde_json::json!({"default": {"staleness_ms": 500.0, "numerical": 100, "order": 100}, "threads": [], "changes": []});
+    let mut ev = vec![
+        Event::Meta(serde_json::json!({"kind": "start", "at": t, "bounds": bounds})),
+        Event::Thread {
+            index: 0,
+            name: String::new(),
+        },
+    ];
+    for c in 0..2 {
+        ev.push(Event::Connect { client: c, time: t });
+        ev.push(Event::Update {
+            client: c,
+            time: t + 10,
+            current_time: t + 5,
+            expiration: t + 10_000_005,
+            messages: vec![],
+        });
+    }
+    let (a, b) = (1u64 << 32, (1u64 << 32) + 1);
+    for (n, id) in [(1, a), (2, b)] {
+        let time = t + 1000 + n;
+        ev.push(Event::Send {
+            client: 0,
+            n,
+            thread: 0,
+            id,
+            timestamp: time,
+            acked: 1,
+            stream,
+            time,
+        });
+    }
+    // b committed at +2000, a at +2100.
+    for (id, at) in [(b, t + 2000), (a, t + 2100)] {
+        ev.push(Event::Status {
+            id,
+            code: 0,
+            server_time: at,
+            time: at + 50,
+        });
+    }
+    for c in 0..2 {
+        ev.push(Event::Update {
+            client: c,
+            time: t + 100_000,
+            current_time: t + 99_000,
+            expiration: t + 10_099_000,
+            messages: vec![
+                Delivery {
+                    id: Some(b),
+                    server_time: t + 2000,
+                },
+                Delivery {
+                    id: Some(a),
+                    server_time: t + 2100,
+                },
+            ],
+        });
+        ev.push(Event::End {
+            client: c,
+            time: t + 200_000,
+            kind: EndKind::Stopped,
+            reason: String::new(),
+        });
+    }
+    ev
+}
+
+#[test]
+fn a_sendmessages_stream_committed_out_of_order_is_found_and_unary_sends_may_overtake() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pair.rec");
+    record::write_all(&path, &reordered_pair(1)).unwrap();
+    let c = check(&path);
+    assert_found(&c, "SendMessages order not kept");
+    assert_eq!(c.failures.len(), 1, "{}", c.report);
+    // Concurrent unary sends promise no order among themselves.
+    record::write_all(&path, &reordered_pair(0)).unwrap();
+    let c = check(&path);
+    assert!(c.passed(), "{}", c.report);
+}
