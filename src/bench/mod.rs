@@ -645,14 +645,15 @@ async fn dispatch(
         return tasks;
     }
     let end = start + args.duration;
+    // Messages due within the window: k / rate < duration. A last wake-up
+    // after the end still sends the ones that fell due before it.
+    let total = (args.duration.as_secs_f64() * args.rate).ceil() as u64;
     let mut k: u64 = 0;
     loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
+        let now = Instant::now().min(end);
         // Message k is due at k / rate: by now, messages 0..=floor(t * rate).
-        let due_count = (now.duration_since(start).as_secs_f64() * args.rate) as u64 + 1;
+        let elapsed = now.duration_since(start).as_secs_f64();
+        let due_count = ((elapsed * args.rate) as u64 + 1).min(total);
         while k < due_count {
             let due = start + Duration::from_secs_f64(k as f64 / args.rate);
             let w = first_writer + (k % writers as u64) as usize;
@@ -697,6 +698,9 @@ async fn dispatch(
         }
         if tasks.len() > 4096 {
             tasks.retain(|t| !t.is_finished());
+        }
+        if now >= end {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
