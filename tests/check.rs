@@ -29,7 +29,7 @@ fn recorded_run(name: &str, args: &[&str]) -> PathBuf {
     let path =
         std::env::temp_dir().join(format!("dyconit-check-{}-{name}.rec", std::process::id()));
     let out = Command::new(EXE)
-        .args(["bench", "--spawn-server", "--quiet", "--check", "--record"])
+        .args(["bench", "--spawn-server", "--quiet", "--record"])
         .arg(&path)
         .args(args)
         .output()
@@ -472,20 +472,13 @@ fn metas(events: &mut [Event]) -> (&mut serde_json::Value, &mut serde_json::Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bound_changes_during_a_run_come_from_the_change_log() {
-    // A running server (not spawned by the bench): --admin-url tells the
-    // bench where its bounds are. Order bound 1,000,000 at the start.
+    // A running server (not spawned by the bench): --admin tells the bench
+    // where its bounds are. Order bound 1,000,000 at the start.
     let server = common::TestServer::start(common::config(1000, 1_000_000, 1_000_000)).await;
     let path =
         std::env::temp_dir().join(format!("dyconit-check-{}-change.rec", std::process::id()));
     let bench = Command::new(EXE)
-        .args([
-            "bench",
-            "--quiet",
-            "--check",
-            "--server",
-            &server.url,
-            "--admin-url",
-        ])
+        .args(["bench", "--quiet", "--server", &server.url, "--admin"])
         .arg(format!("http://{}", server.admin))
         .arg("--record")
         .arg(&path)

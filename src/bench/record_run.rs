@@ -18,8 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// An open recording of one bench run.
 pub struct RunRecording {
     recorder: Recorder,
-    /// Thread name -> its number in the recording.
-    threads: HashMap<String, u32>,
+    /// Thread name -> its number in the recording, numbered as they first
+    /// appear. Lock rule: held only to look a name up (and record a new one).
+    threads: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 /// `GET path` on the admin port at `admin_url` (`http://host:port`), as
@@ -54,24 +55,21 @@ pub async fn admin_get(admin_url: &str, path: &str) -> anyhow::Result<Value> {
 }
 
 /// The server's bounds (`GET /api/v1/bounds`), or why they are unknown.
-async fn bounds(admin_url: Option<&str>) -> Value {
-    let Some(url) = admin_url else {
-        return json!({"unknown": "no admin URL (give --admin-url with --server)"});
-    };
-    match admin_get(url, "/api/v1/bounds").await {
+async fn bounds(admin_url: &str) -> Value {
+    match admin_get(admin_url, "/api/v1/bounds").await {
         Ok(v) => v,
         Err(e) => json!({"unknown": format!("{e:#}")}),
     }
 }
 
 impl RunRecording {
-    /// Creates the file and writes the header: the run's parameters, the
-    /// server's bounds now, and the threads the bench writes to.
+    /// Creates the file and writes the header: the run's parameters and the
+    /// server's bounds now.
     pub async fn start(
         path: &std::path::Path,
         args: &BenchArgs,
         url: &str,
-        admin_url: Option<&str>,
+        admin_url: &str,
     ) -> anyhow::Result<RunRecording> {
         let params = json!({
             "server": url,
@@ -85,13 +83,8 @@ impl RunRecording {
             "message_bytes": args.size,
             "duration_s": args.duration.as_secs_f64(),
             "mode": args.mode,
+            "thread_prefix": args.thread_prefix,
         });
-        // The same names `dispatch` sends to.
-        let thread_names: Vec<String> = if args.threads > 1 {
-            (0..args.threads).map(|t| format!("bench-{t}")).collect()
-        } else {
-            vec![String::new()]
-        };
         let recorder = Recorder::create(path)
             .with_context(|| format!("creating the recording {}", path.display()))?;
         let at = local_micros();
@@ -102,15 +95,25 @@ impl RunRecording {
             "params": params,
             "bounds": bounds,
         })));
-        let mut threads = HashMap::new();
-        for (i, name) in thread_names.into_iter().enumerate() {
-            recorder.push(&Event::Thread {
-                index: i as u32,
-                name: name.clone(),
-            });
-            threads.insert(name, i as u32);
+        Ok(RunRecording {
+            recorder,
+            threads: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The number of thread `name`; a new name is recorded first.
+    fn thread(&self, name: &str) -> u32 {
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&t) = threads.get(name) {
+            return t;
         }
-        Ok(RunRecording { recorder, threads })
+        let t = threads.len() as u32;
+        threads.insert(name.to_owned(), t);
+        self.recorder.push(&Event::Thread {
+            index: t,
+            name: name.to_owned(),
+        });
+        t
     }
 
     pub fn connected(&self, client: usize) {
@@ -124,11 +127,12 @@ impl RunRecording {
     /// client's `SendMessages` stream).
     pub fn send(&self, client: usize, m: &SentMessage, id: u64, stream: bool) {
         let name = m.thread.as_ref().map_or("", |t| t.id.as_str());
+        let thread = self.thread(name);
         let ack = m.acknowledgement.as_ref();
         self.recorder.push(&Event::Send {
             client: client as u32,
             n: ack.map_or(0, |a| a.num_messages_sent),
-            thread: self.threads.get(name).copied().unwrap_or(u32::MAX),
+            thread,
             id,
             timestamp: m.timestamp.as_ref().map_or(0, |t| t.timestamp),
             acked: ack.map_or(0, |a| a.num_updates_received),
@@ -195,7 +199,7 @@ impl RunRecording {
 
     /// Writes the footer (the bounds now, with the change log) and closes the
     /// file. Returns events and bytes written.
-    pub async fn finish(&self, admin_url: Option<&str>) -> anyhow::Result<(u64, u64)> {
+    pub async fn finish(&self, admin_url: &str) -> anyhow::Result<(u64, u64)> {
         let bounds = bounds(admin_url).await;
         self.recorder.push(&Event::Meta(json!({
             "kind": "end",
@@ -210,7 +214,7 @@ impl RunRecording {
 pub(super) async fn finish(
     r: &RunRecording,
     args: &BenchArgs,
-    admin_url: Option<&str>,
+    admin_url: &str,
 ) -> anyhow::Result<()> {
     let (events, bytes) = r.finish(admin_url).await?;
     if let Some(path) = &args.record {

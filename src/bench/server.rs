@@ -20,8 +20,8 @@ pub struct SpawnedServer {
     child: Child,
     /// Its gRPC URL, e.g. `http://127.0.0.1:41234`.
     pub url: String,
-    /// Its admin URL, e.g. `http://127.0.0.1:41235`, if its log said.
-    pub admin_url: Option<String>,
+    /// Its admin URL (`/metrics`, the admin API), e.g. `http://127.0.0.1:41235`.
+    pub admin_url: String,
 }
 
 /// Removes ANSI colour sequences (the log formatter may colour field names).
@@ -47,7 +47,7 @@ fn grpc_addr(line: &str) -> Option<String> {
     log_field(line, "grpc_addr=")
 }
 
-/// The value of `key` (e.g. `admin_addr=`) in a log line.
+/// The value of `key` (e.g. `"admin_addr="`) in a log line, if there.
 fn log_field(line: &str, key: &str) -> Option<String> {
     let clean = strip_ansi(line);
     let at = clean.find(key)? + key.len();
@@ -98,7 +98,7 @@ impl SpawnedServer {
                 if let Some(addr) = grpc_addr(&line)
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send((addr, log_field(&line, "admin_addr=")));
+                    let _ = tx.send((addr, log_field(&line, "admin_addr=").unwrap_or_default()));
                     continue;
                 }
                 let problem =
@@ -116,7 +116,7 @@ impl SpawnedServer {
             Ok((addr, admin)) => Ok(SpawnedServer {
                 child,
                 url: format!("http://{addr}"),
-                admin_url: admin.map(|a| format!("http://{a}")),
+                admin_url: format!("http://{admin}"),
             }),
             Err(_) => {
                 let _ = child.kill();
@@ -174,10 +174,6 @@ mod tests {
     fn finds_the_address_with_or_without_colour() {
         let plain = "2026-01-01T00:00:00Z  INFO dyconit-chat serving grpc_addr=127.0.0.1:4000 admin_addr=127.0.0.1:4001";
         assert_eq!(grpc_addr(plain).as_deref(), Some("127.0.0.1:4000"));
-        assert_eq!(
-            log_field(plain, "admin_addr=").as_deref(),
-            Some("127.0.0.1:4001")
-        );
         let coloured = "\x1b[32m INFO\x1b[0m dyconit-chat serving \x1b[3mgrpc_addr\x1b[0m\x1b[2m=\x1b[0m127.0.0.1:4000 \x1b[3madmin_addr\x1b[0m";
         assert_eq!(grpc_addr(coloured).as_deref(), Some("127.0.0.1:4000"));
         assert_eq!(grpc_addr("client connected"), None);
