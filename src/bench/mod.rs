@@ -92,7 +92,15 @@ The server's own counters for the run are read from its admin port
 (/metrics; --admin, by default the --server host on port 9090): bound
 violations by bound and dropped clients by reason. A run in which the server
 counted violations does not pass. When rejections dominate, the report names
-the likely cause and the flag that changes it.";
+the likely cause and the flag that changes it.
+
+Each client has its own HTTP/2 connection, as real users do;
+--clients-per-connection K (or --connections N) multiplexes them, and the
+report's workload line says which.
+
+--record FILE writes what every client saw and did (sends, statuses,
+Updates, acknowledgements, and the server's bounds with their change log) as
+a compact binary stream; `dyconit-chat check FILE` verifies the run from it.";
 
 /// Flags of `dyconit-chat bench`.
 #[derive(Debug, Clone, clap::Args)]
