@@ -702,6 +702,15 @@ async fn a_client_that_stops_reading_is_cut_off_with_resource_exhausted() {
         ok += (s.status_code == 0) as usize;
     }
     assert_eq!(ok, 3000);
+    // A reader is judged when its next flush begins (the one being queued
+    // does not count): keep the messages coming.
+    let next = server.client(None).await;
+    let nudges = tokio::spawn(async move {
+        for i in 0..100 {
+            let _ = next.send("", &format!("nudge {i}")).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     let end = loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
             Ok(Ok(Some(_))) => continue,
@@ -711,5 +720,6 @@ async fn a_client_that_stops_reading_is_cut_off_with_resource_exhausted() {
         }
     };
     assert_eq!(end.code(), Code::ResourceExhausted);
+    nudges.abort();
     let _ = Thread::default();
 }
