@@ -88,6 +88,22 @@ pub struct ServeArgs {
     /// tracing is off when neither this nor OTEL_EXPORTER_OTLP_ENDPOINT is set
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Most gRPC connections open at once; more wait in the listen backlog
+    /// (lowered to fit the open-files limit) [default: 10000]
+    #[arg(long, env = "DYCONIT_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most HTTP/2 streams (calls in flight) on one gRPC connection
+    /// [default: 1024]
+    #[arg(long, env = "DYCONIT_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
+    pub max_streams_per_connection: Option<u32>,
+    /// How long a new connection (either port) has to send its first request
+    /// (HTTP/2 preface, or an admin request head) [default: 10s]
+    #[arg(long, env = "DYCONIT_HANDSHAKE_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// How long a gRPC connection may go without a request before it is
+    /// closed (PINGs do not count) [default: 5m]
+    #[arg(long, env = "DYCONIT_IDLE_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
     /// TOML config file: any of the settings above (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
@@ -135,6 +151,18 @@ pub struct FileConfig {
     pub retention_age: Option<Duration>,
     pub admin_token: Option<String>,
     pub otlp_endpoint: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_streams_per_connection: Option<u32>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub handshake_timeout: Option<Duration>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub idle_timeout: Option<Duration>,
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
@@ -212,6 +240,8 @@ impl ServeArgs {
             bail!("retention age is below 1s");
         }
         let storage = self.storage.or(file.storage).unwrap_or_default();
+        let (grpc_limits, admin_limits, max_streams_per_connection) =
+            self.connection_limits(&file, &dc)?;
         Ok(Resolved {
             otlp_endpoint: self
                 .otlp_endpoint
@@ -237,9 +267,55 @@ impl ServeArgs {
                     .unwrap_or(dc.data_dir.clone()),
                 retention,
                 admin_token: self.admin_token.clone().or(file.admin_token),
+                grpc_limits,
+                admin_limits,
+                max_streams_per_connection,
                 ..dc
             },
         })
+    }
+}
+
+impl ServeArgs {
+    /// Both ports' connection limits and the streams per connection.
+    fn connection_limits(
+        &self,
+        file: &FileConfig,
+        dc: &Config,
+    ) -> anyhow::Result<(crate::net::Limits, crate::net::Limits, u32)> {
+        let handshake_timeout = self
+            .handshake_timeout
+            .or(file.handshake_timeout)
+            .unwrap_or(dc.grpc_limits.handshake_timeout);
+        let grpc = crate::net::Limits {
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(dc.grpc_limits.max_connections),
+            handshake_timeout,
+            idle_timeout: self
+                .idle_timeout
+                .or(file.idle_timeout)
+                .unwrap_or(dc.grpc_limits.idle_timeout),
+        };
+        let streams = self
+            .max_streams_per_connection
+            .or(file.max_streams_per_connection)
+            .unwrap_or(dc.max_streams_per_connection);
+        if grpc.max_connections == 0 || streams == 0 {
+            bail!("max connections and max streams per connection must be at least 1");
+        }
+        if handshake_timeout.is_zero() || grpc.idle_timeout < handshake_timeout {
+            bail!(
+                "handshake timeout must be above 0 and the idle timeout at least as long (got {handshake_timeout:?} and {:?})",
+                grpc.idle_timeout
+            );
+        }
+        let admin = crate::net::Limits {
+            handshake_timeout,
+            ..dc.admin_limits
+        };
+        Ok((grpc, admin, streams))
     }
 }
 

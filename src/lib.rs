@@ -8,6 +8,7 @@
 //! - [`config`]: command-line flags and the TOML config file.
 //! - [`chat`]: the terminal chat client (`dyconit-chat chat`).
 //! - [`bench`]: the load generator (`dyconit-chat bench`).
+//! - [`net`]: connection caps, accept backoff and deadlines of both ports.
 //! - [`sys`]: file-descriptor limit and /proc figures.
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod config;
 pub mod consistency;
 pub mod log;
+pub mod net;
 pub mod server;
 pub mod sys;
 pub mod telemetry;

@@ -24,8 +24,11 @@
 //! non-loopback admin address without a token.
 
 mod api;
+mod conn;
 mod openapi;
 mod ui;
+
+pub use conn::serve;
 
 use crate::log::StorageHealth;
 use crate::server::hub::Hub;
@@ -37,11 +40,8 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::net::TcpListener;
 
 /// Readiness as a latch: set when serving starts, cleared when draining.
 #[derive(Clone, Default)]
@@ -157,18 +157,4 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
         }
     }
     next.run(req).await
-}
-
-pub async fn serve(
-    listener: TcpListener,
-    state: AdminState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "admin server failed");
-    }
 }

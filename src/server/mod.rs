@@ -13,6 +13,7 @@
 pub mod clock;
 pub mod convert;
 pub mod hub;
+pub mod listener;
 pub mod outbox;
 pub mod scheduler;
 pub mod service;
@@ -30,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 /// Where the message log lives.
@@ -73,7 +73,20 @@ pub struct Config {
     /// Runtime control of the log filter (`PUT /api/v1/log-level`); `None`
     /// when the process's subscriber is not ours to change (tests).
     pub log_filter: Option<crate::telemetry::tracing_setup::LogFilter>,
+    /// Connection cap and deadlines of the gRPC port.
+    pub grpc_limits: crate::net::Limits,
+    /// Connection cap and deadlines of the admin port.
+    pub admin_limits: crate::net::Limits,
+    /// HTTP/2 streams one gRPC connection may have open at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_streams_per_connection: u32,
 }
+
+/// Default HTTP/2 streams per connection: a client needs one for its
+/// Updates plus one per call in flight; the bench puts 100 clients on a
+/// connection. An open stream costs the server about 8 KB (100,000 of
+/// them took 820 MB), so this bounds one connection to about 8 MB.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 impl std::fmt::Debug for crate::telemetry::tracing_setup::LogFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,6 +107,12 @@ impl Default for Config {
             storage_health: Arc::new(StorageHealth::default()),
             admin_token: None,
             log_filter: None,
+            grpc_limits: crate::net::Limits::default(),
+            admin_limits: crate::net::Limits {
+                max_connections: crate::net::DEFAULT_MAX_ADMIN_CONNECTIONS,
+                ..crate::net::Limits::default()
+            },
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
         }
     }
 }
@@ -181,6 +200,35 @@ pub struct Listeners {
 /// Entries the in-memory log keeps (for history; older ones are forgotten).
 const MEMORY_LOG_CAPACITY: usize = 100_000;
 
+/// The two ports' acceptors, their caps lowered to fit the open-files
+/// limit (so the cap, not `accept`, refuses the connection too many).
+fn acceptors(
+    listeners: Listeners,
+    config: &Config,
+    metrics: &crate::telemetry::metrics::Metrics,
+) -> (crate::net::Acceptor, crate::net::Acceptor) {
+    use crate::net::{Acceptor, NetMetrics, Protocol};
+    let net = NetMetrics::new(&metrics.registry);
+    let (mut grpc, mut admin) = (config.grpc_limits, config.admin_limits);
+    let fd_limit = crate::sys::raise_fd_limit();
+    let scale =
+        crate::net::fit_to_descriptors(grpc.max_connections + admin.max_connections, fd_limit);
+    if scale < 1.0 {
+        grpc.max_connections = ((grpc.max_connections as f64 * scale) as usize).max(1);
+        admin.max_connections = ((admin.max_connections as f64 * scale) as usize).max(1);
+        tracing::warn!(
+            ?fd_limit,
+            grpc = grpc.max_connections,
+            admin = admin.max_connections,
+            "connection caps lowered to fit the open-files limit"
+        );
+    }
+    (
+        Acceptor::new(listeners.grpc, grpc, Protocol::Http2, "grpc", net.clone()),
+        Acceptor::new(listeners.admin, admin, Protocol::Bytes, "admin", net),
+    )
+}
+
 /// Serves until `shutdown` completes, then drains: flushes every pending
 /// Update, ends the streams, and returns.
 pub async fn run(
@@ -197,6 +245,7 @@ pub async fn run(
         );
     }
     let metrics = crate::telemetry::metrics::Metrics::new();
+    let (grpc_acceptor, admin_acceptor) = acceptors(listeners, &config, &metrics);
 
     let storage_health = config.storage_health.clone();
     let (hub, storage) = open_storage(&config, &storage_health, &metrics)?;
@@ -220,11 +269,12 @@ pub async fn run(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(config.max_streams_per_connection)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(chat)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
+                listener::incoming(grpc_acceptor),
                 grpc_stop.cancelled_owned(),
             ),
     );
@@ -246,9 +296,10 @@ pub async fn run(
         started: std::time::Instant::now(),
     };
     let admin = tokio::spawn(admin::serve(
-        listeners.admin,
+        admin_acceptor,
         admin_state,
         admin_stop.cancelled_owned(),
+        config.admin_limits.handshake_timeout,
     ));
 
     ready.set(true);
