@@ -75,8 +75,9 @@ pub struct ServeArgs {
     /// background (the newest message is always kept) [default: keep all]
     #[arg(long, env = "DYCONIT_RETENTION_AGE", value_name = "DUR", value_parser = parse_duration)]
     pub retention_age: Option<Duration>,
-    /// Bearer token required by mutating admin API calls (PUT, DELETE);
-    /// required when --admin-listen is not a loopback address
+    /// Bearer token required by mutating admin API calls (PUT, DELETE) and
+    /// by client listings beyond the 20 laggiest; required when
+    /// --admin-listen is not a loopback address; must not be blank
     #[arg(
         long,
         env = "DYCONIT_ADMIN_TOKEN",
@@ -84,6 +85,16 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// A host name the admin port may be addressed by (in `Host`), besides
+    /// its IP addresses and localhost; repeat for several. Requests for any
+    /// other name are refused (DNS-rebinding defence)
+    #[arg(
+        long = "admin-host",
+        env = "DYCONIT_ADMIN_HOSTS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub admin_hosts: Vec<String>,
     /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317);
     /// tracing is off when neither this nor OTEL_EXPORTER_OTLP_ENDPOINT is set
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
@@ -150,6 +161,8 @@ pub struct FileConfig {
     )]
     pub retention_age: Option<Duration>,
     pub admin_token: Option<String>,
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
     pub otlp_endpoint: Option<String>,
     pub max_connections: Option<usize>,
     pub max_streams_per_connection: Option<u32>,
@@ -267,6 +280,11 @@ impl ServeArgs {
                     .unwrap_or(dc.data_dir.clone()),
                 retention,
                 admin_token: self.admin_token.clone().or(file.admin_token),
+                admin_hosts: if self.admin_hosts.is_empty() {
+                    file.admin_hosts.clone()
+                } else {
+                    self.admin_hosts.clone()
+                },
                 grpc_limits,
                 admin_limits,
                 max_streams_per_connection,

@@ -13,7 +13,9 @@
 //! - `PUT /api/v1/bounds/default` — change fields of the default bounds.
 //! - `PUT /api/v1/bounds/threads/{id}` — set a thread's override.
 //! - `DELETE /api/v1/bounds/threads/{id}` — remove a thread's override.
-//! - `GET /api/v1/clients` — connected clients, laggiest first (`?limit=N`).
+//! - `GET /api/v1/clients` — connected clients, laggiest first, a page at a
+//!   time (`?limit=N&offset=M`, N ≤ 1000; beyond the first 20 it needs the
+//!   token when one is configured).
 //! - `GET /api/v1/stats` — totals, and the delivery-latency and
 //!   acknowledgement-lag histograms (count, sum, cumulative buckets).
 //! - `PUT /api/v1/log-level` — replace the log filter.
@@ -21,10 +23,14 @@
 //!
 //! With an admin token configured, every mutating call (`PUT`, `DELETE`)
 //! needs `Authorization: Bearer <token>`, else 401. `run` refuses a
-//! non-loopback admin address without a token.
+//! non-loopback admin address without a token, and a blank token. Every
+//! request must be addressed (`Host`) to an IP address, `localhost` or a
+//! name given with `--admin-host` (else 403), and a `PUT` must say
+//! `Content-Type: application/json` (else 415): see `guard.rs`.
 
 mod api;
 mod conn;
+pub(crate) mod guard;
 mod openapi;
 mod ui;
 
@@ -74,6 +80,9 @@ pub struct AdminState {
     pub log_filter: LogFilter,
     /// When the server started, for uptime.
     pub started: std::time::Instant,
+    /// Host names (besides IP addresses and `localhost`) requests may be
+    /// addressed to.
+    pub hosts: Arc<[String]>,
 }
 
 /// A JSON error response.
@@ -112,6 +121,11 @@ pub fn router(state: AdminState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Outermost: a request for a foreign host name is refused first.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_request,
+        ))
         .with_state(state)
 }
 
@@ -135,26 +149,34 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether the request may do what needs the token: it presents the
+/// configured token, or none is configured.
+pub(crate) fn authorized(s: &AdminState, headers: &header::HeaderMap) -> bool {
+    let Some(token) = &s.token else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
+}
+
+/// 401 with a reason and the `WWW-Authenticate` challenge.
+pub(crate) fn unauthorized(message: &str) -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
 /// Mutating calls need the bearer token when one is configured.
 async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if let (true, Some(token)) = (mutating, &s.token) {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "this call needs Authorization: Bearer <admin token>",
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
-        }
+    if mutating && !authorized(&s, req.headers()) {
+        return unauthorized("this call needs Authorization: Bearer <admin token>");
     }
     next.run(req).await
 }

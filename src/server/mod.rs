@@ -73,6 +73,9 @@ pub struct Config {
     /// Runtime control of the log filter (`PUT /api/v1/log-level`); `None`
     /// when the process's subscriber is not ours to change (tests).
     pub log_filter: Option<crate::telemetry::tracing_setup::LogFilter>,
+    /// Host names the admin port answers to besides IP addresses and
+    /// `localhost` (DNS-rebinding defence).
+    pub admin_hosts: Vec<String>,
     /// Connection cap and deadlines of the gRPC port.
     pub grpc_limits: crate::net::Limits,
     /// Connection cap and deadlines of the admin port.
@@ -107,6 +110,7 @@ impl Default for Config {
             storage_health: Arc::new(StorageHealth::default()),
             admin_token: None,
             log_filter: None,
+            admin_hosts: Vec::new(),
             grpc_limits: crate::net::Limits::default(),
             admin_limits: crate::net::Limits {
                 max_connections: crate::net::DEFAULT_MAX_ADMIN_CONNECTIONS,
@@ -239,7 +243,16 @@ pub async fn run(
     config.settings.validate().context("invalid settings")?;
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
-    if !admin_addr.ip().is_loopback() && config.admin_token.as_deref().is_none_or(str::is_empty) {
+    if config
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        anyhow::bail!(
+            "the admin token is blank: give a real secret, or none on a loopback address"
+        );
+    }
+    if !admin_addr.ip().is_loopback() && config.admin_token.is_none() {
         anyhow::bail!(
             "refusing to serve the admin API on non-loopback address {admin_addr} without --admin-token (it can change bounds)"
         );
@@ -294,6 +307,7 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| crate::telemetry::tracing_setup::LogFilter::detached("info")),
         started: std::time::Instant::now(),
+        hosts: config.admin_hosts.clone().into(),
     };
     let admin = tokio::spawn(admin::serve(
         admin_acceptor,
