@@ -280,6 +280,16 @@ impl ChatServer for ChatService {
     ) -> Result<Response<MessageStatus>, Status> {
         let started = Instant::now();
         let span = self.span("ChatServer/SendMessage", "SendMessage", request.metadata());
+        if self.shutdown.is_cancelled() {
+            // Drained: the sender's stream has ended (or is ending) and its
+            // registration with it, so the message would be judged from an
+            // unknown client. It is the server that is going away.
+            let result = Err(Status::unavailable(
+                "server is shutting down; send again after reconnecting",
+            ));
+            self.finish("SendMessage", started, &span, &result);
+            return result;
+        }
         let sub = convert::submission(request.into_inner());
         let thread = sub.thread.clone();
         let sent_at = sub.timestamp;
@@ -361,5 +371,57 @@ impl ChatServer for ChatService {
             Ok(Response::new(Box::pin(statuses)));
         self.finish("SendMessages", started, &span, &result);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consistency::{Engine, Settings};
+    use crate::log::{Log, memory::MemoryLog};
+    use crate::proto::{Thread, chat_server_server::ChatServer};
+
+    /// A message that arrives after the drain, from a client whose stream
+    /// the drain ended, is the server's doing: UNAVAILABLE, not the
+    /// CLIENT_ERROR ("unknown client") it got before.
+    #[tokio::test]
+    async fn a_send_after_the_drain_is_unavailable() {
+        let mut log = MemoryLog::new(16);
+        let engine = Engine::new(Settings::default(), log.head().unwrap(), vec![]);
+        let metrics = crate::telemetry::metrics::Metrics::new();
+        let hub = Hub::new(
+            engine,
+            super::super::hub::Sink::Immediate(Box::new(log)),
+            1 << 20,
+            metrics,
+        );
+        let stop = CancellationToken::new();
+        let service = ChatService::new(hub.clone(), stop.clone());
+        let info = service
+            .connect(Request::new(ConnectionStarter {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let id = info.client.unwrap().id;
+        let stream = service.open_stream(Request::new(Client { id })).unwrap();
+        // Shutdown as `run` does it: drain, then cancel; the stream ends.
+        hub.drain();
+        stop.cancel();
+        drop(stream);
+        let message = SentMessage {
+            thread: Some(Thread { id: "t".into() }),
+            contents: "late".into(),
+            timestamp: info.current_time,
+            acknowledgement: Some(Acknowledgement {
+                client: Some(Client { id }),
+                num_updates_received: 0,
+                num_messages_sent: 1,
+            }),
+        };
+        let status = service
+            .send_message(Request::new(message))
+            .await
+            .expect_err("a status, not a MessageStatus");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 }
