@@ -122,6 +122,31 @@ pub struct ServeArgs {
     /// closed (PINGs do not count) [default: 5m]
     #[arg(long, env = "DYCONIT_IDLE_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Serve TLS on both ports with this certificate chain (PEM); needs
+    /// --tls-key. Both files are read again on SIGHUP
+    #[arg(
+        long,
+        env = "DYCONIT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(
+        long,
+        env = "DYCONIT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM): mutual TLS
+    #[arg(
+        long,
+        env = "DYCONIT_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
     /// TOML config file: any of the settings above (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
@@ -174,6 +199,9 @@ pub struct FileConfig {
     pub otlp_endpoint: Option<String>,
     pub max_connections: Option<usize>,
     pub max_streams_per_connection: Option<u32>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
     #[serde(
         default,
         with = "crate::consistency::bounds::humantime_serde_compat::option"
@@ -268,6 +296,7 @@ impl ServeArgs {
         let storage = self.storage.or(file.storage).unwrap_or_default();
         let (grpc_limits, admin_limits, max_streams_per_connection) =
             self.connection_limits(&file, &dc)?;
+        let tls = self.tls(&file)?;
         Ok(Resolved {
             otlp_endpoint: self
                 .otlp_endpoint
@@ -301,6 +330,7 @@ impl ServeArgs {
                 grpc_limits,
                 admin_limits,
                 max_streams_per_connection,
+                tls,
                 ..dc
             },
         })
@@ -308,6 +338,29 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// The TLS files, read (a missing or bad file fails the start).
+    fn tls(
+        &self,
+        file: &FileConfig,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::net::tls::TlsState>>> {
+        let cert = self.tls_cert.clone().or(file.tls_cert.clone());
+        let key = self.tls_key.clone().or(file.tls_key.clone());
+        let client_ca = self.tls_client_ca.clone().or(file.tls_client_ca.clone());
+        match (cert, key) {
+            (None, None) if client_ca.is_none() => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(crate::net::tls::TlsState::load(
+                crate::net::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca,
+                },
+            )?)),
+            _ => bail!(
+                "TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)"
+            ),
+        }
+    }
+
     /// Both ports' connection limits and the streams per connection.
     fn connection_limits(
         &self,

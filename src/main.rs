@@ -68,6 +68,31 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reads the TLS files again on each SIGHUP (new connections use them; open
+/// ones keep theirs). A bad file is logged and the old certificate stays.
+async fn reload_tls_on_sighup(tls: std::sync::Arc<dyconit_chat::net::tls::TlsState>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: TLS files will not be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(e) => {
+                    tracing::error!(
+                        "SIGHUP: TLS reload failed, the previous certificate stays: {e:#}"
+                    )
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
+}
+
 async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut resolved = args.resolve()?;
@@ -79,6 +104,9 @@ async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(resolved.listen)
         .await
         .with_context(|| format!("binding the gRPC address {}", resolved.listen))?;
+    if let Some(tls) = resolved.config.tls.clone() {
+        tokio::spawn(reload_tls_on_sighup(tls));
+    }
     let admin = TcpListener::bind(resolved.admin_listen)
         .await
         .with_context(|| format!("binding the admin address {}", resolved.admin_listen))?;

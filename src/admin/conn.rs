@@ -3,10 +3,12 @@
 
 use super::{AdminState, router};
 use crate::net::Acceptor;
+use crate::net::tls::TlsState;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Serves the admin router on `acceptor` until `shutdown` completes, then
@@ -16,6 +18,7 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
     header_timeout: std::time::Duration,
+    tls: Option<Arc<TlsState>>,
 ) {
     let app = router(state);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -37,9 +40,14 @@ pub async fn serve(
             let mut app = app.clone();
             async move { tower_service::Service::call(&mut app, req).await }
         });
-        let conn = http.serve_connection(TokioIo::new(io), svc);
         let mut stop = stop_rx.clone();
+        let http = http.clone();
+        let tls = tls.as_ref().map(|t| t.admin());
         tokio::spawn(async move {
+            let Ok(io) = io.secure(tls).await else {
+                return;
+            };
+            let conn = http.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

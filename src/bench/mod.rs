@@ -79,9 +79,13 @@ failed.";
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct BenchArgs {
-    /// URL of a running server
+    /// URL of a running server (http://, or https:// for one with TLS)
     #[arg(long, value_name = "URL", required_unless_present = "spawn_server")]
     pub server: Option<String>,
+    /// With an https:// server: trust the CA certificates in FILE (PEM)
+    /// instead of the system's
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Start `dyconit-chat serve` as a child process on 127.0.0.1:0 for the
     /// run (its CPU and memory are then measured alone)
     #[arg(long, conflicts_with = "server")]
@@ -791,10 +795,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     } else {
         args.connections
     };
+    let tls = conn::tls_for(&url, args.ca_cert.as_deref())?;
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
         channels.push(
-            conn::connect(&url)
+            conn::connect(&url, tls.clone())
                 .await
                 .with_context(|| format!("connecting to {url}"))?,
         );

@@ -75,7 +75,8 @@ reconnect after a server restart (as a new client) and say so.";
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct ChatArgs {
-    /// Server URL
+    /// Server URL: http://HOST:PORT, or https://HOST:PORT for a server with
+    /// TLS
     #[arg(
         long,
         env = "DYCONIT_SERVER",
@@ -83,6 +84,10 @@ pub struct ChatArgs {
         value_name = "URL"
     )]
     pub server: String,
+    /// With an https:// URL: trust the CA certificates in FILE (PEM) instead
+    /// of the system's (for a private CA or a self-signed certificate)
+    #[arg(long, env = "DYCONIT_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Your display name (1-64 printable characters), shown to others as the
     /// sender; without it the server assigns a handle such as user-1a2b3c4d
     #[arg(long, value_name = "NAME")]

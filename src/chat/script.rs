@@ -13,13 +13,14 @@ use std::time::Duration;
 pub async fn send(args: &ChatArgs, text: &str) -> u8 {
     // Subscribing first makes the client's seen position current, so an
     // ORDER_ERROR can clear on a retry once it has received the news.
-    let mut link = match link::open(&args.server, args.name.as_deref()).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::UNREACHABLE;
-        }
-    };
+    let mut link =
+        match link::open(&args.server, args.name.as_deref(), args.ca_cert.as_deref()).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::UNREACHABLE;
+            }
+        };
     if link.sub.next_within(Duration::from_secs(5)).await.is_none() {
         eprintln!("error: the server sent no first Update within 5s");
         return exit::UNREACHABLE;
@@ -76,9 +77,14 @@ pub async fn follow(args: &ChatArgs) -> u8 {
     let mut connected_before = false;
     let stdout = std::io::stdout();
     loop {
-        let link = link::open_retrying(url, args.name.as_deref(), |e, wait| {
-            eprintln!("-- cannot reach {url}: {e}; retrying in {wait:?}");
-        })
+        let link = link::open_retrying(
+            url,
+            args.name.as_deref(),
+            args.ca_cert.as_deref(),
+            |e, wait| {
+                eprintln!("-- cannot reach {url}: {e}; retrying in {wait:?}");
+            },
+        )
         .await;
         let mut link = match link {
             Ok(l) => l,

@@ -5,8 +5,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// What counts as a request on a connection, for its idle deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,12 +96,25 @@ fn reason(handshaking: bool) -> &'static str {
     }
 }
 
+/// Counts a connection in `chat_connections_open` while it lives.
+struct OpenGauge {
+    metrics: NetMetrics,
+    port: &'static str,
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.metrics.open.with_label_values(&[self.port]).dec();
+    }
+}
+
 /// An accepted connection: holds one of its port's connection slots until
 /// dropped, and fails its next read once the peer misses a deadline, which
 /// closes the connection (hyper treats a read error as the end).
 pub struct Guarded<IO> {
     inner: IO,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
+    gauge: OpenGauge,
     protocol: Protocol,
     limits: Limits,
     scan: FrameScan,
@@ -121,7 +137,11 @@ impl<IO> Guarded<IO> {
         metrics.open.with_label_values(&[port]).inc();
         Guarded {
             inner,
-            _slot: slot,
+            slot,
+            gauge: OpenGauge {
+                metrics: metrics.clone(),
+                port,
+            },
             protocol,
             limits,
             scan: FrameScan::new(),
@@ -156,9 +176,123 @@ impl<IO> Guarded<IO> {
     }
 }
 
-impl<IO> Drop for Guarded<IO> {
-    fn drop(&mut self) {
-        self.metrics.open.with_label_values(&[self.port]).dec();
+/// An accepted TCP connection, in plain text or after a TLS handshake.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(t) => t,
+            Conn::Tls(t) => t.get_ref().0,
+        }
+    }
+}
+
+impl Guarded<TcpStream> {
+    /// Runs the TLS handshake when `tls` is given (within the handshake
+    /// timeout, holding the connection's slot), else passes the connection
+    /// on as it is.
+    pub async fn secure(self, tls: Option<TlsAcceptor>) -> io::Result<Guarded<Conn>> {
+        let Guarded {
+            inner,
+            slot,
+            gauge,
+            protocol,
+            limits,
+            scan,
+            handshaking,
+            deadline,
+            metrics,
+            port,
+        } = self;
+        let inner = match tls {
+            None => Conn::Plain(inner),
+            Some(acceptor) => {
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(inner)).await {
+                    Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        metrics.tls_failures.with_label_values(&[port]).inc();
+                        tracing::debug!(port, error = %e, "TLS handshake failed");
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        let why = reason(true);
+                        metrics.timed_out.with_label_values(&[port, why]).inc();
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, why));
+                    }
+                }
+            }
+        };
+        Ok(Guarded {
+            inner,
+            slot,
+            gauge,
+            protocol,
+            limits,
+            scan,
+            handshaking,
+            deadline,
+            metrics,
+            port,
+        })
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            Conn::Tls(t) => Pin::new(t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_write(cx, b),
+            Conn::Tls(t) => Pin::new(t).poll_write(cx, b),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Conn::Tls(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(t) => t.is_write_vectored(),
+            Conn::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_flush(cx),
+            Conn::Tls(t) => Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(t) => Pin::new(t).poll_shutdown(cx),
+            Conn::Tls(t) => Pin::new(t).poll_shutdown(cx),
+        }
     }
 }
 

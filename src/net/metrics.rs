@@ -15,6 +15,9 @@ pub struct NetMetrics {
     /// Connections closed by a deadline, by `reason`
     /// (`handshake_timeout`, `idle_timeout`).
     pub timed_out: IntCounterVec,
+    /// TLS handshakes that failed (bad or missing client certificate, not
+    /// TLS at all, ...).
+    pub tls_failures: IntCounterVec,
 }
 
 impl NetMetrics {
@@ -46,6 +49,11 @@ impl NetMetrics {
                 "Connections closed for not starting in time (handshake_timeout) or for going without requests (idle_timeout), by port and reason.",
                 &["port", "reason"],
             ),
+            tls_failures: counter(
+                "chat_tls_handshake_failures_total",
+                "TLS handshakes that failed (not TLS, no or a wrong client certificate, no common protocol), by port.",
+                &["port"],
+            ),
             open,
         };
         r.register(Box::new(m.open.clone())).expect("unique metric");
@@ -53,6 +61,7 @@ impl NetMetrics {
             m.open.with_label_values(&[port]);
             m.accept_errors.with_label_values(&[port]);
             m.cap_reached.with_label_values(&[port]);
+            m.tls_failures.with_label_values(&[port]);
             for reason in ["handshake_timeout", "idle_timeout"] {
                 m.timed_out.with_label_values(&[port, reason]);
             }

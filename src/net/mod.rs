@@ -10,8 +10,9 @@
 
 mod guard;
 mod metrics;
+pub mod tls;
 
-pub use guard::{Guarded, Protocol};
+pub use guard::{Conn, Guarded, Protocol};
 pub use metrics::NetMetrics;
 
 use std::io;

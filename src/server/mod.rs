@@ -76,6 +76,9 @@ pub struct Config {
     /// Host names the admin port answers to besides IP addresses and
     /// `localhost` (DNS-rebinding defence).
     pub admin_hosts: Vec<String>,
+    /// TLS for both ports, if configured (reloaded by the caller, e.g. on
+    /// SIGHUP).
+    pub tls: Option<Arc<crate::net::tls::TlsState>>,
     /// Connection cap and deadlines of the gRPC port.
     pub grpc_limits: crate::net::Limits,
     /// Connection cap and deadlines of the admin port.
@@ -111,6 +114,7 @@ impl Default for Config {
             admin_token: None,
             log_filter: None,
             admin_hosts: Vec::new(),
+            tls: None,
             grpc_limits: crate::net::Limits::default(),
             admin_limits: crate::net::Limits {
                 max_connections: crate::net::DEFAULT_MAX_ADMIN_CONNECTIONS,
@@ -287,7 +291,7 @@ pub async fn run(
             .add_service(reflection)
             .add_service(chat)
             .serve_with_incoming_shutdown(
-                listener::incoming(grpc_acceptor),
+                listener::incoming(grpc_acceptor, config.tls.clone()),
                 grpc_stop.cancelled_owned(),
             ),
     );
@@ -314,6 +318,7 @@ pub async fn run(
         admin_state,
         admin_stop.cancelled_owned(),
         config.admin_limits.handshake_timeout,
+        config.tls.clone(),
     ));
 
     ready.set(true);
