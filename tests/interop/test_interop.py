@@ -121,7 +121,13 @@ class Server:
             raise
 
     def new_channel(self) -> grpc.Channel:
-        ch = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        ca = self.flags.get("tls_cert")
+        if ca is not None:
+            # The server's certificate is self-signed: it is its own CA.
+            creds = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+            ch = grpc.secure_channel(f"127.0.0.1:{self.port}", creds)
+        else:
+            ch = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.channels.append(ch)
         return ch
 
@@ -839,3 +845,45 @@ def test_sigterm_with_open_stream_flushes_and_exits_zero(start_server):
     srv.proc.send_signal(signal.SIGTERM)
     reader.wait_for([text])  # pending messages are flushed at shutdown
     assert srv.proc.wait(timeout=5) == 0
+
+
+# --------------------------------------------------------------------------
+# TLS
+# --------------------------------------------------------------------------
+
+
+def self_signed_cert(dir: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl), and its key."""
+    cert, key = dir / "cert.pem", dir / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "1",
+            "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_chat_over_tls(start_server, tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+    srv = start_server(tls_cert=cert, tls_key=key)
+    reader = Session(srv, name="tls-reader").stream(auto_ack=True)
+    reader.next_update()
+    writer = Session(srv, name="tls-writer")
+    text = uniq("tls")
+    assert_status(writer.send(text), OK, "send over TLS")
+    got = reader.wait_for([text])
+    assert got[text].sender == "tls-writer"
+    # A plaintext client gets nowhere on the TLS port.
+    plain = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            pb_grpc.ChatServerStub(plain).Connect(pb.ConnectionStarter(), timeout=3)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        plain.close()
