@@ -147,6 +147,20 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
+    /// Require a JWT on Connect (`authorization: Bearer <token>`), HS256
+    /// signed with the secret in FILE (at least 32 bytes); the display name
+    /// comes from its `name` (or `sub`) claim. `dyconit-chat token` makes one
+    #[arg(
+        long,
+        env = "DYCONIT_AUTH_JWT_SECRET_FILE",
+        value_name = "FILE",
+        conflicts_with = "auth_jwks_file"
+    )]
+    pub auth_jwt_secret_file: Option<PathBuf>,
+    /// Require a JWT on Connect signed (RS256 or ES256) with a key of the
+    /// JWK set in FILE (JSON, as an identity provider publishes it)
+    #[arg(long, env = "DYCONIT_AUTH_JWKS_FILE", value_name = "FILE")]
+    pub auth_jwks_file: Option<PathBuf>,
     /// TOML config file: any of the settings above (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
@@ -202,6 +216,8 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    pub auth_jwt_secret_file: Option<PathBuf>,
+    pub auth_jwks_file: Option<PathBuf>,
     #[serde(
         default,
         with = "crate::consistency::bounds::humantime_serde_compat::option"
@@ -297,6 +313,7 @@ impl ServeArgs {
         let (grpc_limits, admin_limits, max_streams_per_connection) =
             self.connection_limits(&file, &dc)?;
         let tls = self.tls(&file)?;
+        let auth = self.auth(&file)?;
         Ok(Resolved {
             otlp_endpoint: self
                 .otlp_endpoint
@@ -331,6 +348,7 @@ impl ServeArgs {
                 admin_limits,
                 max_streams_per_connection,
                 tls,
+                auth,
                 ..dc
             },
         })
@@ -338,6 +356,28 @@ impl ServeArgs {
 }
 
 impl ServeArgs {
+    /// The token verifier, from the secret or the JWK set (read now).
+    fn auth(
+        &self,
+        file: &FileConfig,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::auth::Verifier>>> {
+        use crate::auth::Verifier;
+        let secret = self
+            .auth_jwt_secret_file
+            .clone()
+            .or(file.auth_jwt_secret_file.clone());
+        let jwks = self.auth_jwks_file.clone().or(file.auth_jwks_file.clone());
+        let verifier = match (secret, jwks) {
+            (None, None) => return Ok(None),
+            (Some(s), None) => Verifier::from_secret_file(&s)?,
+            (None, Some(j)) => Verifier::from_jwks_file(&j)?,
+            (Some(_), Some(_)) => {
+                bail!("give --auth-jwt-secret-file or --auth-jwks-file, not both")
+            }
+        };
+        Ok(Some(std::sync::Arc::new(verifier)))
+    }
+
     /// The TLS files, read (a missing or bad file fails the start).
     fn tls(
         &self,

@@ -4,6 +4,7 @@
 //! - [`server`]: the gRPC service, client registry and flush scheduler.
 //! - [`log`]: the ordered message log behind one trait.
 //! - [`admin`]: the admin HTTP port.
+//! - [`auth`]: JWT authentication of `Connect`.
 //! - [`client`]: the client library.
 //! - [`config`]: command-line flags and the TOML config file.
 //! - [`chat`]: the terminal chat client (`dyconit-chat chat`).
@@ -12,6 +13,7 @@
 //! - [`sys`]: file-descriptor limit and /proc figures.
 
 pub mod admin;
+pub mod auth;
 pub mod bench;
 pub mod chat;
 pub mod client;

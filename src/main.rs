@@ -24,11 +24,37 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the chat server (gRPC on --listen, admin HTTP on --admin-listen)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Chat in the terminal, or send (--send) or follow (--follow) from scripts
     Chat(ChatArgs),
     /// Load-test a server: N streaming clients, a send schedule, a report
     Bench(BenchArgs),
+    /// Print an HS256 token for NAME, signed with the secret in FILE, for a
+    /// server run with --auth-jwt-secret-file (development and scripts)
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The secret file the server reads (--auth-jwt-secret-file)
+    #[arg(long, value_name = "FILE")]
+    secret_file: std::path::PathBuf,
+    /// The display name the token carries
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// How long the token is valid (e.g. 30m, 12h, 7d)
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+}
+
+/// `dyconit-chat token`: the token on stdout.
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let secret = dyconit_chat::auth::read_secret(&args.secret_file)?;
+    println!(
+        "{}",
+        dyconit_chat::auth::hs256_token(&secret, &args.name, args.ttl)?
+    );
+    Ok(())
 }
 
 /// The log filter: `--log`, else `RUST_LOG`, else "info".
@@ -122,12 +148,13 @@ async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args, cli.log.as_deref()).await,
+        Command::Serve(args) => serve(*args, cli.log.as_deref()).await,
         // The chat client owns the terminal: it logs only when asked.
         Command::Chat(args) => {
             init_client_logging(cli.log.as_deref().unwrap_or("off"));
             return dyconit_chat::chat::run(args).await;
         }
+        Command::Token(args) => token(&args),
         Command::Bench(args) => {
             init_client_logging(cli.log.as_deref().unwrap_or("warn"));
             match dyconit_chat::bench::run(args).await {

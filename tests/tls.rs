@@ -65,6 +65,7 @@ fn https(server: &TestServer) -> String {
 fn trusting(ca: &Ca) -> ConnectOptions {
     ConnectOptions {
         ca_cert: Some(ca.pem.clone().into_bytes()),
+        ..Default::default()
     }
 }
 

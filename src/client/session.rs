@@ -139,6 +139,9 @@ pub struct ConnectOptions {
     /// CA certificates (PEM) to trust for an `https://` URL, instead of the
     /// system's roots (for a server with a private or self-signed CA).
     pub ca_cert: Option<Vec<u8>>,
+    /// A JWT sent as `authorization: Bearer` on `Connect`, for a server
+    /// that authenticates (the name then comes from the token).
+    pub token: Option<String>,
 }
 
 impl ConnectOptions {
@@ -146,7 +149,10 @@ impl ConnectOptions {
     pub fn with_ca_file(path: &std::path::Path) -> Result<Self, ClientError> {
         let pem = std::fs::read(path)
             .map_err(|e| ClientError::Address(format!("reading {}: {e}", path.display())))?;
-        Ok(ConnectOptions { ca_cert: Some(pem) })
+        Ok(ConnectOptions {
+            ca_cert: Some(pem),
+            token: None,
+        })
     }
 }
 
@@ -186,7 +192,7 @@ impl ChatClient {
         options: &ConnectOptions,
     ) -> Result<Self, ClientError> {
         let channel = endpoint(url, options)?.connect().await?;
-        Self::connect_channel(channel, name).await
+        Self::open(channel, name, options.token.as_deref()).await
     }
 
     /// Connects over an existing channel (several clients may share one).
@@ -194,8 +200,23 @@ impl ChatClient {
         channel: Channel,
         name: Option<&str>,
     ) -> Result<Self, ClientError> {
+        Self::open(channel, name, None).await
+    }
+
+    /// `Connect` over `channel`, with a name and/or a bearer token.
+    async fn open(
+        channel: Channel,
+        name: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let mut rpc = ChatServerClient::new(channel);
         let mut request = tonic::Request::new(ConnectionStarter {});
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ClientError::Name("the token is not valid metadata".into()))?;
+            request.metadata_mut().insert("authorization", value);
+        }
         if let Some(name) = name {
             let value = name
                 .parse()

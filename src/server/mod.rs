@@ -76,6 +76,9 @@ pub struct Config {
     /// Host names the admin port answers to besides IP addresses and
     /// `localhost` (DNS-rebinding defence).
     pub admin_hosts: Vec<String>,
+    /// Checks bearer tokens on `Connect`; `None`: names are self-asserted
+    /// (`x-chat-name`).
+    pub auth: Option<Arc<crate::auth::Verifier>>,
     /// TLS for both ports, if configured (reloaded by the caller, e.g. on
     /// SIGHUP).
     pub tls: Option<Arc<crate::net::tls::TlsState>>,
@@ -114,6 +117,7 @@ impl Default for Config {
             admin_token: None,
             log_filter: None,
             admin_hosts: Vec::new(),
+            auth: None,
             tls: None,
             grpc_limits: crate::net::Limits::default(),
             admin_limits: crate::net::Limits {
@@ -279,7 +283,18 @@ pub async fn run(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let chat = updates::ChatRoutes::new(service::ChatService::new(hub.clone(), stop.clone()));
+    let mut service = service::ChatService::new(hub.clone(), stop.clone());
+    match &config.auth {
+        Some(v) => {
+            tracing::info!(keys = %v.source, "authentication on: Connect needs a JWT, names come from it");
+            let m = crate::auth::AuthMetrics::new(&metrics.registry);
+            service = service.with_auth(v.clone(), m);
+        }
+        None => tracing::warn!(
+            "authentication is OFF: anyone who reaches the gRPC port may connect, and names are self-asserted (x-chat-name); use --auth-jwt-secret-file or --auth-jwks-file"
+        ),
+    }
+    let chat = updates::ChatRoutes::new(service);
 
     let grpc_stop = stop.clone();
     let grpc = tokio::spawn(

@@ -4,6 +4,7 @@
 use super::convert;
 use super::hub::{Hub, Submitted};
 use super::outbox::UpdateStream;
+use crate::auth::{AuthMetrics, Verifier};
 use crate::consistency::{Decision, Rejection, Verdict};
 use crate::proto::chat_server_server::ChatServer;
 use crate::proto::{
@@ -73,11 +74,55 @@ pub struct ChatService {
     hub: Arc<Hub>,
     /// Cancelled at shutdown: ends open `SendMessages` streams.
     shutdown: CancellationToken,
+    /// Checks `Connect`'s bearer token, when authentication is on.
+    auth: Option<(Arc<Verifier>, AuthMetrics)>,
 }
 
 impl ChatService {
     pub fn new(hub: Arc<Hub>, shutdown: CancellationToken) -> Self {
-        ChatService { hub, shutdown }
+        ChatService {
+            hub,
+            shutdown,
+            auth: None,
+        }
+    }
+
+    /// Requires a valid bearer token on `Connect`.
+    pub fn with_auth(mut self, verifier: Arc<Verifier>, metrics: AuthMetrics) -> Self {
+        self.auth = Some((verifier, metrics));
+        self
+    }
+
+    /// The display name for `Connect`: from the token when authentication
+    /// is on (then `x-chat-name` is refused), else from `x-chat-name`.
+    fn connecting_name(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Option<String>, Status> {
+        let Some((verifier, metrics)) = &self.auth else {
+            return chosen_name(meta);
+        };
+        let peer = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+        if meta.contains_key(NAME_HEADER) {
+            metrics.outcomes.with_label_values(&["name_header"]).inc();
+            return Err(Status::invalid_argument(
+                "x-chat-name is not accepted on this server: the name comes from the token",
+            ));
+        }
+        let bearer = meta.get("authorization").and_then(|v| v.to_str().ok());
+        match verifier.verify(bearer) {
+            Ok(name) => {
+                metrics.outcomes.with_label_values(&["ok"]).inc();
+                tracing::info!(target: "audit", user = %name, %peer, "Connect authenticated");
+                Ok(Some(name))
+            }
+            Err(e) => {
+                metrics.outcomes.with_label_values(&[e.label()]).inc();
+                tracing::warn!(target: "audit", reason = %e, %peer, "Connect refused");
+                Err(Status::unauthenticated(e.to_string()))
+            }
+        }
     }
 }
 
@@ -227,7 +272,7 @@ impl ChatServer for ChatService {
         let started = Instant::now();
         let span = self.span("ChatServer/Connect", "Connect", request.metadata());
         let result = span.in_scope(|| {
-            let name = chosen_name(request.metadata())?;
+            let name = self.connecting_name(request.metadata(), request.remote_addr())?;
             let (id, _name, now) = self.hub.connect(name)?;
             Ok(Response::new(ServerInfo {
                 current_time: Some(convert::server_time(now)),

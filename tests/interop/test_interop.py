@@ -887,3 +887,42 @@ def test_chat_over_tls(start_server, tmp_path):
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         plain.close()
+
+
+def test_tls_and_a_bearer_token(start_server, tmp_path):
+    """grpcio over TLS with a JWT from `dyconit-chat token`: the name comes
+    from the token; no token or x-chat-name beside it is refused."""
+    cert, key = self_signed_cert(tmp_path)
+    secret = tmp_path / "jwt.secret"
+    secret.write_text(secrets.token_hex(32) + "\n")
+    srv = start_server(tls_cert=cert, tls_key=key, auth_jwt_secret_file=secret)
+    token = subprocess.run(
+        [str(BIN), "token", "--secret-file", str(secret), "--name", "py-user", "--ttl", "5m"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    auth = [("authorization", f"Bearer {token}")]
+    info = srv.stub.Connect(pb.ConnectionStarter(), metadata=auth, timeout=RPC_TIMEOUT)
+    assert info.client.id > 0
+    with pytest.raises(grpc.RpcError) as e:
+        srv.stub.Connect(pb.ConnectionStarter(), timeout=RPC_TIMEOUT)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "Bearer" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        srv.stub.Connect(
+            pb.ConnectionStarter(), metadata=auth + [("x-chat-name", "x")], timeout=RPC_TIMEOUT
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The authenticated client chats under the token's name.
+    reader = srv.stub.ReceiveUpdates(pb.Client(id=info.client.id), timeout=30)
+    srv.calls.append(reader)
+    first = next(reader)
+    m = pb.SentMessage(contents="hello from python", timestamp=pb.ServerTime(timestamp=now_us()))
+    m.acknowledgement.CopyFrom(
+        pb.Acknowledgement(client=pb.Client(id=info.client.id), numUpdatesReceived=1, numMessagesSent=1)
+    )
+    assert_status(srv.stub.SendMessage(m, timeout=RPC_TIMEOUT), OK, "authenticated send")
+    for upd in reader:
+        if upd.message:
+            assert upd.message[0].sender == "py-user"
+            break
+    assert first is not None
