@@ -189,3 +189,51 @@ async fn mutual_tls_refuses_clients_without_a_certificate_from_the_client_ca() {
         .await
         .expect("Connect over mTLS");
 }
+
+#[tokio::test]
+async fn the_chat_command_sends_over_tls_with_a_token() {
+    use dyconit_chat::auth::{Verifier, hs256_token};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let secret = "a-secret-for-the-chat-command-test!!";
+    std::fs::write(dir.path().join("secret"), secret).unwrap();
+    let mut cfg = config(50, 256, 32);
+    cfg.tls = Some(TlsState::load(ca.write_server(dir.path())).unwrap());
+    cfg.auth = Some(Arc::new(
+        Verifier::from_secret_file(&dir.path().join("secret")).unwrap(),
+    ));
+    let server = TestServer::start(cfg).await;
+    let reader_token = hs256_token(secret.as_bytes(), "reader", Duration::from_secs(60)).unwrap();
+    let options = ConnectOptions {
+        token: Some(reader_token),
+        ..trusting(&ca)
+    };
+    let reader = ChatClient::connect_with(&https(&server), None, &options)
+        .await
+        .unwrap();
+    let mut sub = reader.subscribe().await.unwrap();
+    first_update(&mut sub).await;
+    let token = hs256_token(secret.as_bytes(), "cli-user", Duration::from_secs(60)).unwrap();
+    let url = https(&server);
+    let ca_file = dir.path().join("ca.pem");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
+            .args(["chat", "--server", &url, "--send", "hello via cli"])
+            .arg("--ca-cert")
+            .arg(ca_file)
+            .args(["--token", &token])
+            .env_remove("DYCONIT_SERVER")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = collect_messages(&mut sub, 1).await;
+    assert_eq!(got[0].update.message[0].sender, "cli-user");
+}

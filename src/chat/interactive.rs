@@ -272,17 +272,28 @@ impl App<'_> {
     fn connect_in_background(&self) {
         let url = self.args.server.clone();
         let name = self.args.name.clone();
-        let ca_cert = self.args.ca_cert.clone();
         let notes = self.notes.clone();
+        // A CA file that cannot be read is reported like an unreachable
+        // server, by the first connection attempt.
+        let options = self.args.connect_options();
         tokio::spawn(async move {
-            let result =
-                link::open_retrying(&url, name.as_deref(), ca_cert.as_deref(), |e, wait| {
+            let options = match options {
+                Ok(o) => o,
+                Err(e) => {
                     let _ = notes.send(Note::ConnectFailed {
                         error: e.to_string(),
-                        retry_in: wait,
+                        retry_in: std::time::Duration::ZERO,
                     });
-                })
-                .await;
+                    return;
+                }
+            };
+            let result = link::open_retrying(&url, name.as_deref(), &options, |e, wait| {
+                let _ = notes.send(Note::ConnectFailed {
+                    error: e.to_string(),
+                    retry_in: wait,
+                });
+            })
+            .await;
             let _ = notes.send(match result {
                 Ok(link) => Note::Connected(link),
                 Err(e) => Note::ConnectGaveUp(e.to_string()),

@@ -16,18 +16,14 @@ pub struct Link {
     pub sub: Subscription,
 }
 
-/// Connects and subscribes once (over TLS for an `https://` URL, trusting
-/// the CA certificates in `ca_cert` if given).
+/// Connects and subscribes once (over TLS for an `https://` URL; see
+/// [`ConnectOptions`]).
 pub async fn open(
     url: &str,
     name: Option<&str>,
-    ca_cert: Option<&std::path::Path>,
+    options: &ConnectOptions,
 ) -> Result<Link, ClientError> {
-    let options = match ca_cert {
-        Some(path) => ConnectOptions::with_ca_file(path)?,
-        None => ConnectOptions::default(),
-    };
-    let client = ChatClient::connect_with(url, name, &options).await?;
+    let client = ChatClient::connect_with(url, name, options).await?;
     let sub = client.subscribe().await?;
     Ok(Link { client, sub })
 }
@@ -43,12 +39,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub async fn open_retrying(
     url: &str,
     name: Option<&str>,
-    ca_cert: Option<&std::path::Path>,
+    options: &ConnectOptions,
     mut note: impl FnMut(&ClientError, Duration),
 ) -> Result<Link, ClientError> {
     let mut wait = FIRST_BACKOFF;
     loop {
-        match open(url, name, ca_cert).await {
+        match open(url, name, options).await {
             Ok(link) => return Ok(link),
             Err(e) if is_permanent(&e) => return Err(e),
             Err(e) => {

@@ -88,6 +88,16 @@ pub struct ChatArgs {
     /// of the system's (for a private CA or a self-signed certificate)
     #[arg(long, env = "DYCONIT_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// A JWT for a server that authenticates (`dyconit-chat token` makes
+    /// one); your name then comes from it, and --name is not allowed
+    #[arg(
+        long,
+        env = "DYCONIT_TOKEN",
+        value_name = "JWT",
+        hide_env_values = true,
+        conflicts_with = "name"
+    )]
+    pub token: Option<String>,
     /// Your display name (1-64 printable characters), shown to others as the
     /// sender; without it the server assigns a handle such as user-1a2b3c4d
     #[arg(long, value_name = "NAME")]
@@ -106,6 +116,20 @@ pub struct ChatArgs {
     /// (0: one attempt only)
     #[arg(long, default_value_t = 7, value_name = "N")]
     pub retries: u32,
+}
+
+impl ChatArgs {
+    /// How to reach the server: `--ca-cert` read, `--token` attached.
+    pub fn connect_options(
+        &self,
+    ) -> Result<crate::client::ConnectOptions, crate::client::ClientError> {
+        let mut options = match &self.ca_cert {
+            Some(path) => crate::client::ConnectOptions::with_ca_file(path)?,
+            None => crate::client::ConnectOptions::default(),
+        };
+        options.token = self.token.clone().filter(|t| !t.is_empty());
+        Ok(options)
+    }
 }
 
 /// Runs `chat` and returns the process exit code.

@@ -11,16 +11,22 @@ use std::time::Duration;
 /// `--send TEXT`: sends one message (retrying the retryable rejections up to
 /// `--retries` times), prints the outcome, and returns the exit code.
 pub async fn send(args: &ChatArgs, text: &str) -> u8 {
+    let options = match args.connect_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::UNREACHABLE;
+        }
+    };
     // Subscribing first makes the client's seen position current, so an
     // ORDER_ERROR can clear on a retry once it has received the news.
-    let mut link =
-        match link::open(&args.server, args.name.as_deref(), args.ca_cert.as_deref()).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::UNREACHABLE;
-            }
-        };
+    let mut link = match link::open(&args.server, args.name.as_deref(), &options).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::UNREACHABLE;
+        }
+    };
     if link.sub.next_within(Duration::from_secs(5)).await.is_none() {
         eprintln!("error: the server sent no first Update within 5s");
         return exit::UNREACHABLE;
@@ -72,19 +78,21 @@ struct FollowLine<'a> {
 /// `--follow`: prints every received message as a JSON line until stdout
 /// closes; reconnects after a server restart. Returns the exit code.
 pub async fn follow(args: &ChatArgs) -> u8 {
+    let options = match args.connect_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::UNREACHABLE;
+        }
+    };
     let url = &args.server;
     let mut seen = Seen::default();
     let mut connected_before = false;
     let stdout = std::io::stdout();
     loop {
-        let link = link::open_retrying(
-            url,
-            args.name.as_deref(),
-            args.ca_cert.as_deref(),
-            |e, wait| {
-                eprintln!("-- cannot reach {url}: {e}; retrying in {wait:?}");
-            },
-        )
+        let link = link::open_retrying(url, args.name.as_deref(), &options, |e, wait| {
+            eprintln!("-- cannot reach {url}: {e}; retrying in {wait:?}");
+        })
         .await;
         let mut link = match link {
             Ok(l) => l,
