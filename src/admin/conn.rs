@@ -1,7 +1,7 @@
 //! The admin port's accept loop: HTTP/1 connections within the port's
 //! limits, each with a header-read deadline, closed gracefully at shutdown.
 
-use super::{AdminState, router};
+use super::AdminState;
 use crate::net::Acceptor;
 use crate::net::tls::TlsState;
 use axum::extract::ConnectInfo;
@@ -20,7 +20,7 @@ pub async fn serve(
     header_timeout: std::time::Duration,
     tls: Option<Arc<TlsState>>,
 ) {
-    let app = router(state);
+    let (app, sampler) = super::app(state);
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper runs this from the moment it waits for a request head, so it
     // also ends idle keep-alive connections.
@@ -66,4 +66,5 @@ pub async fn serve(
     drop(acceptor);
     let _ = stop_tx.send(true);
     drained.await;
+    sampler.abort();
 }

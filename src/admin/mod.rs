@@ -18,6 +18,8 @@
 //!   token when one is configured).
 //! - `GET /api/v1/stats` — totals, and the delivery-latency and
 //!   acknowledgement-lag histograms (count, sum, cumulative buckets).
+//! - `GET /api/v1/stats/history` — the last ten minutes of those, one a
+//!   second, kept by the server for the dashboard's charts (`?seconds=N`).
 //! - `PUT /api/v1/log-level` — replace the log filter.
 //! - `GET /api/v1/openapi.json` — the OpenAPI document of all of the above.
 //!
@@ -31,6 +33,7 @@
 mod api;
 mod conn;
 pub(crate) mod guard;
+mod history;
 mod openapi;
 mod ui;
 
@@ -121,11 +124,6 @@ pub fn router(state: AdminState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        // Outermost: a request for a foreign host name is refused first.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::check_request,
-        ))
         .with_state(state)
 }
 
@@ -179,4 +177,21 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
         return unauthorized("this call needs Authorization: Bearer <admin token>");
     }
     next.run(req).await
+}
+
+/// The whole admin app: the router plus the stats history, every route
+/// behind the Host check; and the task that samples the history (aborted
+/// when serving ends).
+pub(crate) fn app(state: AdminState) -> (Router, tokio::task::JoinHandle<()>) {
+    let samples = history::SampleHistory::default();
+    let sampler = tokio::spawn(history::run(state.clone(), samples.clone()));
+    let app = router(state.clone())
+        .merge(
+            Router::new()
+                .route("/api/v1/stats/history", get(history::get))
+                .with_state(samples),
+        )
+        // Outermost: a request for a foreign host name is refused first.
+        .layer(middleware::from_fn_with_state(state, guard::check_request));
+    (app, sampler)
 }

@@ -20,6 +20,8 @@ pub struct SpawnedServer {
     child: Child,
     /// Its gRPC URL, e.g. `http://127.0.0.1:41234`.
     pub url: String,
+    /// Its admin URL (`/metrics`, the admin API), e.g. `http://127.0.0.1:41235`.
+    pub admin_url: String,
 }
 
 /// Removes ANSI colour sequences (the log formatter may colour field names).
@@ -42,8 +44,13 @@ fn strip_ansi(line: &str) -> String {
 
 /// The gRPC address in the server's "serving" log line, if this is it.
 fn grpc_addr(line: &str) -> Option<String> {
+    log_field(line, "grpc_addr=")
+}
+
+/// The value of `key` (e.g. `"admin_addr="`) in a log line, if there.
+fn log_field(line: &str, key: &str) -> Option<String> {
     let clean = strip_ansi(line);
-    let at = clean.find("grpc_addr=")? + "grpc_addr=".len();
+    let at = clean.find(key)? + key.len();
     let addr: String = clean[at..]
         .chars()
         .take_while(|c| !c.is_whitespace())
@@ -91,7 +98,7 @@ impl SpawnedServer {
                 if let Some(addr) = grpc_addr(&line)
                     && let Some(tx) = tx.take()
                 {
-                    let _ = tx.send(addr);
+                    let _ = tx.send((addr, log_field(&line, "admin_addr=").unwrap_or_default()));
                     continue;
                 }
                 let problem =
@@ -106,9 +113,10 @@ impl SpawnedServer {
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => Ok(SpawnedServer {
+            Ok((addr, admin)) => Ok(SpawnedServer {
                 child,
                 url: format!("http://{addr}"),
+                admin_url: format!("http://{admin}"),
             }),
             Err(_) => {
                 let _ = child.kill();

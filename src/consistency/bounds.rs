@@ -185,7 +185,18 @@ pub mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// Parses a duration; the error shows the accepted forms, since "expected
+    /// number at 0" alone does not tell a user what to write.
+    fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text).map_err(|e| {
+            format!(
+                "invalid duration {text:?} ({e}): write a number and a unit, \
+                 such as \"300ms\", \"2s\", \"1m\" or \"1h 30m\""
+            )
+        })
     }
 
     pub mod option {
@@ -200,7 +211,7 @@ pub mod humantime_serde_compat {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
             Option::<String>::deserialize(d)?
-                .map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+                .map(|t| super::parse(&t).map_err(serde::de::Error::custom))
                 .transpose()
         }
     }

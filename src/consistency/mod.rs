@@ -14,6 +14,7 @@ pub mod bounds;
 pub mod client;
 pub mod conit;
 pub mod engine;
+pub mod entry;
 pub mod parts;
 pub mod settings;
 pub mod time;

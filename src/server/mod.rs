@@ -9,12 +9,14 @@
 //! - [`writer`]: the group-commit thread that makes messages durable.
 //! - [`convert`]: wire types to and from core types.
 //! - [`clock`]: the one place the wall clock is read.
+//! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
 
 pub mod clock;
 pub mod convert;
 pub mod hub;
 pub mod listener;
 pub mod outbox;
+mod reflection;
 pub mod scheduler;
 pub mod service;
 pub mod updates;
@@ -280,9 +282,6 @@ pub async fn run(
     health
         .set_serving::<ChatServerServer<service::ChatService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let mut service = service::ChatService::new(hub.clone(), stop.clone());
     match &config.auth {
         Some(v) => {
@@ -303,7 +302,8 @@ pub async fn run(
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .max_concurrent_streams(config.max_streams_per_connection)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection::v1()?)
+            .add_service(reflection::v1alpha()?)
             .add_service(chat)
             .serve_with_incoming_shutdown(
                 listener::incoming(grpc_acceptor, config.tls.clone()),
