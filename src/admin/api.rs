@@ -207,7 +207,11 @@ pub const CLIENTS_PUBLIC_MAX: usize = 20;
 const CLIENTS_PAGE_DEFAULT: usize = 20;
 
 /// Reads a non-negative integer query parameter.
-fn query_count(q: &HashMap<String, String>, name: &str, default: usize) -> Result<usize, String> {
+pub(crate) fn query_count(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+) -> Result<usize, String> {
     match q.get(name) {
         None => Ok(default),
         Some(v) => v
