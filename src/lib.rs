@@ -9,6 +9,7 @@
 //! - [`config`]: command-line flags and the TOML config file.
 //! - [`chat`]: the terminal chat client (`dyconit-chat chat`).
 //! - [`bench`]: the load generator (`dyconit-chat bench`).
+//! - [`check`]: the history checker of recorded runs (`dyconit-chat check`).
 //! - [`net`]: connection caps, accept backoff and deadlines of both ports.
 //! - [`sys`]: file-descriptor limit and /proc figures.
 
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod chat;
+pub mod check;
 pub mod client;
 pub mod codec;
 pub mod config;

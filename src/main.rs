@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use dyconit_chat::bench::BenchArgs;
 use dyconit_chat::chat::ChatArgs;
+use dyconit_chat::check::CheckArgs;
 use dyconit_chat::config::ServeArgs;
 use dyconit_chat::server::{self, Listeners};
 use dyconit_chat::telemetry::tracing_setup;
@@ -32,6 +33,8 @@ enum Command {
     Chat(ChatArgs),
     /// Load-test a server: N streaming clients, a send schedule, a report
     Bench(BenchArgs),
+    /// Verify a recorded run (bench --record) against the protocol's promises
+    Check(CheckArgs),
     /// Print an HS256 token for NAME, signed with the secret in FILE, for a
     /// server run with --auth-jwt-secret-file (development and scripts)
     Token(TokenArgs),
@@ -194,6 +197,7 @@ async fn main() -> std::process::ExitCode {
             return dyconit_chat::chat::run(args).await;
         }
         Command::Token(args) => token(&args),
+        Command::Check(args) => return dyconit_chat::check::main(args),
         Command::Bench(args) => {
             init_client_logging(cli.log.as_deref().unwrap_or("warn"));
             match dyconit_chat::bench::run(args).await {

@@ -13,6 +13,8 @@
 //! sequence number, so the visible order never has gaps and nothing a client
 //! saw is ever taken back.
 
+mod cluster;
+
 use super::Seq;
 use super::admission::{ClientFault, Decision, Rejection, Submission, Verdict};
 use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
@@ -26,6 +28,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use cluster::ApplyError;
 
 /// The capability id a client got from `Connect`.
 pub type ClientId = i64;

@@ -7,11 +7,14 @@
 //! - [`outbox`]: each client's bounded outbound queue and stream.
 //! - [`scheduler`]: the one task that wakes at the engine's next deadline.
 //! - [`writer`]: the group-commit thread that makes messages durable.
+//! - [`cluster`]: a node of a cluster: publishes to and consumes the shared
+//!   NATS JetStream stream (`--storage nats`).
 //! - [`convert`]: wire types to and from core types.
 //! - [`clock`]: the one place the wall clock is read.
 //! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
 
 pub mod clock;
+pub mod cluster;
 pub mod convert;
 pub mod hub;
 pub mod listener;
@@ -45,6 +48,10 @@ pub enum Storage {
     Durable,
     /// In memory: fast, and gone on restart.
     Memory,
+    /// In a NATS JetStream stream shared by every chat node of a cluster
+    /// (--nats-url): one commit order for all nodes; an OK means the message
+    /// is stored on a quorum of NATS servers.
+    Nats,
 }
 
 /// Everything `run` needs besides its listeners.
@@ -66,6 +73,8 @@ pub struct Config {
     pub retention: Retention,
     /// How often the retention pass runs.
     pub retention_interval: Duration,
+    /// The NATS cluster and stream (`Storage::Nats`).
+    pub nats: crate::log::nats::NatsOptions,
     /// The storage health counters `run` updates: the caller keeps a clone
     /// to read them (the metrics layer, tests).
     pub storage_health: Arc<StorageHealth>,
@@ -115,6 +124,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             retention: Retention::default(),
             retention_interval: Duration::from_secs(1),
+            nats: Default::default(),
             storage_health: Arc::new(StorageHealth::default()),
             admin_token: None,
             log_filter: None,
@@ -137,11 +147,13 @@ struct StorageTasks {
     writer: Option<std::thread::JoinHandle<()>>,
     /// The retention thread (durable storage with a retention policy).
     maintenance: Option<Maintenance>,
+    /// The publisher and consumer of the shared stream (NATS storage).
+    cluster: Option<cluster::Tasks>,
 }
 
 /// Opens the configured log and builds the hub (and, for durable storage,
 /// starts the writer and retention threads).
-fn open_storage(
+async fn open_storage(
     config: &Config,
     health: &Arc<StorageHealth>,
     metrics: &crate::telemetry::metrics::Metrics,
@@ -163,6 +175,20 @@ fn open_storage(
                 StorageTasks {
                     writer: None,
                     maintenance: None,
+                    cluster: None,
+                },
+            ))
+        }
+        Storage::Nats => {
+            let (hub, tasks) = cluster::open(config, health, metrics)
+                .await
+                .context("joining the NATS cluster")?;
+            Ok((
+                hub,
+                StorageTasks {
+                    writer: None,
+                    maintenance: None,
+                    cluster: Some(tasks),
                 },
             ))
         }
@@ -199,6 +225,7 @@ fn open_storage(
                 StorageTasks {
                     writer: Some(writer),
                     maintenance: Some(maintenance),
+                    cluster: None,
                 },
             ))
         }
@@ -271,7 +298,7 @@ pub async fn run(
     let (grpc_acceptor, admin_acceptor) = acceptors(listeners, &config, &metrics);
 
     let storage_health = config.storage_health.clone();
-    let (hub, storage) = open_storage(&config, &storage_health, &metrics)?;
+    let (hub, storage) = open_storage(&config, &storage_health, &metrics).await?;
 
     let stop = CancellationToken::new();
     let ready = admin::Readiness::default();
@@ -365,7 +392,11 @@ pub async fn run(
     let StorageTasks {
         writer,
         maintenance,
+        cluster,
     } = storage;
+    if let Some(c) = cluster {
+        c.stop().await;
+    }
     let joined = tokio::task::spawn_blocking(move || {
         if let Some(w) = writer {
             let _ = w.join();
