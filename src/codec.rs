@@ -88,15 +88,31 @@ impl<M: Message + Default> Decoder for Prost<M> {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<M>, Status> {
-        // Like tonic-prost: a message that does not decode is INTERNAL, the
-        // code other gRPC implementations use for it too.
-        M::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("cannot decode the message: {e}")))
+        M::decode(src).map(Some).map_err(decode_status)
     }
 
     fn buffer_settings(&self) -> BufferSettings {
         buffer_settings()
+    }
+}
+
+/// The status for a message that does not decode. A string field that is
+/// not UTF-8 is the sender's mistake in a well-framed message: it gets
+/// INVALID_ARGUMENT, naming the field. Anything else that does not parse is
+/// INTERNAL, as in tonic-prost and other gRPC implementations. (prost's
+/// error has no kind to match on, only its text, which the tests pin.)
+fn decode_status(e: prost::DecodeError) -> Status {
+    let text = e.to_string();
+    if text.contains("UTF-8") {
+        let field = text
+            .split(": ")
+            .find(|part| part.contains('.') && !part.contains(' '))
+            .unwrap_or("a string field");
+        Status::invalid_argument(format!(
+            "{field} is not valid UTF-8 (protobuf strings must be UTF-8; send bytes as text)"
+        ))
+    } else {
+        Status::internal(format!("cannot decode the message: {text}"))
     }
 }
 
@@ -125,6 +141,24 @@ impl Encoder for PreEncoded {
 mod tests {
     use super::*;
     use crate::proto::{Client, ServerTime};
+
+    #[test]
+    fn invalid_utf8_is_invalid_argument_naming_the_field() {
+        use crate::proto::SentMessage;
+        // Field 2 (contents), length 2: a lone continuation byte and 0xFF.
+        let bytes: &[u8] = &[0x12, 0x02, 0x80, 0xFF];
+        let e = decode_status(SentMessage::decode(bytes).unwrap_err());
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("SentMessage.contents"),
+            "{}",
+            e.message()
+        );
+        assert!(e.message().contains("UTF-8"));
+        // A truncated message stays INTERNAL.
+        let e = decode_status(SentMessage::decode(&[0x12, 0x05, b'a'][..]).unwrap_err());
+        assert_eq!(e.code(), tonic::Code::Internal);
+    }
 
     /// The generated code builds its codec with `ProstCodec::default()` and
     /// lets the call infer the message types: this must keep compiling.

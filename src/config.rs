@@ -87,8 +87,9 @@ pub struct ServeArgs {
     /// it unset.
     #[command(flatten)]
     pub nats: Box<NatsArgs>,
-    /// Bearer token required by mutating admin API calls (PUT, DELETE);
-    /// required when --admin-listen is not a loopback address
+    /// Bearer token required by mutating admin API calls (PUT, DELETE) and
+    /// by client listings beyond the 20 laggiest; required when
+    /// --admin-listen is not a loopback address; must not be blank
     #[arg(
         long,
         env = "DYCONIT_ADMIN_TOKEN",
@@ -96,10 +97,75 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// A host name the admin port may be addressed by (in `Host`), besides
+    /// its IP addresses and localhost; repeat for several. Requests for any
+    /// other name are refused (DNS-rebinding defence)
+    #[arg(
+        long = "admin-host",
+        env = "DYCONIT_ADMIN_HOSTS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub admin_hosts: Vec<String>,
     /// OTLP/gRPC endpoint to export traces to (e.g. http://127.0.0.1:4317);
     /// tracing is off when neither this nor OTEL_EXPORTER_OTLP_ENDPOINT is set
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Most gRPC connections open at once; more wait in the listen backlog
+    /// (lowered to fit the open-files limit) [default: 10000]
+    #[arg(long, env = "DYCONIT_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most HTTP/2 streams (calls in flight) on one gRPC connection
+    /// [default: 1024]
+    #[arg(long, env = "DYCONIT_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
+    pub max_streams_per_connection: Option<u32>,
+    /// How long a new connection (either port) has to send its first request
+    /// (HTTP/2 preface, or an admin request head) [default: 10s]
+    #[arg(long, env = "DYCONIT_HANDSHAKE_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// How long a gRPC connection may go without a request before it is
+    /// closed (PINGs do not count) [default: 5m]
+    #[arg(long, env = "DYCONIT_IDLE_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Serve TLS on both ports with this certificate chain (PEM); needs
+    /// --tls-key. Both files are read again on SIGHUP
+    #[arg(
+        long,
+        env = "DYCONIT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(
+        long,
+        env = "DYCONIT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM): mutual TLS
+    #[arg(
+        long,
+        env = "DYCONIT_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Require a JWT on Connect (`authorization: Bearer <token>`), HS256
+    /// signed with the secret in FILE (at least 32 bytes); the display name
+    /// comes from its `name` (or `sub`) claim. `dyconit-chat token` makes one
+    #[arg(
+        long,
+        env = "DYCONIT_AUTH_JWT_SECRET_FILE",
+        value_name = "FILE",
+        conflicts_with = "auth_jwks_file"
+    )]
+    pub auth_jwt_secret_file: Option<PathBuf>,
+    /// Require a JWT on Connect signed (RS256 or ES256) with a key of the
+    /// JWK set in FILE (JSON, as an identity provider publishes it)
+    #[arg(long, env = "DYCONIT_AUTH_JWKS_FILE", value_name = "FILE")]
+    pub auth_jwks_file: Option<PathBuf>,
     /// TOML config file: any of the settings above (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
@@ -200,7 +266,26 @@ pub struct FileConfig {
     )]
     pub retention_age: Option<Duration>,
     pub admin_token: Option<String>,
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
     pub otlp_endpoint: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_streams_per_connection: Option<u32>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub auth_jwt_secret_file: Option<PathBuf>,
+    pub auth_jwks_file: Option<PathBuf>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub handshake_timeout: Option<Duration>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub idle_timeout: Option<Duration>,
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
@@ -283,6 +368,10 @@ impl ServeArgs {
             bail!("retention age is below 1s");
         }
         let storage = self.storage.or(file.storage).unwrap_or_default();
+        let (grpc_limits, admin_limits, max_streams_per_connection) =
+            self.connection_limits(&file, &dc)?;
+        let tls = self.tls(&file)?;
+        let auth = self.auth(&file)?;
         let nats = self.nats.options()?;
         Ok(Resolved {
             otlp_endpoint: self
@@ -310,9 +399,107 @@ impl ServeArgs {
                 retention,
                 nats,
                 admin_token: self.admin_token.clone().or(file.admin_token),
+                admin_hosts: if self.admin_hosts.is_empty() {
+                    file.admin_hosts.clone()
+                } else {
+                    self.admin_hosts.clone()
+                },
+                grpc_limits,
+                admin_limits,
+                max_streams_per_connection,
+                tls,
+                auth,
                 ..dc
             },
         })
+    }
+}
+
+impl ServeArgs {
+    /// The token verifier, from the secret or the JWK set (read now).
+    fn auth(
+        &self,
+        file: &FileConfig,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::auth::Verifier>>> {
+        use crate::auth::Verifier;
+        let secret = self
+            .auth_jwt_secret_file
+            .clone()
+            .or(file.auth_jwt_secret_file.clone());
+        let jwks = self.auth_jwks_file.clone().or(file.auth_jwks_file.clone());
+        let verifier = match (secret, jwks) {
+            (None, None) => return Ok(None),
+            (Some(s), None) => Verifier::from_secret_file(&s)?,
+            (None, Some(j)) => Verifier::from_jwks_file(&j)?,
+            (Some(_), Some(_)) => {
+                bail!("give --auth-jwt-secret-file or --auth-jwks-file, not both")
+            }
+        };
+        Ok(Some(std::sync::Arc::new(verifier)))
+    }
+
+    /// The TLS files, read (a missing or bad file fails the start).
+    fn tls(
+        &self,
+        file: &FileConfig,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::net::tls::TlsState>>> {
+        let cert = self.tls_cert.clone().or(file.tls_cert.clone());
+        let key = self.tls_key.clone().or(file.tls_key.clone());
+        let client_ca = self.tls_client_ca.clone().or(file.tls_client_ca.clone());
+        match (cert, key) {
+            (None, None) if client_ca.is_none() => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(crate::net::tls::TlsState::load(
+                crate::net::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca,
+                },
+            )?)),
+            _ => bail!(
+                "TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)"
+            ),
+        }
+    }
+
+    /// Both ports' connection limits and the streams per connection.
+    fn connection_limits(
+        &self,
+        file: &FileConfig,
+        dc: &Config,
+    ) -> anyhow::Result<(crate::net::Limits, crate::net::Limits, u32)> {
+        let handshake_timeout = self
+            .handshake_timeout
+            .or(file.handshake_timeout)
+            .unwrap_or(dc.grpc_limits.handshake_timeout);
+        let grpc = crate::net::Limits {
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(dc.grpc_limits.max_connections),
+            handshake_timeout,
+            idle_timeout: self
+                .idle_timeout
+                .or(file.idle_timeout)
+                .unwrap_or(dc.grpc_limits.idle_timeout),
+        };
+        let streams = self
+            .max_streams_per_connection
+            .or(file.max_streams_per_connection)
+            .unwrap_or(dc.max_streams_per_connection);
+        if grpc.max_connections == 0 || streams == 0 {
+            bail!("max connections and max streams per connection must be at least 1");
+        }
+        if handshake_timeout.is_zero() || grpc.idle_timeout < handshake_timeout {
+            bail!(
+                "handshake timeout must be above 0 and the idle timeout at least as long (got {handshake_timeout:?} and {:?})",
+                grpc.idle_timeout
+            );
+        }
+        let admin = crate::net::Limits {
+            handshake_timeout,
+            ..dc.admin_limits
+        };
+        Ok((grpc, admin, streams))
     }
 }
 

@@ -23,15 +23,44 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start and moved out at once: the size of the largest
+// variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the chat server (gRPC on --listen, admin HTTP on --admin-listen)
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Chat in the terminal, or send (--send) or follow (--follow) from scripts
     Chat(ChatArgs),
     /// Load-test a server: N streaming clients, a send schedule, a report
     Bench(BenchArgs),
     /// Verify a recorded run (bench --record) against the protocol's promises
     Check(CheckArgs),
+    /// Print an HS256 token for NAME, signed with the secret in FILE, for a
+    /// server run with --auth-jwt-secret-file (development and scripts)
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The secret file the server reads (--auth-jwt-secret-file)
+    #[arg(long, value_name = "FILE")]
+    secret_file: std::path::PathBuf,
+    /// The display name the token carries
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// How long the token is valid (e.g. 30m, 12h, 7d)
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+}
+
+/// `dyconit-chat token`: the token on stdout.
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let secret = dyconit_chat::auth::read_secret(&args.secret_file)?;
+    println!(
+        "{}",
+        dyconit_chat::auth::hs256_token(&secret, &args.name, args.ttl)?
+    );
+    Ok(())
 }
 
 /// The log filter: `--log`, else `RUST_LOG`, else "info".
@@ -69,6 +98,31 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Reads the TLS files again on each SIGHUP (new connections use them; open
+/// ones keep theirs). A bad file is logged and the old certificate stays.
+async fn reload_tls_on_sighup(tls: std::sync::Arc<dyconit_chat::net::tls::TlsState>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: TLS files will not be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(e) => {
+                    tracing::error!(
+                        "SIGHUP: TLS reload failed, the previous certificate stays: {e:#}"
+                    )
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 /// Says at start-up where the settings came from and which bounds are in
@@ -117,6 +171,9 @@ async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
     let grpc = TcpListener::bind(resolved.listen)
         .await
         .with_context(|| format!("binding the gRPC address {}", resolved.listen))?;
+    if let Some(tls) = resolved.config.tls.clone() {
+        tokio::spawn(reload_tls_on_sighup(tls));
+    }
     let admin = TcpListener::bind(resolved.admin_listen)
         .await
         .with_context(|| format!("binding the admin address {}", resolved.admin_listen))?;
@@ -133,12 +190,13 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let is_serve = matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
-        Command::Serve(args) => serve(args, cli.log.as_deref()).await,
+        Command::Serve(args) => serve(*args, cli.log.as_deref()).await,
         // The chat client owns the terminal: it logs only when asked.
         Command::Chat(args) => {
             init_client_logging(cli.log.as_deref().unwrap_or("off"));
             return dyconit_chat::chat::run(args).await;
         }
+        Command::Token(args) => token(&args),
         Command::Check(args) => return dyconit_chat::check::main(args),
         Command::Bench(args) => {
             init_client_logging(cli.log.as_deref().unwrap_or("warn"));

@@ -68,17 +68,19 @@ pub async fn run(state: AdminState, history: SampleHistory) {
     }
 }
 
-#[derive(serde::Deserialize)]
-pub struct HistoryQuery {
-    /// Most recent seconds wanted; default (and at most) all ten minutes.
-    seconds: Option<usize>,
-}
-
 /// `GET /api/v1/stats/history`: `{"interval_seconds": 1, "samples": [...]}`,
 /// oldest first, each `{"stats": <as /api/v1/stats>, "staleness_ms",
 /// "numerical"}`.
-pub async fn get(State(h): State<SampleHistory>, Query(q): Query<HistoryQuery>) -> Response {
-    let wanted = q.seconds.unwrap_or(CAPACITY).min(CAPACITY);
+pub async fn get(
+    State(h): State<SampleHistory>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    // Parsed here, not by the extractor, so a bad value gets a JSON 400
+    // with a reason, as the OpenAPI document says.
+    let wanted = match super::api::query_count(&q, "seconds", CAPACITY) {
+        Ok(n) => n.min(CAPACITY),
+        Err(e) => return super::error(axum::http::StatusCode::BAD_REQUEST, e),
+    };
     let samples = h.last(wanted.div_ceil(INTERVAL.as_secs().max(1) as usize));
     let mut body = String::with_capacity(samples.iter().map(|s| s.len() + 1).sum::<usize>() + 64);
     body.push_str(&format!(

@@ -13,7 +13,9 @@
 //! - `PUT /api/v1/bounds/default` — change fields of the default bounds.
 //! - `PUT /api/v1/bounds/threads/{id}` — set a thread's override.
 //! - `DELETE /api/v1/bounds/threads/{id}` — remove a thread's override.
-//! - `GET /api/v1/clients` — connected clients, laggiest first (`?limit=N`).
+//! - `GET /api/v1/clients` — connected clients, laggiest first, a page at a
+//!   time (`?limit=N&offset=M`, N ≤ 1000; beyond the first 20 it needs the
+//!   token when one is configured).
 //! - `GET /api/v1/stats` — totals, and the delivery-latency and
 //!   acknowledgement-lag histograms (count, sum, cumulative buckets).
 //! - `GET /api/v1/stats/history` — the last ten minutes of those, one a
@@ -23,12 +25,19 @@
 //!
 //! With an admin token configured, every mutating call (`PUT`, `DELETE`)
 //! needs `Authorization: Bearer <token>`, else 401. `run` refuses a
-//! non-loopback admin address without a token.
+//! non-loopback admin address without a token, and a blank token. Every
+//! request must be addressed (`Host`) to an IP address, `localhost` or a
+//! name given with `--admin-host` (else 403), and a `PUT` must say
+//! `Content-Type: application/json` (else 415): see `guard.rs`.
 
 mod api;
+mod conn;
+pub(crate) mod guard;
 mod history;
 mod openapi;
 mod ui;
+
+pub use conn::serve;
 
 use crate::log::StorageHealth;
 use crate::server::hub::Hub;
@@ -40,11 +49,8 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::net::TcpListener;
 
 /// Readiness as a latch: set when serving starts, cleared when draining.
 #[derive(Clone, Default)]
@@ -77,6 +83,9 @@ pub struct AdminState {
     pub log_filter: LogFilter,
     /// When the server started, for uptime.
     pub started: std::time::Instant,
+    /// Host names (besides IP addresses and `localhost`) requests may be
+    /// addressed to.
+    pub hosts: Arc<[String]>,
 }
 
 /// A JSON error response.
@@ -138,49 +147,51 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether the request may do what needs the token: it presents the
+/// configured token, or none is configured.
+pub(crate) fn authorized(s: &AdminState, headers: &header::HeaderMap) -> bool {
+    let Some(token) = &s.token else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
+}
+
+/// 401 with a reason and the `WWW-Authenticate` challenge.
+pub(crate) fn unauthorized(message: &str) -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
 /// Mutating calls need the bearer token when one is configured.
 async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if let (true, Some(token)) = (mutating, &s.token) {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "this call needs Authorization: Bearer <admin token>",
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
-        }
+    if mutating && !authorized(&s, req.headers()) {
+        return unauthorized("this call needs Authorization: Bearer <admin token>");
     }
     next.run(req).await
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    state: AdminState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+/// The whole admin app: the router plus the stats history, every route
+/// behind the Host check; and the task that samples the history (aborted
+/// when serving ends).
+pub(crate) fn app(state: AdminState) -> (Router, tokio::task::JoinHandle<()>) {
     let samples = history::SampleHistory::default();
     let sampler = tokio::spawn(history::run(state.clone(), samples.clone()));
-    let app = router(state)
+    let app = router(state.clone())
         .merge(
             Router::new()
                 .route("/api/v1/stats/history", get(history::get))
                 .with_state(samples),
         )
-        .into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "admin server failed");
-    }
-    sampler.abort();
+        // Outermost: a request for a foreign host name is refused first.
+        .layer(middleware::from_fn_with_state(state, guard::check_request));
+    (app, sampler)
 }

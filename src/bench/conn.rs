@@ -17,6 +17,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tonic::body::Body;
 
 /// One HTTP/2 connection to the server; clones share it.
@@ -27,13 +30,55 @@ pub struct Connection {
     /// The server's `host:port`, the `:authority` of every request (the
     /// generated client sends only the path).
     authority: Authority,
+    /// `http` or `https`.
+    scheme: Scheme,
 }
 
-/// Opens a connection to `url` (`http://host:port`).
-pub async fn connect(url: &str) -> anyhow::Result<Connection> {
+/// The TLS client for an `https://` URL (trusting the CA certificates in
+/// `ca_cert`, else the system's roots); `None` for `http://`.
+pub fn tls_for(
+    url: &str,
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<Option<TlsConnector>> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    if !url.starts_with("https://") {
+        if ca_cert.is_some() {
+            bail!("--ca-cert needs an https:// server URL, not {url}");
+        }
+        return Ok(None);
+    }
+    let mut roots = RootCertStore::empty();
+    match ca_cert {
+        Some(path) => {
+            for c in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading {}", path.display()))?
+            {
+                roots.add(c.with_context(|| format!("parsing {}", path.display()))?)?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(TlsConnector::from(std::sync::Arc::new(config))))
+}
+
+/// Opens a connection to `url` (`http://host:port`, or `https://` with the
+/// TLS client from [`tls_for`]).
+pub async fn connect(url: &str, tls: Option<TlsConnector>) -> anyhow::Result<Connection> {
     let uri: http::Uri = url.parse().context("invalid server URL")?;
-    if uri.scheme() != Some(&Scheme::HTTP) {
-        bail!("the bench speaks plain http:// only, not {url}");
+    let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        bail!("the bench speaks http:// and https://, not {url}");
     }
     let authority = uri
         .authority()
@@ -47,9 +92,29 @@ pub async fn connect(url: &str) -> anyhow::Result<Connection> {
     .await
     .context("connect timed out")??;
     tcp.set_nodelay(true)?;
+    let send = match tls {
+        None => handshake(tcp).await?,
+        Some(tls) => {
+            let name = ServerName::try_from(authority.host().trim_matches(['[', ']']).to_owned())
+                .context("the server URL's host is not a valid TLS name")?;
+            handshake(tls.connect(name, tcp).await.context("TLS handshake")?).await?
+        }
+    };
+    Ok(Connection {
+        send,
+        authority,
+        scheme,
+    })
+}
+
+/// The HTTP/2 handshake over `io`; the connection runs in its own task.
+async fn handshake<IO>(io: IO) -> anyhow::Result<SendRequest<Body>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
         .context("HTTP/2 handshake")?;
     tokio::spawn(async move {
@@ -57,7 +122,7 @@ pub async fn connect(url: &str) -> anyhow::Result<Connection> {
             tracing::debug!("bench connection ended: {e}");
         }
     });
-    Ok(Connection { send, authority })
+    Ok(send)
 }
 
 /// Connections opened at once by [`connect_many`].
@@ -66,7 +131,11 @@ const CONNECTING_AT_ONCE: usize = 64;
 /// Opens `n` connections to `url`, [`CONNECTING_AT_ONCE`] at a time: with a
 /// connection per client, 10,000 handshakes one after the other would make
 /// the run wait for the sum of their round trips.
-pub async fn connect_many(url: &str, n: usize) -> anyhow::Result<Vec<Connection>> {
+pub async fn connect_many(
+    url: &str,
+    n: usize,
+    tls: Option<TlsConnector>,
+) -> anyhow::Result<Vec<Connection>> {
     let mut out = Vec::with_capacity(n);
     let mut pending = tokio::task::JoinSet::new();
     for _ in 0..n {
@@ -76,7 +145,8 @@ pub async fn connect_many(url: &str, n: usize) -> anyhow::Result<Vec<Connection>
             out.push(done??);
         }
         let url = url.to_owned();
-        pending.spawn(async move { connect(&url).await });
+        let tls = tls.clone();
+        pending.spawn(async move { connect(&url, tls).await });
     }
     while let Some(done) = pending.join_next().await {
         out.push(done??);
@@ -96,7 +166,7 @@ impl tower_service::Service<http::Request<Body>> for Connection {
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         if let Ok(uri) = http::Uri::from_parts(parts) {
             *request.uri_mut() = uri;

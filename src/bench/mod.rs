@@ -106,9 +106,13 @@ a compact binary stream; `dyconit-chat check FILE` verifies the run from it.";
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct BenchArgs {
-    /// URL of a running server
+    /// URL of a running server (http://, or https:// for one with TLS)
     #[arg(long, value_name = "URL", required_unless_present = "spawn_server")]
     pub server: Option<String>,
+    /// With an https:// server: trust the CA certificates in FILE (PEM)
+    /// instead of the system's
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Start `dyconit-chat serve` as a child process on 127.0.0.1:0 for the
     /// run (its CPU and memory are then measured alone)
     #[arg(long, conflicts_with = "server")]
@@ -901,7 +905,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         (None, None) => bail!("give --server URL or --spawn-server"),
     };
     let server_pid = spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
-    let channels = conn::connect_many(&url, connections)
+    let tls = conn::tls_for(&url, args.ca_cert.as_deref())?;
+    let channels = conn::connect_many(&url, connections, tls)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let baseline = server_pid.and_then(crate::sys::proc_stats);

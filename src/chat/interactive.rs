@@ -273,8 +273,21 @@ impl App<'_> {
         let url = self.args.server.clone();
         let name = self.args.name.clone();
         let notes = self.notes.clone();
+        // A CA file that cannot be read is reported like an unreachable
+        // server, by the first connection attempt.
+        let options = self.args.connect_options();
         tokio::spawn(async move {
-            let result = link::open_retrying(&url, name.as_deref(), |e, wait| {
+            let options = match options {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = notes.send(Note::ConnectFailed {
+                        error: e.to_string(),
+                        retry_in: std::time::Duration::ZERO,
+                    });
+                    return;
+                }
+            };
+            let result = link::open_retrying(&url, name.as_deref(), &options, |e, wait| {
                 let _ = notes.send(Note::ConnectFailed {
                     error: e.to_string(),
                     retry_in: wait,

@@ -2,7 +2,7 @@
 //! subscribe, and when the stream ends, do both again (the server forgets a
 //! client whose stream ended, so a reconnect is a new client).
 
-use crate::client::{ChatClient, ClientError, Subscription};
+use crate::client::{ChatClient, ClientError, ConnectOptions, Subscription};
 use crate::proto::ReceivedMessage;
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -16,9 +16,14 @@ pub struct Link {
     pub sub: Subscription,
 }
 
-/// Connects and subscribes once.
-pub async fn open(url: &str, name: Option<&str>) -> Result<Link, ClientError> {
-    let client = ChatClient::connect(url, name).await?;
+/// Connects and subscribes once (over TLS for an `https://` URL; see
+/// [`ConnectOptions`]).
+pub async fn open(
+    url: &str,
+    name: Option<&str>,
+    options: &ConnectOptions,
+) -> Result<Link, ClientError> {
+    let client = ChatClient::connect_with(url, name, options).await?;
     let sub = client.subscribe().await?;
     Ok(Link { client, sub })
 }
@@ -34,11 +39,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub async fn open_retrying(
     url: &str,
     name: Option<&str>,
+    options: &ConnectOptions,
     mut note: impl FnMut(&ClientError, Duration),
 ) -> Result<Link, ClientError> {
     let mut wait = FIRST_BACKOFF;
     loop {
-        match open(url, name).await {
+        match open(url, name, options).await {
             Ok(link) => return Ok(link),
             Err(e) if is_permanent(&e) => return Err(e),
             Err(e) => {

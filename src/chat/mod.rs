@@ -100,7 +100,8 @@ fn parse_name(name: &str) -> Result<String, String> {
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct ChatArgs {
-    /// Server URL
+    /// Server URL: http://HOST:PORT, or https://HOST:PORT for a server with
+    /// TLS
     #[arg(
         long,
         env = "DYCONIT_SERVER",
@@ -108,6 +109,20 @@ pub struct ChatArgs {
         value_name = "URL"
     )]
     pub server: String,
+    /// With an https:// URL: trust the CA certificates in FILE (PEM) instead
+    /// of the system's (for a private CA or a self-signed certificate)
+    #[arg(long, env = "DYCONIT_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// A JWT for a server that authenticates (`dyconit-chat token` makes
+    /// one); your name then comes from it, and --name is not allowed
+    #[arg(
+        long,
+        env = "DYCONIT_TOKEN",
+        value_name = "JWT",
+        hide_env_values = true,
+        conflicts_with = "name"
+    )]
+    pub token: Option<String>,
     /// Your display name (1-64 printable ASCII characters, spaces allowed),
     /// shown to others as the sender; without it the server assigns a handle
     /// such as user-1a2b3c4d
@@ -127,6 +142,20 @@ pub struct ChatArgs {
     /// (0: one attempt only)
     #[arg(long, default_value_t = 7, value_name = "N")]
     pub retries: u32,
+}
+
+impl ChatArgs {
+    /// How to reach the server: `--ca-cert` read, `--token` attached.
+    pub fn connect_options(
+        &self,
+    ) -> Result<crate::client::ConnectOptions, crate::client::ClientError> {
+        let mut options = match &self.ca_cert {
+            Some(path) => crate::client::ConnectOptions::with_ca_file(path)?,
+            None => crate::client::ConnectOptions::default(),
+        };
+        options.token = self.token.clone().filter(|t| !t.is_empty());
+        Ok(options)
+    }
 }
 
 /// Runs `chat` and returns the process exit code.

@@ -17,9 +17,16 @@ pub async fn send(args: &ChatArgs, text: &str) -> u8 {
         eprintln!("CLIENT_ERROR: not sent: {why}");
         return exit::CLIENT_ERROR;
     }
+    let options = match args.connect_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::UNREACHABLE;
+        }
+    };
     // Subscribing first makes the client's seen position current, so an
     // ORDER_ERROR can clear on a retry once it has received the news.
-    let mut link = match link::open(&args.server, args.name.as_deref()).await {
+    let mut link = match link::open(&args.server, args.name.as_deref(), &options).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -118,12 +125,19 @@ struct FollowLine<'a> {
 /// `--follow`: prints every received message as a JSON line until stdout
 /// closes; reconnects after a server restart. Returns the exit code.
 pub async fn follow(args: &ChatArgs) -> u8 {
+    let options = match args.connect_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::UNREACHABLE;
+        }
+    };
     let url = &args.server;
     let mut seen = Seen::default();
     let mut connected_before = false;
     let stdout = std::io::stdout();
     loop {
-        let link = link::open_retrying(url, args.name.as_deref(), |e, wait| {
+        let link = link::open_retrying(url, args.name.as_deref(), &options, |e, wait| {
             eprintln!("-- cannot reach {url}: {e}; retrying in {wait:?}");
         })
         .await;

@@ -8,4 +8,7 @@
 pub mod clock;
 pub mod session;
 
-pub use session::{ChatClient, ClientError, Received, RetryPolicy, SendOutcome, Subscription};
+pub use session::{
+    ChatClient, ClientError, ConnectOptions, Received, RetryPolicy, SendOutcome, Subscription,
+    endpoint,
+};

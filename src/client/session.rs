@@ -133,16 +133,66 @@ impl Subscription {
     }
 }
 
+/// How to reach a server, besides its URL.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// CA certificates (PEM) to trust for an `https://` URL, instead of the
+    /// system's roots (for a server with a private or self-signed CA).
+    pub ca_cert: Option<Vec<u8>>,
+    /// A JWT sent as `authorization: Bearer` on `Connect`, for a server
+    /// that authenticates (the name then comes from the token).
+    pub token: Option<String>,
+}
+
+impl ConnectOptions {
+    /// Options trusting the CA certificates in `path` (PEM).
+    pub fn with_ca_file(path: &std::path::Path) -> Result<Self, ClientError> {
+        let pem = std::fs::read(path)
+            .map_err(|e| ClientError::Address(format!("reading {}: {e}", path.display())))?;
+        Ok(ConnectOptions {
+            ca_cert: Some(pem),
+            token: None,
+        })
+    }
+}
+
+/// The endpoint for `url`: plain HTTP/2 for `http://`, TLS for `https://`
+/// (trusting `options.ca_cert`, else the system's roots).
+pub fn endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint, ClientError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| ClientError::Address(e.to_string()))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        let tls = tonic::transport::ClientTlsConfig::new();
+        let tls = match &options.ca_cert {
+            Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(tls)?;
+    } else if options.ca_cert.is_some() {
+        return Err(ClientError::Address(format!(
+            "a CA certificate was given, but {url} is not https://"
+        )));
+    }
+    Ok(endpoint)
+}
+
 impl ChatClient {
     /// Connects to `url` (e.g. `http://127.0.0.1:50051`) with an optional
     /// display name.
     pub async fn connect(url: &str, name: Option<&str>) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| ClientError::Address(e.to_string()))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await?;
-        Self::connect_channel(channel, name).await
+        Self::connect_with(url, name, &ConnectOptions::default()).await
+    }
+
+    /// Connects to `url` (`http://` or `https://`) with `options`.
+    pub async fn connect_with(
+        url: &str,
+        name: Option<&str>,
+        options: &ConnectOptions,
+    ) -> Result<Self, ClientError> {
+        let channel = endpoint(url, options)?.connect().await?;
+        Self::open(channel, name, options.token.as_deref()).await
     }
 
     /// Connects over an existing channel (several clients may share one).
@@ -150,8 +200,23 @@ impl ChatClient {
         channel: Channel,
         name: Option<&str>,
     ) -> Result<Self, ClientError> {
+        Self::open(channel, name, None).await
+    }
+
+    /// `Connect` over `channel`, with a name and/or a bearer token.
+    async fn open(
+        channel: Channel,
+        name: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let mut rpc = ChatServerClient::new(channel);
         let mut request = tonic::Request::new(ConnectionStarter {});
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ClientError::Name("the token is not valid metadata".into()))?;
+            request.metadata_mut().insert("authorization", value);
+        }
         if let Some(name) = name {
             let value = name
                 .parse()

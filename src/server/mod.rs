@@ -17,6 +17,7 @@ pub mod clock;
 pub mod cluster;
 pub mod convert;
 pub mod hub;
+pub mod listener;
 pub mod outbox;
 mod reflection;
 pub mod scheduler;
@@ -35,7 +36,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 /// Where the message log lives.
@@ -84,7 +84,29 @@ pub struct Config {
     /// Runtime control of the log filter (`PUT /api/v1/log-level`); `None`
     /// when the process's subscriber is not ours to change (tests).
     pub log_filter: Option<crate::telemetry::tracing_setup::LogFilter>,
+    /// Host names the admin port answers to besides IP addresses and
+    /// `localhost` (DNS-rebinding defence).
+    pub admin_hosts: Vec<String>,
+    /// Checks bearer tokens on `Connect`; `None`: names are self-asserted
+    /// (`x-chat-name`).
+    pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// TLS for both ports, if configured (reloaded by the caller, e.g. on
+    /// SIGHUP).
+    pub tls: Option<Arc<crate::net::tls::TlsState>>,
+    /// Connection cap and deadlines of the gRPC port.
+    pub grpc_limits: crate::net::Limits,
+    /// Connection cap and deadlines of the admin port.
+    pub admin_limits: crate::net::Limits,
+    /// HTTP/2 streams one gRPC connection may have open at once
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_streams_per_connection: u32,
 }
+
+/// Default HTTP/2 streams per connection: a client needs one for its
+/// Updates plus one per call in flight; the bench puts 100 clients on a
+/// connection. An open stream costs the server about 8 KB (100,000 of
+/// them took 820 MB), so this bounds one connection to about 8 MB.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 impl std::fmt::Debug for crate::telemetry::tracing_setup::LogFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,6 +128,15 @@ impl Default for Config {
             storage_health: Arc::new(StorageHealth::default()),
             admin_token: None,
             log_filter: None,
+            admin_hosts: Vec::new(),
+            auth: None,
+            tls: None,
+            grpc_limits: crate::net::Limits::default(),
+            admin_limits: crate::net::Limits {
+                max_connections: crate::net::DEFAULT_MAX_ADMIN_CONNECTIONS,
+                ..crate::net::Limits::default()
+            },
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
         }
     }
 }
@@ -210,6 +241,35 @@ pub struct Listeners {
 /// Entries the in-memory log keeps (for history; older ones are forgotten).
 const MEMORY_LOG_CAPACITY: usize = 100_000;
 
+/// The two ports' acceptors, their caps lowered to fit the open-files
+/// limit (so the cap, not `accept`, refuses the connection too many).
+fn acceptors(
+    listeners: Listeners,
+    config: &Config,
+    metrics: &crate::telemetry::metrics::Metrics,
+) -> (crate::net::Acceptor, crate::net::Acceptor) {
+    use crate::net::{Acceptor, NetMetrics, Protocol};
+    let net = NetMetrics::new(&metrics.registry);
+    let (mut grpc, mut admin) = (config.grpc_limits, config.admin_limits);
+    let fd_limit = crate::sys::raise_fd_limit();
+    let scale =
+        crate::net::fit_to_descriptors(grpc.max_connections + admin.max_connections, fd_limit);
+    if scale < 1.0 {
+        grpc.max_connections = ((grpc.max_connections as f64 * scale) as usize).max(1);
+        admin.max_connections = ((admin.max_connections as f64 * scale) as usize).max(1);
+        tracing::warn!(
+            ?fd_limit,
+            grpc = grpc.max_connections,
+            admin = admin.max_connections,
+            "connection caps lowered to fit the open-files limit"
+        );
+    }
+    (
+        Acceptor::new(listeners.grpc, grpc, Protocol::Http2, "grpc", net.clone()),
+        Acceptor::new(listeners.admin, admin, Protocol::Bytes, "admin", net),
+    )
+}
+
 /// Serves until `shutdown` completes, then drains: flushes every pending
 /// Update, ends the streams, and returns.
 pub async fn run(
@@ -220,12 +280,22 @@ pub async fn run(
     config.settings.validate().context("invalid settings")?;
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
-    if !admin_addr.ip().is_loopback() && config.admin_token.as_deref().is_none_or(str::is_empty) {
+    if config
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        anyhow::bail!(
+            "the admin token is blank: give a real secret, or none on a loopback address"
+        );
+    }
+    if !admin_addr.ip().is_loopback() && config.admin_token.is_none() {
         anyhow::bail!(
             "refusing to serve the admin API on non-loopback address {admin_addr} without --admin-token (it can change bounds)"
         );
     }
     let metrics = crate::telemetry::metrics::Metrics::new();
+    let (grpc_acceptor, admin_acceptor) = acceptors(listeners, &config, &metrics);
 
     let storage_health = config.storage_health.clone();
     let (hub, storage) = open_storage(&config, &storage_health, &metrics).await?;
@@ -239,19 +309,31 @@ pub async fn run(
     health
         .set_serving::<ChatServerServer<service::ChatService>>()
         .await;
-    let chat = updates::ChatRoutes::new(service::ChatService::new(hub.clone(), stop.clone()));
+    let mut service = service::ChatService::new(hub.clone(), stop.clone());
+    match &config.auth {
+        Some(v) => {
+            tracing::info!(keys = %v.source, "authentication on: Connect needs a JWT, names come from it");
+            let m = crate::auth::AuthMetrics::new(&metrics.registry);
+            service = service.with_auth(v.clone(), m);
+        }
+        None => tracing::warn!(
+            "authentication is OFF: anyone who reaches the gRPC port may connect, and names are self-asserted (x-chat-name); use --auth-jwt-secret-file or --auth-jwks-file"
+        ),
+    }
+    let chat = updates::ChatRoutes::new(service);
 
     let grpc_stop = stop.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(config.max_streams_per_connection)
             .add_service(health_service)
             .add_service(reflection::v1()?)
             .add_service(reflection::v1alpha()?)
             .add_service(chat)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
+                listener::incoming(grpc_acceptor, config.tls.clone()),
                 grpc_stop.cancelled_owned(),
             ),
     );
@@ -271,11 +353,14 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| crate::telemetry::tracing_setup::LogFilter::detached("info")),
         started: std::time::Instant::now(),
+        hosts: config.admin_hosts.clone().into(),
     };
     let admin = tokio::spawn(admin::serve(
-        listeners.admin,
+        admin_acceptor,
         admin_state,
         admin_stop.cancelled_owned(),
+        config.admin_limits.handshake_timeout,
+        config.tls.clone(),
     ));
 
     ready.set(true);

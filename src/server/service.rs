@@ -4,6 +4,7 @@
 use super::convert;
 use super::hub::{Hub, Submitted};
 use super::outbox::UpdateStream;
+use crate::auth::{AuthMetrics, Verifier};
 use crate::consistency::{Decision, Rejection, Verdict};
 use crate::proto::chat_server_server::ChatServer;
 use crate::proto::{
@@ -85,11 +86,55 @@ pub struct ChatService {
     hub: Arc<Hub>,
     /// Cancelled at shutdown: ends open `SendMessages` streams.
     shutdown: CancellationToken,
+    /// Checks `Connect`'s bearer token, when authentication is on.
+    auth: Option<(Arc<Verifier>, AuthMetrics)>,
 }
 
 impl ChatService {
     pub fn new(hub: Arc<Hub>, shutdown: CancellationToken) -> Self {
-        ChatService { hub, shutdown }
+        ChatService {
+            hub,
+            shutdown,
+            auth: None,
+        }
+    }
+
+    /// Requires a valid bearer token on `Connect`.
+    pub fn with_auth(mut self, verifier: Arc<Verifier>, metrics: AuthMetrics) -> Self {
+        self.auth = Some((verifier, metrics));
+        self
+    }
+
+    /// The display name for `Connect`: from the token when authentication
+    /// is on (then `x-chat-name` is refused), else from `x-chat-name`.
+    fn connecting_name(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Option<String>, Status> {
+        let Some((verifier, metrics)) = &self.auth else {
+            return chosen_name(meta);
+        };
+        let peer = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+        if meta.contains_key(NAME_HEADER) {
+            metrics.outcomes.with_label_values(&["name_header"]).inc();
+            return Err(Status::invalid_argument(
+                "x-chat-name is not accepted on this server: the name comes from the token",
+            ));
+        }
+        let bearer = meta.get("authorization").and_then(|v| v.to_str().ok());
+        match verifier.verify(bearer) {
+            Ok(name) => {
+                metrics.outcomes.with_label_values(&["ok"]).inc();
+                tracing::info!(target: "audit", user = %name, %peer, "Connect authenticated");
+                Ok(Some(name))
+            }
+            Err(e) => {
+                metrics.outcomes.with_label_values(&[e.label()]).inc();
+                tracing::warn!(target: "audit", reason = %e, %peer, "Connect refused");
+                Err(Status::unauthenticated(e.to_string()))
+            }
+        }
     }
 }
 
@@ -239,7 +284,7 @@ impl ChatServer for ChatService {
         let started = Instant::now();
         let span = self.span("ChatServer/Connect", "Connect", request.metadata());
         let result = span.in_scope(|| {
-            let name = chosen_name(request.metadata())?;
+            let name = self.connecting_name(request.metadata(), request.remote_addr())?;
             let (id, _name, now) = self.hub.connect(name)?;
             Ok(Response::new(ServerInfo {
                 current_time: Some(convert::server_time(now)),
@@ -292,6 +337,16 @@ impl ChatServer for ChatService {
     ) -> Result<Response<MessageStatus>, Status> {
         let started = Instant::now();
         let span = self.span("ChatServer/SendMessage", "SendMessage", request.metadata());
+        if self.shutdown.is_cancelled() {
+            // Drained: the sender's stream has ended (or is ending) and its
+            // registration with it, so the message would be judged from an
+            // unknown client. It is the server that is going away.
+            let result = Err(Status::unavailable(
+                "server is shutting down; send again after reconnecting",
+            ));
+            self.finish("SendMessage", started, &span, &result);
+            return result;
+        }
         let sub = convert::submission(request.into_inner());
         let thread = sub.thread.clone();
         let sent_at = sub.timestamp;
@@ -373,5 +428,57 @@ impl ChatServer for ChatService {
             Ok(Response::new(Box::pin(statuses)));
         self.finish("SendMessages", started, &span, &result);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consistency::{Engine, Settings};
+    use crate::log::{Log, memory::MemoryLog};
+    use crate::proto::{Thread, chat_server_server::ChatServer};
+
+    /// A message that arrives after the drain, from a client whose stream
+    /// the drain ended, is the server's doing: UNAVAILABLE, not the
+    /// CLIENT_ERROR ("unknown client") it got before.
+    #[tokio::test]
+    async fn a_send_after_the_drain_is_unavailable() {
+        let mut log = MemoryLog::new(16);
+        let engine = Engine::new(Settings::default(), log.head().unwrap(), vec![]);
+        let metrics = crate::telemetry::metrics::Metrics::new();
+        let hub = Hub::new(
+            engine,
+            super::super::hub::Sink::Immediate(Box::new(log)),
+            1 << 20,
+            metrics,
+        );
+        let stop = CancellationToken::new();
+        let service = ChatService::new(hub.clone(), stop.clone());
+        let info = service
+            .connect(Request::new(ConnectionStarter {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let id = info.client.unwrap().id;
+        let stream = service.open_stream(Request::new(Client { id })).unwrap();
+        // Shutdown as `run` does it: drain, then cancel; the stream ends.
+        hub.drain();
+        stop.cancel();
+        drop(stream);
+        let message = SentMessage {
+            thread: Some(Thread { id: "t".into() }),
+            contents: "late".into(),
+            timestamp: info.current_time,
+            acknowledgement: Some(Acknowledgement {
+                client: Some(Client { id }),
+                num_updates_received: 0,
+                num_messages_sent: 1,
+            }),
+        };
+        let status = service
+            .send_message(Request::new(message))
+            .await
+            .expect_err("a status, not a MessageStatus");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 }

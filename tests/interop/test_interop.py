@@ -121,7 +121,13 @@ class Server:
             raise
 
     def new_channel(self) -> grpc.Channel:
-        ch = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        ca = self.flags.get("tls_cert")
+        if ca is not None:
+            # The server's certificate is self-signed: it is its own CA.
+            creds = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+            ch = grpc.secure_channel(f"127.0.0.1:{self.port}", creds)
+        else:
+            ch = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.channels.append(ch)
         return ch
 
@@ -839,3 +845,84 @@ def test_sigterm_with_open_stream_flushes_and_exits_zero(start_server):
     srv.proc.send_signal(signal.SIGTERM)
     reader.wait_for([text])  # pending messages are flushed at shutdown
     assert srv.proc.wait(timeout=5) == 0
+
+
+# --------------------------------------------------------------------------
+# TLS
+# --------------------------------------------------------------------------
+
+
+def self_signed_cert(dir: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl), and its key."""
+    cert, key = dir / "cert.pem", dir / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "1",
+            "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_chat_over_tls(start_server, tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+    srv = start_server(tls_cert=cert, tls_key=key)
+    reader = Session(srv, name="tls-reader").stream(auto_ack=True)
+    reader.next_update()
+    writer = Session(srv, name="tls-writer")
+    text = uniq("tls")
+    assert_status(writer.send(text), OK, "send over TLS")
+    got = reader.wait_for([text])
+    assert got[text].sender == "tls-writer"
+    # A plaintext client gets nowhere on the TLS port.
+    plain = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            pb_grpc.ChatServerStub(plain).Connect(pb.ConnectionStarter(), timeout=3)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        plain.close()
+
+
+def test_tls_and_a_bearer_token(start_server, tmp_path):
+    """grpcio over TLS with a JWT from `dyconit-chat token`: the name comes
+    from the token; no token or x-chat-name beside it is refused."""
+    cert, key = self_signed_cert(tmp_path)
+    secret = tmp_path / "jwt.secret"
+    secret.write_text(secrets.token_hex(32) + "\n")
+    srv = start_server(tls_cert=cert, tls_key=key, auth_jwt_secret_file=secret)
+    token = subprocess.run(
+        [str(BIN), "token", "--secret-file", str(secret), "--name", "py-user", "--ttl", "5m"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    auth = [("authorization", f"Bearer {token}")]
+    info = srv.stub.Connect(pb.ConnectionStarter(), metadata=auth, timeout=RPC_TIMEOUT)
+    assert info.client.id > 0
+    with pytest.raises(grpc.RpcError) as e:
+        srv.stub.Connect(pb.ConnectionStarter(), timeout=RPC_TIMEOUT)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "Bearer" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        srv.stub.Connect(
+            pb.ConnectionStarter(), metadata=auth + [("x-chat-name", "x")], timeout=RPC_TIMEOUT
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The authenticated client chats under the token's name.
+    reader = srv.stub.ReceiveUpdates(pb.Client(id=info.client.id), timeout=30)
+    srv.calls.append(reader)
+    first = next(reader)
+    m = pb.SentMessage(contents="hello from python", timestamp=pb.ServerTime(timestamp=now_us()))
+    m.acknowledgement.CopyFrom(
+        pb.Acknowledgement(client=pb.Client(id=info.client.id), numUpdatesReceived=1, numMessagesSent=1)
+    )
+    assert_status(srv.stub.SendMessage(m, timeout=RPC_TIMEOUT), OK, "authenticated send")
+    for upd in reader:
+        if upd.message:
+            assert upd.message[0].sender == "py-user"
+            break
+    assert first is not None
