@@ -1,23 +1,25 @@
 //! Dyconit Chat: a gRPC chat server that scales by bounded inconsistency.
 //!
 //! - [`consistency`]: the pure dyconit logic (bounds, admission, flushing).
+//! - [`node`]: a running server: gRPC, admin port and storage together.
 //! - [`server`]: the gRPC service, client registry and flush scheduler.
 //! - [`log`]: the ordered message log behind one trait.
-//! - [`admin`]: the admin HTTP port.
+//! - `admin`: the admin HTTP port (started by [`node::run`]).
 //! - [`client`]: the client library.
 //! - [`config`]: command-line flags and the TOML config file.
 //! - [`chat`]: the terminal chat client (`dyconit-chat chat`).
 //! - [`bench`]: the load generator (`dyconit-chat bench`).
 //! - [`sys`]: file-descriptor limit and /proc figures.
 
-pub mod admin;
+mod admin;
 pub mod bench;
 pub mod chat;
 pub mod client;
-pub mod codec;
+mod codec;
 pub mod config;
 pub mod consistency;
 pub mod log;
+pub mod node;
 pub mod server;
 pub mod sys;
 pub mod telemetry;

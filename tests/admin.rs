@@ -7,7 +7,7 @@ use common::*;
 use dyconit_chat::client::RetryPolicy;
 use dyconit_chat::proto::message_status::StatusCode;
 
-use dyconit_chat::server::{self, Listeners};
+use dyconit_chat::node::{self, Listeners};
 use std::time::Duration;
 
 #[tokio::test]
@@ -337,7 +337,7 @@ async fn a_token_guards_every_mutating_call() {
 async fn a_non_loopback_admin_address_needs_a_token() {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let err = server::run(
+    let err = node::run(
         Listeners { grpc, admin },
         config(100, 256, 32),
         std::future::pending(),

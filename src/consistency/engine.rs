@@ -14,7 +14,7 @@
 //! saw is ever taken back.
 
 use super::Seq;
-use super::admission::{ClientFault, Decision, Rejection, Submission, Verdict};
+use super::admission::{AckInfo, ClientFault, Decision, Rejection, Submission, Verdict};
 use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
 use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
@@ -55,15 +55,6 @@ pub struct Batch {
     pub late: u64,
     /// Sent after the previous Update's expiration time (a broken lease).
     pub after_expiration: bool,
-}
-
-/// What an acknowledgement that advanced tells about the client's lag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckInfo {
-    /// Messages sent to the client and still unacknowledged after it.
-    pub lag_messages: u64,
-    /// From sending the newest acknowledged Update to its acknowledgement.
-    pub round_trip_micros: i64,
 }
 
 /// Why a client left.

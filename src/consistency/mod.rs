@@ -19,7 +19,9 @@ pub mod time;
 /// A commit sequence number: 1 for the first commit, 0 for "none yet".
 pub type Seq = u64;
 
-pub use admission::{ClientFault, Decision, Rejection, Submission, SubmissionAck, Verdict};
+pub use admission::{
+    AckInfo, ClientFault, Decision, Rejection, Submission, SubmissionAck, Verdict,
+};
 pub use bounds::{Bounds, BoundsOverride, BoundsTable};
 pub use engine::{Batch, ClientId, DropReason, Engine, Entry, Event};
 pub use settings::Settings;

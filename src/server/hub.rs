@@ -15,10 +15,9 @@
 use super::clock;
 use super::convert;
 use super::outbox::{Outbox, UpdateStream};
-use crate::consistency::engine::AckInfo;
 use crate::consistency::{
-    ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq, Submission,
-    Verdict,
+    AckInfo, ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq,
+    Submission, Verdict,
 };
 use crate::log::Log;
 use crate::telemetry::metrics::{Metrics, TOP_LAGGARDS};

@@ -3,6 +3,7 @@
 //!
 //! - [`hub`]: the shared state every RPC and the scheduler go through.
 //! - [`service`]: the tonic service (request/response mapping only).
+//! - `grpc`: the gRPC listener with the chat, health and reflection services.
 //! - [`updates`]: `ReceiveUpdates` served from pre-encoded, shared bytes.
 //! - [`outbox`]: each client's bounded outbound queue and stream.
 //! - [`scheduler`]: the one task that wakes at the engine's next deadline.
@@ -12,6 +13,7 @@
 
 pub mod clock;
 pub mod convert;
+mod grpc;
 pub mod hub;
 pub mod outbox;
 pub mod scheduler;
@@ -19,19 +21,13 @@ pub mod service;
 pub mod updates;
 pub mod writer;
 
-use crate::admin;
 use crate::consistency::{Engine, Settings};
 use crate::log::sqlite::{Maintenance, Retention, SqliteLog};
 use crate::log::{Log, StorageHealth, memory::MemoryLog};
-use crate::proto::chat_server_server::ChatServerServer;
 use anyhow::Context;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
 
 /// Where the message log lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -45,7 +41,9 @@ pub enum Storage {
     Memory,
 }
 
-/// Everything `run` needs besides its listeners.
+pub(crate) use grpc::GrpcServer;
+
+/// Everything [`crate::node::run`] needs besides its listeners.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The consistency tunables and bounds.
@@ -73,6 +71,9 @@ pub struct Config {
     /// Runtime control of the log filter (`PUT /api/v1/log-level`); `None`
     /// when the process's subscriber is not ours to change (tests).
     pub log_filter: Option<crate::telemetry::tracing_setup::LogFilter>,
+    /// Where to write the bound addresses as JSON once serving (`serve
+    /// --ready-file`), for programs that start the server on port 0.
+    pub ready_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for crate::telemetry::tracing_setup::LogFilter {
@@ -94,12 +95,13 @@ impl Default for Config {
             storage_health: Arc::new(StorageHealth::default()),
             admin_token: None,
             log_filter: None,
+            ready_file: None,
         }
     }
 }
 
-/// The running storage machinery `run` stops at the end.
-struct StorageTasks {
+/// The running storage machinery, stopped at the end of serving.
+pub(crate) struct StorageTasks {
     /// The group-commit writer thread (durable storage only).
     writer: Option<std::thread::JoinHandle<()>>,
     /// The retention thread (durable storage with a retention policy).
@@ -108,7 +110,7 @@ struct StorageTasks {
 
 /// Opens the configured log and builds the hub (and, for durable storage,
 /// starts the writer and retention threads).
-fn open_storage(
+pub(crate) fn open_storage(
     config: &Config,
     health: &Arc<StorageHealth>,
     metrics: &crate::telemetry::metrics::Metrics,
@@ -172,129 +174,31 @@ fn open_storage(
     }
 }
 
-/// The sockets the server serves on, bound by the caller (port 0 works).
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
-}
-
 /// Entries the in-memory log keeps (for history; older ones are forgotten).
 const MEMORY_LOG_CAPACITY: usize = 100_000;
 
-/// Serves until `shutdown` completes, then drains: flushes every pending
-/// Update, ends the streams, and returns.
-pub async fn run(
-    listeners: Listeners,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    config.settings.validate().context("invalid settings")?;
-    let grpc_addr = listeners.grpc.local_addr()?;
-    let admin_addr = listeners.admin.local_addr()?;
-    if !admin_addr.ip().is_loopback() && config.admin_token.as_deref().is_none_or(str::is_empty) {
-        anyhow::bail!(
-            "refusing to serve the admin API on non-loopback address {admin_addr} without --admin-token (it can change bounds)"
-        );
-    }
-    let metrics = crate::telemetry::metrics::Metrics::new();
-
-    let storage_health = config.storage_health.clone();
-    let (hub, storage) = open_storage(&config, &storage_health, &metrics)?;
-
-    let stop = CancellationToken::new();
-    let ready = admin::Readiness::default();
-
-    let scheduler = tokio::spawn(scheduler::run(hub.clone(), stop.clone()));
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ChatServerServer<service::ChatService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let chat = updates::ChatRoutes::new(service::ChatService::new(hub.clone(), stop.clone()));
-
-    let grpc_stop = stop.clone();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(chat)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
-                grpc_stop.cancelled_owned(),
-            ),
-    );
-    let admin_stop = stop.clone();
-    let admin_state = admin::AdminState {
-        ready: ready.clone(),
-        storage: storage_health.clone(),
-        hub: hub.clone(),
-        metrics: metrics.clone(),
-        token: config
-            .admin_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .map(Arc::from),
-        log_filter: config
-            .log_filter
-            .clone()
-            .unwrap_or_else(|| crate::telemetry::tracing_setup::LogFilter::detached("info")),
-        started: std::time::Instant::now(),
-    };
-    let admin = tokio::spawn(admin::serve(
-        listeners.admin,
-        admin_state,
-        admin_stop.cancelled_owned(),
-    ));
-
-    ready.set(true);
-    tracing::info!(%grpc_addr, %admin_addr, "dyconit-chat serving");
-
-    shutdown.await;
-    tracing::info!("shutting down: flushing pending updates and ending streams");
-    ready.set(false);
-    health
-        .set_not_serving::<ChatServerServer<service::ChatService>>()
-        .await;
-    let grace = config.shutdown_grace;
-    // What was accepted before the signal is stored, then delivered.
-    if !hub.wait_settled(grace).await {
-        tracing::warn!(?grace, "messages still being stored at shutdown");
-    }
-    hub.drain();
-    stop.cancel();
-    match tokio::time::timeout(grace, grpc).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
-        Err(_) => tracing::warn!(?grace, "open RPCs did not finish within the grace period"),
-    }
-    let _ = tokio::time::timeout(grace, admin).await;
-    let _ = scheduler.await;
-    // No RPC is left to submit: the writer stores what is queued and exits.
-    hub.stop_writer();
-    let StorageTasks {
-        writer,
-        maintenance,
-    } = storage;
-    let joined = tokio::task::spawn_blocking(move || {
-        if let Some(w) = writer {
-            let _ = w.join();
+impl StorageTasks {
+    /// Waits (up to `grace`) for the writer to store what is queued and
+    /// exit, and stops the retention thread. Call after the hub's
+    /// `stop_writer`.
+    pub(crate) async fn stop(self, grace: Duration) {
+        let StorageTasks {
+            writer,
+            maintenance,
+        } = self;
+        let joined = tokio::task::spawn_blocking(move || {
+            if let Some(w) = writer {
+                let _ = w.join();
+            }
+            if let Some(m) = maintenance {
+                m.stop();
+            }
+        });
+        if tokio::time::timeout(grace, joined).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "the log writer did not finish within the grace period"
+            );
         }
-        if let Some(m) = maintenance {
-            m.stop();
-        }
-    });
-    if tokio::time::timeout(grace, joined).await.is_err() {
-        tracing::warn!(
-            ?grace,
-            "the log writer did not finish within the grace period"
-        );
     }
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -249,9 +249,7 @@ impl ChatServer for ChatService {
         request: Request<Client>,
     ) -> Result<Response<Self::ReceiveUpdatesStream>, Status> {
         let stream = self.open_stream(request)?.into_inner();
-        Ok(Response::new(Box::pin(super::updates::decode_stream(
-            stream,
-        ))))
+        Ok(Response::new(Box::pin(decode_stream(stream))))
     }
 
     async fn acknowlegde(
@@ -362,4 +360,18 @@ impl ChatServer for ChatService {
         self.finish("SendMessages", started, &span, &result);
         result
     }
+}
+
+/// Keeps the trait's own `receive_updates` honest for callers that serve the
+/// generated `ChatServerServer` directly: it decodes the shared bytes back
+/// into `Update`s (slower, same stream).
+fn decode_stream(
+    stream: UpdateStream,
+) -> impl tokio_stream::Stream<Item = Result<crate::proto::Update, Status>> + Send + 'static {
+    stream.map(|item| {
+        item.and_then(|b| {
+            <crate::proto::Update as prost::Message>::decode(b)
+                .map_err(|e| Status::internal(format!("re-decoding an Update: {e}")))
+        })
+    })
 }
