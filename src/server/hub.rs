@@ -288,7 +288,7 @@ impl Hub {
                 Some(e) => match &mut g.sink {
                     Sink::Immediate(log) => {
                         if let Err(err) = log.append(std::slice::from_ref(&e)) {
-                            tracing::error!(seq = e.seq, error = %err, "log append failed");
+                            tracing::error!(seq = e.seq, error = %err.report(), "log append failed");
                             g.engine.discard_pending();
                             decision.verdict = Verdict::Rejected {
                                 reason: Rejection::Internal,
