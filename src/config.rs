@@ -13,9 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 300ms, 2s, 1m)"))
-}
+use crate::consistency::time::parse_duration;
 
 /// Flags of `dyconit-chat serve`.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -6,6 +6,7 @@
 //! - [`log`]: the ordered message log behind one trait.
 //! - `admin`: the admin HTTP port (started by [`node::run`]).
 //! - [`client`]: the client library.
+//! - [`clock`]: the wall clock, read in one place; the server's is injectable.
 //! - [`config`]: command-line flags and the TOML config file.
 //! - [`chat`]: the terminal chat client (`dyconit-chat chat`).
 //! - [`bench`]: the load generator (`dyconit-chat bench`).
@@ -15,6 +16,7 @@ mod admin;
 pub mod bench;
 pub mod chat;
 pub mod client;
+pub mod clock;
 mod codec;
 pub mod config;
 pub mod consistency;
@@ -32,4 +34,13 @@ pub mod proto {
     /// The encoded descriptor set, for the reflection service.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
+
+    /// The metadata key of the display name a client may choose on
+    /// `Connect` (see docs/protocol.md).
+    pub const NAME_HEADER: &str = "x-chat-name";
+    /// Longest display name, in characters.
+    pub const MAX_NAME_CHARS: usize = 64;
+    /// The HTTP/2 path of `ReceiveUpdates`: the proto has no `package`
+    /// line, so the service is plain `ChatServer`.
+    pub const RECEIVE_UPDATES_PATH: &str = "/ChatServer/ReceiveUpdates";
 }

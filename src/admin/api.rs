@@ -1,8 +1,9 @@
 //! The handlers of the admin API (see the module doc of `crate::admin`).
 
 use super::{AdminState, error};
-use crate::consistency::{Bounds, BoundsOverride};
+use crate::consistency::{Bounds, BoundsOverride, DropReason, Rejection};
 use crate::server::hub::{BoundsChange, ChangeError, ChangeRecord};
+use crate::telemetry::metrics::VIOLATED_BOUNDS;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -101,7 +102,7 @@ fn parse_override(body: &[u8]) -> Result<BoundsOverride, String> {
 fn parse_staleness(v: &Value) -> Result<Duration, String> {
     match v {
         Value::String(s) => {
-            humantime::parse_duration(s).map_err(|e| format!("staleness {s:?}: {e}"))
+            crate::consistency::time::parse_duration(s).map_err(|e| format!("staleness {s:?}: {e}"))
         }
         Value::Number(n) => n
             .as_f64()
@@ -212,14 +213,14 @@ pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
         "ack_lag_messages_max": snap.ack_lag_messages_max,
         "ack_lag_seconds_max": snap.ack_lag_seconds_max,
         "messages_accepted": m.messages_accepted.get(),
-        "rejections": by(&m.messages_rejected, &["order", "numerical", "staleness", "client", "internal"]),
+        "rejections": by(&m.messages_rejected, &Rejection::REASONS),
         "updates_sent": m.updates_sent.get(),
         "messages_delivered": m.messages_delivered.get(),
         "clients_dropped": by(
             &m.clients_dropped,
-            &["ack_timeout", "never_streamed", "slow_consumer", "stream_closed", "shutdown"],
+            &DropReason::ALL.map(DropReason::as_str),
         ),
-        "bound_violations": by(&m.bound_violations, &["staleness", "lease"]),
+        "bound_violations": by(&m.bound_violations, &VIOLATED_BOUNDS),
         "delivery_latency_seconds": histogram_json(&m.delivery_latency),
         "ack_lag_seconds": histogram_json(&m.ack_lag_seconds),
         "ack_timeout_seconds": s.hub.inspect(|e| e.settings().ack_timeout.as_secs_f64()),

@@ -38,9 +38,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 300ms, 2s, 1m)"))
-}
+use crate::consistency::time::parse_duration;
 
 /// How messages are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -336,7 +334,7 @@ async fn run_client(
         let mut request = tonic::Request::new(ConnectionStarter {});
         request
             .metadata_mut()
-            .insert("x-chat-name", format!("bench-{index}").parse()?);
+            .insert(crate::proto::NAME_HEADER, format!("bench-{index}").parse()?);
         let info = rpc.connect(request).await?.into_inner();
         let id = info
             .client
@@ -350,7 +348,9 @@ async fn run_client(
         let mut stream = grpc
             .server_streaming(
                 tonic::Request::new(Client { id }),
-                tonic::codegen::http::uri::PathAndQuery::from_static("/ChatServer/ReceiveUpdates"),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    crate::proto::RECEIVE_UPDATES_PATH,
+                ),
                 wire::SummaryCodec::default(),
             )
             .await?
@@ -444,7 +444,9 @@ async fn connect_only(index: usize, channel: Connection, slot: Arc<Slot>, stats:
     let mut rpc = ChatServerClient::new(channel);
     let mut request = tonic::Request::new(ConnectionStarter {});
     if let Ok(name) = format!("writer-{index}").parse() {
-        request.metadata_mut().insert("x-chat-name", name);
+        request
+            .metadata_mut()
+            .insert(crate::proto::NAME_HEADER, name);
     }
     match rpc.connect(request).await {
         Ok(info) => {
@@ -764,10 +766,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     // A durable spawned server gets a fresh data directory of its own.
     let data_dir =
         (args.spawn_server && args.storage == crate::server::Storage::Durable).then(|| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            std::env::temp_dir().join(format!("dyconit-bench-{}-{nanos}", std::process::id()))
+            let micros = crate::clock::wall_micros().0;
+            std::env::temp_dir().join(format!("dyconit-bench-{}-{micros}", std::process::id()))
         });
     let spawned = if args.spawn_server {
         let exe = std::env::current_exe().context("locating this program")?;

@@ -156,7 +156,9 @@ impl ChatClient {
             let value = name
                 .parse()
                 .map_err(|_| ClientError::Name(name.to_owned()))?;
-            request.metadata_mut().insert("x-chat-name", value);
+            request
+                .metadata_mut()
+                .insert(crate::proto::NAME_HEADER, value);
         }
         let t0 = local_micros();
         let info = rpc.connect(request).await?.into_inner();

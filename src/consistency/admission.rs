@@ -84,6 +84,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every [`Rejection::reason`] label, in the order metrics list them.
+    pub const REASONS: [&'static str; 5] =
+        ["order", "numerical", "staleness", "client", "internal"];
+
     /// The reason label used in metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {

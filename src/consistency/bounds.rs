@@ -185,7 +185,7 @@ pub mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        crate::consistency::time::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 
     pub mod option {
@@ -200,7 +200,9 @@ pub mod humantime_serde_compat {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
             Option::<String>::deserialize(d)?
-                .map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+                .map(|t| {
+                    crate::consistency::time::parse_duration(&t).map_err(serde::de::Error::custom)
+                })
                 .transpose()
         }
     }

@@ -73,6 +73,16 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::AckTimeout,
+        DropReason::NeverStreamed,
+        DropReason::SlowConsumer,
+        DropReason::StreamClosed,
+        DropReason::Shutdown,
+    ];
+
+    /// The reason label used in metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::AckTimeout => "ack_timeout",

@@ -5,6 +5,12 @@
 
 use std::time::Duration;
 
+/// Parses a human duration ("300ms", "2s", "1m", "1h 30m"): every flag,
+/// config key and admin field that takes a duration goes through here.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 300ms, 2s, 1m)"))
+}
+
 /// A point on the server's clock, in microseconds since the Unix epoch.
 ///
 /// Signed because the wire type (`ServerTime.timestamp`) is `int64` and a

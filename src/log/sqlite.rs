@@ -17,7 +17,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "messages.db";
@@ -374,13 +374,6 @@ impl Maintenance {
     }
 }
 
-fn now_micros() -> Micros {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    Micros(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
-}
-
 fn retention_loop(
     path: &Path,
     policy: Retention,
@@ -399,7 +392,7 @@ fn retention_loop(
                 conn = Some(connect(path, "NORMAL")?);
             }
             let c = conn.as_ref().expect("just opened");
-            Ok(retention_pass(c, policy, now_micros())?)
+            Ok(retention_pass(c, policy, crate::clock::wall_micros())?)
         };
         match pass() {
             Ok(n) => {

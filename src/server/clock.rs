@@ -1,14 +1,11 @@
-//! The one place the server reads the wall clock.
+//! The server's clock, until the hub carries an injected [`crate::clock::Clock`].
 
 use crate::consistency::Micros;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Now, in microseconds since the Unix epoch.
 pub fn now() -> Micros {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    Micros(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
+    crate::clock::wall_micros()
 }
 
 /// How long from now until `at` (zero if it has passed).

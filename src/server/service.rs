@@ -7,7 +7,8 @@ use super::outbox::UpdateStream;
 use crate::consistency::{Decision, Rejection, Verdict};
 use crate::proto::chat_server_server::ChatServer;
 use crate::proto::{
-    Acknowledgement, Client, ConnectionStarter, MessageStatus, SentMessage, ServerInfo, ServerTime,
+    Acknowledgement, Client, ConnectionStarter, MAX_NAME_CHARS, MessageStatus, NAME_HEADER,
+    SentMessage, ServerInfo, ServerTime,
 };
 use crate::telemetry::propagation::parent_context;
 use crate::telemetry::tracing_setup::RPC_SPAN_TARGET;
@@ -22,10 +23,6 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The metadata key that carries a client's chosen display name.
-pub const NAME_HEADER: &str = "x-chat-name";
-/// Longest display name, in characters.
-pub const MAX_NAME_CHARS: usize = 64;
 /// Messages of one `SendMessages` stream decided but not yet answered (their
 /// batch is being stored). Lets one stream fill a group commit instead of
 /// waiting an fsync per message; bounds the memory one stream can hold.
@@ -158,17 +155,8 @@ impl ChatService {
 
 /// Records an admission decision on the current RPC span.
 fn record_decision(span: &Span, d: &Decision, thread: &str, age_micros: Option<i64>) {
-    let status = match d.verdict {
-        Verdict::Accepted { .. } => "OK",
-        Verdict::Rejected { reason, .. } => match reason {
-            Rejection::Client(_) => "CLIENT_ERROR",
-            Rejection::Staleness { .. } => "STALENESS",
-            Rejection::Order { .. } => "ORDER_ERROR",
-            Rejection::Numerical { .. } => "NUMERICAL_ERROR",
-            Rejection::Internal => "INTERNAL_ERROR",
-        },
-    };
-    span.record("chat.status", status);
+    let status = convert::message_status(d).status_code();
+    span.record("chat.status", status.as_str_name());
     span.record("chat.thread", thread);
     if let Some(e) = d.order_error {
         span.record("chat.order_error", e as i64);

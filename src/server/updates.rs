@@ -10,8 +10,8 @@
 
 use super::service::ChatService;
 use crate::codec::{Pair, PreEncoded, Prost};
-use crate::proto::Client;
 use crate::proto::chat_server_server::ChatServerServer;
+use crate::proto::{Client, RECEIVE_UPDATES_PATH};
 use bytes::Bytes;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,9 +19,6 @@ use std::task::{Context, Poll};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::server::{NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status};
-
-/// The path this module serves itself.
-pub const RECEIVE_UPDATES_PATH: &str = "/ChatServer/ReceiveUpdates";
 
 /// Writes the shared Update bytes as they are; reads the `Client` request.
 type UpdatesCodec = Pair<PreEncoded, Prost<Client>>;
