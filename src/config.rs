@@ -59,8 +59,15 @@ pub struct ServeArgs {
     /// How far in the future a message timestamp may be [default: 1s]
     #[arg(long, env = "DYCONIT_MAX_CLOCK_SKEW", value_name = "DUR", value_parser = parse_duration)]
     pub max_clock_skew: Option<Duration>,
-    /// Bytes of Updates queued for one client before it is disconnected with
-    /// RESOURCE_EXHAUSTED [default: 4194304]
+    /// Largest Update sent, in bytes: a flush or a history holding more goes
+    /// out as several consecutive Updates. At most 4194304, the receive limit
+    /// of gRPC clients by default [default: 1048576, or more if one message
+    /// of --max-message-bytes needs it]
+    #[arg(long, env = "DYCONIT_MAX_UPDATE_BYTES", value_name = "N")]
+    pub max_update_bytes: Option<usize>,
+    /// A client is disconnected with RESOURCE_EXHAUSTED when a new flush for
+    /// it comes while more than this many bytes of earlier Updates are still
+    /// unread (it stopped reading) [default: 4194304]
     #[arg(long, env = "DYCONIT_MAX_OUTBOUND_BYTES", value_name = "N")]
     pub max_outbound_bytes: Option<usize>,
     /// Where messages are kept: durable (SQLite in --data-dir; an OK means
@@ -128,6 +135,7 @@ pub struct FileConfig {
         with = "crate::consistency::bounds::humantime_serde_compat::option"
     )]
     pub max_clock_skew: Option<Duration>,
+    pub max_update_bytes: Option<usize>,
     pub max_outbound_bytes: Option<usize>,
     pub storage: Option<Storage>,
     pub data_dir: Option<PathBuf>,
@@ -179,6 +187,10 @@ impl ServeArgs {
                 .set_thread(thread, *o)
                 .with_context(|| format!("invalid bounds for thread {thread:?}"))?;
         }
+        let max_message_bytes = self
+            .max_message_bytes
+            .or(file.max_message_bytes)
+            .unwrap_or(d.max_message_bytes);
         let settings = Settings {
             bounds: table,
             lease: self.lease.or(file.lease).unwrap_or(d.lease),
@@ -187,14 +199,15 @@ impl ServeArgs {
                 .or(file.ack_timeout)
                 .unwrap_or(d.ack_timeout),
             history: self.history.or(file.history).unwrap_or(d.history),
-            max_message_bytes: self
-                .max_message_bytes
-                .or(file.max_message_bytes)
-                .unwrap_or(d.max_message_bytes),
+            max_message_bytes,
             max_clock_skew: self
                 .max_clock_skew
                 .or(file.max_clock_skew)
                 .unwrap_or(d.max_clock_skew),
+            max_update_bytes: self
+                .max_update_bytes
+                .or(file.max_update_bytes)
+                .unwrap_or_else(|| Settings::default_update_bytes(max_message_bytes)),
         };
         settings.validate()?;
         let dc = Config::default();

@@ -4,6 +4,7 @@
 //! of the definitions in DESIGN.md §2–§4 and of durability before visibility
 //! (issue 5).
 
+use dyconit_chat::consistency::parts::entry_bytes;
 use dyconit_chat::consistency::{
     Bounds, BoundsOverride, BoundsTable, Engine, Event, Micros, Rejection, Settings, Submission,
     SubmissionAck, Verdict,
@@ -60,33 +61,39 @@ fn settings() -> impl Strategy<Value = Settings> {
         (1u64..300, 1u64..8, 0u64..5),
         200u64..2000,
         100u64..1500,
-        0usize..5,
+        (0usize..5, 80usize..260),
     )
-        .prop_map(|((s, n, o), (ts, tn, to), lease, ack, history)| {
-            let mut bounds = BoundsTable::new(Bounds {
-                staleness: Duration::from_millis(s),
-                numerical: n,
-                order: o,
-            })
-            .unwrap();
-            bounds
-                .set_thread(
-                    "a",
-                    BoundsOverride {
-                        staleness: Some(Duration::from_millis(ts)),
-                        numerical: Some(tn),
-                        order: Some(to),
-                    },
-                )
+        .prop_map(
+            |((s, n, o), (ts, tn, to), lease, ack, (history, update_bytes))| {
+                let mut bounds = BoundsTable::new(Bounds {
+                    staleness: Duration::from_millis(s),
+                    numerical: n,
+                    order: o,
+                })
                 .unwrap();
-            Settings {
-                bounds,
-                lease: Duration::from_millis(lease),
-                ack_timeout: Duration::from_millis(ack),
-                history,
-                ..Settings::default()
-            }
-        })
+                bounds
+                    .set_thread(
+                        "a",
+                        BoundsOverride {
+                            staleness: Some(Duration::from_millis(ts)),
+                            numerical: Some(tn),
+                            order: Some(to),
+                        },
+                    )
+                    .unwrap();
+                Settings {
+                    bounds,
+                    lease: Duration::from_millis(lease),
+                    ack_timeout: Duration::from_millis(ack),
+                    history,
+                    // A few tiny messages per Update, so flushes and histories
+                    // are split (the server's floor is 16 KiB; the engine
+                    // itself takes any limit).
+                    max_update_bytes: update_bytes,
+                    ..Settings::default()
+                }
+            },
+        )
 }
 
 /// What the model knows of one client.
@@ -185,6 +192,10 @@ impl Harness {
                     // previous Update ended.
                     let prev_pos = *c.positions.last().unwrap();
                     let seqs: Vec<u64> = batch.entries.iter().map(|e| e.seq).collect();
+                    // A flush larger than the Update limit is split; each
+                    // part continues the previous one.
+                    let size: usize = batch.entries.iter().map(|e| entry_bytes(e)).sum();
+                    prop_assert!(seqs.len() <= 1 || size <= self.settings.max_update_bytes);
                     let want: Vec<u64> = (prev_pos + 1..=prev_pos + seqs.len() as u64).collect();
                     prop_assert_eq!(&seqs, &want);
                     c.seqs.extend(&seqs);
@@ -234,10 +245,20 @@ impl Harness {
                     prop_assert!(r.is_err());
                     return Ok(());
                 }
-                let batch = r.unwrap();
+                let batches = r.unwrap();
                 let head = self.durable;
                 prop_assert_eq!(self.engine.durable(), head);
-                let history: Vec<u64> = batch.entries.iter().map(|e| e.seq).collect();
+                let history: Vec<u64> = batches
+                    .iter()
+                    .flat_map(|b| b.entries.iter().map(|e| e.seq))
+                    .collect();
+                // Split by bytes: a part holds more than one message only
+                // if they fit the limit, and only the first may be empty.
+                for (i, b) in batches.iter().enumerate() {
+                    prop_assert!(i == 0 || !b.entries.is_empty());
+                    let size: usize = b.entries.iter().map(|e| entry_bytes(e)).sum();
+                    prop_assert!(b.entries.len() <= 1 || size <= self.settings.max_update_bytes);
+                }
                 let want_len = (head as usize).min(self.settings.history);
                 // The most recent `history` durable commits (fewer if the
                 // window was never that long), ending at the durable one.
@@ -246,7 +267,15 @@ impl Harness {
                     prop_assert_eq!(last, head);
                 }
                 c.streaming = true;
-                c.positions = vec![c.positions[0], head];
+                // Each part's seen position is its last commit (never below
+                // the position from Connect); the last part's is the baseline.
+                let mut positions = vec![c.positions[0]];
+                for b in &batches[..batches.len() - 1] {
+                    let last = b.entries.last().map_or(0, |e| e.seq);
+                    positions.push(last.max(*positions.last().unwrap()));
+                }
+                positions.push(head);
+                c.positions = positions;
                 c.last_update_at = Some(self.now);
             }
             Op::Ack(k, frac) => {

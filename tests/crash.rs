@@ -212,25 +212,28 @@ fn verify(dir: &Path, acked: &HashMap<(usize, usize), Vec<Acked>>, round: usize)
 }
 
 /// The history a new client gets from the restarted server must be the tail
-/// of the store, in order.
+/// of the store, in order. It is split into Updates a client with gRPC's
+/// default 4 MiB receive limit reads.
 async fn verify_history(url: &str, all: &[Entry]) {
-    // A first Update with 100,000 messages is larger than gRPC's default
-    // 4 MiB message limit.
-    let mut rpc = ChatServerClient::new(channel(url).await).max_decoding_message_size(1 << 30);
+    let mut rpc = ChatServerClient::new(channel(url).await);
     let id = common::connect_raw(&mut rpc).await;
     let mut stream = rpc
         .receive_updates(Client { id })
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(30), stream.next())
-        .await
-        .expect("first Update in time")
-        .expect("a first Update")
-        .expect("stream ok");
     let tail = &all[all.len().saturating_sub(HISTORY)..];
-    assert_eq!(first.message.len(), tail.len(), "history length");
-    for (m, e) in first.message.iter().zip(tail) {
+    let mut got = Vec::new();
+    while got.len() < tail.len() {
+        let update = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("history in time")
+            .expect("the stream stays open")
+            .expect("stream ok");
+        got.extend(update.message);
+    }
+    assert_eq!(got.len(), tail.len(), "history length");
+    for (m, e) in got.iter().zip(tail) {
         assert_eq!(m.contents, e.contents);
         assert_eq!(m.server_time.map(|t| t.timestamp), Some(e.commit_time.0));
     }

@@ -18,9 +18,11 @@ use super::admission::{AckInfo, ClientFault, Decision, Rejection, Submission, Ve
 use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
 use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
+use super::parts::split;
 use super::settings::{Settings, flush_spread, safety_margin};
 use super::time::Micros;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +57,9 @@ pub struct Batch {
     pub late: u64,
     /// Sent after the previous Update's expiration time (a broken lease).
     pub after_expiration: bool,
+    /// Its place among the Updates of one flush (or of the history): 0 for
+    /// the first, which begins the flush; see [`super::parts`].
+    pub part: u32,
 }
 
 /// Why a client left.
@@ -173,6 +178,51 @@ pub struct Engine {
     /// visible or the bounds change, while a group may be polled dozens of
     /// times as its members' shares of the spread come due.
     due_cache: (Seq, HashMap<Seq, Option<GroupDue>>),
+}
+
+/// One Update of a flush, shared by every client of a cursor group.
+#[derive(Debug)]
+struct FlushPart {
+    entries: Entries,
+    /// The seen position it gives (its highest commit).
+    pos: Seq,
+    /// Its entries delivered later than their conit's staleness allowed.
+    late: u64,
+}
+
+/// The Updates that carry `entries` (the commits from a cursor up to the
+/// visible end `visible`, in order) at `now`: one, or several when they
+/// exceed `max_update_bytes`; one empty Update (a heartbeat) when there are
+/// none. Messages committed before the bounds last changed
+/// (`bounds_changed_at`) were promised the old staleness and are not
+/// counted late.
+fn flush_parts(
+    entries: &[Arc<Entry>],
+    settings: &Settings,
+    visible: Seq,
+    now: Micros,
+    bounds_changed_at: Seq,
+) -> Rc<[FlushPart]> {
+    split(entries, settings.max_update_bytes, visible)
+        .into_iter()
+        .map(|part| {
+            let late = part
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.seq > bounds_changed_at
+                        && now
+                            > e.commit_time
+                                .plus(settings.bounds.for_thread(&e.thread).staleness)
+                })
+                .count() as u64;
+            FlushPart {
+                entries: part.entries,
+                pos: part.pos,
+                late,
+            }
+        })
+        .collect()
 }
 
 /// Moves client `id`'s entry in `timers` to `at`.
@@ -413,8 +463,9 @@ impl Engine {
 
     /// Opens the client's one stream; returns its first Update: the most
     /// recent `history` durable messages, with the last durable commit as the
-    /// baseline.
-    pub fn start_stream(&mut self, id: ClientId, now: Micros) -> Result<Batch, StreamError> {
+    /// baseline; split into several consecutive Updates when it holds more
+    /// than `max_update_bytes` (the last one carries the baseline).
+    pub fn start_stream(&mut self, id: ClientId, now: Micros) -> Result<Vec<Batch>, StreamError> {
         let c = self.clients.get_mut(&id).ok_or(StreamError::NotFound)?;
         if c.phase != Phase::Waiting {
             return Err(StreamError::AlreadyStreaming);
@@ -422,13 +473,34 @@ impl Engine {
         c.phase = Phase::Streaming;
         let visible = self.window.len() - (self.head - self.durable) as usize;
         let keep = visible.min(self.settings.history);
-        let entries: Arc<[Arc<Entry>]> = self
+        let history: Vec<Arc<Entry>> = self
             .window
             .range(visible - keep..visible)
             .cloned()
             .collect();
+        let parts = split(&history, self.settings.max_update_bytes, self.durable);
         let expiration = now.plus(self.settings.lease);
-        c.record_update(self.durable, now, expiration);
+        let last = parts.len() - 1;
+        let mut batches = Vec::with_capacity(parts.len());
+        for (i, part) in parts.into_iter().enumerate() {
+            // The last part carries the baseline (the durable end of the
+            // log). An earlier one never moves the seen position below the
+            // one the client had from `Connect`.
+            let pos = if i == last {
+                self.durable
+            } else {
+                part.pos.max(c.delivered)
+            };
+            c.record_update(pos, now, expiration);
+            batches.push(Batch {
+                current_time: now,
+                expiration,
+                entries: part.entries,
+                late: 0,
+                after_expiration: false,
+                part: i as u32,
+            });
+        }
         multiset_remove(&mut self.waiting_acks, c.acked_pos);
         multiset_add(&mut self.active_acks, c.acked_pos);
         multiset_add(&mut self.cursors, c.delivered);
@@ -444,13 +516,7 @@ impl Engine {
         );
         retime(&mut self.timers, id, c, personal);
         self.next_wake = self.next_wake.min(personal);
-        Ok(Batch {
-            current_time: now,
-            expiration,
-            entries,
-            late: 0,
-            after_expiration: false,
-        })
+        Ok(batches)
     }
 
     /// An `Acknowlegde` call.
@@ -759,7 +825,7 @@ impl Engine {
             *due_cache = (visible, HashMap::new());
         }
         let due_memo = &mut due_cache.1;
-        let mut batch_memo: HashMap<Seq, (Entries, u64)> = HashMap::new();
+        let mut batch_memo: HashMap<Seq, Rc<[FlushPart]>> = HashMap::new();
         let window_floor = *head - window.len() as Seq;
         // The clients with something due: every member of a cursor group
         // whose own share of the group's flush is due (the highest ranks
@@ -836,22 +902,13 @@ impl Engine {
                 );
                 continue;
             }
-            let (entries, late) = batch_memo
+            let parts = batch_memo
                 .entry(c.delivered)
                 .or_insert_with(|| {
                     let start = (c.delivered - window_floor) as usize;
                     let end = (visible - window_floor) as usize;
-                    let entries: Arc<[Arc<Entry>]> = window.range(start..end).cloned().collect();
-                    let late = entries
-                        .iter()
-                        .filter(|e| {
-                            e.seq > bounds_changed_at_seq
-                                && now
-                                    > e.commit_time
-                                        .plus(settings.bounds.for_thread(&e.thread).staleness)
-                        })
-                        .count() as u64;
-                    (entries, late)
+                    let entries: Vec<Arc<Entry>> = window.range(start..end).cloned().collect();
+                    flush_parts(&entries, settings, visible, now, bounds_changed_at_seq)
                 })
                 .clone();
             multiset_remove(cursors, c.delivered);
@@ -868,21 +925,24 @@ impl Engine {
                 .insert((spread_rank(id, visible), id));
             let after_expiration = now > c.expiration;
             let expiration = now.plus(settings.lease);
-            c.record_update(visible, now, expiration);
+            for (i, part) in parts.iter().enumerate() {
+                c.record_update(part.pos, now, expiration);
+                events.push(Event::Update {
+                    client: id,
+                    batch: Batch {
+                        current_time: now,
+                        expiration,
+                        entries: part.entries.clone(),
+                        late: part.late,
+                        after_expiration: i == 0 && after_expiration,
+                        part: i as u32,
+                    },
+                });
+            }
             let personal = now
                 .plus(heartbeat_after)
                 .min(c.ack_deadline(settings.ack_timeout).unwrap_or(Micros::MAX));
             retime(timers, id, c, personal);
-            events.push(Event::Update {
-                client: id,
-                batch: Batch {
-                    current_time: now,
-                    expiration,
-                    entries,
-                    late,
-                    after_expiration,
-                },
-            });
         }
         for (id, reason) in drops {
             self.remove(id);
@@ -989,7 +1049,7 @@ mod tests {
         assert_eq!(seqs(&e.flush_all(later), 2), Vec::<Seq>::new());
         // A new reader's history and baseline stop at the durable position.
         assert!(e.connect(3, 3, "h".into(), later));
-        assert_eq!(e.start_stream(3, later).unwrap().entries.len(), 0);
+        assert_eq!(e.start_stream(3, later).unwrap()[0].entries.len(), 0);
 
         e.mark_durable(2);
         // Overdue entries become due at once, for every reader.
@@ -1087,7 +1147,7 @@ mod tests {
         let history = |e: &mut Engine| -> Vec<Seq> {
             e.connect(1, 1, "r".into(), T0);
             let b = e.start_stream(1, T0).unwrap();
-            b.entries.iter().map(|e| e.seq).collect()
+            b[0].entries.iter().map(|e| e.seq).collect()
         };
         let mut e = Engine::new(Settings::default(), 10, at(&[4, 5, 8, 9, 10]));
         assert_eq!(history(&mut e), [8, 9, 10]);
@@ -1115,7 +1175,7 @@ mod tests {
         assert_eq!((e.head(), e.durable()), (10, 10));
         e.connect(1, 1, "w".into(), T0);
         let first = e.start_stream(1, T0).unwrap();
-        let history: Vec<Seq> = first.entries.iter().map(|e| e.seq).collect();
+        let history: Vec<Seq> = first[0].entries.iter().map(|e| e.seq).collect();
         assert_eq!(history, [8, 9, 10]);
         match send(&mut e, 1, 1, "next", T0).verdict {
             Verdict::Accepted { seq, .. } => assert_eq!(seq, 11),

@@ -7,12 +7,14 @@
 //! - [`settings`]: every other tunable, validated.
 //! - [`admission`]: what a write asks and what the decision answers.
 //! - [`engine`]: the state machine that ties them together.
+//! - [`parts`]: cutting a flush into Updates of bounded size.
 
 pub mod admission;
 pub mod bounds;
 pub mod client;
 pub mod conit;
 pub mod engine;
+pub mod parts;
 pub mod settings;
 pub mod time;
 

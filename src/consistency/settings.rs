@@ -21,6 +21,12 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// How far in the future a `SentMessage.timestamp` may be.
     pub max_clock_skew: Duration,
+    /// Largest encoded Update the server sends, in bytes: a flush or a
+    /// history holding more goes out as several consecutive Updates (see
+    /// [`super::parts`]). One message alone may exceed it only when it is
+    /// larger itself; [`Settings::validate`] keeps that below
+    /// [`CLIENT_RECEIVE_LIMIT`].
+    pub max_update_bytes: usize,
 }
 
 impl Default for Settings {
@@ -32,6 +38,7 @@ impl Default for Settings {
             history: 50,
             max_message_bytes: 4096,
             max_clock_skew: Duration::from_secs(1),
+            max_update_bytes: DEFAULT_UPDATE_BYTES,
         }
     }
 }
@@ -51,12 +58,48 @@ pub enum SettingsError {
     MaxMessageBytes(usize),
     #[error("max clock skew {0:?} is above 1h")]
     MaxClockSkew(Duration),
+    #[error(
+        "max update bytes {0} is outside {min}..={max} (gRPC clients refuse messages over \
+         4 MiB unless told otherwise)",
+        min = MIN_UPDATE_BYTES,
+        max = CLIENT_RECEIVE_LIMIT
+    )]
+    MaxUpdateBytes(usize),
+    #[error(
+        "one message of max message bytes {message} makes an Update of up to {update} bytes, \
+         above max update bytes {limit}: raise --max-update-bytes or lower --max-message-bytes"
+    )]
+    MessageAboveUpdate {
+        message: usize,
+        update: usize,
+        limit: usize,
+    },
 }
 
 pub const MAX_HISTORY: usize = 100_000;
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
+/// The receive limit gRPC stacks apply by default (grpcio, grpc-go,
+/// grpc-java and tonic all refuse a message over 4 MiB): no Update may be
+/// larger, or such clients could not read their stream.
+pub const CLIENT_RECEIVE_LIMIT: usize = 4 << 20;
+
+/// The default Update limit: a quarter of what clients accept, so a client
+/// with a lower limit of its own still reads it, and one Update is a small
+/// part of a client's outbound queue (4 MiB by default).
+pub const DEFAULT_UPDATE_BYTES: usize = 1 << 20;
+
+/// The smallest Update limit accepted: below it, a flush of ordinary
+/// messages would be split into many tiny Updates.
+pub const MIN_UPDATE_BYTES: usize = 16 << 10;
+
 impl Settings {
+    /// The Update limit to use when none was given: [`DEFAULT_UPDATE_BYTES`],
+    /// or more if one message of `max_message_bytes` needs it.
+    pub fn default_update_bytes(max_message_bytes: usize) -> usize {
+        DEFAULT_UPDATE_BYTES.max(super::parts::largest_single_update(max_message_bytes))
+    }
+
     pub fn validate(&self) -> Result<(), SettingsError> {
         let range = Duration::from_millis(100)..=Duration::from_secs(3600);
         if !range.contains(&self.lease) {
@@ -73,6 +116,19 @@ impl Settings {
         }
         if self.max_clock_skew > Duration::from_secs(3600) {
             return Err(SettingsError::MaxClockSkew(self.max_clock_skew));
+        }
+        if !(MIN_UPDATE_BYTES..=CLIENT_RECEIVE_LIMIT).contains(&self.max_update_bytes) {
+            return Err(SettingsError::MaxUpdateBytes(self.max_update_bytes));
+        }
+        // History is split by bytes as well as by count, so any history
+        // reaches a client as long as its largest message fits an Update.
+        let update = super::parts::largest_single_update(self.max_message_bytes);
+        if update > self.max_update_bytes {
+            return Err(SettingsError::MessageAboveUpdate {
+                message: self.max_message_bytes,
+                update,
+                limit: self.max_update_bytes,
+            });
         }
         self.bounds.default_bounds().validate()?;
         Ok(())
@@ -103,4 +159,38 @@ pub fn safety_margin(d: Duration) -> Duration {
 pub fn flush_spread(d: Duration, members: usize) -> Duration {
     let per_client = Duration::from_micros(20);
     (d / 16).min(per_client.saturating_mul(u32::try_from(members).unwrap_or(u32::MAX)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(max_message_bytes: usize, max_update_bytes: usize) -> Settings {
+        Settings {
+            max_message_bytes,
+            max_update_bytes,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn the_update_limit_stays_within_what_clients_accept() {
+        assert!(Settings::default().validate().is_ok());
+        assert_eq!(
+            with(4096, CLIENT_RECEIVE_LIMIT + 1).validate(),
+            Err(SettingsError::MaxUpdateBytes(CLIENT_RECEIVE_LIMIT + 1))
+        );
+        assert!(with(4096, MIN_UPDATE_BYTES - 1).validate().is_err());
+    }
+
+    #[test]
+    fn the_largest_message_must_fit_one_update() {
+        // The default limit grows to carry one message of the largest size.
+        let auto = Settings::default_update_bytes(MAX_MESSAGE_BYTES);
+        assert!(auto > DEFAULT_UPDATE_BYTES && auto <= CLIENT_RECEIVE_LIMIT);
+        assert!(with(MAX_MESSAGE_BYTES, auto).validate().is_ok());
+        let err = with(MAX_MESSAGE_BYTES, 64 << 10).validate().unwrap_err();
+        assert!(matches!(err, SettingsError::MessageAboveUpdate { .. }));
+        assert!(err.to_string().contains("--max-update-bytes"), "{err}");
+    }
 }

@@ -182,6 +182,7 @@ mod tests {
             entries: entries.into(),
             late: 0,
             after_expiration: false,
+            part: 0,
         }
     }
 

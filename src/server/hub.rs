@@ -210,7 +210,7 @@ impl Hub {
             if g.draining {
                 return Err(Status::unavailable("server is shutting down"));
             }
-            let batch = g.engine.start_stream(id, now).map_err(|e| match e {
+            let batches = g.engine.start_stream(id, now).map_err(|e| match e {
                 crate::consistency::engine::StreamError::NotFound => {
                     Status::not_found("unknown client id")
                 }
@@ -218,7 +218,11 @@ impl Hub {
                     Status::already_exists("this client already has an update stream")
                 }
             })?;
-            outbox.push(convert::encoded_update(&batch));
+            // The history may be split into several Updates; all of them
+            // begin the stream, so none counts as an unread backlog.
+            for batch in &batches {
+                outbox.push(convert::encoded_update(batch), false);
+            }
             g.outboxes.insert(id, outbox.clone());
             Ok(())
         })?;
@@ -517,7 +521,7 @@ impl Hub {
                         .entry(key)
                         .or_insert_with(|| convert::encoded_update(&batch))
                         .clone();
-                    if !outbox.push(update) {
+                    if !outbox.push(update, batch.part == 0) {
                         overflow.push(client);
                     }
                 }

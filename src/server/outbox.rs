@@ -2,9 +2,18 @@
 //!
 //! The queue holds Updates already encoded: the hub encodes a batch once and
 //! every client that gets the same batch shares those bytes (a reference
-//! count, not a copy). The flush scheduler pushes; the gRPC stream pops. The queue is bounded in
-//! bytes: a client that stops reading is cut off with `RESOURCE_EXHAUSTED`
-//! and its queue freed, instead of being held in memory.
+//! count, not a copy). The flush scheduler pushes; the gRPC stream pops, as
+//! fast as the transport takes them (HTTP/2 flow control: the queue holds
+//! what the client's connection has not accepted yet).
+//!
+//! **Slow consumers.** A client is cut off with `RESOURCE_EXHAUSTED`, and its
+//! queue freed, when a new flush arrives while more than the limit of
+//! *earlier* Updates is still unread. The flush being queued does not count:
+//! one burst may be larger than the limit (a client that reads promptly has
+//! emptied its queue long before the next flush, which comes a staleness
+//! period later), but a client that stops reading is cut off at its next
+//! flush. So a client holds at most the limit plus one flush, and those
+//! bytes are shared with every other client that got the same flush.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -20,6 +29,9 @@ struct State {
     queue: VecDeque<Bytes>,
     /// Encoded size of `queue`.
     bytes: usize,
+    /// Of `bytes`, what was queued before the flush now being pushed (the
+    /// unread backlog the slow-consumer rule judges).
+    backlog: usize,
     /// `Some(Ok)`: end the stream after the queue drains; `Some(Err)`: end it
     /// now with this status.
     end: Option<Result<(), Status>>,
@@ -46,19 +58,24 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues an encoded Update. Returns false if the queue is now over its
-    /// limit (the caller then drops the client).
-    pub fn push(&self, update: Bytes) -> bool {
+    /// Queues an encoded Update; `new_flush` says it is the first (or only)
+    /// Update of a flush, not a later part of one. Returns false if more
+    /// than the limit of earlier Updates was still unread when this flush
+    /// began (the caller then drops the client).
+    pub fn push(&self, update: Bytes, new_flush: bool) -> bool {
         let mut s = self.lock();
         if s.end.is_some() {
             return true;
+        }
+        if new_flush {
+            s.backlog = s.bytes;
         }
         s.bytes += update.len();
         s.queue.push_back(update);
         if let Some(w) = s.waker.take() {
             w.wake();
         }
-        s.bytes <= self.limit
+        s.backlog <= self.limit
     }
 
     /// Ends the stream at once with `status`; queued Updates are discarded.
@@ -66,6 +83,7 @@ impl Outbox {
         let mut s = self.lock();
         s.queue.clear();
         s.bytes = 0;
+        s.backlog = 0;
         s.end = Some(Err(status));
         if let Some(w) = s.waker.take() {
             w.wake();
@@ -94,6 +112,7 @@ impl Outbox {
         }
         if let Some(u) = s.queue.pop_front() {
             s.bytes -= u.len();
+            s.backlog = s.backlog.min(s.bytes);
             return Poll::Ready(Some(Ok(u)));
         }
         if s.end.is_some() {

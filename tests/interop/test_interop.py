@@ -725,6 +725,79 @@ def test_send_messages_many(server):
 
 
 # --------------------------------------------------------------------------
+# Large flushes and histories (split into Updates a default client can read)
+# --------------------------------------------------------------------------
+
+BIG = 4096
+
+
+def burst(srv: Server, w: Session, n: int, threads: int) -> list:
+    """Sends n messages of 4 KiB over `threads` conversation threads, from as
+    many concurrent SendMessages calls (one per thread); all must be OK.
+    Returns the contents sent."""
+    per = [[] for _ in range(threads)]
+    for i in range(n):
+        per[i % threads].append(w.message(f"{i:05}-" + "x" * (BIG - 6), thread=f"room-{i % threads}"))
+    results = [None] * threads
+
+    def run(k):
+        results[k] = list(srv.stub.SendMessages(iter(per[k]), timeout=30))
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    codes = [status_name(st.statusCode) for r in results for st in r]
+    assert codes == ["OK"] * n, {c: codes.count(c) for c in set(codes)}
+    return [m.contents for batch in per for m in batch]
+
+
+def read_all(s: Session, n: int, timeout: float = 30) -> list:
+    """Reads until n messages arrived (any order check is the caller's)."""
+    deadline = time.monotonic() + timeout
+    while len(s.messages) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"timed out with {len(s.messages)} of {n} messages")
+        s.next_update(timeout=left, waiting_for=f"{n} messages")
+    return [m.contents for m in s.messages]
+
+
+def test_burst_larger_than_a_default_receive_limit_reaches_every_reader(start_server):
+    # 1,600 x 4 KiB over 16 threads within one staleness period: 6.7 MB
+    # in one flush, more than grpcio's default 4 MB receive limit.
+    srv = start_server(staleness="2s", numerical=1_000_000, order=1_000_000)
+    readers = [Session(srv).stream(auto_ack=True) for _ in range(3)]
+    for r in readers:
+        r.next_update()  # the first Update
+    w = Session(srv).stream(auto_ack=True)
+    w.next_update()
+    sent = burst(srv, w, 1600, 16)
+    orders = [read_all(s, 1600) for s in readers + [w]]
+    assert sorted(orders[0]) == sorted(sent)
+    assert all(o == orders[0] for o in orders), "one order for every reader"
+    for s in readers + [w]:
+        assert len(s.updates) >= 1 + 7, f"{len(s.updates)} Updates"
+        assert not s.ended
+    # Still connected and served.
+    text = uniq()
+    assert_status(Session(srv).send(text), OK)
+    for s in readers:
+        s.wait_for([text])
+
+
+def test_history_larger_than_a_default_receive_limit_joins(start_server):
+    srv = start_server(staleness="2s", numerical=1_000_000, order=1_000_000, history=2000)
+    w = Session(srv)
+    sent = burst(srv, w, 2000, 4)
+    late = Session(srv).stream(auto_ack=True)
+    got = read_all(late, 2000)
+    assert sorted(got) == sorted(sent)
+    assert len(late.updates) >= 8, f"8.4 MB of history in {len(late.updates)} Updates"
+
+
+# --------------------------------------------------------------------------
 # Ack timeout
 # --------------------------------------------------------------------------
 
