@@ -14,6 +14,7 @@ pub mod bounds;
 pub mod client;
 pub mod conit;
 pub mod engine;
+pub mod entry;
 pub mod parts;
 pub mod settings;
 pub mod time;
@@ -25,6 +26,7 @@ pub use admission::{
     AckInfo, ClientFault, Decision, Rejection, Submission, SubmissionAck, Verdict,
 };
 pub use bounds::{Bounds, BoundsOverride, BoundsTable};
-pub use engine::{Batch, ClientId, DropReason, Engine, Entry, Event};
+pub use engine::{Batch, ClientId, DropReason, Engine, Event};
+pub use entry::Entry;
 pub use settings::Settings;
 pub use time::Micros;

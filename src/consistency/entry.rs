@@ -1,0 +1,22 @@
+//! A committed message, as the engine, the log and the Updates carry it.
+
+use super::Seq;
+use super::time::Micros;
+use std::sync::Arc;
+
+/// One committed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Commit sequence number: one strictly increasing order for all.
+    pub seq: Seq,
+    /// Thread id ("" is the main room); names the conit.
+    pub thread: Arc<str>,
+    pub contents: String,
+    /// The sender's public name.
+    pub sender: Arc<str>,
+    /// Commit time; `MessageStatus.timestamp` and `ReceivedMessage.serverTime`.
+    pub commit_time: Micros,
+}
+
+/// Entries of one batch, shared by every client that gets it.
+pub type Entries = Arc<[Arc<Entry>]>;
