@@ -9,10 +9,10 @@
 //! - [`scheduler`]: the one task that wakes at the engine's next deadline.
 //! - [`writer`]: the group-commit thread that makes messages durable.
 //! - [`convert`]: wire types to and from core types.
-//! - [`clock`]: the one place the wall clock is read.
+//! - [`error`]: why the hub refused a request, in its own terms.
 
-pub mod clock;
 pub mod convert;
+pub mod error;
 mod grpc;
 pub mod hub;
 pub mod outbox;
@@ -74,6 +74,8 @@ pub struct Config {
     /// Where to write the bound addresses as JSON once serving (`serve
     /// --ready-file`), for programs that start the server on port 0.
     pub ready_file: Option<PathBuf>,
+    /// The server's clock: the system clock, unless a test brings its own.
+    pub clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for crate::telemetry::tracing_setup::LogFilter {
@@ -96,6 +98,7 @@ impl Default for Config {
             admin_token: None,
             log_filter: None,
             ready_file: None,
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -125,6 +128,7 @@ pub(crate) fn open_storage(
                 hub::Sink::Immediate(Box::new(log)),
                 config.max_outbound_bytes,
                 metrics.clone(),
+                config.clock.clone(),
             );
             tracing::info!(storage = "memory", "message log in memory: lost on restart");
             Ok((
@@ -154,6 +158,7 @@ pub(crate) fn open_storage(
                 hub::Sink::Writer,
                 config.max_outbound_bytes,
                 metrics.clone(),
+                config.clock.clone(),
             );
             let writer = writer::spawn(hub.clone(), Box::new(log), head, health.clone())
                 .context("starting the log writer thread")?;
