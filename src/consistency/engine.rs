@@ -18,7 +18,7 @@ use super::admission::{AckInfo, ClientFault, Decision, Rejection, Submission, Ve
 use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
 use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
-use super::entry::{Entries, Entry};
+pub use super::entry::{Entries, Entry};
 use super::parts::split;
 use super::settings::{Settings, flush_spread, safety_margin};
 use super::time::Micros;
