@@ -8,6 +8,7 @@
 //! - [`admission`]: what a write asks and what the decision answers.
 //! - [`engine`]: the state machine that ties them together.
 //! - [`parts`]: cutting a flush into Updates of bounded size.
+//! - [`schedule`]: which streaming clients are due for a flush, and when.
 
 pub mod admission;
 pub mod bounds;
@@ -16,6 +17,7 @@ pub mod conit;
 pub mod engine;
 pub mod entry;
 pub mod parts;
+pub mod schedule;
 pub mod settings;
 pub mod time;
 
