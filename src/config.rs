@@ -170,7 +170,7 @@ impl ServeArgs {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
+                    .map_err(|e| config_file_error(path, &text, &e))?
             }
             None => FileConfig::default(),
         };
@@ -261,6 +261,41 @@ impl ServeArgs {
     }
 }
 
+/// A config file error that names the file, the line and the key, then
+/// says what is wrong (toml's own message, which for a bad duration lists
+/// the accepted forms).
+fn config_file_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let what = e.message();
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("config file {}: {what}", path.display());
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    // The table the key is in, for per-thread bounds.
+    let table = text
+        .lines()
+        .take(line_no - 1)
+        .filter(|l| l.trim_start().starts_with('['))
+        .last()
+        .map(|l| l.trim());
+    match (key, table) {
+        (Some(k), Some(t)) => anyhow::anyhow!(
+            "config file {}, line {line_no}: key {k:?} in {t}: {what}",
+            path.display()
+        ),
+        (Some(k), None) => anyhow::anyhow!(
+            "config file {}, line {line_no}: key {k:?}: {what}",
+            path.display()
+        ),
+        _ => anyhow::anyhow!("config file {}, line {line_no}: {what}", path.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +366,31 @@ mod tests {
             ..Default::default()
         };
         assert!(format!("{:#}", args.resolve().unwrap_err()).contains("retention"));
+    }
+
+    #[test]
+    fn a_bad_config_value_names_the_key_and_the_accepted_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "order = 3\nstaleness = \"fast\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(err.contains("line 2: key \"staleness\""), "{err}");
+        assert!(err.contains("invalid duration \"fast\""), "{err}");
+        assert!(err.contains("\"300ms\", \"2s\""), "{err}");
+        std::fs::write(&path, "[threads.\"ops\"]\nstaleness = \"soon\"\n").unwrap();
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(
+            err.contains("key \"staleness\" in [threads.\"ops\"]"),
+            "{err}"
+        );
+        std::fs::write(&path, "numerical = \"many\"\n").unwrap();
+        let err = format!("{:#}", args.resolve().unwrap_err());
+        assert!(err.contains("key \"numerical\""), "{err}");
+        assert!(err.contains("expected u64"), "{err}");
     }
 
     #[test]

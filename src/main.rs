@@ -68,11 +68,46 @@ async fn shutdown_signal() {
     }
 }
 
+/// Says at start-up where the settings came from and which bounds are in
+/// force, so a log shows what the server was actually running with.
+fn log_settings(file: Option<&std::path::Path>, config: &dyconit_chat::server::Config) {
+    let s = &config.settings;
+    let b = s.bounds.default_bounds();
+    match file {
+        Some(f) => {
+            tracing::info!(config_file = %f.display(), "settings from flags, environment, the config file and defaults")
+        }
+        None => tracing::info!(
+            "no config file (--config): settings from flags, environment and defaults"
+        ),
+    }
+    tracing::info!(
+        staleness = ?b.staleness,
+        numerical = b.numerical,
+        order = b.order,
+        lease = ?s.lease,
+        ack_timeout = ?s.ack_timeout,
+        max_message_bytes = s.max_message_bytes,
+        storage = ?config.storage,
+        "default bounds in force"
+    );
+    for (thread, _, bounds) in s.bounds.overrides() {
+        tracing::info!(
+            thread,
+            staleness = ?bounds.staleness,
+            numerical = bounds.numerical,
+            order = bounds.order,
+            "thread bounds in force"
+        );
+    }
+}
+
 async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut resolved = args.resolve()?;
     let telemetry = tracing_setup::init(&log_filter(log), resolved.otlp_endpoint.as_deref())?;
     resolved.config.log_filter = Some(telemetry.log_filter.clone());
+    log_settings(args.config.as_deref(), &resolved.config);
     // Every client holds a connection (or shares one); the usual soft limit
     // of 1024 open files would cap the server far below its capacity.
     dyconit_chat::sys::raise_fd_limit();
@@ -93,6 +128,7 @@ async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let is_serve = matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
         Command::Serve(args) => serve(args, cli.log.as_deref()).await,
         // The chat client owns the terminal: it logs only when asked.
@@ -112,8 +148,16 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // Once: the server's log goes to stdout, so a terminal showed
+            // an "Address already in use" both as the log line and as the
+            // stderr line. Once its log is up, the server says it there;
+            // before that (a bad flag or config file) and for the client
+            // commands, stderr says it.
+            if is_serve && tracing::dispatcher::has_been_set() {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -24,7 +24,7 @@ async fn health_readiness_and_openapi() {
     let (status, doc) = http_json(server.admin, "GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.0.3");
-    for path in ["/", "/ui/{asset}", "/api/v1/stats"] {
+    for path in ["/", "/ui/{asset}", "/api/v1/stats", "/api/v1/stats/history"] {
         assert!(doc["paths"][path].is_object(), "{path} not documented");
     }
     let stats = &doc["components"]["schemas"]["Stats"]["properties"];
@@ -283,6 +283,7 @@ async fn bound_changes_are_validated_and_listed() {
     assert_eq!(changes[0]["scope"], "default");
     assert_eq!(changes[0]["old"]["order"], 32);
     assert_eq!(changes[1]["thread"], "ops room");
+    assert_rfc3339_beside(&changes[0], "at");
     assert!(
         changes[1]["who"]
             .as_str()
@@ -401,6 +402,10 @@ async fn metrics_stats_and_clients_reflect_traffic_without_leaking_ids() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"reader") && names.contains(&"writer"));
+    for c in v["clients"].as_array().unwrap() {
+        assert_rfc3339_beside(c, "connected_since");
+        assert_rfc3339_beside(c, "last_ack");
+    }
     for id in [reader.id(), w.id()] {
         assert!(
             !clients.contains(&id.to_string()),
@@ -639,4 +644,50 @@ async fn what_get_bounds_returns_can_be_put_back() {
         body["error"].as_str().unwrap().contains("contradicts"),
         "{body}"
     );
+}
+
+/// `<key>_rfc3339` is the same instant as the microseconds in `<key>`.
+fn assert_rfc3339_beside(v: &serde_json::Value, key: &str) {
+    let micros = v[key].as_i64().unwrap_or_else(|| panic!("{key} in {v}"));
+    let text = v[format!("{key}_rfc3339")]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key}_rfc3339 in {v}"));
+    let t = humantime::parse_rfc3339(text).expect("RFC 3339");
+    let want = std::time::UNIX_EPOCH + Duration::from_micros(micros as u64);
+    assert_eq!(t, want, "{text} is not {micros}us");
+}
+
+#[tokio::test]
+async fn the_server_keeps_a_history_of_stats_samples_for_the_dashboard() {
+    let server = TestServer::start(config(100, 256, 32)).await;
+    let w = server.client(Some("writer")).await;
+    let _sub = w.subscribe().await.unwrap();
+    assert_eq!(w.send("", "one").await.unwrap().status, StatusCode::Ok);
+    // One sample a second: wait for one taken after the message.
+    let samples = loop {
+        let (status, h) = http_json(server.admin, "GET", "/api/v1/stats/history", None, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(h["interval_seconds"], 1.0);
+        let samples = h["samples"].as_array().unwrap().clone();
+        if samples
+            .last()
+            .is_some_and(|s| s["stats"]["messages_accepted"] == 1)
+        {
+            break samples;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let last = samples.last().unwrap();
+    assert_eq!(last["staleness_ms"], 100.0);
+    assert_eq!(last["numerical"], 256);
+    assert!(last["stats"]["uptime_seconds"].as_f64().unwrap() > 0.0);
+    let (_, h) = http_json(
+        server.admin,
+        "GET",
+        "/api/v1/stats/history?seconds=1",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(h["samples"].as_array().unwrap().len(), 1);
 }

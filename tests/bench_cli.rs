@@ -68,6 +68,9 @@ fn assert_consistent(r: &Value, clients: u64) {
     );
     assert_eq!(n(r, &["latency", "count"]), n(r, &["deliveries_total"]));
     assert_eq!(r["check"]["passed"], true);
+    let counted = &r["server_counters"];
+    assert!(counted["bound_violations"].is_object(), "{r}");
+    assert!(counted["clients_dropped"].is_object(), "{r}");
     let server = &r["server"];
     assert!(server["peak_rss_bytes"].as_u64().unwrap() > 0, "{server}");
     assert!(server["cpu_seconds"].as_f64().unwrap() >= 0.0);
@@ -90,8 +93,11 @@ fn unary_sends_reach_every_client() {
             "2s",
             "--ramp-up",
             "300ms",
+            // Generous: a run the server counted violations in does not
+            // pass, and these runs check delivery, not speed, on a
+            // machine that may be busy.
             "--staleness",
-            "100ms",
+            "1s",
         ],
     );
     assert_consistent(&r, 30);
@@ -121,8 +127,11 @@ fn streamed_sends_over_shared_connections_reach_every_client() {
             "2s",
             "--ramp-up",
             "300ms",
+            // Generous: a run the server counted violations in does not
+            // pass, and these runs check delivery, not speed, on a
+            // machine that may be busy.
             "--staleness",
-            "100ms",
+            "1s",
         ],
     );
     assert_consistent(&r, 40);
@@ -151,8 +160,11 @@ fn send_only_writers_do_not_stream_and_readers_get_everything() {
             "100000",
             "--ack-timeout",
             "30s",
+            // Generous: a run the server counted violations in does not
+            // pass, and these runs check delivery, not speed, on a
+            // machine that may be busy.
             "--staleness",
-            "100ms",
+            "1s",
         ],
     );
     assert_consistent(&r, 3);
@@ -167,10 +179,80 @@ fn bad_flags_are_refused_with_a_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--size must be at least 16"));
+    let long = "t".repeat(130);
+    let out = Command::new(EXE)
+        .args(["bench", "--spawn-server", "--thread-prefix", &long])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--thread-prefix is too long"));
     let out = Command::new(EXE).args(["bench"]).output().unwrap();
     assert_eq!(
         out.status.code(),
         Some(2),
         "neither --server nor --spawn-server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_other_clients_is_warned_about_and_bench_threads_are_its_own() {
+    let srv = dyconit_chat::bench::server::SpawnedServer::start(
+        EXE.as_ref(),
+        &["--storage=memory".to_owned(), "--staleness=1s".to_owned()],
+    )
+    .await
+    .unwrap();
+    // A chat user already on the server.
+    let user = dyconit_chat::client::ChatClient::connect(&srv.url, Some("carol"))
+        .await
+        .unwrap();
+    let mut updates = user.subscribe().await.unwrap();
+    updates.next().await.unwrap().unwrap();
+    let json =
+        std::env::temp_dir().join(format!("dyconit-bench-{}-other.json", std::process::id()));
+    let (url, admin, report) = (srv.url.clone(), srv.admin_url.clone(), json.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(EXE)
+            .args(["bench", "--quiet", "--server", &url, "--admin", &admin])
+            .args(["--clients", "3", "--rate", "50", "--duration", "1s"])
+            .args(["--ramp-up", "100ms", "--json"])
+            .arg(&report)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: the server already has 1 client(s) connected"),
+        "{err}"
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(r["server_counters"]["other_clients_at_start"], 1, "{r}");
+    // The user got the bench's messages on the bench's thread, not the main room.
+    assert!(n(&r, &["accepted"]) > 0, "nothing accepted: {r}");
+    // Heartbeats may come first; the deadline only bounds a failure.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let got = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let u = updates
+            .next_within(left)
+            .await
+            .expect("the bench's messages reached the user")
+            .unwrap();
+        if !u.update.message.is_empty() {
+            break u;
+        }
+    };
+    let threads: Vec<&str> = got
+        .update
+        .message
+        .iter()
+        .map(|m| m.thread.as_ref().map_or("", |t| t.id.as_str()))
+        .collect();
+    assert!(
+        !threads.is_empty() && threads.iter().all(|t| *t == "bench-0"),
+        "{threads:?}"
     );
 }

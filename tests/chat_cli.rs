@@ -1,15 +1,17 @@
 //! `dyconit-chat chat` as a user runs it: the real binary in a real
-//! pseudo-terminal (tmux), against the real server binary on 127.0.0.1.
-//! Needs `tmux` (`.ci/run` installs it).
+//! pseudo-terminal (opened with `openpty`, its output read through the
+//! `vt100` terminal emulator), against the real server binary on 127.0.0.1.
 
 mod common;
 
 use dyconit_chat::bench::server::SpawnedServer;
 use dyconit_chat::proto::Client;
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
-use std::io::BufRead;
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_dyconit-chat");
@@ -57,66 +59,114 @@ fn send(url: &str, name: &str, thread: &str, text: &str, extra: &[&str]) -> Outp
         .expect("running chat --send")
 }
 
-/// A program running in its own tmux server (own socket), 120x30.
-struct Tmux {
-    /// The tmux socket name, unique per test.
-    socket: String,
+/// The chat client running in a pseudo-terminal of its own (120x30), its
+/// output fed to a terminal emulator (`vt100`), so the test reads the screen
+/// a user would see.
+struct Pty {
+    /// The terminal's master side: keystrokes go in here.
+    master: std::fs::File,
+    child: std::process::Child,
+    /// The emulated screen, updated by the reader thread; the condvar is
+    /// signalled after every chunk of output.
+    screen: Arc<(Mutex<vt100::Parser>, Condvar)>,
 }
 
-static SESSIONS: AtomicUsize = AtomicUsize::new(0);
+const ROWS: u16 = 30;
+const COLS: u16 = 120;
 
-impl Tmux {
-    fn start(command: &str) -> Tmux {
-        let socket = format!(
-            "dyconit-test-{}-{}",
-            std::process::id(),
-            SESSIONS.fetch_add(1, Ordering::SeqCst)
-        );
-        let status = Command::new("tmux")
-            .args(["-L", &socket, "new-session", "-d", "-s", "t", "-x", "120"])
-            .args(["-y", "30", command])
-            .status()
-            .expect("tmux is needed for this test (apt-get install tmux)");
-        assert!(status.success(), "tmux new-session failed");
-        Tmux { socket }
+impl Pty {
+    fn start(args: &[&str]) -> Pty {
+        let (mut master, mut slave) = (-1, -1);
+        let size = libc::winsize {
+            ws_row: ROWS,
+            ws_col: COLS,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two descriptors; name and termios may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened and are owned here only.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut cmd = Command::new(EXE);
+        cmd.args(args)
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        // SAFETY: setsid and ioctl are async-signal-safe; the child gets its
+        // own session with the pty as its controlling terminal, as in a shell.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting the chat client");
+        drop(cmd); // closes the parent's copies of the slave side
+        let master = std::fs::File::from(master);
+        let screen = Arc::new((
+            Mutex::new(vt100::Parser::new(ROWS, COLS, 0)),
+            Condvar::new(),
+        ));
+        let (mut output, shared) = (master.try_clone().unwrap(), screen.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once the client has exited and the slave is closed.
+            while let Ok(n @ 1..) = output.read(&mut buf) {
+                shared.0.lock().unwrap().process(&buf[..n]);
+                shared.1.notify_all();
+            }
+        });
+        Pty {
+            master,
+            child,
+            screen,
+        }
     }
 
-    fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"])
-            .output()
-            .expect("tmux capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    /// The screen as text, one line per row (trailing blanks trimmed).
+    fn render(parser: &vt100::Parser) -> String {
+        parser
+            .screen()
+            .rows(0, COLS)
+            .map(|r| format!("{}\n", r.trim_end()))
+            .collect()
     }
 
-    fn type_line(&self, text: &str) {
-        let ok = Command::new("tmux")
-            .args(["-L", &self.socket, "send-keys", "-t", "t", "-l", text])
-            .status()
-            .expect("tmux send-keys")
-            .success()
-            && Command::new("tmux")
-                .args(["-L", &self.socket, "send-keys", "-t", "t", "Enter"])
-                .status()
-                .expect("tmux send-keys")
-                .success();
-        assert!(ok, "send-keys failed");
+    fn type_line(&mut self, text: &str) {
+        self.master
+            .write_all(format!("{text}\r").as_bytes())
+            .expect("typing into the terminal");
     }
 
-    /// Waits until the screen satisfies `pred` (it is re-read as it changes;
-    /// the deadline only bounds a failure).
+    /// Waits until the screen satisfies `pred`, re-reading it whenever the
+    /// client writes (the deadline only bounds a failure).
     fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let (lock, changed) = &*self.screen;
+        let mut parser = lock.lock().unwrap();
         loop {
-            let screen = self.screen();
+            let screen = Self::render(&parser);
             if pred(&screen) {
                 return screen;
             }
+            let left = deadline.saturating_duration_since(Instant::now());
             assert!(
-                Instant::now() < deadline,
+                !left.is_zero(),
                 "timed out waiting for {what}; screen:\n{screen}"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            parser = changed.wait_timeout(parser, left).unwrap().0;
         }
     }
 
@@ -124,21 +174,25 @@ impl Tmux {
         self.wait_for(text, |s| s.contains(text))
     }
 
-    fn alive(&self) -> bool {
-        Command::new("tmux")
-            .args(["-L", &self.socket, "has-session", "-t", "t"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    /// Waits for the client to exit, at most `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
-impl Drop for Tmux {
+impl Drop for Pty {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .stderr(Stdio::null())
-            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -167,24 +221,24 @@ fn interactive_chat_shows_messages_threads_status_and_survives_a_restart() {
     let srv = block_on(SpawnedServer::start(EXE.as_ref(), &durable)).expect("server starts");
     let url = srv.url.clone();
     let port = url.rsplit(':').next().unwrap().to_owned();
-    let tmux = Tmux::start(&format!(
-        "{EXE} chat --server {url} --name alice --thread dev"
-    ));
-    tmux.wait_text("-- connected to");
+    let mut term = Pty::start(&[
+        "chat", "--server", &url, "--name", "alice", "--thread", "dev",
+    ]);
+    term.wait_text("-- connected to");
 
     let out = send(&url, "bob", "", "hello from bob", &[]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK "));
-    tmux.wait_text("[main] bob: hello from bob");
+    term.wait_text("[main] bob: hello from bob");
 
-    tmux.type_line("hi there");
-    tmux.wait_text("[#dev] alice: hi there");
-    tmux.type_line("/thread ops");
-    tmux.wait_text("-- now writing to #ops");
-    tmux.type_line("in ops");
-    tmux.wait_text("[#ops] alice: in ops");
-    tmux.type_line("/threads");
-    let screen = tmux.wait_text("#ops (1 message)  <- writing here");
+    term.type_line("hi there");
+    term.wait_text("[#dev] alice: hi there");
+    term.type_line("/thread ops");
+    term.wait_text("-- now writing to #ops");
+    term.type_line("in ops");
+    term.wait_text("[#ops] alice: in ops");
+    term.type_line("/threads");
+    let screen = term.wait_text("#ops (1 message)  <- writing here");
     assert!(screen.contains("--   main (1 message)"), "{screen}");
     assert!(screen.contains("--   #dev (1 message)\n"), "{screen}");
 
@@ -204,38 +258,39 @@ fn interactive_chat_shows_messages_threads_status_and_survives_a_restart() {
     // Another user's message cannot inject escape sequences.
     let out = send(&url, "mallory", "", "x\x1b[2Jy", &[]);
     assert!(out.status.success());
-    let screen = tmux.wait_text("mallory: x\u{fffd}[2Jy");
+    // (The ESC is shown as U+FFFD, which the emulator draws as nothing.)
+    let screen = term.wait_for("mallory's message", |s| {
+        s.lines()
+            .any(|l| l.contains("mallory: x") && l.ends_with("[2Jy"))
+    });
     assert!(screen.contains("bob: hello from bob"), "screen was cleared");
 
     // The server restarts on the same port: the client says so and comes back.
     let exit = block_on(srv.stop(Duration::from_secs(10))).expect("server stops");
     assert!(exit.success(), "{exit:?}");
-    tmux.wait_text("-- connection lost");
+    term.wait_text("-- connection lost");
     let srv = block_on(SpawnedServer::start_at(
         EXE.as_ref(),
         &format!("127.0.0.1:{port}"),
         &durable,
     ))
     .expect("server restarts");
-    tmux.wait_text("-- reconnected to");
+    term.wait_text("-- reconnected to");
     let out = send(&srv.url, "bob", "", "after the restart", &[]);
     assert!(out.status.success(), "{out:?}");
-    let screen = tmux.wait_text("[main] bob: after the restart");
+    let screen = term.wait_text("[main] bob: after the restart");
     assert_eq!(
         screen.matches("bob: hello from bob").count(),
         1,
         "the replayed history was shown again:\n{screen}"
     );
-    tmux.type_line("still here");
-    tmux.wait_text("[#ops] alice: still here");
+    term.type_line("still here");
+    term.wait_text("[#ops] alice: still here");
 
-    tmux.type_line("/quit");
+    term.type_line("/quit");
     let _ = std::fs::remove_dir_all(&dir);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tmux.alive() {
-        assert!(Instant::now() < deadline, "/quit did not end the client");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = term.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some(), "/quit did not end the client");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -244,8 +299,8 @@ async fn rejections_show_in_the_status_line_and_in_exit_codes() {
     // acknowledges holds it unacknowledged, every write is NUMERICAL_ERROR.
     let srv = start_server(&["--numerical=1", "--staleness=5s", "--ack-timeout=60s"]).await;
     let url = srv.url.clone();
-    let tmux = Tmux::start(&format!("{EXE} chat --server {url} --name alice"));
-    tmux.wait_text("-- connected to");
+    let mut term = Pty::start(&["chat", "--server", &url, "--name", "alice"]);
+    term.wait_text("-- connected to");
 
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .unwrap()
@@ -268,15 +323,33 @@ async fn rejections_show_in_the_status_line_and_in_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NUMERICAL_ERROR"));
     let out = send(&url, "bob", "", "", &[]);
     assert_eq!(out.status.code(), Some(3), "empty contents: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CLIENT_ERROR") && err.contains("empty"),
+        "{err}"
+    );
     let out = send(&url, "bob", "", &"x".repeat(5000), &[]);
     assert_eq!(out.status.code(), Some(3), "oversized: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("too long: 5000 of at most 4096 bytes"),
+        "{err}"
+    );
+    // A bad name is a usage error, said once, before anything is sent.
+    for bad in ["", "tab\there", &"n".repeat(65)] {
+        let out = send(&url, bad, "", "hi", &[]);
+        assert_eq!(out.status.code(), Some(2), "name {bad:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+        assert!(err.contains("--name"), "{err}");
+    }
     let out = send("http://127.0.0.1:1", "bob", "", "nobody there", &[]);
     assert_eq!(out.status.code(), Some(1), "unreachable: {out:?}");
 
-    tmux.type_line("blocked");
-    let screen = tmux.wait_text("rejected NUMERICAL_ERROR at");
+    term.type_line("blocked");
+    let screen = term.wait_text("rejected NUMERICAL_ERROR at");
     assert!(status_line(&screen).contains("NUMERICAL_ERROR"), "{screen}");
-    let screen = tmux.wait_text("-- message not sent: NUMERICAL_ERROR after 8 attempt(s)");
+    let screen = term.wait_text("-- message not sent: NUMERICAL_ERROR after 8 attempt(s)");
     let status = status_line(&screen);
     assert!(status.contains("(try 8/8), gave up"), "{status}");
     assert!(

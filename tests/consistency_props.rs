@@ -103,6 +103,8 @@ struct ModelClient {
     streaming: bool,
     /// positions[n]: the seen position after n Updates.
     positions: Vec<u64>,
+    /// The baseline: the position after the last Update of the history.
+    baseline: u64,
     acked: usize,
     /// Seqs received, in order.
     seqs: Vec<u64>,
@@ -276,6 +278,7 @@ impl Harness {
                 }
                 positions.push(head);
                 c.positions = positions;
+                c.baseline = head;
                 c.last_update_at = Some(self.now);
             }
             Op::Ack(k, frac) => {
@@ -464,7 +467,7 @@ proptest! {
         prop_assert_eq!(h.engine.durable(), head);
         h.advance(2000)?;
         for c in h.clients.iter().flatten().filter(|c| c.streaming) {
-            let base = c.positions[1];
+            let base = c.baseline;
             let want: Vec<u64> = (base + 1..=h.commits.len() as u64).collect();
             prop_assert_eq!(&c.seqs, &want);
         }

@@ -44,8 +44,31 @@ fn override_json(o: &BoundsOverride) -> Value {
     })
 }
 
+/// A time in microseconds since the epoch as RFC 3339 (UTC, microseconds),
+/// shown beside the raw number so a reader need not convert it.
+fn rfc3339(micros: i64) -> Value {
+    let Ok(us) = u64::try_from(micros) else {
+        return Value::Null;
+    };
+    let t = std::time::UNIX_EPOCH + Duration::from_micros(us);
+    json!(humantime::format_rfc3339_micros(t).to_string())
+}
+
+/// Adds `<key>_rfc3339` beside each named microsecond field of an object.
+fn with_rfc3339(mut v: Value, keys: &[&str]) -> Value {
+    if let Value::Object(m) = &mut v {
+        for key in keys {
+            if let Some(us) = m.get(*key).and_then(Value::as_i64) {
+                m.insert(format!("{key}_rfc3339"), rfc3339(us));
+            }
+        }
+    }
+    v
+}
+
 fn change_json(c: &ChangeRecord) -> Value {
-    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+    let v = serde_json::to_value(c).unwrap_or(Value::Null);
+    let mut v = with_rfc3339(v, &["at"]);
     if let Value::Object(m) = &mut v {
         m.insert(
             "old".into(),
@@ -241,7 +264,14 @@ pub async fn clients(State(s): State<AdminState>, Query(q): Query<ClientsQuery>)
     let mut all = s.hub.clients();
     let total = all.len();
     all.truncate(q.limit.unwrap_or(1000));
-    Json(json!({ "total": total, "clients": all }))
+    let clients: Vec<Value> = all
+        .iter()
+        .map(|c| {
+            let v = serde_json::to_value(c).unwrap_or(Value::Null);
+            with_rfc3339(v, &["connected_since", "last_ack"])
+        })
+        .collect();
+    Json(json!({ "total": total, "clients": clients }))
 }
 
 /// A histogram as totals since start plus cumulative buckets (`[le, count]`,
@@ -264,6 +294,11 @@ fn histogram_json(h: &prometheus::Histogram) -> Value {
 }
 
 pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
+    Json(stats_json(&s))
+}
+
+/// The body of `/api/v1/stats` (also the dashboard's history samples).
+pub(super) fn stats_json(s: &AdminState) -> Value {
     let snap = s.hub.refresh_gauges();
     let m = &s.metrics;
     let by = |v: &prometheus::IntCounterVec, labels: &[&str]| -> Map<String, Value> {
@@ -272,7 +307,7 @@ pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
             .map(|l| (l.to_string(), json!(v.with_label_values(&[l]).get())))
             .collect()
     };
-    Json(json!({
+    json!({
         "clients_connected": snap.clients_connected,
         "clients_active": snap.clients_active,
         "head": snap.head,
@@ -294,7 +329,7 @@ pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
         "uptime_seconds": s.started.elapsed().as_secs_f64(),
         "ready": s.ready.get(),
         "draining": snap.draining,
-    }))
+    })
 }
 
 pub async fn get_log_level(State(s): State<AdminState>) -> Json<Value> {

@@ -16,6 +16,8 @@
 //! - `GET /api/v1/clients` — connected clients, laggiest first (`?limit=N`).
 //! - `GET /api/v1/stats` — totals, and the delivery-latency and
 //!   acknowledgement-lag histograms (count, sum, cumulative buckets).
+//! - `GET /api/v1/stats/history` — the last ten minutes of those, one a
+//!   second, kept by the server for the dashboard's charts (`?seconds=N`).
 //! - `PUT /api/v1/log-level` — replace the log filter.
 //! - `GET /api/v1/openapi.json` — the OpenAPI document of all of the above.
 //!
@@ -24,6 +26,7 @@
 //! non-loopback admin address without a token.
 
 mod api;
+mod history;
 mod openapi;
 mod ui;
 
@@ -164,11 +167,20 @@ pub async fn serve(
     state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let samples = history::SampleHistory::default();
+    let sampler = tokio::spawn(history::run(state.clone(), samples.clone()));
+    let app = router(state)
+        .merge(
+            Router::new()
+                .route("/api/v1/stats/history", get(history::get))
+                .with_state(samples),
+        )
+        .into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {
         tracing::error!(error = %e, "admin server failed");
     }
+    sampler.abort();
 }

@@ -16,8 +16,11 @@
 //! - [`wire`]: a zero-copy reader of Updates, and the bench message format.
 //! - [`server`]: the server as a child process (`--spawn-server`).
 //! - [`report`]: the final table and the JSON report.
+//! - [`counters`]: the server's own counters for the run, from its `/metrics`.
 
+pub mod advice;
 pub mod conn;
+pub mod counters;
 pub mod histogram;
 pub mod report;
 pub mod server;
@@ -57,8 +60,15 @@ Examples:
       --rate 200 --threads 50 --size 100 --duration 30s --json w1.json
   # 10,000 idle streaming clients: server memory per client
   dyconit-chat bench --spawn-server --clients 10000 --rate 0 --duration 20s
-  # against a running server (and measure its CPU and memory via /proc)
-  dyconit-chat bench --server http://127.0.0.1:50051 --server-pid $(pidof dyconit-chat)
+  # against a running local server (and measure its CPU and memory via
+  # /proc; `pidof dyconit-chat` would also list chat clients and benches)
+  dyconit-chat bench --server http://127.0.0.1:50051 \
+      --server-pid $(pgrep -o -f 'dyconit-chat serve')
+
+Messages go to threads bench-0, bench-1, ... (--thread-prefix; an empty
+prefix with one thread is the main room), so chat users can tell them apart; on a durable server they stay
+in its history. The bench warns when the server already has other clients:
+they receive every bench message, and their traffic is in the figures.
 
 The report: accepted/s, deliveries/s (messages received by all clients:
 within the window, and all deliveries of the window's messages, drain
@@ -70,8 +80,14 @@ when the server is a child (--spawn-server) or given by --server-pid.
 Rates are over the send window (after ramp-up, --duration long).
 
 --check exits 1 unless every client received every accepted message exactly
-once (counted and checksummed by id), no client lost its stream, and no RPC
-failed.";
+once (counted and checksummed by id), no client lost its stream, no RPC
+failed, and the server counted no bound violation.
+
+The server's own counters for the run are read from its admin port
+(/metrics; --admin, by default the --server host on port 9090): bound
+violations by bound and dropped clients by reason. A run in which the server
+counted violations does not pass. When rejections dominate, the report names
+the likely cause and the flag that changes it.";
 
 /// Flags of `dyconit-chat bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -88,6 +104,11 @@ pub struct BenchArgs {
     /// memory from /proc
     #[arg(long, value_name = "PID", requires = "server")]
     pub server_pid: Option<u32>,
+    /// With --server: the server's admin address, to read its own counters
+    /// (bound violations, dropped clients) and its client count from /metrics
+    /// [default: the --server host, port 9090]
+    #[arg(long, value_name = "URL", requires = "server")]
+    pub admin: Option<String>,
     /// Streaming clients
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub clients: usize,
@@ -107,9 +128,13 @@ pub struct BenchArgs {
     /// commits (raise --order)
     #[arg(long, requires = "writers")]
     pub send_only_writers: bool,
-    /// Threads the messages are spread over, uniformly (1: the main room only)
+    /// Threads the messages are spread over, uniformly
     #[arg(long, default_value_t = 1, value_name = "T")]
     pub threads: usize,
+    /// The threads are named PREFIX0, PREFIX1, ...; an empty prefix with one
+    /// thread writes to the main room
+    #[arg(long, default_value = "bench-", value_name = "PREFIX")]
+    pub thread_prefix: String,
     /// Bytes of contents per message (at least 16: the bench id)
     #[arg(long, default_value_t = 100, value_name = "BYTES")]
     pub size: usize,
@@ -194,6 +219,13 @@ impl BenchArgs {
         }
         if self.size < wire::ID_CHARS {
             bail!("--size must be at least {} bytes", wire::ID_CHARS);
+        }
+        let longest = self.thread_prefix.len() + (self.threads.max(1) - 1).to_string().len();
+        if longest > crate::consistency::bounds::MAX_THREAD_ID_BYTES {
+            bail!(
+                "--thread-prefix is too long: thread ids would be {longest} bytes, and the server refuses more than {}",
+                crate::consistency::bounds::MAX_THREAD_ID_BYTES
+            );
         }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
@@ -525,10 +557,12 @@ async fn dispatch(
     } else {
         0
     };
+    // Bench traffic stays out of the main room unless asked for.
+    let main_room = args.threads == 1 && args.thread_prefix.is_empty();
     let threads: Vec<Option<Thread>> = (0..args.threads)
         .map(|t| {
-            (args.threads > 1).then(|| Thread {
-                id: format!("bench-{t}"),
+            (!main_room).then(|| Thread {
+                id: format!("{}{t}", args.thread_prefix),
             })
         })
         .collect();
@@ -800,6 +834,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         );
     }
     let baseline = server_pid.and_then(crate::sys::proc_stats);
+    let admin = match (&spawned, &args.admin) {
+        (Some(s), _) => s.admin_url.clone(),
+        (None, Some(a)) => a.clone(),
+        (None, None) => counters::default_admin(&url),
+    };
+    let counters_start = counters::start(&admin).await;
 
     let stats = Arc::new(Stats::default());
     let send_only = if args.send_only_writers {
@@ -883,6 +923,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let end_server = server_pid.and_then(crate::sys::proc_stats);
+    let server_counters = counters::end(&admin, counters_start).await;
     stop_progress.cancel();
     if let Some(t) = progress_task {
         let _ = t.await;
@@ -931,6 +972,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         missing,
         extra,
         server_exit: exit.map(|s| s.to_string()),
+        server_counters,
     });
     print!("{}", report.table());
     if let Some(path) = &args.json {

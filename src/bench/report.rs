@@ -35,6 +35,8 @@ pub(super) struct Inputs<'a> {
     pub extra: u64,
     /// How the spawned server exited.
     pub server_exit: Option<String>,
+    /// The server's own counters for the run, or why they were not read.
+    pub server_counters: Result<super::counters::ServerCounters, String>,
 }
 
 /// The run's parameters, as given.
@@ -138,6 +140,8 @@ pub struct Check {
     pub extra: u64,
     /// Sends that failed as RPCs.
     pub send_errors: u64,
+    /// Bound violations the server counted during the run.
+    pub server_violations: u64,
     /// Every client received every accepted message once, and nothing failed.
     pub passed: bool,
     /// The first error seen, if any.
@@ -196,6 +200,13 @@ pub struct Report {
     pub load_average: (Option<f64>, Option<f64>),
     /// How the spawned server exited.
     pub server_exit: Option<String>,
+    /// The server's own counters for the run (bound violations, dropped
+    /// clients), read from its /metrics; `None` if they could not be read.
+    pub server_counters: Option<super::counters::ServerCounters>,
+    /// Why the server's counters are missing, if they are.
+    pub server_counters_error: Option<String>,
+    /// What dominant rejections most likely mean, and the flag to change.
+    pub notes: Vec<String>,
     /// The delivery check.
     pub check: Check,
 }
@@ -240,6 +251,12 @@ impl Report {
         };
         let accepted = s.accepted();
         let send_errors = s.send_errors.load(Ordering::Relaxed);
+        let server_violations = i.server_counters.as_ref().map_or(0, |c| c.violations());
+        let notes = super::advice::explain(
+            &rejections,
+            s.dispatched.load(Ordering::Relaxed),
+            i.args.threads,
+        );
         let lost = s.lost.load(Ordering::Relaxed);
         let first_error = s
             .first_error
@@ -309,6 +326,9 @@ impl Report {
             }),
             load_average: (b.load, a.load),
             server_exit: i.server_exit,
+            server_counters_error: i.server_counters.as_ref().err().cloned(),
+            server_counters: i.server_counters.ok(),
+            notes,
             check: Check {
                 accepted,
                 clients_complete: i.accepted_checksum_ok,
@@ -318,7 +338,9 @@ impl Report {
                 missing: i.missing,
                 extra: i.extra,
                 send_errors,
+                server_violations,
                 passed: i.accepted_checksum_ok == i.args.clients
+                    && server_violations == 0
                     && lost == 0
                     && send_errors == 0
                     && s.ack_errors.load(Ordering::Relaxed) == 0,
@@ -443,11 +465,15 @@ impl Report {
                 ),
             );
         }
+        self.server_counter_rows(&mut row);
+        for note in &self.notes {
+            row("why", note.clone());
+        }
         let k = &self.check;
         row(
             "delivery check",
             format!(
-                "{}: {}/{} clients got all {} accepted messages; {} lost, {} missing, {} extra, {} send errors",
+                "{}: {}/{} clients got all {} accepted messages; {} lost, {} missing, {} extra, {} send errors, {} bound violations counted by the server",
                 if k.passed { "PASSED" } else { "FAILED" },
                 k.clients_complete,
                 k.clients,
@@ -455,12 +481,42 @@ impl Report {
                 k.clients_lost,
                 k.missing,
                 k.extra,
-                k.send_errors
+                k.send_errors,
+                k.server_violations
             ),
         );
         if let Some(e) = &k.first_error {
             row("first error", e.clone());
         }
         t
+    }
+
+    /// The server's own counters: violations by bound, drops by reason.
+    fn server_counter_rows(&self, row: &mut impl FnMut(&str, String)) {
+        let Some(c) = &self.server_counters else {
+            let why = self.server_counters_error.clone().unwrap_or_default();
+            row("server counters", why);
+            return;
+        };
+        let list = |m: &BTreeMap<String, u64>| {
+            let shown: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            if shown.is_empty() {
+                "none".to_owned()
+            } else {
+                shown.join(", ")
+            }
+        };
+        row("server: bound violations", list(&c.bound_violations));
+        row("server: clients dropped", list(&c.clients_dropped));
+        if let Some(n) = c.other_clients_at_start.filter(|n| *n > 0) {
+            row(
+                "server: other clients",
+                format!("{n} connected before the run"),
+            );
+        }
     }
 }

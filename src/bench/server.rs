@@ -84,6 +84,8 @@ pub struct SpawnedServer {
     child: Child,
     /// Its gRPC URL, e.g. `http://127.0.0.1:41234`.
     pub url: String,
+    /// Its admin URL (`/metrics`, the admin API), e.g. `http://127.0.0.1:41235`.
+    pub admin_url: String,
 }
 
 /// Removes ANSI colour sequences (the log formatter may colour field names).
@@ -145,6 +147,7 @@ impl SpawnedServer {
             Ok(info) => Ok(SpawnedServer {
                 child,
                 url: format!("http://{}", info.grpc),
+                admin_url: format!("http://{}", info.admin),
             }),
             Err(e) => {
                 let _ = child.kill();

@@ -71,6 +71,31 @@ Exit codes of --send:
 started). Connection notes go to stderr. Both interactive mode and --follow
 reconnect after a server restart (as a new client) and say so.";
 
+/// Longest display name the server accepts, in characters.
+const MAX_NAME_CHARS: usize = 64;
+
+/// Checks `--name` before anything is sent, so a bad name is a usage error
+/// (exit 2, one message) rather than a round trip that ends in a server error.
+/// A name travels in the `x-chat-name` header, which carries printable ASCII
+/// only; the server refuses control characters and more than 64.
+fn parse_name(name: &str) -> Result<String, String> {
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Err("the name is empty (give 1 to 64 characters, or leave --name out for a server-assigned handle)".into());
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(format!(
+            "the name has {chars} characters; at most {MAX_NAME_CHARS} are allowed"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(format!(
+            "{c:?} is not allowed: a name is printable ASCII (letters, digits, punctuation, spaces)"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 /// Flags of `dyconit-chat chat`.
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = AFTER_HELP)]
@@ -83,9 +108,10 @@ pub struct ChatArgs {
         value_name = "URL"
     )]
     pub server: String,
-    /// Your display name (1-64 printable characters), shown to others as the
-    /// sender; without it the server assigns a handle such as user-1a2b3c4d
-    #[arg(long, value_name = "NAME")]
+    /// Your display name (1-64 printable ASCII characters, spaces allowed),
+    /// shown to others as the sender; without it the server assigns a handle
+    /// such as user-1a2b3c4d
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
     /// The thread to write to at the start ("" or absent: the main room)
     #[arg(long, default_value = "", value_name = "THREAD")]

@@ -4,6 +4,8 @@ use super::link::{self, Seen};
 use super::{ChatArgs, exit, exit_code};
 use crate::client::RetryPolicy;
 use crate::client::clock::local_micros;
+use crate::consistency::Settings;
+use crate::consistency::bounds::MAX_THREAD_ID_BYTES;
 use crate::proto::message_status::StatusCode;
 use std::io::Write;
 use std::time::Duration;
@@ -11,6 +13,10 @@ use std::time::Duration;
 /// `--send TEXT`: sends one message (retrying the retryable rejections up to
 /// `--retries` times), prints the outcome, and returns the exit code.
 pub async fn send(args: &ChatArgs, text: &str) -> u8 {
+    if let Err(why) = check_locally(&args.thread, text) {
+        eprintln!("CLIENT_ERROR: not sent: {why}");
+        return exit::CLIENT_ERROR;
+    }
     // Subscribing first makes the client's seen position current, so an
     // ORDER_ERROR can clear on a retry once it has received the news.
     let mut link = match link::open(&args.server, args.name.as_deref()).await {
@@ -34,8 +40,12 @@ pub async fn send(args: &ChatArgs, text: &str) -> u8 {
             exit::OK
         }
         Ok(o) => {
+            let why = match o.status {
+                StatusCode::ClientError => format!(": {}", client_error_reason(text)),
+                _ => String::new(),
+            };
             eprintln!(
-                "{} (server time {}, after {} attempt{})",
+                "{} (server time {}, after {} attempt{}){why}",
                 o.status.as_str_name(),
                 o.timestamp,
                 o.attempts,
@@ -47,6 +57,43 @@ pub async fn send(args: &ChatArgs, text: &str) -> u8 {
             eprintln!("error: {e}");
             exit::UNREACHABLE
         }
+    }
+}
+
+/// What is wrong with a message that no server would accept, found before
+/// sending it: the protocol's `CLIENT_ERROR` carries no reason, so the
+/// client says what it can check itself.
+fn check_locally(thread: &str, text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("the message is empty (it needs at least one character)".into());
+    }
+    if thread.len() > MAX_THREAD_ID_BYTES {
+        return Err(format!(
+            "the thread name is too long: {} of at most {MAX_THREAD_ID_BYTES} bytes",
+            thread.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The likely reason for a `CLIENT_ERROR` on a message that passed the
+/// local checks. The size limit is the server's (`--max-message-bytes`),
+/// which the protocol does not tell clients, so the default is named.
+fn client_error_reason(text: &str) -> String {
+    let len = text.len();
+    let default = Settings::default().max_message_bytes;
+    if len > default {
+        format!(
+            "the message is too long: {len} of at most {default} bytes \
+             (the server's default --max-message-bytes)"
+        )
+    } else {
+        format!(
+            "the server refused the message as malformed; at {len} bytes it is within \
+             the default limit of {default}, so the server may set a lower \
+             --max-message-bytes, or this machine's clock may be ahead of the \
+             server's by more than its --max-clock-skew"
+        )
     }
 }
 

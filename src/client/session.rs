@@ -21,7 +21,7 @@ pub enum ClientError {
     Address(String),
     #[error("cannot reach the server: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("server answered {}: {}", .0.code(), .0.message())]
+    #[error("server answered {:?}: {}", .0.code(), .0.message())]
     Rpc(#[from] Status),
     #[error("invalid name: {0}")]
     Name(String),

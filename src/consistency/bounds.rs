@@ -185,7 +185,11 @@ pub mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        crate::consistency::time::parse_duration(&text).map_err(serde::de::Error::custom)
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    fn parse(text: &str) -> Result<Duration, String> {
+        crate::consistency::time::parse_duration(text)
     }
 
     pub mod option {
@@ -200,9 +204,7 @@ pub mod humantime_serde_compat {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
             Option::<String>::deserialize(d)?
-                .map(|t| {
-                    crate::consistency::time::parse_duration(&t).map_err(serde::de::Error::custom)
-                })
+                .map(|t| super::parse(&t).map_err(serde::de::Error::custom))
                 .transpose()
         }
     }

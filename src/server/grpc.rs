@@ -1,5 +1,6 @@
 //! The gRPC listener: the chat service (with `ReceiveUpdates` from shared
-//! encoded bytes), the standard health service and reflection.
+//! encoded bytes), the standard health service and reflection (v1 and
+//! v1alpha).
 
 use super::hub::Hub;
 use super::service::ChatService;
@@ -30,16 +31,14 @@ impl GrpcServer {
     ) -> anyhow::Result<GrpcServer> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ChatServerServer<ChatService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
         let chat = ChatRoutes::new(ChatService::new(hub, stop.clone()));
         let task = tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(health_service)
-                .add_service(reflection)
+                .add_service(super::reflection::v1()?)
+                .add_service(super::reflection::v1alpha()?)
                 .add_service(chat)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),

@@ -10,12 +10,14 @@
 //! - [`writer`]: the group-commit thread that makes messages durable.
 //! - [`convert`]: wire types to and from core types.
 //! - [`error`]: why the hub refused a request, in its own terms.
+//! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
 
 pub mod convert;
 pub mod error;
 mod grpc;
 pub mod hub;
 pub mod outbox;
+mod reflection;
 pub mod scheduler;
 pub mod service;
 pub mod updates;

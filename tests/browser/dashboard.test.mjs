@@ -135,7 +135,8 @@ async function waitForLive(p) {
 /** Waits until every chart has drawn at least `points` samples. */
 async function waitForCharts(p, points = 3) {
   await waitFor(`charts with ${points} samples`, () => p.evaluate((n) => {
-    const ids = ['chart-rates', 'chart-rejections', 'chart-latency', 'chart-lag-messages', 'chart-lag-seconds'];
+    const ids = ['chart-committed', 'chart-delivered', 'chart-rejections', 'chart-latency',
+      'chart-lag-messages', 'chart-lag-seconds'];
     return ids.every((id) => {
       const path = document.querySelector(`#${id} path.series`);
       return path && (path.getAttribute('d').match(/L/g) || []).length >= n - 1;
@@ -390,6 +391,50 @@ test('keyboard: the skip link shows on focus and focus is visible', () => explai
   assert.equal(await p.evaluate(() => document.activeElement.getAttribute('aria-label')), 'Staleness, default bounds');
   await p.keyboard.press('Escape');
   await p.close();
+}));
+
+/** Points drawn in the first series of chart `id`. */
+function pointsIn(p, id) {
+  return p.evaluate((chartId) => {
+    const path = document.querySelector(`#${chartId} path.series`);
+    return path ? (path.getAttribute('d').match(/[ML]/g) || []).length : 0;
+  }, id);
+}
+
+test('charts are full as soon as the page opens, from the server-kept history', () => explain(async () => {
+  phase = 'history';
+  const history = await waitFor('20 s of server-side samples', async () => {
+    const h = (await api('/api/v1/stats/history')).data;
+    return h.samples.length >= 20 ? h : null;
+  }, 30000, 250);
+  assert.equal(history.interval_seconds, 1);
+  const last = history.samples[history.samples.length - 1];
+  assert.equal(typeof last.stats.messages_accepted, 'number');
+  assert.equal(last.staleness_ms, 500);
+  const fresh = await context.newPage();
+  watch(fresh);
+  const opened = Date.now();
+  await fresh.goto(`${adminUrl()}/`);
+  await waitForLive(fresh);
+  const seconds = Math.ceil((Date.now() - opened) / 1000);
+  const drawn = await pointsIn(fresh, 'chart-committed');
+  assert.ok(drawn >= 15 && drawn > seconds + 5, `${drawn} points drawn ${seconds} s after opening`);
+  // Committed and delivered have charts (and axes) of their own: deliveries
+  // are commits times readers, so the delivered axis tops out higher.
+  const top = (id) => fresh.evaluate((chartId) => {
+    const labels = [...document.querySelectorAll(`#${chartId} text.axis`)].map((t) => t.textContent);
+    return labels[2];
+  }, id);
+  const topOf = (text) => Number(text.replace(/,/g, '').replace(/k$/, 'e3'));
+  assert.ok(topOf(await top('chart-delivered')) > topOf(await top('chart-committed')),
+    `delivered axis ${await top('chart-delivered')}, committed axis ${await top('chart-committed')}`);
+  // The p99 estimate is explained beside its chart.
+  assert.match(await fresh.locator('#chart-latency .chart-note').textContent(), /estimated from the server's latency histogram/);
+  // A reload is full at once too.
+  await fresh.reload();
+  await waitForLive(fresh);
+  assert.ok(await pointsIn(fresh, 'chart-delivered') >= 15, 'charts empty after a reload');
+  await fresh.close();
 }));
 
 test('screenshots under traffic, on a laptop and on a phone', () => explain(async () => {

@@ -235,6 +235,7 @@
         legend.append(h('li', {}, sw, h('span', {}, `${e.label}: `), value));
       }
       figure.append(this.caption, this.svg, legend);
+      if (opts.note) figure.append(h('p', { class: 'note chart-note' }, opts.note));
     }
 
     /** samples: [{t (seconds), v: [value|null per series], bound: number|null}] */
@@ -328,9 +329,17 @@
   let charts = null;
   function makeCharts() {
     charts = {
-      rates: new Chart($('chart-rates'), {
-        title: 'Messages and deliveries per second',
-        series: [{ label: 'committed / s' }, { label: 'delivered / s' }],
+      // Two charts, two axes: deliveries are commits times readers (100/s
+      // committed to 96 clients is 9,600/s delivered), so on one axis the
+      // commit rate lay on the zero line.
+      committed: new Chart($('chart-committed'), {
+        title: 'Messages committed per second',
+        series: [{ label: 'committed / s' }],
+        fmt: fmtRate,
+      }),
+      delivered: new Chart($('chart-delivered'), {
+        title: 'Deliveries per second (messages × receiving clients)',
+        series: [{ label: 'delivered / s' }],
         fmt: fmtRate,
       }),
       rejections: new Chart($('chart-rejections'), {
@@ -340,7 +349,11 @@
       }),
       latency: new Chart($('chart-latency'), {
         title: 'Delivery latency (commit → flush) against staleness',
-        series: [{ label: 'p99 (from buckets)' }, { label: 'mean' }],
+        series: [{ label: 'p99 (estimated)' }, { label: 'mean' }],
+        note: 'The p99 is estimated from the server\'s latency histogram, whose buckets double '
+          + '(…, 256 ms, 512 ms, …), so an estimate can fall anywhere inside a bucket. Each late '
+          + 'delivery is counted exactly (under Broken promises); a second in which none was late '
+          + 'had every delivery within the bound, so there the estimate is capped at the bound.',
         bound: { label: 'staleness bound (default)', short: 'staleness' },
         fmt: fmtMs,
         minMax: 10,
@@ -487,16 +500,17 @@
   function renderCharts() {
     const b = state.bounds ? state.bounds.default : null;
     const hist = state.history;
-    charts.rates.render(hist.map((p) => ({ t: p.t, v: [p.accepted, p.delivered] })));
+    charts.committed.render(hist.map((p) => ({ t: p.t, v: [p.accepted] })));
+    charts.delivered.render(hist.map((p) => ({ t: p.t, v: [p.delivered] })));
     charts.rejections.render(hist.map((p) => ({ t: p.t, v: REJECTION_REASONS.map(([k]) => p.rejections[k]) })));
-    charts.latency.render(hist.map((p) => ({
-      t: p.t,
-      v: [p.latency ? ms(p.latency.quantile(0.99)) : null, p.latency ? ms(p.latency.mean) : null],
-      bound: p.staleness_ms !== undefined ? p.staleness_ms : (b ? b.staleness_ms : null),
-      // The estimate can overshoot within a bucket: "above the bound" is
-      // what the server counted as late.
-      over: p.lateDeliveries > 0,
-    })));
+    charts.latency.render(hist.map((p) => {
+      const bound = p.staleness_ms !== undefined ? p.staleness_ms : (b ? b.staleness_ms : null);
+      let p99 = p.latency ? ms(p.latency.quantile(0.99)) : null;
+      // None late (as the server counted) means all within the bound: the
+      // bucket estimate may not say otherwise.
+      if (p99 !== null && bound !== null && p.lateDeliveries === 0) p99 = Math.min(p99, bound);
+      return latencyPoint(p, p99, bound);
+    }));
     charts.lagMessages.render(hist.map((p) => ({
       t: p.t,
       v: [p.stats.ack_lag_messages_max],
@@ -507,6 +521,17 @@
       v: [ms(p.stats.ack_lag_seconds_max), p.ackRtt ? ms(p.ackRtt.quantile(0.99)) : null],
       bound: p.stats.ack_timeout_seconds !== undefined ? ms(p.stats.ack_timeout_seconds) : null,
     })));
+  }
+
+  function latencyPoint(p, p99, bound) {
+    return {
+      t: p.t,
+      v: [p99, p.latency ? ms(p.latency.mean) : null],
+      bound,
+      // The estimate can overshoot within a bucket: "above the bound" is
+      // what the server counted as late.
+      over: p.lateDeliveries > 0,
+    };
   }
 
   function renderClients(data) {
@@ -821,6 +846,24 @@
     renderChanges(state.bounds);
   }
 
+  /**
+   * Fills the charts from the server's own sample history (one a second),
+   * so they are full on open and after a reload. A server without it (an
+   * older one) leaves them to fill from live samples.
+   */
+  async function backfill() {
+    try {
+      const h = await getJSON(`/api/v1/stats/history?seconds=${WINDOW_S + 5}`);
+      for (const sample of h.samples) {
+        const point = ingest(sample.stats);
+        point.staleness_ms = sample.staleness_ms;
+        point.numerical = sample.numerical;
+      }
+    } catch (e) {
+      // Live samples fill the charts instead.
+    }
+  }
+
   async function poll() {
     try {
       const [stats, clients, bounds] = await Promise.all([
@@ -872,7 +915,7 @@
       clearTimeout(resizeTimer);
       resizeTimer = setTimeout(() => { if (state.history.length) renderCharts(); }, 100);
     });
-    poll();
+    backfill().finally(poll);
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
