@@ -788,60 +788,203 @@ fn progress(
 }
 
 /// Runs the benchmark. Returns whether the delivery check passed.
-pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
-    args.validate()?;
+/// Warns when the open-file limit is likely too low for `clients`.
+fn check_fd_limit(clients: usize) {
     let fd_limit = crate::sys::raise_fd_limit();
-    let needed = args.clients as u64 / 50 + 64;
+    let needed = clients as u64 / 50 + 64;
     if let Some(limit) = fd_limit
         && limit < needed
     {
         eprintln!("warning: the open-file limit {limit} may be too low");
     }
-    // A durable spawned server gets a fresh data directory of its own.
-    let data_dir =
-        (args.spawn_server && args.storage == crate::server::Storage::Durable).then(|| {
-            let micros = crate::clock::wall_micros().0;
-            std::env::temp_dir().join(format!("dyconit-bench-{}-{micros}", std::process::id()))
-        });
-    let spawned = if args.spawn_server {
-        let exe = std::env::current_exe().context("locating this program")?;
-        let mut server_args = args.server_args();
-        if let Some(dir) = &data_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            server_args.push(format!("--data-dir={}", dir.display()));
+}
+
+/// The server under test: spawned (with a fresh data directory of its own
+/// if durable), or the one at `--server`.
+struct Target {
+    spawned: Option<server::SpawnedServer>,
+    data_dir: Option<std::path::PathBuf>,
+    url: String,
+}
+
+impl Target {
+    async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
+        let data_dir =
+            (args.spawn_server && args.storage == crate::server::Storage::Durable).then(|| {
+                let micros = crate::clock::wall_micros().0;
+                std::env::temp_dir().join(format!("dyconit-bench-{}-{micros}", std::process::id()))
+            });
+        let spawned = if args.spawn_server {
+            let exe = std::env::current_exe().context("locating this program")?;
+            let mut server_args = args.server_args();
+            if let Some(dir) = &data_dir {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                server_args.push(format!("--data-dir={}", dir.display()));
+            }
+            Some(server::SpawnedServer::start(&exe, &server_args).await?)
+        } else {
+            None
+        };
+        let url = match (&spawned, &args.server) {
+            (Some(s), _) => s.url.clone(),
+            (None, Some(u)) => u.clone(),
+            (None, None) => bail!("give --server URL or --spawn-server"),
+        };
+        Ok(Target {
+            spawned,
+            data_dir,
+            url,
+        })
+    }
+
+    /// The admin URL of the server: the spawned one's, `--admin`, or the
+    /// usual port beside `--server`.
+    fn admin_url(&self, args: &BenchArgs) -> String {
+        match (&self.spawned, &args.admin) {
+            (Some(s), _) => s.admin_url.clone(),
+            (None, Some(a)) => a.clone(),
+            (None, None) => counters::default_admin(&self.url),
         }
-        Some(server::SpawnedServer::start(&exe, &server_args).await?)
-    } else {
-        None
-    };
-    let url = match (&spawned, &args.server) {
-        (Some(s), _) => s.url.clone(),
-        (None, Some(u)) => u.clone(),
-        (None, None) => bail!("give --server URL or --spawn-server"),
-    };
-    let server_pid = spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
+    }
+
+    /// Stops a spawned server (returning how it exited) and removes its data.
+    async fn stop(self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let exit = match self.spawned {
+            Some(s) => Some(s.stop(Duration::from_secs(10)).await?),
+            None => None,
+        };
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(exit)
+    }
+}
+
+/// `n` HTTP/2 connections to `url`, shared round-robin by the clients.
+async fn open_channels(url: &str, n: usize) -> anyhow::Result<Vec<Connection>> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        channels.push(
+            conn::connect(url)
+                .await
+                .with_context(|| format!("connecting to {url}"))?,
+        );
+    }
+    Ok(channels)
+}
+
+/// Ramp-up: starts the clients (and the connect-only writers after them),
+/// spread over the ramp-up time from `begun`.
+async fn ramp_up(
+    args: &BenchArgs,
+    slots: &[Arc<Slot>],
+    channels: &[Connection],
+    stats: &Arc<Stats>,
+    stop: &CancellationToken,
+    begun: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::with_capacity(slots.len());
+    for (i, slot) in slots.iter().enumerate() {
+        let at = begun + args.ramp_up.mul_f64(i as f64 / slots.len() as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let channel = channels[i % channels.len()].clone();
+        tasks.push(if i < args.clients {
+            tokio::spawn(run_client(
+                i,
+                channel,
+                slot.clone(),
+                stats.clone(),
+                stop.clone(),
+            ))
+        } else {
+            tokio::spawn(connect_only(i, channel, slot.clone(), stats.clone()))
+        });
+    }
+    tasks
+}
+
+/// Waits (up to 30 s) until no client is still connecting; returns how many
+/// of the first `clients` are ready.
+async fn wait_connected(slots: &[Arc<Slot>], clients: usize) -> usize {
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while slots
+        .iter()
+        .any(|s| s.state.load(Ordering::Relaxed) == CONNECTING)
+        && Instant::now() < ready_by
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    slots
+        .iter()
+        .take(clients)
+        .filter(|s| s.state.load(Ordering::Relaxed) == READY)
+        .count()
+}
+
+/// Waits until every ready client got every accepted message, or `by`.
+async fn wait_delivered(slots: &[Arc<Slot>], stats: &Stats, by: Instant) {
+    let accepted = stats.accepted();
+    while Instant::now() < by
+        && slots.iter().any(|s| {
+            s.state.load(Ordering::Relaxed) == READY
+                && s.delivered.load(Ordering::Relaxed) < accepted
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every ready client checked against the accepted messages: how many got
+/// exactly them, and the messages missing and extra over all clients.
+fn verify(slots: &[Arc<Slot>], stats: &Stats, clients: usize) -> (usize, u64, u64) {
+    let accepted = stats.accepted();
+    let accepted_checksum = stats.accepted_checksum.load(Ordering::Relaxed);
+    let mut complete = 0;
+    let mut missing = 0u64;
+    let mut extra = 0u64;
+    for s in slots.iter().take(clients) {
+        if s.state.load(Ordering::Relaxed) != READY {
+            continue;
+        }
+        let d = s.delivered.load(Ordering::Relaxed);
+        if d == accepted && s.checksum.load(Ordering::Relaxed) == accepted_checksum {
+            complete += 1;
+        }
+        missing += accepted.saturating_sub(d);
+        extra += d.saturating_sub(accepted);
+    }
+    (complete, missing, extra)
+}
+
+/// Prints the report, writes it as JSON if asked; true if its checks passed.
+fn emit(report: &report::Report, args: &BenchArgs) -> anyhow::Result<bool> {
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report.check.passed)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    args.validate()?;
+    check_fd_limit(args.clients);
+    let target = Target::start(&args).await?;
+    let url = target.url.clone();
+    let server_pid = target.spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
     let connections = if args.connections == 0 {
         args.clients.div_ceil(100).clamp(1, 256)
     } else {
         args.connections
     };
-    let mut channels = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        channels.push(
-            conn::connect(&url)
-                .await
-                .with_context(|| format!("connecting to {url}"))?,
-        );
-    }
+    let channels = open_channels(&url, connections).await?;
     let baseline = server_pid.and_then(crate::sys::proc_stats);
-    let admin = match (&spawned, &args.admin) {
-        (Some(s), _) => s.admin_url.clone(),
-        (None, Some(a)) => a.clone(),
-        (None, None) => counters::default_admin(&url),
-    };
+    let admin = target.admin_url(&args);
     let counters_start = counters::start(&admin).await;
 
     let stats = Arc::new(Stats::default());
+    // One slot per client, then one per send-only writer.
     let send_only = if args.send_only_writers {
         args.writers
     } else {
@@ -849,7 +992,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     };
     let slots: Arc<Vec<Arc<Slot>>> = Arc::new(
         (0..args.clients + send_only)
-            .map(|_| Arc::new(Slot::default()))
+            .map(|_| Arc::default())
             .collect(),
     );
     let stop_clients = CancellationToken::new();
@@ -866,39 +1009,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         )
     });
 
-    // Ramp-up: clients connect spread over the ramp-up time.
-    let mut client_tasks = Vec::with_capacity(slots.len());
-    for (i, slot) in slots.iter().enumerate() {
-        let at = begun + args.ramp_up.mul_f64(i as f64 / slots.len() as f64);
-        tokio::time::sleep_until(at.into()).await;
-        let channel = channels[i % connections].clone();
-        client_tasks.push(if i < args.clients {
-            tokio::spawn(run_client(
-                i,
-                channel,
-                slot.clone(),
-                stats.clone(),
-                stop_clients.clone(),
-            ))
-        } else {
-            tokio::spawn(connect_only(i, channel, slot.clone(), stats.clone()))
-        });
-    }
+    let client_tasks = ramp_up(&args, &slots, &channels, &stats, &stop_clients, begun).await;
     // Every client must have its first Update before sending starts, so every
     // accepted message is after every client's baseline.
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    while slots
-        .iter()
-        .any(|s| s.state.load(Ordering::Relaxed) == CONNECTING)
-        && Instant::now() < ready_by
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ready = slots
-        .iter()
-        .take(args.clients)
-        .filter(|s| s.state.load(Ordering::Relaxed) == READY)
-        .count();
+    let ready = wait_connected(&slots, args.clients).await;
 
     // The measured window.
     phase.store(1, Ordering::Relaxed);
@@ -913,15 +1027,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     for t in send_tasks {
         let _ = tokio::time::timeout_at(drain_by.into(), t).await;
     }
-    let accepted = stats.accepted();
-    while Instant::now() < drain_by
-        && slots.iter().any(|s| {
-            s.state.load(Ordering::Relaxed) == READY
-                && s.delivered.load(Ordering::Relaxed) < accepted
-        })
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_delivered(&slots, &stats, drain_by).await;
     let end_server = server_pid.and_then(crate::sys::proc_stats);
     let server_counters = counters::end(&admin, counters_start).await;
     stop_progress.cancel();
@@ -929,34 +1035,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         let _ = t.await;
     }
 
-    // Check every client against the accepted messages.
-    let accepted_checksum = stats.accepted_checksum.load(Ordering::Relaxed);
-    let mut complete = 0;
-    let mut missing = 0u64;
-    let mut extra = 0u64;
-    for s in slots.iter().take(args.clients) {
-        if s.state.load(Ordering::Relaxed) != READY {
-            continue;
-        }
-        let d = s.delivered.load(Ordering::Relaxed);
-        if d == accepted && s.checksum.load(Ordering::Relaxed) == accepted_checksum {
-            complete += 1;
-        }
-        missing += accepted.saturating_sub(d);
-        extra += d.saturating_sub(accepted);
-    }
+    let (complete, missing, extra) = verify(&slots, &stats, args.clients);
     stop_clients.cancel();
     for t in client_tasks {
         let _ = t.await;
     }
     drop(channels);
-    let exit = match spawned {
-        Some(s) => Some(s.stop(Duration::from_secs(10)).await?),
-        None => None,
-    };
-    if let Some(dir) = &data_dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    let exit = target.stop().await?;
 
     let report = report::Report::build(report::Inputs {
         args: &args,
@@ -974,10 +1059,5 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         server_exit: exit.map(|s| s.to_string()),
         server_counters,
     });
-    print!("{}", report.table());
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(report.check.passed)
+    emit(&report, &args)
 }
