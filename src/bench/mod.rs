@@ -354,6 +354,37 @@ fn mix(x: u64) -> u64 {
 }
 
 /// Runs one client: connect, stream, acknowledge, count, until `stop`.
+/// Counts one Update after the first (the history) in the client's slot
+/// and the totals: messages of this run (with an id), their checksum and
+/// latency, and messages of others.
+fn count_update(update: &wire::UpdateSummary, index: usize, slot: &Slot, stats: &Stats, now: i64) {
+    stats.updates.fetch_add(1, Ordering::Relaxed);
+    if update.messages.is_empty() {
+        stats.empty_updates.fetch_add(1, Ordering::Relaxed);
+    }
+    let (mut n, mut sum) = (0u64, 0u64);
+    for m in &update.messages {
+        if let Some(id) = m.id {
+            n += 1;
+            sum = sum.wrapping_add(mix(id));
+        }
+    }
+    let foreign = update.messages.len() as u64 - n;
+    if foreign > 0 {
+        stats.foreign.fetch_add(foreign, Ordering::Relaxed);
+    }
+    stats.latency[index % LATENCY_SHARDS].record_all(
+        update
+            .messages
+            .iter()
+            .filter(|m| m.id.is_some())
+            .map(|m| (now - m.server_time).max(0) as u64),
+    );
+    slot.delivered.fetch_add(n, Ordering::Relaxed);
+    slot.checksum.fetch_add(sum, Ordering::Relaxed);
+    stats.deliveries.fetch_add(n, Ordering::Relaxed);
+}
+
 async fn run_client(
     index: usize,
     channel: Connection,
@@ -427,31 +458,7 @@ async fn run_client(
                     if received == 1 {
                         slot.state.store(READY, Ordering::Relaxed);
                     } else {
-                        stats.updates.fetch_add(1, Ordering::Relaxed);
-                        if update.messages.is_empty() {
-                            stats.empty_updates.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let (mut n, mut sum) = (0u64, 0u64);
-                        for m in &update.messages {
-                            if let Some(id) = m.id {
-                                n += 1;
-                                sum = sum.wrapping_add(mix(id));
-                            }
-                        }
-                        let foreign = update.messages.len() as u64 - n;
-                        if foreign > 0 {
-                            stats.foreign.fetch_add(foreign, Ordering::Relaxed);
-                        }
-                        stats.latency[index % LATENCY_SHARDS].record_all(
-                            update
-                                .messages
-                                .iter()
-                                .filter(|m| m.id.is_some())
-                                .map(|m| (now - m.server_time).max(0) as u64),
-                        );
-                        slot.delivered.fetch_add(n, Ordering::Relaxed);
-                        slot.checksum.fetch_add(sum, Ordering::Relaxed);
-                        stats.deliveries.fetch_add(n, Ordering::Relaxed);
+                        count_update(&update, index, &slot, &stats, now);
                     }
                     if ack.is_none() {
                         acked = received;
@@ -539,6 +546,69 @@ fn message(slot: &Slot, thread: &Option<Thread>, id: u64, size: usize) -> SentMe
 
 /// Sends on schedule from `start` until `start + duration`. Returns the
 /// tasks that are still waiting for statuses.
+/// One writer's `SendMessages` stream: what `dispatch` feeds, and the task
+/// that records each status as it comes back.
+fn stream_writer(
+    channel: Connection,
+    stats: &Arc<Stats>,
+) -> (StreamWriter, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (meta_tx, mut meta_rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let mut rpc = ChatServerClient::new(channel);
+    let stats = stats.clone();
+    let task = tokio::spawn(async move {
+        let reqs = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let mut statuses = match rpc.send_messages(reqs).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                stats.error(format!("SendMessages: {e}"));
+                return;
+            }
+        };
+        loop {
+            match statuses.message().await {
+                Ok(Some(s)) => match meta_rx.recv().await {
+                    Some((id, due)) => record_status(&stats, &s, id, due),
+                    None => return,
+                },
+                Ok(None) => return,
+                Err(e) => {
+                    let lost = 1 + meta_rx.len() as u64;
+                    stats.send_errors.fetch_add(lost, Ordering::Relaxed);
+                    stats.error(format!("SendMessages: {e}"));
+                    return;
+                }
+            }
+        }
+    });
+    let writer = StreamWriter {
+        messages: tx,
+        meta: meta_tx,
+    };
+    (writer, task)
+}
+
+/// Sends message `id` (due at `due`) with one `SendMessage` call.
+fn send_unary(
+    channel: Connection,
+    m: SentMessage,
+    id: u64,
+    due: Instant,
+    stats: Arc<Stats>,
+) -> tokio::task::JoinHandle<()> {
+    let mut rpc = ChatServerClient::new(channel);
+    tokio::spawn(async move {
+        match rpc.send_message(m).await {
+            Ok(s) => record_status(&stats, s.get_ref(), id, due),
+            Err(e) => {
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                stats.error(format!("SendMessage: {e}"));
+            }
+        }
+    })
+}
+
 async fn dispatch(
     args: &BenchArgs,
     slots: &[Arc<Slot>],
@@ -574,40 +644,9 @@ async fn dispatch(
                 streams.push(None);
                 continue;
             }
-            let (tx, rx) = mpsc::unbounded_channel();
-            let (meta_tx, mut meta_rx) = mpsc::unbounded_channel::<(u64, Instant)>();
-            let mut rpc = ChatServerClient::new(channels[w % channels.len()].clone());
-            let stats = stats.clone();
-            tasks.push(tokio::spawn(async move {
-                let reqs = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
-                let mut statuses = match rpc.send_messages(reqs).await {
-                    Ok(r) => r.into_inner(),
-                    Err(e) => {
-                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                        stats.error(format!("SendMessages: {e}"));
-                        return;
-                    }
-                };
-                loop {
-                    match statuses.message().await {
-                        Ok(Some(s)) => match meta_rx.recv().await {
-                            Some((id, due)) => record_status(&stats, &s, id, due),
-                            None => return,
-                        },
-                        Ok(None) => return,
-                        Err(e) => {
-                            let lost = 1 + meta_rx.len() as u64;
-                            stats.send_errors.fetch_add(lost, Ordering::Relaxed);
-                            stats.error(format!("SendMessages: {e}"));
-                            return;
-                        }
-                    }
-                }
-            }));
-            streams.push(Some(StreamWriter {
-                messages: tx,
-                meta: meta_tx,
-            }));
+            let (writer, task) = stream_writer(channels[w % channels.len()].clone(), stats);
+            tasks.push(task);
+            streams.push(Some(writer));
         }
     }
     if args.rate == 0.0 {
@@ -637,17 +676,8 @@ async fn dispatch(
             stats.dispatched.fetch_add(1, Ordering::Relaxed);
             match args.mode {
                 SendMode::Unary => {
-                    let mut rpc = ChatServerClient::new(channels[w % channels.len()].clone());
-                    let stats = stats.clone();
-                    tasks.push(tokio::spawn(async move {
-                        match rpc.send_message(m).await {
-                            Ok(s) => record_status(&stats, s.get_ref(), id, due),
-                            Err(e) => {
-                                stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                                stats.error(format!("SendMessage: {e}"));
-                            }
-                        }
-                    }));
+                    let channel = channels[w % channels.len()].clone();
+                    tasks.push(send_unary(channel, m, id, due, stats.clone()));
                 }
                 SendMode::Stream => {
                     match streams.get(w - first_writer) {
