@@ -8,4 +8,6 @@
 pub mod clock;
 pub mod session;
 
-pub use session::{ChatClient, ClientError, Received, RetryPolicy, SendOutcome, Subscription};
+pub use session::{
+    ChatClient, ClientError, Received, RetryPolicy, SendOutcome, Subscription, UPDATE_QUEUE,
+};
