@@ -11,7 +11,11 @@ OUT=${1:-bench-results}
 REPS=${REPS:-3}
 ROWS=${ROWS:-"w1 w1durable compare idle max r3 r3x110"}
 mkdir -p "$OUT"
-b() { local name=$1; shift; echo "== $name: $BIN bench $*" >&2; "$BIN" bench --quiet --json "$OUT/$name.json" "$@" > "$OUT/$name.txt"; }
+# Each client has its own connection (the bench's default); CLIENTS_PER_CONNECTION=K
+# multiplexes K clients on each connection instead.
+MUX=()
+if [[ -n "${CLIENTS_PER_CONNECTION:-}" ]]; then MUX=(--clients-per-connection "$CLIENTS_PER_CONNECTION"); fi
+b() { local name=$1; shift; echo "== $name: $BIN bench ${MUX[*]} $*" >&2; "$BIN" bench --quiet --json "$OUT/$name.json" "${MUX[@]}" "$@" > "$OUT/$name.txt"; }
 
 for r in $(seq 1 "$REPS"); do
   for row in $ROWS; do

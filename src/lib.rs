@@ -10,11 +10,13 @@
 //! - [`config`]: command-line flags and the TOML config file.
 //! - [`chat`]: the terminal chat client (`dyconit-chat chat`).
 //! - [`bench`]: the load generator (`dyconit-chat bench`).
+//! - [`check`]: the history checker of recorded runs (`dyconit-chat check`).
 //! - [`sys`]: file-descriptor limit and /proc figures.
 
 mod admin;
 pub mod bench;
 pub mod chat;
+pub mod check;
 pub mod client;
 pub mod clock;
 mod codec;

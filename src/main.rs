@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use dyconit_chat::bench::BenchArgs;
 use dyconit_chat::chat::ChatArgs;
+use dyconit_chat::check::CheckArgs;
 use dyconit_chat::config::ServeArgs;
 use dyconit_chat::node::{self, Listeners};
 use dyconit_chat::telemetry::tracing_setup;
@@ -29,6 +30,8 @@ enum Command {
     Chat(ChatArgs),
     /// Load-test a server: N streaming clients, a send schedule, a report
     Bench(BenchArgs),
+    /// Verify a recorded run (bench --record) against the protocol's promises
+    Check(CheckArgs),
 }
 
 /// The log filter: `--log`, else `RUST_LOG`, else "info".
@@ -136,6 +139,7 @@ async fn main() -> std::process::ExitCode {
             init_client_logging(cli.log.as_deref().unwrap_or("off"));
             return dyconit_chat::chat::run(args).await;
         }
+        Command::Check(args) => return dyconit_chat::check::main(args),
         Command::Bench(args) => {
             init_client_logging(cli.log.as_deref().unwrap_or("warn"));
             match dyconit_chat::bench::run(args).await {

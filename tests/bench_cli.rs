@@ -102,6 +102,8 @@ fn unary_sends_reach_every_client() {
     );
     assert_consistent(&r, 30);
     assert_eq!(r["config"]["mode"], "unary");
+    // Real users each have their own connection: so do the bench's clients.
+    assert_eq!(r["config"]["connections"], 30);
     // 2 s at 300/s, on schedule (open loop): all of them were sent.
     assert!(n(&r, &["sent"]) >= 590, "{}", r["sent"]);
 }

@@ -134,7 +134,9 @@ async fn a_history_larger_than_an_update_reaches_a_new_reader() {
 
 #[tokio::test]
 async fn one_mebibyte_messages_with_history_reach_default_clients() {
-    let mut cfg = config(200, 1_000_000, 1_000_000);
+    // A 1 MiB message takes a while to build and send on a busy machine:
+    // a staleness bound it cannot miss.
+    let mut cfg = config(5000, 1_000_000, 1_000_000);
     cfg.settings.max_message_bytes = 1 << 20;
     cfg.settings.max_update_bytes =
         dyconit_chat::consistency::Settings::default_update_bytes(1 << 20);

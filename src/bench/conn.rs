@@ -60,6 +60,30 @@ pub async fn connect(url: &str) -> anyhow::Result<Connection> {
     Ok(Connection { send, authority })
 }
 
+/// Connections opened at once by [`connect_many`].
+const CONNECTING_AT_ONCE: usize = 64;
+
+/// Opens `n` connections to `url`, [`CONNECTING_AT_ONCE`] at a time: with a
+/// connection per client, 10,000 handshakes one after the other would make
+/// the run wait for the sum of their round trips.
+pub async fn connect_many(url: &str, n: usize) -> anyhow::Result<Vec<Connection>> {
+    let mut out = Vec::with_capacity(n);
+    let mut pending = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        if pending.len() >= CONNECTING_AT_ONCE
+            && let Some(done) = pending.join_next().await
+        {
+            out.push(done??);
+        }
+        let url = url.to_owned();
+        pending.spawn(async move { connect(&url).await });
+    }
+    while let Some(done) = pending.join_next().await {
+        out.push(done??);
+    }
+    Ok(out)
+}
+
 impl tower_service::Service<http::Request<Body>> for Connection {
     type Response = http::Response<hyper::body::Incoming>;
     type Error = hyper::Error;

@@ -1,7 +1,8 @@
 //! `dyconit-chat bench`: a load generator that tells the truth about
 //! latency, throughput and cost.
 //!
-//! N streaming clients share a few HTTP/2 connections. After a ramp-up in
+//! N streaming clients, each on its own HTTP/2 connection as real users are
+//! (or multiplexed over a few, `--connections`). After a ramp-up in
 //! which they connect and open their streams, messages are sent on a fixed
 //! schedule (open loop: message k is due at `k / rate` seconds, whether or
 //! not earlier ones were answered), round-robin over the writers and spread
@@ -22,6 +23,8 @@ pub mod advice;
 pub mod conn;
 pub mod counters;
 pub mod histogram;
+pub mod record;
+pub mod record_run;
 pub mod report;
 pub mod server;
 pub mod wire;
@@ -87,7 +90,15 @@ The server's own counters for the run are read from its admin port
 (/metrics; --admin, by default the --server host on port 9090): bound
 violations by bound and dropped clients by reason. A run in which the server
 counted violations does not pass. When rejections dominate, the report names
-the likely cause and the flag that changes it.";
+the likely cause and the flag that changes it.
+
+Each client has its own HTTP/2 connection, as real users do;
+--clients-per-connection K (or --connections N) multiplexes them, and the
+report's workload line says which.
+
+--record FILE writes what every client saw and did (sends, statuses,
+Updates, acknowledgements, and the server's bounds with their change log) as
+a compact binary stream; `dyconit-chat check FILE` verifies the run from it.";
 
 /// Flags of `dyconit-chat bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -112,9 +123,13 @@ pub struct BenchArgs {
     /// Streaming clients
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub clients: usize,
-    /// HTTP/2 connections the clients share (0: one per 100 clients)
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub connections: usize,
+    /// Multiplex: the clients share N HTTP/2 connections (default: each
+    /// client has its own connection, as real users do)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections: Option<u64>,
+    /// Multiplex: K clients share each HTTP/2 connection
+    #[arg(long, value_name = "K", conflicts_with = "connections", value_parser = clap::value_parser!(u64).range(1..))]
+    pub clients_per_connection: Option<u64>,
     /// Aggregate send rate, messages per second (0: idle clients)
     #[arg(long, default_value_t = 100.0, value_name = "MSG_PER_S")]
     pub rate: f64,
@@ -156,6 +171,10 @@ pub struct BenchArgs {
     /// Exit 1 unless every accepted message reached every client exactly once
     #[arg(long)]
     pub check: bool,
+    /// Record every send, status, Update and acknowledgement to FILE (a
+    /// compact binary stream) for `dyconit-chat check FILE`
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
     /// Print no progress line
     #[arg(long)]
     pub quiet: bool,
@@ -208,6 +227,22 @@ impl BenchArgs {
         flag("ack-timeout", self.ack_timeout.clone());
         a.extend(self.server_arg.iter().cloned());
         a
+    }
+
+    /// HTTP/2 connections to open: one per client (send-only writers
+    /// included) unless multiplexing was asked for.
+    fn connection_count(&self) -> usize {
+        let send_only = if self.send_only_writers {
+            self.writers
+        } else {
+            0
+        };
+        let clients = self.clients + send_only;
+        match (self.connections, self.clients_per_connection) {
+            (Some(n), _) => (n as usize).min(clients),
+            (None, Some(k)) => clients.div_ceil(k as usize),
+            (None, None) => clients,
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -293,6 +328,8 @@ struct Stats {
     send_latency: Histogram,
     /// The first error seen, for the report.
     first_error: std::sync::Mutex<Option<String>>,
+    /// `--record`: where every event goes.
+    recording: Option<record_run::RunRecording>,
 }
 
 /// Shards of the latency histogram.
@@ -315,6 +352,7 @@ impl Default for Stats {
             latency: (0..LATENCY_SHARDS).map(|_| Histogram::default()).collect(),
             send_latency: Histogram::default(),
             first_error: std::sync::Mutex::new(None),
+            recording: None,
         }
     }
 }
@@ -404,6 +442,9 @@ async fn run_client(
             .map(|c| c.id)
             .context("ServerInfo without client")?;
         slot.id.store(id, Ordering::Relaxed);
+        if let Some(r) = &stats.recording {
+            r.connected(index);
+        }
         // A server with a high numerical bound may batch megabytes into one
         // Update; the bench must not be the limit.
         let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 30);
@@ -423,19 +464,33 @@ async fn run_client(
         let mut ack: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send>>> = None;
         let start_ack = |count: i64| {
             let mut rpc = rpc.clone();
+            let stats = stats.clone();
+            if let Some(r) = &stats.recording {
+                r.ack_sent(index, count);
+            }
             Box::pin(async move {
-                rpc.acknowlegde(Acknowledgement {
-                    client: Some(Client { id }),
-                    num_updates_received: count,
-                    num_messages_sent: 0,
-                })
-                .await
-                .is_ok()
+                let reply = rpc
+                    .acknowlegde(Acknowledgement {
+                        client: Some(Client { id }),
+                        num_updates_received: count,
+                        num_messages_sent: 0,
+                    })
+                    .await;
+                if let Some(r) = &stats.recording {
+                    let at = reply.as_ref().ok().map(|t| t.get_ref().timestamp);
+                    r.ack_reply(index, count, at);
+                }
+                reply.is_ok()
             }) as std::pin::Pin<Box<dyn Future<Output = bool> + Send>>
         };
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => {
+                    if let Some(r) = &stats.recording {
+                        r.end(index, None);
+                    }
+                    return Ok(());
+                }
                 ok = async { ack.as_mut().expect("guarded").await }, if ack.is_some() => {
                     ack = None;
                     if ok {
@@ -453,6 +508,9 @@ async fn run_client(
                         bail!("the server ended the stream");
                     };
                     let now = local_micros();
+                    if let Some(r) = &stats.recording {
+                        r.update(index, now, &update);
+                    }
                     received += 1;
                     slot.updates.store(received, Ordering::Relaxed);
                     if received == 1 {
@@ -475,6 +533,9 @@ async fn run_client(
     {
         stats.lost.fetch_add(1, Ordering::Relaxed);
         stats.error(format!("client {index}: {e:#}"));
+        if let Some(r) = &stats.recording {
+            r.end(index, Some(format!("{e:#}")));
+        }
     }
 }
 
@@ -492,6 +553,9 @@ async fn connect_only(index: usize, channel: Connection, slot: Arc<Slot>, stats:
             let id = info.into_inner().client.map_or(0, |c| c.id);
             slot.id.store(id, Ordering::Relaxed);
             slot.state.store(READY, Ordering::Relaxed);
+            if let Some(r) = &stats.recording {
+                r.connected(index);
+            }
         }
         Err(e) => {
             slot.state.store(FAILED, Ordering::Relaxed);
@@ -506,6 +570,9 @@ fn record_status(stats: &Stats, status: &MessageStatus, id: u64, due: Instant) {
     stats
         .send_latency
         .record(due.elapsed().as_micros().min(u64::MAX as u128) as u64);
+    if let Some(r) = &stats.recording {
+        r.status(id, status);
+    }
     let code = status.status_code.clamp(0, 5) as usize;
     stats.statuses[code].fetch_add(1, Ordering::Relaxed);
     if code == StatusCode::Ok as usize {
@@ -636,6 +703,9 @@ async fn dispatch(
             })
         })
         .collect();
+    // Ids start at a random base, so runs against one server (and the
+    // recordings of several bench processes) never share an id.
+    let id_base = u64::from(rand::random::<u32>()) << 32;
     let mut tasks = Vec::new();
     let mut streams: Vec<Option<StreamWriter>> = Vec::new();
     if args.mode == SendMode::Stream {
@@ -654,25 +724,29 @@ async fn dispatch(
         return tasks;
     }
     let end = start + args.duration;
+    // Messages due within the window: k / rate < duration. A last wake-up
+    // after the end still sends the ones that fell due before it.
+    let total = (args.duration.as_secs_f64() * args.rate).ceil() as u64;
     let mut k: u64 = 0;
     loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
+        let now = Instant::now().min(end);
         // Message k is due at k / rate: by now, messages 0..=floor(t * rate).
-        let due_count = (now.duration_since(start).as_secs_f64() * args.rate) as u64 + 1;
+        let elapsed = now.duration_since(start).as_secs_f64();
+        let due_count = ((elapsed * args.rate) as u64 + 1).min(total);
         while k < due_count {
             let due = start + Duration::from_secs_f64(k as f64 / args.rate);
             let w = first_writer + (k % writers as u64) as usize;
             let thread = &threads[(mix(k ^ 0x5eed) % args.threads as u64) as usize];
             let slot = &slots[w];
-            let id = k;
+            let id = id_base.wrapping_add(k);
             k += 1;
             if slot.state.load(Ordering::Relaxed) != READY {
                 continue; // a lost client does not send
             }
             let m = message(slot, thread, id, args.size);
+            if let Some(r) = &stats.recording {
+                r.send(w, &m, id, args.mode == SendMode::Stream);
+            }
             stats.dispatched.fetch_add(1, Ordering::Relaxed);
             match args.mode {
                 SendMode::Unary => {
@@ -694,6 +768,9 @@ async fn dispatch(
         }
         if tasks.len() > 4096 {
             tasks.retain(|t| !t.is_finished());
+        }
+        if now >= end {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -818,14 +895,17 @@ fn progress(
 }
 
 /// Runs the benchmark. Returns whether the delivery check passed.
-/// Warns when the open-file limit is likely too low for `clients`.
-fn check_fd_limit(clients: usize) {
+/// Warns when the open-file limit is likely too low for the run.
+fn check_fd_limit(args: &BenchArgs) {
     let fd_limit = crate::sys::raise_fd_limit();
-    let needed = clients as u64 / 50 + 64;
+    let connections = args.connection_count();
+    let needed = connections as u64 + 64;
     if let Some(limit) = fd_limit
         && limit < needed
     {
-        eprintln!("warning: the open-file limit {limit} may be too low");
+        eprintln!(
+            "warning: the open-file limit {limit} is below the {needed} this run needs (one per connection); multiplex with --clients-per-connection"
+        );
     }
 }
 
@@ -889,19 +969,6 @@ impl Target {
         }
         Ok(exit)
     }
-}
-
-/// `n` HTTP/2 connections to `url`, shared round-robin by the clients.
-async fn open_channels(url: &str, n: usize) -> anyhow::Result<Vec<Connection>> {
-    let mut channels = Vec::with_capacity(n);
-    for _ in 0..n {
-        channels.push(
-            conn::connect(url)
-                .await
-                .with_context(|| format!("connecting to {url}"))?,
-        );
-    }
-    Ok(channels)
 }
 
 /// Ramp-up: starts the clients (and the connect-only writers after them),
@@ -999,21 +1066,26 @@ fn emit(report: &report::Report, args: &BenchArgs) -> anyhow::Result<bool> {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     args.validate()?;
-    check_fd_limit(args.clients);
+    check_fd_limit(&args);
     let target = Target::start(&args).await?;
     let url = target.url.clone();
     let server_pid = target.spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
-    let connections = if args.connections == 0 {
-        args.clients.div_ceil(100).clamp(1, 256)
-    } else {
-        args.connections
-    };
-    let channels = open_channels(&url, connections).await?;
+    let connections = args.connection_count();
+    let channels = conn::connect_many(&url, connections)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     let baseline = server_pid.and_then(crate::sys::proc_stats);
     let admin = target.admin_url(&args);
     let counters_start = counters::start(&admin).await;
 
-    let stats = Arc::new(Stats::default());
+    let recording = match &args.record {
+        Some(path) => Some(record_run::RunRecording::start(path, &args, &url, &admin).await?),
+        None => None,
+    };
+    let stats = Arc::new(Stats {
+        recording,
+        ..Stats::default()
+    });
     // One slot per client, then one per send-only writer.
     let send_only = if args.send_only_writers {
         args.writers
@@ -1069,6 +1141,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     stop_clients.cancel();
     for t in client_tasks {
         let _ = t.await;
+    }
+    if let Some(r) = &stats.recording {
+        record_run::finish(r, &args, &admin).await?;
     }
     drop(channels);
     let exit = target.stop().await?;

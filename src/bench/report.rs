@@ -377,9 +377,10 @@ impl Report {
         row(
             "workload",
             format!(
-                "{} clients on {} connections, {} msg/s by {} writers over {} thread(s), {} B, {:?}",
+                "{} clients on {} connections ({}), {} msg/s by {} writers over {} thread(s), {} B, {:?}",
                 c.clients,
                 c.connections,
+                connection_mode(c),
                 c.rate_per_s,
                 c.writers,
                 c.threads,
@@ -542,5 +543,18 @@ impl Report {
                 format!("{n} connected before the run"),
             );
         }
+    }
+}
+
+/// How the clients were connected, for the table.
+fn connection_mode(c: &Config) -> String {
+    let clients = c.clients + if c.send_only_writers { c.writers } else { 0 };
+    if c.connections >= clients {
+        "one per client".into()
+    } else {
+        format!(
+            "multiplexed, up to {} clients per connection",
+            clients.div_ceil(c.connections.max(1))
+        )
     }
 }

@@ -24,6 +24,21 @@ pub struct Delivered {
 pub struct UpdateSummary {
     /// Each message, in order.
     pub messages: Vec<Delivered>,
+    /// `Update.currentTime` (0 if absent).
+    pub current_time: i64,
+    /// `Update.expirationTime` (0 if absent).
+    pub expiration_time: i64,
+}
+
+/// The `timestamp` of an encoded `ServerTime`.
+fn server_time(mut t: &[u8]) -> Result<i64, WireError> {
+    let mut out = 0;
+    while !t.is_empty() {
+        if let (1, None, v) = field(&mut t)? {
+            out = v as i64;
+        }
+    }
+    Ok(out)
 }
 
 /// Width of the bench id at the start of every message it sends.
@@ -102,9 +117,15 @@ pub fn parse_update(mut buf: &[u8]) -> Result<UpdateSummary, WireError> {
     // doubling series.
     let mut out = UpdateSummary {
         messages: Vec::with_capacity(buf.len() / 128 + 1),
+        ..UpdateSummary::default()
     };
     while !buf.is_empty() {
         let (number, value, _) = field(&mut buf)?;
+        match (number, value) {
+            (1, Some(t)) => out.current_time = server_time(t)?,
+            (2, Some(t)) => out.expiration_time = server_time(t)?,
+            _ => {}
+        }
         if number == 3
             && let Some(mut m) = value
         {
@@ -115,13 +136,7 @@ pub fn parse_update(mut buf: &[u8]) -> Result<UpdateSummary, WireError> {
             while !m.is_empty() {
                 match field(&mut m)? {
                     (2, Some(c), _) => d.id = parse_id(c),
-                    (3, Some(mut t), _) => {
-                        while !t.is_empty() {
-                            if let (1, None, v) = field(&mut t)? {
-                                d.server_time = v as i64;
-                            }
-                        }
-                    }
+                    (3, Some(t), _) => d.server_time = server_time(t)?,
                     _ => {}
                 }
             }
@@ -183,6 +198,7 @@ mod tests {
             ],
         };
         let s = parse_update(&u.encode_to_vec()).unwrap();
+        assert_eq!((s.current_time, s.expiration_time), (5, 6));
         assert_eq!(
             s.messages,
             vec![
