@@ -423,6 +423,45 @@ fn count_update(update: &wire::UpdateSummary, index: usize, slot: &Slot, stats: 
     stats.deliveries.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Connects client `index` and opens its update stream (decoded into
+/// summaries); returns its id and the stream.
+async fn open_updates(
+    index: usize,
+    channel: Connection,
+    rpc: &ChatServerClient<Connection>,
+    slot: &Slot,
+    stats: &Stats,
+) -> anyhow::Result<(i64, tonic::Streaming<wire::UpdateSummary>)> {
+    let mut request = tonic::Request::new(ConnectionStarter {});
+    request
+        .metadata_mut()
+        .insert(crate::proto::NAME_HEADER, format!("bench-{index}").parse()?);
+    let info = rpc.clone().connect(request).await?.into_inner();
+    let id = info
+        .client
+        .map(|c| c.id)
+        .context("ServerInfo without client")?;
+    slot.id.store(id, Ordering::Relaxed);
+    if let Some(r) = &stats.recording {
+        r.connected(index);
+    }
+    // A server with a high numerical bound may batch megabytes into one
+    // Update; the bench must not be the limit.
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 30);
+    grpc.ready().await?;
+    let stream = grpc
+        .server_streaming(
+            tonic::Request::new(Client { id }),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                crate::proto::RECEIVE_UPDATES_PATH,
+            ),
+            wire::SummaryCodec::default(),
+        )
+        .await?
+        .into_inner();
+    Ok((id, stream))
+}
+
 async fn run_client(
     index: usize,
     channel: Connection,
@@ -430,35 +469,9 @@ async fn run_client(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
-    let mut rpc = ChatServerClient::new(channel.clone());
+    let rpc = ChatServerClient::new(channel.clone());
     let result: anyhow::Result<()> = async {
-        let mut request = tonic::Request::new(ConnectionStarter {});
-        request
-            .metadata_mut()
-            .insert(crate::proto::NAME_HEADER, format!("bench-{index}").parse()?);
-        let info = rpc.connect(request).await?.into_inner();
-        let id = info
-            .client
-            .map(|c| c.id)
-            .context("ServerInfo without client")?;
-        slot.id.store(id, Ordering::Relaxed);
-        if let Some(r) = &stats.recording {
-            r.connected(index);
-        }
-        // A server with a high numerical bound may batch megabytes into one
-        // Update; the bench must not be the limit.
-        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 30);
-        grpc.ready().await?;
-        let mut stream = grpc
-            .server_streaming(
-                tonic::Request::new(Client { id }),
-                tonic::codegen::http::uri::PathAndQuery::from_static(
-                    crate::proto::RECEIVE_UPDATES_PATH,
-                ),
-                wire::SummaryCodec::default(),
-            )
-            .await?
-            .into_inner();
+        let (id, mut stream) = open_updates(index, channel, &rpc, &slot, &stats).await?;
         let mut received: i64 = 0;
         let mut acked: i64 = 0;
         let mut ack: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send>>> = None;
@@ -694,15 +707,7 @@ async fn dispatch(
     } else {
         0
     };
-    // Bench traffic stays out of the main room unless asked for.
-    let main_room = args.threads == 1 && args.thread_prefix.is_empty();
-    let threads: Vec<Option<Thread>> = (0..args.threads)
-        .map(|t| {
-            (!main_room).then(|| Thread {
-                id: format!("{}{t}", args.thread_prefix),
-            })
-        })
-        .collect();
+    let threads = bench_threads(args);
     // Ids start at a random base, so runs against one server (and the
     // recordings of several bench processes) never share an id.
     let id_base = u64::from(rand::random::<u32>()) << 32;
@@ -971,6 +976,33 @@ impl Target {
     }
 }
 
+/// One slot per client, then one per send-only writer.
+fn make_slots(args: &BenchArgs) -> Arc<Vec<Arc<Slot>>> {
+    let send_only = if args.send_only_writers {
+        args.writers
+    } else {
+        0
+    };
+    Arc::new(
+        (0..args.clients + send_only)
+            .map(|_| Arc::default())
+            .collect(),
+    )
+}
+
+/// The threads messages go to; bench traffic stays out of the main room
+/// unless asked for.
+fn bench_threads(args: &BenchArgs) -> Vec<Option<Thread>> {
+    let main_room = args.threads == 1 && args.thread_prefix.is_empty();
+    (0..args.threads)
+        .map(|t| {
+            (!main_room).then(|| Thread {
+                id: format!("{}{t}", args.thread_prefix),
+            })
+        })
+        .collect()
+}
+
 /// Ramp-up: starts the clients (and the connect-only writers after them),
 /// spread over the ramp-up time from `begun`.
 async fn ramp_up(
@@ -1086,17 +1118,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         recording,
         ..Stats::default()
     });
-    // One slot per client, then one per send-only writer.
-    let send_only = if args.send_only_writers {
-        args.writers
-    } else {
-        0
-    };
-    let slots: Arc<Vec<Arc<Slot>>> = Arc::new(
-        (0..args.clients + send_only)
-            .map(|_| Arc::default())
-            .collect(),
-    );
+    let slots = make_slots(&args);
     let stop_clients = CancellationToken::new();
     let stop_progress = CancellationToken::new();
     let phase = Arc::new(AtomicU8::new(0));
