@@ -314,6 +314,7 @@ fn mode_name(s: Storage) -> &'static str {
     match s {
         Storage::Memory => "memory",
         Storage::Durable => "durable",
+        Storage::Nats => "nats",
     }
 }
 

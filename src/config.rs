@@ -4,6 +4,7 @@
 
 use crate::consistency::bounds::BoundsOverride;
 use crate::consistency::{Bounds, BoundsTable, Settings};
+use crate::log::nats::NatsOptions;
 use crate::log::sqlite::Retention;
 use crate::server::{Config, Storage};
 use anyhow::{Context, bail};
@@ -86,6 +87,10 @@ pub struct ServeArgs {
     /// background (the newest message is always kept) [default: keep all]
     #[arg(long, env = "DYCONIT_RETENTION_AGE", value_name = "DUR", value_parser = parse_duration)]
     pub retention_age: Option<Duration>,
+    /// The NATS cluster (with --storage nats); boxed, as most runs leave
+    /// it unset.
+    #[command(flatten)]
+    pub nats: Box<NatsArgs>,
     /// Bearer token required by mutating admin API calls (PUT, DELETE);
     /// required when --admin-listen is not a loopback address
     #[arg(
@@ -103,6 +108,59 @@ pub struct ServeArgs {
     /// per-thread bounds in [threads."<id>"] tables
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// Flags of `serve` for a cluster node (`--storage nats`).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Cluster (--storage nats)")]
+pub struct NatsArgs {
+    /// With --storage nats: the NATS servers, comma-separated
+    /// (nats://host:4222,...; tls:// for TLS) [default: nats://127.0.0.1:4222]
+    #[arg(
+        long,
+        env = "DYCONIT_NATS_URL",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    pub nats_url: Vec<String>,
+    /// With --storage nats: the JetStream stream every chat node of the
+    /// cluster shares; created if missing, checked if present [default: CHAT]
+    #[arg(long, env = "DYCONIT_NATS_STREAM", value_name = "NAME")]
+    pub nats_stream: Option<String>,
+    /// This chat node's name in logs and its NATS connection [default: the host name]
+    #[arg(long, env = "DYCONIT_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// NATS credentials file (user JWT and NKey seed)
+    #[arg(long, env = "DYCONIT_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user (with --nats-password)
+    #[arg(long, env = "DYCONIT_NATS_USER", value_name = "USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (with --nats-user)
+    #[arg(
+        long,
+        env = "DYCONIT_NATS_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+    /// CA certificate (PEM) to verify the NATS servers; turns TLS on
+    #[arg(long, env = "DYCONIT_NATS_CA", value_name = "FILE")]
+    pub nats_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS mutual TLS (with --nats-key)
+    #[arg(long, env = "DYCONIT_NATS_CERT", value_name = "FILE")]
+    pub nats_cert: Option<PathBuf>,
+    /// Client key (PEM) for NATS mutual TLS (with --nats-cert)
+    #[arg(long, env = "DYCONIT_NATS_KEY", value_name = "FILE")]
+    pub nats_key: Option<PathBuf>,
+    /// Replicas of the stream when this node creates it [default: 3 if the
+    /// NATS cluster has 3 or more servers, else 1]
+    #[arg(long, env = "DYCONIT_NATS_REPLICAS", value_name = "N")]
+    pub nats_replicas: Option<usize>,
+    /// Longest wait for a commit through NATS before the writer is answered
+    /// INTERNAL_ERROR (and for connecting at start-up) [default: 5s]
+    #[arg(long, env = "DYCONIT_NATS_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    pub nats_timeout: Option<Duration>,
 }
 
 /// The config file. Every key is optional.
@@ -229,6 +287,7 @@ impl ServeArgs {
             bail!("retention age is below 1s");
         }
         let storage = self.storage.or(file.storage).unwrap_or_default();
+        let nats = self.nats.options()?;
         Ok(Resolved {
             otlp_endpoint: self
                 .otlp_endpoint
@@ -253,10 +312,47 @@ impl ServeArgs {
                     .or(file.data_dir)
                     .unwrap_or(dc.data_dir.clone()),
                 retention,
+                nats,
                 admin_token: self.admin_token.clone().or(file.admin_token),
                 ready_file: self.ready_file.clone(),
                 ..dc
             },
+        })
+    }
+}
+
+impl NatsArgs {
+    /// The NATS settings from the flags, with defaults.
+    fn options(&self) -> anyhow::Result<NatsOptions> {
+        let d = NatsOptions::default();
+        let urls: Vec<String> = self
+            .nats_url
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if self.nats_replicas.is_some_and(|r| !(1..=5).contains(&r)) {
+            bail!("--nats-replicas must be 1 to 5 (JetStream's limit)");
+        }
+        let timeout = self.nats_timeout.unwrap_or(d.timeout);
+        if timeout < Duration::from_millis(100) {
+            bail!("--nats-timeout is below 100ms");
+        }
+        Ok(NatsOptions {
+            urls: if urls.is_empty() { d.urls } else { urls },
+            stream: self.nats_stream.clone().unwrap_or(d.stream),
+            node_name: self
+                .node_name
+                .clone()
+                .unwrap_or_else(crate::log::nats::host_name),
+            creds: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            ca: self.nats_ca.clone(),
+            client_cert: self.nats_cert.clone(),
+            client_key: self.nats_key.clone(),
+            replicas: self.nats_replicas,
+            timeout,
         })
     }
 }

@@ -92,7 +92,7 @@ pub async fn run(
     let admin_addr = listeners.admin.local_addr()?;
     check_admin_exposure(admin_addr, &config)?;
     let metrics = crate::telemetry::metrics::Metrics::new();
-    let (hub, storage) = server::open_storage(&config, &config.storage_health, &metrics)?;
+    let (hub, storage) = server::open_storage(&config, &config.storage_health, &metrics).await?;
 
     let stop = CancellationToken::new();
     let ready = admin::Readiness::default();

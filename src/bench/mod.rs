@@ -214,6 +214,7 @@ impl BenchArgs {
         let mut a = vec![match self.storage {
             crate::server::Storage::Memory => "--storage=memory".to_owned(),
             crate::server::Storage::Durable => "--storage=durable".to_owned(),
+            crate::server::Storage::Nats => "--storage=nats".to_owned(),
         }];
         let mut flag = |name: &str, v: Option<String>| {
             if let Some(v) = v {

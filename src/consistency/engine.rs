@@ -13,6 +13,8 @@
 //! sequence number, so the visible order never has gaps and nothing a client
 //! saw is ever taken back.
 
+mod cluster;
+
 use super::Seq;
 use super::admission::{AckInfo, ClientFault, Decision, Rejection, Submission, Verdict};
 use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
@@ -29,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use super::schedule::{ClientId, spread_rank};
+pub use cluster::ApplyError;
 
 /// The contents of one Update for a client.
 #[derive(Debug, Clone)]

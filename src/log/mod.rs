@@ -5,10 +5,14 @@
 //! - [`memory`]: the in-memory log (`--storage memory`): gone on restart.
 //! - [`sqlite`]: the durable embedded log (`--storage durable`, the default):
 //!   SQLite in WAL mode, one transaction and one fsync per batch.
+//! - [`nats`]: the NATS JetStream stream shared by a cluster of chat nodes
+//!   (`--storage nats`): connecting, creating or checking the stream, and
+//!   how an entry is laid out in a message.
 //! - [`health`]: storage health counters, read by `/readyz` (and metrics).
 
 pub mod health;
 pub mod memory;
+pub mod nats;
 pub mod sqlite;
 
 use crate::consistency::{Entry, Seq};
@@ -57,6 +61,10 @@ pub enum LogError {
         head: Seq,
         durable: Seq,
     },
+    /// The NATS cluster log (`--storage nats`) could not do it; the text
+    /// says what and why.
+    #[error("{0}")]
+    Cluster(String),
     /// An append that does not continue the log (a bug in the caller).
     #[error("append of seq {seq} after head {head}")]
     OutOfOrder { seq: Seq, head: Seq },

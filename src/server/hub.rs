@@ -35,6 +35,32 @@ pub enum Sink {
     Immediate(Box<dyn Log>),
     /// Queued for the group-commit writer thread (`super::writer`).
     Writer,
+    /// Handed to a log shared by several nodes (`super::cluster`), which
+    /// assigns the seq and commit time; the engine applies the commit when
+    /// the log delivers it back.
+    Shared(Arc<dyn Committer>),
+}
+
+/// Where a message went in a shared log: its seq and commit time, or `None`
+/// (or the sender dropped) if it could not be committed in time.
+pub type Committed = oneshot::Receiver<Option<(Seq, Micros)>>;
+
+/// A log shared by several nodes that commits admitted messages.
+pub trait Committer: Send + Sync + 'static {
+    /// Starts committing `entry` (its seq and commit time are the engine's
+    /// provisional ones), written by message `number` of local client
+    /// `client`. Called under the hub lock: must not block or call the hub.
+    fn propose(&self, entry: Arc<Entry>, origin: Origin) -> Committed;
+}
+
+/// Who wrote a proposed message, and the timestamp it carried (a resend of
+/// the same message carries the same).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin {
+    pub client: ClientId,
+    /// Its `numMessagesSent`.
+    pub number: i64,
+    pub timestamp: Micros,
 }
 
 /// Tells a waiting `SendMessage` whether its message was stored: `true`
@@ -50,6 +76,9 @@ pub struct Submitted {
     pub decision: Decision,
     /// `Some` while the message (or, for a retry, its original) is pending.
     pub durable: Option<Outcome>,
+    /// `Some` while a shared log commits the message (`Sink::Shared`): the
+    /// OK carries the seq and commit time it answers.
+    pub committed: Option<Committed>,
 }
 
 /// Accepted messages waiting for the writer, in seq order.
@@ -285,7 +314,13 @@ impl Hub {
     pub fn submit(&self, sub: Submission) -> Submitted {
         let now = self.now();
         let thread = sub.thread.clone();
+        let origin = Origin {
+            client: sub.ack.and_then(|a| a.client).unwrap_or(0),
+            number: sub.ack.map_or(0, |a| a.messages_sent),
+            timestamp: sub.timestamp.unwrap_or(now),
+        };
         let (submitted, tier) = self.with_engine(|g| {
+            let mut committed = None;
             let (mut decision, entry) = g.engine.submit(sub, now);
             let tier = decision
                 .order_error
@@ -327,16 +362,31 @@ impl Hub {
                         }
                         Some(rx)
                     }
+                    Sink::Shared(log) => {
+                        // It enters the engine when the log delivers it.
+                        g.engine.discard_pending();
+                        committed = Some(log.propose(e, origin));
+                        None
+                    }
                 },
             };
-            (Submitted { decision, durable }, tier)
+            (
+                Submitted {
+                    decision,
+                    durable,
+                    committed,
+                },
+                tier,
+            )
         });
         let m = &self.metrics;
         let decision = &submitted.decision;
         match decision.verdict {
             // Final now (memory log); a pending one is counted when its batch
             // is stored or fails (`batch_stored`, `batch_failed`).
-            Verdict::Accepted { retry: false, .. } if submitted.durable.is_none() => {
+            Verdict::Accepted { retry: false, .. }
+                if submitted.durable.is_none() && submitted.committed.is_none() =>
+            {
                 m.messages_accepted.inc()
             }
             Verdict::Accepted { .. } => {}

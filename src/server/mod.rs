@@ -8,10 +8,13 @@
 //! - [`outbox`]: each client's bounded outbound queue and stream.
 //! - [`scheduler`]: the one task that wakes at the engine's next deadline.
 //! - [`writer`]: the group-commit thread that makes messages durable.
+//! - [`cluster`]: a node of a cluster: publishes to and consumes the shared
+//!   NATS JetStream stream (`--storage nats`).
 //! - [`convert`]: wire types to and from core types.
 //! - [`error`]: why the hub refused a request, in its own terms.
 //! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
 
+pub mod cluster;
 pub mod convert;
 pub mod error;
 mod grpc;
@@ -41,6 +44,10 @@ pub enum Storage {
     Durable,
     /// In memory: fast, and gone on restart.
     Memory,
+    /// In a NATS JetStream stream shared by every chat node of a cluster
+    /// (--nats-url): one commit order for all nodes; an OK means the message
+    /// is stored on a quorum of NATS servers.
+    Nats,
 }
 
 pub(crate) use grpc::GrpcServer;
@@ -64,6 +71,8 @@ pub struct Config {
     pub retention: Retention,
     /// How often the retention pass runs.
     pub retention_interval: Duration,
+    /// The NATS cluster and stream (`Storage::Nats`).
+    pub nats: crate::log::nats::NatsOptions,
     /// The storage health counters `run` updates: the caller keeps a clone
     /// to read them (the metrics layer, tests).
     pub storage_health: Arc<StorageHealth>,
@@ -96,6 +105,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             retention: Retention::default(),
             retention_interval: Duration::from_secs(1),
+            nats: Default::default(),
             storage_health: Arc::new(StorageHealth::default()),
             admin_token: None,
             log_filter: None,
@@ -111,11 +121,13 @@ pub(crate) struct StorageTasks {
     writer: Option<std::thread::JoinHandle<()>>,
     /// The retention thread (durable storage with a retention policy).
     maintenance: Option<Maintenance>,
+    /// The publisher and consumer of the shared stream (NATS storage).
+    cluster: Option<cluster::Tasks>,
 }
 
 /// Opens the configured log and builds the hub (and, for durable storage,
 /// starts the writer and retention threads).
-pub(crate) fn open_storage(
+pub(crate) async fn open_storage(
     config: &Config,
     health: &Arc<StorageHealth>,
     metrics: &crate::telemetry::metrics::Metrics,
@@ -138,6 +150,20 @@ pub(crate) fn open_storage(
                 StorageTasks {
                     writer: None,
                     maintenance: None,
+                    cluster: None,
+                },
+            ))
+        }
+        Storage::Nats => {
+            let (hub, tasks) = cluster::open(config, health, metrics)
+                .await
+                .context("joining the NATS cluster")?;
+            Ok((
+                hub,
+                StorageTasks {
+                    writer: None,
+                    maintenance: None,
+                    cluster: Some(tasks),
                 },
             ))
         }
@@ -175,6 +201,7 @@ pub(crate) fn open_storage(
                 StorageTasks {
                     writer: Some(writer),
                     maintenance: Some(maintenance),
+                    cluster: None,
                 },
             ))
         }
@@ -192,7 +219,11 @@ impl StorageTasks {
         let StorageTasks {
             writer,
             maintenance,
+            cluster,
         } = self;
+        if let Some(c) = cluster {
+            c.stop().await;
+        }
         let joined = tokio::task::spawn_blocking(move || {
             if let Some(w) = writer {
                 let _ = w.join();

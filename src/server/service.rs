@@ -33,11 +33,23 @@ pub const PIPELINE_DEPTH: usize = 128;
 /// it is durable; if storing it failed, `INTERNAL_ERROR` at the time of the
 /// failure (never a false OK).
 async fn settle(hub: &Hub, s: Submitted) -> Decision {
-    let stored = match s.durable {
+    let mut stored = match s.durable {
         None => true,
         Some(outcome) => outcome.await.unwrap_or(false),
     };
     let mut decision = s.decision;
+    if let Some(committed) = s.committed {
+        match committed.await {
+            Ok(Some((seq, at))) => {
+                decision.verdict = Verdict::Accepted {
+                    seq,
+                    at,
+                    retry: false,
+                }
+            }
+            _ => stored = false,
+        }
+    }
     if !stored {
         decision.verdict = Verdict::Rejected {
             reason: Rejection::Internal,

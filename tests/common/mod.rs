@@ -10,6 +10,8 @@ use dyconit_chat::server::{Config, Storage};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
+pub mod nats;
+
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -99,12 +101,18 @@ impl ConnectTo for ChatServerClient<Channel> {
 
 /// A config with the given default bounds and the rest as in tests: short
 /// leases and timeouts so waits stay short. Memory storage, unless
-/// `DYCONIT_TEST_STORAGE=durable` (then each server gets a temp data dir):
-/// `.ci/run` runs the protocol suite both ways.
+/// `DYCONIT_TEST_STORAGE=durable` (then each server gets a temp data dir)
+/// or `nats` (then each server gets a stream of its own on the NATS servers
+/// in `DYCONIT_TEST_NATS_URL`): `.ci/run` runs the protocol suite all ways.
 pub fn config(staleness_ms: u64, numerical: u64, order: u64) -> Config {
     let mut c = Config::default();
-    if std::env::var("DYCONIT_TEST_STORAGE").as_deref() == Ok("durable") {
-        c.storage = Storage::Durable;
+    match std::env::var("DYCONIT_TEST_STORAGE").as_deref() {
+        Ok("durable") => c.storage = Storage::Durable,
+        Ok("nats") => {
+            c.storage = Storage::Nats;
+            c.nats = nats::test_options();
+        }
+        _ => {}
     }
     c.settings.bounds = BoundsTable::new(Bounds {
         staleness: Duration::from_millis(staleness_ms),

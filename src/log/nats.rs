@@ -1,0 +1,422 @@
+//! The NATS JetStream log (`--storage nats`): many chat nodes share one
+//! replicated stream, and the stream's sequence is the commit order.
+//!
+//! This module knows the stream: how to connect, how to create or check it,
+//! how an entry is laid out in a message, and how to read the recent history
+//! at start-up. Publishing and consuming while serving live in
+//! `crate::server::cluster`.
+//!
+//! Layout: one subject per thread, `<stream>.msg.t<hex of the thread id>`
+//! (thread ids may hold any character, subjects may not), so per-thread
+//! reads and expected-last-subject-sequence checks work; the payload is
+//! `<sender length>:<sender><contents>`. The commit time is the time
+//! JetStream stored the message.
+
+use super::LogError;
+use crate::consistency::{Entry, Micros, Seq};
+use async_nats::jetstream::{self, stream};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The stream name when `--nats-stream` is not given.
+pub const DEFAULT_STREAM: &str = "CHAT";
+/// How long JetStream remembers a `Nats-Msg-Id`: a resend of the same
+/// message within this window commits once.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long a commit may take (publish acknowledged and consumed) before
+/// its writer is answered `INTERNAL_ERROR`, unless `--nats-timeout` says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach the NATS cluster and which stream to use.
+#[derive(Clone)]
+pub struct NatsOptions {
+    /// Server URLs, e.g. `nats://10.0.0.1:4222`; the client fails over
+    /// between them.
+    pub urls: Vec<String>,
+    /// The JetStream stream holding the messages.
+    pub stream: String,
+    /// This chat node's name (in logs and the NATS connection name).
+    pub node_name: String,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub creds: Option<PathBuf>,
+    /// User and password.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// A CA certificate (PEM) to verify the servers with; implies TLS.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Stream replicas when the node creates the stream; `None` picks 3 when
+    /// the cluster has at least 3 servers, else 1.
+    pub replicas: Option<usize>,
+    /// Longest wait for a commit (and for connecting at start-up).
+    pub timeout: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            stream: DEFAULT_STREAM.into(),
+            node_name: "chat".into(),
+            creds: None,
+            user: None,
+            password: None,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            replicas: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("NatsOptions")
+            .field("urls", &self.urls)
+            .field("stream", &self.stream)
+            .field("node_name", &self.node_name)
+            .field("creds", &self.creds)
+            .field("user", &self.user)
+            .field("ca", &self.ca)
+            .field("replicas", &self.replicas)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// This machine's host name (the default node name), or "chat".
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most
+    // that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_owned(),
+        _ => "chat".to_owned(),
+    }
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Cluster(format!("{context}: {e}"))
+}
+
+/// Connects to the NATS cluster. `on_event` hears connection changes
+/// (disconnects, reconnects) for the node's health.
+pub async fn connect(
+    o: &NatsOptions,
+    on_event: impl Fn(async_nats::Event) + Send + Sync + 'static,
+) -> Result<async_nats::Client, LogError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("dyconit-chat {}", o.node_name))
+        .connection_timeout(o.timeout)
+        .request_timeout(Some(o.timeout));
+    if let Some(path) = &o.creds {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| err(&format!("reading NATS credentials {}", path.display()), e))?;
+    }
+    match (&o.user, &o.password) {
+        (Some(u), Some(p)) => opts = opts.user_and_password(u.clone(), p.clone()),
+        (None, None) => {}
+        _ => {
+            return Err(LogError::Cluster(
+                "--nats-user and --nats-password go together".into(),
+            ));
+        }
+    }
+    if let Some(ca) = &o.ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    match (&o.client_cert, &o.client_key) {
+        (Some(c), Some(k)) => opts = opts.add_client_certificate(c.clone(), k.clone()),
+        (None, None) => {}
+        _ => {
+            return Err(LogError::Cluster(
+                "--nats-cert and --nats-key go together".into(),
+            ));
+        }
+    }
+    let on_event = Arc::new(on_event);
+    opts = opts.event_callback(move |e| {
+        let on_event = on_event.clone();
+        async move { on_event(e) }
+    });
+    let urls = o.urls.join(", ");
+    opts.connect(o.urls.as_slice())
+        .await
+        .map_err(|e| err(&format!("connecting to NATS at {urls}"), e))
+}
+
+/// The subjects of stream `name`.
+pub fn subjects(name: &str) -> String {
+    format!("{name}.msg.*")
+}
+
+/// The subject of `thread` in stream `name`.
+pub fn subject(name: &str, thread: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 6 + 2 * thread.len());
+    s.push_str(name);
+    s.push_str(".msg.t");
+    for b in thread.as_bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// The thread a subject names; `None` if it is not one of ours.
+pub fn thread_of(subject: &str) -> Option<String> {
+    let hex = subject.rsplit('.').next()?.strip_prefix('t')?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The payload of a message from `sender` with `contents`.
+pub fn payload(sender: &str, contents: &str) -> bytes::Bytes {
+    format!("{}:{sender}{contents}", sender.len()).into()
+}
+
+/// Sender and contents of a payload. A payload not in our layout (someone
+/// else published on the subject) is shown as it is, from "unknown".
+pub fn parse_payload(p: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(p);
+    if let Some((len, rest)) = text.split_once(':')
+        && let Ok(n) = len.parse::<usize>()
+        && rest.is_char_boundary(n.min(rest.len()))
+        && n <= rest.len()
+    {
+        return (rest[..n].to_owned(), rest[n..].to_owned());
+    }
+    ("unknown".into(), text.into_owned())
+}
+
+/// The `Nats-Msg-Id` of a message: a digest of what makes a resend the same
+/// message (sender name, thread, contents and the client's timestamp), so a
+/// node's own retries and a resend through another node commit once within
+/// [`DUPLICATE_WINDOW`]. A cryptographic digest, so nobody can make their
+/// message collide with (and so suppress) someone else's.
+pub fn message_id(sender: &str, thread: &str, contents: &str, timestamp: Micros) -> String {
+    let mut h = Sha256::new();
+    for part in [sender.as_bytes(), thread.as_bytes(), contents.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(timestamp.0.to_be_bytes());
+    let d = h.finalize();
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Micros since the epoch of a stored-message time given in nanoseconds
+/// (`OffsetDateTime::unix_timestamp_nanos`).
+pub fn time_micros(nanos: i128) -> Micros {
+    Micros((nanos / 1000) as i64)
+}
+
+/// An entry read from the stream; its commit time is `max(previous, stored)`
+/// so commit times never go back in stream order, even when a new stream
+/// leader's clock is behind the old one's.
+pub fn entry(seq: Seq, subject: &str, payload: &[u8], stored: Micros, previous: Micros) -> Entry {
+    let (sender, contents) = parse_payload(payload);
+    Entry {
+        seq,
+        thread: thread_of(subject).unwrap_or_default().into(),
+        contents,
+        sender: sender.into(),
+        commit_time: stored.max(previous),
+    }
+}
+
+/// The stream configuration this node wants.
+pub fn wanted_config(
+    o: &NatsOptions,
+    replicas: usize,
+    retention: super::sqlite::Retention,
+) -> stream::Config {
+    stream::Config {
+        name: o.stream.clone(),
+        subjects: vec![subjects(&o.stream)],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_messages: retention.messages.map_or(-1, |n| n as i64),
+        max_age: retention.age.unwrap_or(Duration::ZERO),
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// How an existing stream's config differs from what this node needs, if
+/// it does: each difference, and the flag or `nats` command that fixes it.
+pub fn conflicts(have: &stream::Config, want: &stream::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if !have.subjects.contains(&want.subjects[0]) {
+        out.push(format!(
+            "subjects are {:?}, need {:?}",
+            have.subjects, want.subjects[0]
+        ));
+    }
+    if have.storage != want.storage {
+        out.push(format!("storage is {:?}, need file", have.storage));
+    }
+    if have.num_replicas.max(1) != want.num_replicas {
+        out.push(format!(
+            "replicas are {}, this node wants {} (set --nats-replicas {} to accept it)",
+            have.num_replicas.max(1),
+            want.num_replicas,
+            have.num_replicas.max(1)
+        ));
+    }
+    if have.duplicate_window < want.duplicate_window {
+        out.push(format!(
+            "duplicate window is {:?}, need at least {:?}",
+            have.duplicate_window, want.duplicate_window
+        ));
+    }
+    if want.max_messages > 0 && have.max_messages != want.max_messages {
+        out.push(format!(
+            "max messages is {}, --retention-messages says {}",
+            have.max_messages, want.max_messages
+        ));
+    }
+    if !want.max_age.is_zero() && have.max_age != want.max_age {
+        out.push(format!(
+            "max age is {:?}, --retention-age says {:?}",
+            have.max_age, want.max_age
+        ));
+    }
+    if have.retention != stream::RetentionPolicy::Limits {
+        out.push(format!(
+            "retention policy is {:?}, need limits",
+            have.retention
+        ));
+    }
+    out
+}
+
+/// How many stream replicas this node asks for: the flag, or 3 when the
+/// cluster has at least 3 servers (the servers it was given or the ones the
+/// server told about), else 1.
+pub fn replicas(o: &NatsOptions, client: &async_nats::Client) -> usize {
+    if let Some(r) = o.replicas {
+        return r;
+    }
+    let info = client.server_info();
+    let known = info.connect_urls.len().max(o.urls.len());
+    if known >= 3 { 3 } else { 1 }
+}
+
+/// Creates the stream, or checks an existing one; returns its state.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<stream::Info, LogError> {
+    match js.get_stream(&want.name).await {
+        Ok(mut s) => {
+            let info = s
+                .info()
+                .await
+                .map_err(|e| err("reading the stream info", e))?
+                .clone();
+            let problems = conflicts(&info.config, &want);
+            if !problems.is_empty() {
+                return Err(LogError::Cluster(format!(
+                    "stream {} exists with a config this node cannot use: {}; change it (nats stream edit {}) or use another --nats-stream",
+                    want.name,
+                    problems.join("; "),
+                    want.name
+                )));
+            }
+            Ok(info)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            let name = want.name.clone();
+            let mut s = js
+                .create_stream(want)
+                .await
+                .map_err(|e| err(&format!("creating stream {name}"), e))?;
+            tracing::info!(stream = %name, "created the JetStream stream");
+            Ok(s.info()
+                .await
+                .map_err(|e| err("reading the stream info", e))?
+                .clone())
+        }
+        Err(e) => Err(err(&format!("looking up stream {}", want.name), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_thread_id_round_trips_through_its_subject() {
+        for t in ["", "general", "a.b c*>", "ünï\ncode"] {
+            let s = subject("CHAT", t);
+            assert!(s.starts_with("CHAT.msg.t"));
+            assert!(!s["CHAT.msg.".len()..].contains(['.', ' ', '*', '>']));
+            assert_eq!(thread_of(&s).as_deref(), Some(t));
+        }
+        assert_eq!(thread_of("CHAT.msg.x00"), None);
+        assert_eq!(thread_of("CHAT.msg.t0"), None);
+    }
+
+    #[test]
+    fn payloads_round_trip_and_foreign_ones_do_not_panic() {
+        let p = payload("alice:x", "hello: 1");
+        assert_eq!(
+            parse_payload(&p),
+            ("alice:x".to_owned(), "hello: 1".to_owned())
+        );
+        assert_eq!(parse_payload(b"raw"), ("unknown".into(), "raw".into()));
+        assert_eq!(parse_payload(b"99:ab").0, "unknown");
+        assert_eq!(parse_payload(&[0xff, b':']).0, "unknown");
+        // A length that would cut a character in two.
+        assert_eq!(parse_payload("1:é".as_bytes()).0, "unknown");
+    }
+
+    #[test]
+    fn message_ids_tell_messages_apart_and_resends_not() {
+        let a = message_id("alice", "t", "hi", Micros(1));
+        assert_eq!(a, message_id("alice", "t", "hi", Micros(1)));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, message_id("alice", "t", "hi", Micros(2)));
+        assert_ne!(a, message_id("alice", "th", "i", Micros(1)));
+        assert_ne!(a, message_id("bob", "t", "hi", Micros(1)));
+    }
+
+    #[test]
+    fn an_existing_stream_is_checked_field_by_field() {
+        let o = NatsOptions::default();
+        let want = wanted_config(&o, 3, Default::default());
+        assert!(conflicts(&want, &want).is_empty());
+        let mut have = want.clone();
+        have.storage = stream::StorageType::Memory;
+        have.num_replicas = 1;
+        let c = conflicts(&have, &want);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[1].contains("--nats-replicas 1"));
+        // Limits set by the operator are fine when the node was given none.
+        let mut have = want.clone();
+        have.max_messages = 10;
+        assert!(conflicts(&have, &want).is_empty());
+    }
+}

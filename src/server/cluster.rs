@@ -1,0 +1,516 @@
+//! A chat node of a cluster (`--storage nats`): the JetStream stream is the
+//! commit log every node shares.
+//!
+//! Data flows one way: an RPC's admitted write is handed to the
+//! [`publisher`](publish_loop) (through the hub's `Sink::Shared`), which
+//! publishes it with a `Nats-Msg-Id`; JetStream stores it at the next stream
+//! sequence; every node's [`consumer`](consume_loop) reads the stream in
+//! order and applies each commit to its engine, which delivers it. The
+//! writer's OK waits for both the publish acknowledgement (stored on a
+//! quorum) and its own node's consumer (so the OK's commit time is the one
+//! its readers see), and gives up with `INTERNAL_ERROR` after
+//! `--nats-timeout`, never hanging.
+
+use super::hub::{self, Committed, Committer, Hub, Origin};
+use crate::consistency::{ClientId, Engine, Entry, Micros, Seq};
+use crate::log::StorageHealth;
+use crate::log::nats;
+use crate::telemetry::metrics::Metrics;
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// How long one publish attempt waits for JetStream's acknowledgement
+/// before it is sent again (same `Nats-Msg-Id`, so at most one commit). A
+/// stream leader election on loopback takes a few seconds: several attempts
+/// fit in the default 5 s commit timeout.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the node compares the stream's last sequence with what it
+/// applied (and, while unhealthy, whether the stream answers at all).
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a commit JetStream acknowledged may stay unconsumed before the
+/// node takes its consumer for lost and recreates it. The client library's
+/// ordered consumer notices a lost consumer only after two missed 15 s
+/// heartbeats: measured 20-30 s of failed writes after a quorum came back.
+const STALL_AFTER: Duration = Duration::from_secs(1);
+
+/// An admitted write on its way to the stream.
+struct Proposal {
+    entry: Arc<Entry>,
+    origin: Origin,
+    reply: oneshot::Sender<Option<(Seq, Micros)>>,
+}
+
+/// The hub's side of the cluster: queues proposals for the publisher in
+/// admission order (so a `SendMessages` stream's writes are published in
+/// input order).
+struct ClusterSink {
+    tx: mpsc::UnboundedSender<Proposal>,
+}
+
+impl Committer for ClusterSink {
+    fn propose(&self, entry: Arc<Entry>, origin: Origin) -> Committed {
+        let (reply, rx) = oneshot::channel();
+        // If the publisher is gone (shutdown) the reply is dropped: the
+        // writer gets INTERNAL_ERROR.
+        let _ = self.tx.send(Proposal {
+            entry,
+            origin,
+            reply,
+        });
+        rx
+    }
+}
+
+/// What the publisher and the consumer share.
+struct Shared {
+    /// Messages this node published and has not applied yet, by
+    /// `Nats-Msg-Id`: which local client and message number wrote them.
+    /// Lock held only to insert or remove, never across an await.
+    own: Mutex<HashMap<String, (ClientId, i64)>>,
+    /// The last stream sequence this node's engine applied.
+    applied: watch::Sender<Seq>,
+    /// Told when the stream has commits the consumer has not delivered
+    /// within [`STALL_AFTER`]: the consumer recreates itself.
+    stalled: tokio::sync::Notify,
+    hub: Arc<Hub>,
+    health: Arc<StorageHealth>,
+    /// Set when the consumer stopped for good: the node stays not ready.
+    broken: std::sync::atomic::AtomicBool,
+    metrics: Metrics,
+    /// The stream, for reading a commit the engine no longer holds.
+    stream: jetstream::stream::Stream,
+    /// Publishes with [`ATTEMPT_TIMEOUT`].
+    js: jetstream::Context,
+    name: String,
+    timeout: Duration,
+}
+
+/// The cluster's background tasks; stopped at shutdown.
+pub struct Tasks {
+    stop: CancellationToken,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+/// Connects to NATS, creates or checks the stream, reads the recent history
+/// from it, and starts the publisher, the consumer and the health probe.
+pub async fn open(
+    config: &super::Config,
+    health: &Arc<StorageHealth>,
+    metrics: &Metrics,
+) -> anyhow::Result<(Arc<Hub>, Tasks)> {
+    let o = &config.nats;
+    let client = connect(o, health).await?;
+    let admin_js = jetstream::ContextBuilder::new()
+        .timeout(o.timeout)
+        .build(client.clone());
+    let replicas = nats::replicas(o, &client);
+    let want = nats::wanted_config(o, replicas, config.retention);
+    let info = nats::ensure_stream(&admin_js, want).await?;
+    let stream = admin_js
+        .get_stream(&o.stream)
+        .await
+        .context("opening the stream")?;
+    let (head, first) = (info.state.last_sequence, info.state.first_sequence);
+    let history = config.settings.history as Seq;
+    let start = first
+        .max(head.saturating_sub(history.saturating_sub(1)))
+        .max(1);
+    let mut messages = open_consumer(&stream, start)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the stream consumer: {e}"))?;
+    // Nothing to read if retention or a purge removed everything up to head.
+    let recent = if start <= head {
+        read_history(&mut messages, head, o.timeout).await?
+    } else {
+        Vec::new()
+    };
+    tracing::info!(
+        storage = "nats",
+        stream = %o.stream,
+        node = %o.node_name,
+        replicas = info.config.num_replicas,
+        head,
+        history = recent.len(),
+        "joined the cluster's stream"
+    );
+    let last_time = recent.last().map_or(Micros(0), |e| e.commit_time);
+    let engine = Engine::new(config.settings.clone(), head, recent);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let hub = Hub::new(
+        engine,
+        hub::Sink::Shared(Arc::new(ClusterSink { tx })),
+        config.max_outbound_bytes,
+        metrics.clone(),
+        config.clock.clone(),
+    );
+    let shared = Arc::new(Shared {
+        own: Mutex::new(HashMap::new()),
+        applied: watch::Sender::new(head),
+        stalled: tokio::sync::Notify::new(),
+        hub: hub.clone(),
+        health: health.clone(),
+        broken: Default::default(),
+        metrics: metrics.clone(),
+        stream: stream.clone(),
+        js: jetstream::ContextBuilder::new()
+            .timeout(ATTEMPT_TIMEOUT)
+            .build(client),
+        name: o.stream.clone(),
+        timeout: o.timeout,
+    });
+    let stop = CancellationToken::new();
+    let handles = vec![
+        spawn_until(&stop, publish_loop(shared.clone(), rx)),
+        spawn_until(&stop, consume_loop(shared.clone(), messages, last_time)),
+        spawn_until(&stop, probe_loop(shared)),
+    ];
+    Ok((hub, Tasks { stop, handles }))
+}
+
+/// Runs `task` until it ends or `stop` is cancelled.
+fn spawn_until(
+    stop: &CancellationToken,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        stop.run_until_cancelled(task).await;
+    })
+}
+
+/// Connects to NATS; a lost connection makes the node not ready.
+async fn connect(
+    o: &nats::NatsOptions,
+    health: &Arc<StorageHealth>,
+) -> anyhow::Result<async_nats::Client> {
+    let events = health.clone();
+    let node = o.node_name.clone();
+    let client = nats::connect(o, move |e| match e {
+        async_nats::Event::Disconnected => {
+            events.record_error("disconnected from NATS");
+            tracing::warn!(node = %node, "disconnected from NATS: not ready until the stream answers again");
+        }
+        async_nats::Event::Connected => tracing::info!(node = %node, "connected to NATS"),
+        other => tracing::info!(node = %node, event = %other, "NATS connection event"),
+    })
+    .await?;
+    Ok(client)
+}
+
+/// An ordered consumer of the whole stream from `start`.
+async fn open_consumer(
+    stream: &jetstream::stream::Stream,
+    start: Seq,
+) -> Result<consumer::pull::Ordered, async_nats::Error> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+/// Reads the stream from the consumer's start up to `head`: the history a
+/// new client gets, oldest first.
+async fn read_history(
+    messages: &mut consumer::pull::Ordered,
+    head: Seq,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Entry>> {
+    let mut recent: Vec<Entry> = Vec::new();
+    let mut previous = Micros(0);
+    while recent.last().map_or(0, |e| e.seq) < head {
+        let m = tokio::time::timeout(timeout, messages.next())
+            .await
+            .context("reading the stream's history timed out")?
+            .context("the stream ended")?
+            .context("reading the stream's history")?;
+        let Some(e) = decode(&m, previous) else {
+            continue;
+        };
+        if e.seq > head {
+            break;
+        }
+        previous = e.commit_time;
+        recent.push(e);
+    }
+    Ok(recent)
+}
+
+/// The entry a stream message holds; `None` (logged) if it has no
+/// JetStream metadata.
+fn decode(m: &jetstream::Message, previous: Micros) -> Option<Entry> {
+    let info = match m.info() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "a stream message without JetStream metadata: skipped");
+            return None;
+        }
+    };
+    let stored = nats::time_micros(info.published.unix_timestamp_nanos());
+    Some(nats::entry(
+        info.stream_sequence,
+        m.subject.as_str(),
+        &m.payload,
+        stored,
+        previous,
+    ))
+}
+
+/// Applies every commit of the stream, in order, to this node's engine;
+/// recreates the consumer from the next seq when it stalls.
+async fn consume_loop(shared: Arc<Shared>, mut messages: consumer::pull::Ordered, last: Micros) {
+    let mut previous = last;
+    loop {
+        let m = tokio::select! {
+            m = messages.next() => m,
+            _ = shared.stalled.notified() => {
+                let next = *shared.applied.borrow() + 1;
+                tracing::warn!(next, "the stream consumer stalled: recreating it");
+                match open_consumer(&shared.stream, next).await {
+                    Ok(fresh) => messages = fresh,
+                    Err(e) => tracing::warn!(error = %e, "recreating the stream consumer"),
+                }
+                continue;
+            }
+        };
+        let Some(m) = m else {
+            tracing::warn!("the stream consumer ended: recreating it");
+            shared.stalled.notify_one();
+            continue;
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                // The ordered consumer recreates itself after gaps and
+                // reconnects; the error is worth a line, not a stop.
+                tracing::warn!(error = %e, "reading the stream");
+                continue;
+            }
+        };
+        let Some(entry) = decode(&m, previous) else {
+            continue;
+        };
+        previous = entry.commit_time;
+        if !apply(&shared, &m, entry) {
+            return;
+        }
+    }
+}
+
+/// Applies one commit; false if the node cannot go on.
+fn apply(shared: &Shared, m: &jetstream::Message, entry: Entry) -> bool {
+    let seq = entry.seq;
+    let own = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .and_then(|id| lock(&shared.own).remove(id.as_str()));
+    match shared.hub.reconfigure(|e| e.apply_committed(entry, own)) {
+        Ok(_) => {
+            shared.applied.send_replace(seq);
+            true
+        }
+        Err(e) => {
+            shared
+                .broken
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            shared.health.record_error(&e.to_string());
+            tracing::error!(error = %e, "cannot apply the stream: restart this node");
+            false
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Publishes proposals in the order they were admitted; each then waits for
+/// its commit on its own task, so publishes pipeline.
+async fn publish_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    while let Some(p) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + shared.timeout;
+        let e = &p.entry;
+        let id = nats::message_id(&e.sender, &e.thread, &e.contents, p.origin.timestamp);
+        lock(&shared.own).insert(id.clone(), (p.origin.client, p.origin.number));
+        let subject = nats::subject(&shared.name, &e.thread);
+        let payload = nats::payload(&e.sender, &e.contents);
+        // Sent now, in order; acknowledged later.
+        let first = shared
+            .js
+            .send_publish(subject.clone(), publish(&payload, &id))
+            .await;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let outcome = commit(&shared, first, &subject, &payload, &id, deadline).await;
+            finish(&shared, p.reply, &id, outcome);
+        });
+    }
+}
+
+fn publish(payload: &bytes::Bytes, id: &str) -> jetstream::message::PublishMessage {
+    jetstream::message::PublishMessage::build()
+        .payload(payload.clone())
+        .message_id(id)
+}
+
+/// Waits for the acknowledgement of a publish (publishing again with the
+/// same id after an attempt times out) and then for this node's consumer
+/// to apply it. The seq and commit time, or why not.
+async fn commit(
+    shared: &Shared,
+    first: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+    subject: &str,
+    payload: &bytes::Bytes,
+    id: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(Seq, Micros), String> {
+    let mut attempt = first;
+    let seq = loop {
+        let error = match attempt {
+            Ok(ack) => match ack.await {
+                Ok(a) => break a.sequence,
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() || !retryable(error.kind()) {
+            return Err(format!("publishing to JetStream: {error}"));
+        }
+        if !matches!(error.kind(), PublishErrorKind::TimedOut) {
+            // No responders during a leader election: do not spin.
+            tokio::time::sleep(Duration::from_millis(100).min(left)).await;
+        }
+        attempt = shared
+            .js
+            .send_publish(subject.to_owned(), publish(payload, id))
+            .await;
+    };
+    let mut applied = shared.applied.subscribe();
+    let soon = tokio::time::Instant::now() + STALL_AFTER;
+    if tokio::time::timeout_at(soon.min(deadline), applied.wait_for(|&a| a >= seq))
+        .await
+        .is_err()
+    {
+        shared.stalled.notify_one();
+    }
+    tokio::time::timeout_at(deadline, applied.wait_for(|&a| a >= seq))
+        .await
+        .map_err(|_| format!("seq {seq} was stored but not consumed in time"))?
+        .map_err(|_| "the stream consumer stopped".to_owned())?;
+    let at = match shared.hub.inspect(|e| e.committed_entry(seq)) {
+        Some(e) => e.commit_time,
+        // A resend of a message committed long ago: the stream has it.
+        None => shared
+            .stream
+            .direct_get(seq)
+            .await
+            .map(|m| nats::time_micros(m.time.unix_timestamp_nanos()))
+            .map_err(|e| format!("reading commit {seq}: {e}"))?,
+    };
+    Ok((seq, at))
+}
+
+fn retryable(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::StreamNotFound
+            | PublishErrorKind::Other
+    )
+}
+
+/// Answers the writer and keeps the health and counters.
+fn finish(
+    shared: &Shared,
+    reply: oneshot::Sender<Option<(Seq, Micros)>>,
+    id: &str,
+    outcome: Result<(Seq, Micros), String>,
+) {
+    match outcome {
+        Ok(done) => {
+            if shared.health.record_healthy() {
+                tracing::info!("commits go through again: ready");
+            }
+            shared.metrics.messages_accepted.inc();
+            let _ = reply.send(Some(done));
+        }
+        Err(error) => {
+            lock(&shared.own).remove(id);
+            if !shared.health.record_error(&error) {
+                // Logged once per outage; the rest only counted.
+                tracing::debug!(%error, "commit failed");
+            } else {
+                tracing::error!(%error, "commit failed: answering INTERNAL_ERROR and reporting not ready until a commit goes through");
+            }
+            shared.health.record_failed_messages(1);
+            shared
+                .metrics
+                .messages_rejected
+                .with_label_values(&[crate::consistency::Rejection::Internal.reason()])
+                .inc();
+            let _ = reply.send(None);
+        }
+    }
+}
+
+/// Compares the stream's last sequence with what this node applied: a
+/// consumer that has not moved while the stream is ahead is recreated (a
+/// node with only readers publishes nothing that would notice). While
+/// unhealthy, the node is ready again once the stream answers and the
+/// consumer has caught up with it.
+async fn probe_loop(shared: Arc<Shared>) {
+    let mut stream = shared.stream.clone();
+    let mut behind_at: Option<Seq> = None;
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        if shared.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        let last = match stream.info().await {
+            Ok(info) => info.state.last_sequence,
+            Err(e) => {
+                if !shared.health.is_healthy() {
+                    tracing::debug!(error = %e, "the stream does not answer yet");
+                }
+                continue;
+            }
+        };
+        let applied = *shared.applied.borrow();
+        if applied >= last {
+            behind_at = None;
+            if shared.health.record_healthy() {
+                tracing::info!(
+                    applied,
+                    "the stream answers and this node is caught up: ready"
+                );
+            }
+        } else if behind_at == Some(applied) {
+            shared.stalled.notify_one();
+        } else {
+            behind_at = Some(applied);
+        }
+    }
+}

