@@ -16,12 +16,13 @@
 //! the medians, and the durable/memory ratio per writer count.
 
 use dyconit_chat::consistency::{Bounds, BoundsTable};
+use dyconit_chat::node::{self, Listeners};
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
 use dyconit_chat::proto::message_status::StatusCode;
 use dyconit_chat::proto::{
     Acknowledgement, Client, ConnectionStarter, SentMessage, ServerTime, Thread,
 };
-use dyconit_chat::server::{self, Config, Listeners, Storage};
+use dyconit_chat::server::{Config, Storage};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -235,7 +236,7 @@ fn run_once(
             let url = format!("http://{}", grpc.local_addr()?);
             let config = bench_config(storage, dir.path());
             let health = config.storage_health.clone();
-            let task = tokio::spawn(server::run(Listeners { grpc, admin }, config, async {
+            let task = tokio::spawn(node::run(Listeners { grpc, admin }, config, async {
                 let _ = stop_rx.await;
             }));
             Ok::<_, std::io::Error>((url, task, health))

@@ -14,9 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 300ms, 2s, 1m)"))
-}
+use crate::consistency::time::parse_duration;
 
 /// Flags of `dyconit-chat serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -27,6 +25,12 @@ pub struct ServeArgs {
     /// Address of the admin HTTP port (/healthz, /readyz) [default: 127.0.0.1:9090]
     #[arg(long, env = "DYCONIT_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Once serving, write the bound addresses to FILE as JSON
+    /// ({"grpc": "127.0.0.1:50051", "admin": "127.0.0.1:9090", "pid": N});
+    /// written atomically, removed at shutdown. For scripts and supervisors
+    /// that start the server on port 0
+    #[arg(long, env = "DYCONIT_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     /// Default staleness bound: longest commit-to-delivery time, and the oldest a
     /// message's timestamp may be on arrival [default: 500ms]
     #[arg(long, env = "DYCONIT_STALENESS", value_name = "DUR", value_parser = parse_duration)]
@@ -409,6 +413,7 @@ impl ServeArgs {
                 max_streams_per_connection,
                 tls,
                 auth,
+                ready_file: self.ready_file.clone(),
                 ..dc
             },
         })

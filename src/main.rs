@@ -5,7 +5,7 @@ use dyconit_chat::bench::BenchArgs;
 use dyconit_chat::chat::ChatArgs;
 use dyconit_chat::check::CheckArgs;
 use dyconit_chat::config::ServeArgs;
-use dyconit_chat::server::{self, Listeners};
+use dyconit_chat::node::{self, Listeners};
 use dyconit_chat::telemetry::tracing_setup;
 use tokio::net::TcpListener;
 
@@ -177,7 +177,7 @@ async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
     let admin = TcpListener::bind(resolved.admin_listen)
         .await
         .with_context(|| format!("binding the admin address {}", resolved.admin_listen))?;
-    server::run(
+    node::run(
         Listeners { grpc, admin },
         resolved.config,
         shutdown_signal(),

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use dyconit_chat::server::{self, Listeners};
+use dyconit_chat::node::{self, Listeners};
 use serde_json::Value;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -165,7 +165,7 @@ async fn a_blank_admin_token_is_refused_at_start() {
         cfg.admin_token = Some(token.into());
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let err = server::run(Listeners { grpc, admin }, cfg, std::future::pending())
+        let err = node::run(Listeners { grpc, admin }, cfg, std::future::pending())
             .await
             .expect_err("a blank token was accepted");
         assert!(format!("{err:#}").contains("blank"), "{err:#}");

@@ -202,6 +202,7 @@ async fn a_server_with_other_clients_is_warned_about_and_bench_threads_are_its_o
         EXE.as_ref(),
         &["--storage=memory".to_owned(), "--staleness=1s".to_owned()],
     )
+    .await
     .unwrap();
     // A chat user already on the server.
     let user = dyconit_chat::client::ChatClient::connect(&srv.url, Some("carol"))

@@ -9,10 +9,11 @@ use common::nats::NatsCluster;
 use dyconit_chat::bench::server::SpawnedServer;
 use dyconit_chat::client::ChatClient;
 use dyconit_chat::log::nats::NatsOptions;
+use dyconit_chat::node::{self, Listeners};
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
 use dyconit_chat::proto::message_status::StatusCode;
 use dyconit_chat::proto::{ConnectionStarter, SentMessage, ServerTime, Thread};
-use dyconit_chat::server::{self, Config, Listeners, Storage};
+use dyconit_chat::server::{Config, Storage};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ type Seen = (String, String, String, i64);
 
 /// A chat node on the cluster, with bounds no test writer reaches unless
 /// `extra` sets them.
-fn node(cluster: &NatsCluster, name: &str, extra: &[&str]) -> SpawnedServer {
+async fn node(cluster: &NatsCluster, name: &str, extra: &[&str]) -> SpawnedServer {
     let mut args: Vec<String> = [
         "--storage",
         "nats",
@@ -49,6 +50,7 @@ fn node(cluster: &NatsCluster, name: &str, extra: &[&str]) -> SpawnedServer {
     .into();
     args.extend(extra.iter().map(|s| s.to_string()));
     SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
+        .await
         .expect("start a chat node")
 }
 
@@ -74,9 +76,10 @@ async fn read(sub: &mut dyconit_chat::client::Subscription, n: usize) -> Vec<See
 async fn writers_and_readers_on_every_node_see_one_identical_order() {
     const PER_WRITER: usize = 20;
     let cluster = NatsCluster::start(3).await;
-    let nodes: Vec<SpawnedServer> = (0..3)
-        .map(|i| node(&cluster, &format!("chat{i}"), &[]))
-        .collect();
+    let mut nodes: Vec<SpawnedServer> = Vec::new();
+    for i in 0..3 {
+        nodes.push(node(&cluster, &format!("chat{i}"), &[]).await);
+    }
     let mut readers = Vec::new();
     for n in &nodes {
         let c = ChatClient::connect(&n.url, Some("reader")).await.unwrap();
@@ -148,7 +151,7 @@ async fn writers_and_readers_on_every_node_see_one_identical_order() {
 #[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
 async fn history_comes_from_the_stream_on_any_node_and_after_a_full_restart() {
     let cluster = NatsCluster::start(3).await;
-    let a = node(&cluster, "a", &[]);
+    let a = node(&cluster, "a", &[]).await;
     let w = ChatClient::connect(&a.url, Some("w")).await.unwrap();
     let mut oks = Vec::new();
     for k in 0..5 {
@@ -157,7 +160,7 @@ async fn history_comes_from_the_stream_on_any_node_and_after_a_full_restart() {
         oks.push(o.timestamp);
     }
     // A node started later gives the history to its new clients.
-    let b = node(&cluster, "b", &[]);
+    let b = node(&cluster, "b", &[]).await;
     let c = ChatClient::connect(&b.url, None).await.unwrap();
     let mut sub = c.subscribe().await.unwrap();
     let first = common::first_update(&mut sub).await;
@@ -171,14 +174,14 @@ async fn history_comes_from_the_stream_on_any_node_and_after_a_full_restart() {
     assert_eq!(got, want);
     drop((w, c, sub));
     // Every chat node stopped; the cluster (and its stream) restarted.
-    a.stop(Duration::from_secs(5)).unwrap();
-    b.stop(Duration::from_secs(5)).unwrap();
+    a.stop(Duration::from_secs(5)).await.unwrap();
+    b.stop(Duration::from_secs(5)).await.unwrap();
     let mut cluster = cluster;
     for i in 0..3 {
         cluster.restart(i);
     }
     cluster.wait_ready().await;
-    let a = node(&cluster, "a", &["--history", "3"]);
+    let a = node(&cluster, "a", &["--history", "3"]).await;
     let c = ChatClient::connect(&a.url, None).await.unwrap();
     let mut sub = c.subscribe().await.unwrap();
     let history: Vec<String> = common::first_update(&mut sub)
@@ -230,8 +233,8 @@ async fn named(url: &str, name: &str) -> (ChatServerClient<Channel>, i64) {
 #[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
 async fn an_unchanged_resend_through_another_node_commits_once() {
     let cluster = NatsCluster::start(3).await;
-    let a = node(&cluster, "a", &[]);
-    let b = node(&cluster, "b", &[]);
+    let a = node(&cluster, "a", &[]).await;
+    let b = node(&cluster, "b", &[]).await;
     let ts = common::now_micros();
     let (mut ra, ia) = named(&a.url, "carol").await;
     let first = ra
@@ -274,8 +277,8 @@ async fn an_unchanged_resend_through_another_node_commits_once() {
 async fn what_a_killed_node_acknowledged_is_in_the_stream_exactly_once() {
     const WRITERS: usize = 8;
     let cluster = NatsCluster::start(3).await;
-    let mut victim = node(&cluster, "victim", &[]);
-    let survivor = node(&cluster, "survivor", &["--history", "100000"]);
+    let mut victim = node(&cluster, "victim", &[]).await;
+    let survivor = node(&cluster, "survivor", &["--history", "100000"]).await;
     let acked: Arc<Mutex<Vec<String>>> = Default::default();
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
@@ -366,7 +369,7 @@ async fn a_node_refuses_a_stream_whose_config_conflicts() {
     };
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = server::run(Listeners { grpc, admin }, config, std::future::pending())
+    let err = node::run(Listeners { grpc, admin }, config, std::future::pending())
         .await
         .expect_err("a memory stream must be refused");
     let msg = format!("{err:#}");
@@ -440,7 +443,7 @@ async fn without_a_quorum_writes_fail_in_time_and_the_node_is_not_ready() {
 #[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
 async fn a_node_starts_on_a_stream_emptied_by_retention_and_the_sequence_goes_on() {
     let cluster = NatsCluster::start(3).await;
-    let a = node(&cluster, "a", &[]);
+    let a = node(&cluster, "a", &[]).await;
     let w = ChatClient::connect(&a.url, None).await.unwrap();
     for k in 0..3 {
         assert_eq!(
@@ -448,14 +451,14 @@ async fn a_node_starts_on_a_stream_emptied_by_retention_and_the_sequence_goes_on
             StatusCode::Ok
         );
     }
-    a.stop(Duration::from_secs(5)).unwrap();
+    a.stop(Duration::from_secs(5)).await.unwrap();
     // Everything removed (as retention by age would): the stream is empty
     // but its sequence stays at 3.
     let js = cluster.jetstream().await;
     let mut stream = js.get_stream("CHAT").await.unwrap();
     stream.purge().await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
-    let b = node(&cluster, "b", &[]);
+    let b = node(&cluster, "b", &[]).await;
     let c = ChatClient::connect(&b.url, None).await.unwrap();
     let mut sub = c.subscribe().await.unwrap();
     assert!(

@@ -18,10 +18,12 @@ async fn rpcs_and_shutdown_proceed_with_the_collector_down() {
 
     let mut server = TestServer::start(config(100, 100_000, 100_000)).await;
     let c = server.client(None).await;
-    // Streaming (and so acknowledging), so it is not reaped however long the
-    // loop below takes on a loaded machine.
+    // Streaming and taking its Updates (the library acknowledges what the
+    // application took), so it is not reaped however long the loop below
+    // takes on a loaded machine.
     let mut sub = c.subscribe().await.unwrap();
     first_update(&mut sub).await;
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = sub.next().await {} });
     // Well past the exporter's batch size, so exports are attempted while
     // the RPCs run.
     for i in 0..3000 {
@@ -32,6 +34,7 @@ async fn rpcs_and_shutdown_proceed_with_the_collector_down() {
     }
     let started = Instant::now();
     server.shutdown().await.unwrap();
+    let _ = reader.await;
     telemetry.shutdown().await;
     // The exporter gives up after its own short timeout instead of waiting
     // for a collector that will never answer.

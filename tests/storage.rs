@@ -151,8 +151,8 @@ async fn a_second_server_cannot_use_the_same_data_directory() {
     assert_eq!(send_once(&c, "hi").await, StatusCode::Ok);
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = dyconit_chat::server::run(
-        dyconit_chat::server::Listeners { grpc, admin },
+    let err = dyconit_chat::node::run(
+        dyconit_chat::node::Listeners { grpc, admin },
         durable(dir.path()),
         std::future::pending(),
     )
@@ -459,8 +459,8 @@ async fn a_corrupted_database_stops_the_server_at_start_with_a_clear_error() {
     std::fs::write(&db, &garbage).unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = dyconit_chat::server::run(
-        dyconit_chat::server::Listeners { grpc, admin },
+    let err = dyconit_chat::node::run(
+        dyconit_chat::node::Listeners { grpc, admin },
         durable(dir.path()),
         std::future::pending(),
     )

@@ -44,9 +44,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 300ms, 2s, 1m)"))
-}
+use crate::consistency::time::parse_duration;
 
 /// How messages are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -399,6 +397,76 @@ fn mix(x: u64) -> u64 {
 }
 
 /// Runs one client: connect, stream, acknowledge, count, until `stop`.
+/// Counts one Update after the first (the history) in the client's slot
+/// and the totals: messages of this run (with an id), their checksum and
+/// latency, and messages of others.
+fn count_update(update: &wire::UpdateSummary, index: usize, slot: &Slot, stats: &Stats, now: i64) {
+    stats.updates.fetch_add(1, Ordering::Relaxed);
+    if update.messages.is_empty() {
+        stats.empty_updates.fetch_add(1, Ordering::Relaxed);
+    }
+    let (mut n, mut sum) = (0u64, 0u64);
+    for m in &update.messages {
+        if let Some(id) = m.id {
+            n += 1;
+            sum = sum.wrapping_add(mix(id));
+        }
+    }
+    let foreign = update.messages.len() as u64 - n;
+    if foreign > 0 {
+        stats.foreign.fetch_add(foreign, Ordering::Relaxed);
+    }
+    stats.latency[index % LATENCY_SHARDS].record_all(
+        update
+            .messages
+            .iter()
+            .filter(|m| m.id.is_some())
+            .map(|m| (now - m.server_time).max(0) as u64),
+    );
+    slot.delivered.fetch_add(n, Ordering::Relaxed);
+    slot.checksum.fetch_add(sum, Ordering::Relaxed);
+    stats.deliveries.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Connects client `index` and opens its update stream (decoded into
+/// summaries); returns its id and the stream.
+async fn open_updates(
+    index: usize,
+    channel: Connection,
+    rpc: &ChatServerClient<Connection>,
+    slot: &Slot,
+    stats: &Stats,
+) -> anyhow::Result<(i64, tonic::Streaming<wire::UpdateSummary>)> {
+    let mut request = tonic::Request::new(ConnectionStarter {});
+    request
+        .metadata_mut()
+        .insert(crate::proto::NAME_HEADER, format!("bench-{index}").parse()?);
+    let info = rpc.clone().connect(request).await?.into_inner();
+    let id = info
+        .client
+        .map(|c| c.id)
+        .context("ServerInfo without client")?;
+    slot.id.store(id, Ordering::Relaxed);
+    if let Some(r) = &stats.recording {
+        r.connected(index);
+    }
+    // A server with a high numerical bound may batch megabytes into one
+    // Update; the bench must not be the limit.
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 30);
+    grpc.ready().await?;
+    let stream = grpc
+        .server_streaming(
+            tonic::Request::new(Client { id }),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                crate::proto::RECEIVE_UPDATES_PATH,
+            ),
+            wire::SummaryCodec::default(),
+        )
+        .await?
+        .into_inner();
+    Ok((id, stream))
+}
+
 async fn run_client(
     index: usize,
     channel: Connection,
@@ -406,33 +474,9 @@ async fn run_client(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
-    let mut rpc = ChatServerClient::new(channel.clone());
+    let rpc = ChatServerClient::new(channel.clone());
     let result: anyhow::Result<()> = async {
-        let mut request = tonic::Request::new(ConnectionStarter {});
-        request
-            .metadata_mut()
-            .insert("x-chat-name", format!("bench-{index}").parse()?);
-        let info = rpc.connect(request).await?.into_inner();
-        let id = info
-            .client
-            .map(|c| c.id)
-            .context("ServerInfo without client")?;
-        slot.id.store(id, Ordering::Relaxed);
-        if let Some(r) = &stats.recording {
-            r.connected(index);
-        }
-        // A server with a high numerical bound may batch megabytes into one
-        // Update; the bench must not be the limit.
-        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 30);
-        grpc.ready().await?;
-        let mut stream = grpc
-            .server_streaming(
-                tonic::Request::new(Client { id }),
-                tonic::codegen::http::uri::PathAndQuery::from_static("/ChatServer/ReceiveUpdates"),
-                wire::SummaryCodec::default(),
-            )
-            .await?
-            .into_inner();
+        let (id, mut stream) = open_updates(index, channel, &rpc, &slot, &stats).await?;
         let mut received: i64 = 0;
         let mut acked: i64 = 0;
         let mut ack: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send>>> = None;
@@ -490,31 +534,7 @@ async fn run_client(
                     if received == 1 {
                         slot.state.store(READY, Ordering::Relaxed);
                     } else {
-                        stats.updates.fetch_add(1, Ordering::Relaxed);
-                        if update.messages.is_empty() {
-                            stats.empty_updates.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let (mut n, mut sum) = (0u64, 0u64);
-                        for m in &update.messages {
-                            if let Some(id) = m.id {
-                                n += 1;
-                                sum = sum.wrapping_add(mix(id));
-                            }
-                        }
-                        let foreign = update.messages.len() as u64 - n;
-                        if foreign > 0 {
-                            stats.foreign.fetch_add(foreign, Ordering::Relaxed);
-                        }
-                        stats.latency[index % LATENCY_SHARDS].record_all(
-                            update
-                                .messages
-                                .iter()
-                                .filter(|m| m.id.is_some())
-                                .map(|m| (now - m.server_time).max(0) as u64),
-                        );
-                        slot.delivered.fetch_add(n, Ordering::Relaxed);
-                        slot.checksum.fetch_add(sum, Ordering::Relaxed);
-                        stats.deliveries.fetch_add(n, Ordering::Relaxed);
+                        count_update(&update, index, &slot, &stats, now);
                     }
                     if ack.is_none() {
                         acked = received;
@@ -542,7 +562,9 @@ async fn connect_only(index: usize, channel: Connection, slot: Arc<Slot>, stats:
     let mut rpc = ChatServerClient::new(channel);
     let mut request = tonic::Request::new(ConnectionStarter {});
     if let Ok(name) = format!("writer-{index}").parse() {
-        request.metadata_mut().insert("x-chat-name", name);
+        request
+            .metadata_mut()
+            .insert(crate::proto::NAME_HEADER, name);
     }
     match rpc.connect(request).await {
         Ok(info) => {
@@ -609,6 +631,69 @@ fn message(slot: &Slot, thread: &Option<Thread>, id: u64, size: usize) -> SentMe
 
 /// Sends on schedule from `start` until `start + duration`. Returns the
 /// tasks that are still waiting for statuses.
+/// One writer's `SendMessages` stream: what `dispatch` feeds, and the task
+/// that records each status as it comes back.
+fn stream_writer(
+    channel: Connection,
+    stats: &Arc<Stats>,
+) -> (StreamWriter, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (meta_tx, mut meta_rx) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let mut rpc = ChatServerClient::new(channel);
+    let stats = stats.clone();
+    let task = tokio::spawn(async move {
+        let reqs = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let mut statuses = match rpc.send_messages(reqs).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                stats.error(format!("SendMessages: {e}"));
+                return;
+            }
+        };
+        loop {
+            match statuses.message().await {
+                Ok(Some(s)) => match meta_rx.recv().await {
+                    Some((id, due)) => record_status(&stats, &s, id, due),
+                    None => return,
+                },
+                Ok(None) => return,
+                Err(e) => {
+                    let lost = 1 + meta_rx.len() as u64;
+                    stats.send_errors.fetch_add(lost, Ordering::Relaxed);
+                    stats.error(format!("SendMessages: {e}"));
+                    return;
+                }
+            }
+        }
+    });
+    let writer = StreamWriter {
+        messages: tx,
+        meta: meta_tx,
+    };
+    (writer, task)
+}
+
+/// Sends message `id` (due at `due`) with one `SendMessage` call.
+fn send_unary(
+    channel: Connection,
+    m: SentMessage,
+    id: u64,
+    due: Instant,
+    stats: Arc<Stats>,
+) -> tokio::task::JoinHandle<()> {
+    let mut rpc = ChatServerClient::new(channel);
+    tokio::spawn(async move {
+        match rpc.send_message(m).await {
+            Ok(s) => record_status(&stats, s.get_ref(), id, due),
+            Err(e) => {
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                stats.error(format!("SendMessage: {e}"));
+            }
+        }
+    })
+}
+
 async fn dispatch(
     args: &BenchArgs,
     slots: &[Arc<Slot>],
@@ -627,15 +712,7 @@ async fn dispatch(
     } else {
         0
     };
-    // Bench traffic stays out of the main room unless asked for.
-    let main_room = args.threads == 1 && args.thread_prefix.is_empty();
-    let threads: Vec<Option<Thread>> = (0..args.threads)
-        .map(|t| {
-            (!main_room).then(|| Thread {
-                id: format!("{}{t}", args.thread_prefix),
-            })
-        })
-        .collect();
+    let threads = bench_threads(args);
     // Ids start at a random base, so runs against one server (and the
     // recordings of several bench processes) never share an id.
     let id_base = u64::from(rand::random::<u32>()) << 32;
@@ -647,40 +724,9 @@ async fn dispatch(
                 streams.push(None);
                 continue;
             }
-            let (tx, rx) = mpsc::unbounded_channel();
-            let (meta_tx, mut meta_rx) = mpsc::unbounded_channel::<(u64, Instant)>();
-            let mut rpc = ChatServerClient::new(channels[w % channels.len()].clone());
-            let stats = stats.clone();
-            tasks.push(tokio::spawn(async move {
-                let reqs = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
-                let mut statuses = match rpc.send_messages(reqs).await {
-                    Ok(r) => r.into_inner(),
-                    Err(e) => {
-                        stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                        stats.error(format!("SendMessages: {e}"));
-                        return;
-                    }
-                };
-                loop {
-                    match statuses.message().await {
-                        Ok(Some(s)) => match meta_rx.recv().await {
-                            Some((id, due)) => record_status(&stats, &s, id, due),
-                            None => return,
-                        },
-                        Ok(None) => return,
-                        Err(e) => {
-                            let lost = 1 + meta_rx.len() as u64;
-                            stats.send_errors.fetch_add(lost, Ordering::Relaxed);
-                            stats.error(format!("SendMessages: {e}"));
-                            return;
-                        }
-                    }
-                }
-            }));
-            streams.push(Some(StreamWriter {
-                messages: tx,
-                meta: meta_tx,
-            }));
+            let (writer, task) = stream_writer(channels[w % channels.len()].clone(), stats);
+            tasks.push(task);
+            streams.push(Some(writer));
         }
     }
     if args.rate == 0.0 {
@@ -714,17 +760,8 @@ async fn dispatch(
             stats.dispatched.fetch_add(1, Ordering::Relaxed);
             match args.mode {
                 SendMode::Unary => {
-                    let mut rpc = ChatServerClient::new(channels[w % channels.len()].clone());
-                    let stats = stats.clone();
-                    tasks.push(tokio::spawn(async move {
-                        match rpc.send_message(m).await {
-                            Ok(s) => record_status(&stats, s.get_ref(), id, due),
-                            Err(e) => {
-                                stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                                stats.error(format!("SendMessage: {e}"));
-                            }
-                        }
-                    }));
+                    let channel = channels[w % channels.len()].clone();
+                    tasks.push(send_unary(channel, m, id, due, stats.clone()));
                 }
                 SendMode::Stream => {
                     match streams.get(w - first_writer) {
@@ -868,8 +905,8 @@ fn progress(
 }
 
 /// Runs the benchmark. Returns whether the delivery check passed.
-pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
-    args.validate()?;
+/// Warns when the open-file limit is likely too low for the run.
+fn check_fd_limit(args: &BenchArgs) {
     let fd_limit = crate::sys::raise_fd_limit();
     let connections = args.connection_count();
     let needed = connections as u64 + 64;
@@ -880,41 +917,203 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             "warning: the open-file limit {limit} is below the {needed} this run needs (one per connection); multiplex with --clients-per-connection"
         );
     }
-    // A durable spawned server gets a fresh data directory of its own.
-    let data_dir =
-        (args.spawn_server && args.storage == crate::server::Storage::Durable).then(|| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            std::env::temp_dir().join(format!("dyconit-bench-{}-{nanos}", std::process::id()))
-        });
-    let spawned = if args.spawn_server {
-        let exe = std::env::current_exe().context("locating this program")?;
-        let mut server_args = args.server_args();
-        if let Some(dir) = &data_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            server_args.push(format!("--data-dir={}", dir.display()));
+}
+
+/// The server under test: spawned (with a fresh data directory of its own
+/// if durable), or the one at `--server`.
+struct Target {
+    spawned: Option<server::SpawnedServer>,
+    data_dir: Option<std::path::PathBuf>,
+    url: String,
+}
+
+impl Target {
+    async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
+        let data_dir =
+            (args.spawn_server && args.storage == crate::server::Storage::Durable).then(|| {
+                let micros = crate::clock::wall_micros().0;
+                std::env::temp_dir().join(format!("dyconit-bench-{}-{micros}", std::process::id()))
+            });
+        let spawned = if args.spawn_server {
+            let exe = std::env::current_exe().context("locating this program")?;
+            let mut server_args = args.server_args();
+            if let Some(dir) = &data_dir {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                server_args.push(format!("--data-dir={}", dir.display()));
+            }
+            Some(server::SpawnedServer::start(&exe, &server_args).await?)
+        } else {
+            None
+        };
+        let url = match (&spawned, &args.server) {
+            (Some(s), _) => s.url.clone(),
+            (None, Some(u)) => u.clone(),
+            (None, None) => bail!("give --server URL or --spawn-server"),
+        };
+        Ok(Target {
+            spawned,
+            data_dir,
+            url,
+        })
+    }
+
+    /// The admin URL of the server: the spawned one's, `--admin`, or the
+    /// usual port beside `--server`.
+    fn admin_url(&self, args: &BenchArgs) -> String {
+        match (&self.spawned, &args.admin) {
+            (Some(s), _) => s.admin_url.clone(),
+            (None, Some(a)) => a.clone(),
+            (None, None) => counters::default_admin(&self.url),
         }
-        Some(server::SpawnedServer::start(&exe, &server_args)?)
+    }
+
+    /// Stops a spawned server (returning how it exited) and removes its data.
+    async fn stop(self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let exit = match self.spawned {
+            Some(s) => Some(s.stop(Duration::from_secs(10)).await?),
+            None => None,
+        };
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(exit)
+    }
+}
+
+/// One slot per client, then one per send-only writer.
+fn make_slots(args: &BenchArgs) -> Arc<Vec<Arc<Slot>>> {
+    let send_only = if args.send_only_writers {
+        args.writers
     } else {
-        None
+        0
     };
-    let url = match (&spawned, &args.server) {
-        (Some(s), _) => s.url.clone(),
-        (None, Some(u)) => u.clone(),
-        (None, None) => bail!("give --server URL or --spawn-server"),
-    };
-    let server_pid = spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
+    Arc::new(
+        (0..args.clients + send_only)
+            .map(|_| Arc::default())
+            .collect(),
+    )
+}
+
+/// The threads messages go to; bench traffic stays out of the main room
+/// unless asked for.
+fn bench_threads(args: &BenchArgs) -> Vec<Option<Thread>> {
+    let main_room = args.threads == 1 && args.thread_prefix.is_empty();
+    (0..args.threads)
+        .map(|t| {
+            (!main_room).then(|| Thread {
+                id: format!("{}{t}", args.thread_prefix),
+            })
+        })
+        .collect()
+}
+
+/// Ramp-up: starts the clients (and the connect-only writers after them),
+/// spread over the ramp-up time from `begun`.
+async fn ramp_up(
+    args: &BenchArgs,
+    slots: &[Arc<Slot>],
+    channels: &[Connection],
+    stats: &Arc<Stats>,
+    stop: &CancellationToken,
+    begun: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::with_capacity(slots.len());
+    for (i, slot) in slots.iter().enumerate() {
+        let at = begun + args.ramp_up.mul_f64(i as f64 / slots.len() as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let channel = channels[i % channels.len()].clone();
+        tasks.push(if i < args.clients {
+            tokio::spawn(run_client(
+                i,
+                channel,
+                slot.clone(),
+                stats.clone(),
+                stop.clone(),
+            ))
+        } else {
+            tokio::spawn(connect_only(i, channel, slot.clone(), stats.clone()))
+        });
+    }
+    tasks
+}
+
+/// Waits (up to 30 s) until no client is still connecting; returns how many
+/// of the first `clients` are ready.
+async fn wait_connected(slots: &[Arc<Slot>], clients: usize) -> usize {
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while slots
+        .iter()
+        .any(|s| s.state.load(Ordering::Relaxed) == CONNECTING)
+        && Instant::now() < ready_by
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    slots
+        .iter()
+        .take(clients)
+        .filter(|s| s.state.load(Ordering::Relaxed) == READY)
+        .count()
+}
+
+/// Waits until every ready client got every accepted message, or `by`.
+async fn wait_delivered(slots: &[Arc<Slot>], stats: &Stats, by: Instant) {
+    let accepted = stats.accepted();
+    while Instant::now() < by
+        && slots.iter().any(|s| {
+            s.state.load(Ordering::Relaxed) == READY
+                && s.delivered.load(Ordering::Relaxed) < accepted
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every ready client checked against the accepted messages: how many got
+/// exactly them, and the messages missing and extra over all clients.
+fn verify(slots: &[Arc<Slot>], stats: &Stats, clients: usize) -> (usize, u64, u64) {
+    let accepted = stats.accepted();
+    let accepted_checksum = stats.accepted_checksum.load(Ordering::Relaxed);
+    let mut complete = 0;
+    let mut missing = 0u64;
+    let mut extra = 0u64;
+    for s in slots.iter().take(clients) {
+        if s.state.load(Ordering::Relaxed) != READY {
+            continue;
+        }
+        let d = s.delivered.load(Ordering::Relaxed);
+        if d == accepted && s.checksum.load(Ordering::Relaxed) == accepted_checksum {
+            complete += 1;
+        }
+        missing += accepted.saturating_sub(d);
+        extra += d.saturating_sub(accepted);
+    }
+    (complete, missing, extra)
+}
+
+/// Prints the report, writes it as JSON if asked; true if its checks passed.
+fn emit(report: &report::Report, args: &BenchArgs) -> anyhow::Result<bool> {
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report.check.passed)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
+    args.validate()?;
+    check_fd_limit(&args);
+    let target = Target::start(&args).await?;
+    let url = target.url.clone();
+    let server_pid = target.spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
+    let connections = args.connection_count();
     let tls = conn::tls_for(&url, args.ca_cert.as_deref())?;
     let channels = conn::connect_many(&url, connections, tls)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let baseline = server_pid.and_then(crate::sys::proc_stats);
-    let admin = match (&spawned, &args.admin) {
-        (Some(s), _) => s.admin_url.clone(),
-        (None, Some(a)) => a.clone(),
-        (None, None) => counters::default_admin(&url),
-    };
+    let admin = target.admin_url(&args);
     let counters_start = counters::start(&admin).await;
 
     let recording = match &args.record {
@@ -925,16 +1124,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         recording,
         ..Stats::default()
     });
-    let send_only = if args.send_only_writers {
-        args.writers
-    } else {
-        0
-    };
-    let slots: Arc<Vec<Arc<Slot>>> = Arc::new(
-        (0..args.clients + send_only)
-            .map(|_| Arc::new(Slot::default()))
-            .collect(),
-    );
+    let slots = make_slots(&args);
     let stop_clients = CancellationToken::new();
     let stop_progress = CancellationToken::new();
     let phase = Arc::new(AtomicU8::new(0));
@@ -949,39 +1139,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         )
     });
 
-    // Ramp-up: clients connect spread over the ramp-up time.
-    let mut client_tasks = Vec::with_capacity(slots.len());
-    for (i, slot) in slots.iter().enumerate() {
-        let at = begun + args.ramp_up.mul_f64(i as f64 / slots.len() as f64);
-        tokio::time::sleep_until(at.into()).await;
-        let channel = channels[i % connections].clone();
-        client_tasks.push(if i < args.clients {
-            tokio::spawn(run_client(
-                i,
-                channel,
-                slot.clone(),
-                stats.clone(),
-                stop_clients.clone(),
-            ))
-        } else {
-            tokio::spawn(connect_only(i, channel, slot.clone(), stats.clone()))
-        });
-    }
+    let client_tasks = ramp_up(&args, &slots, &channels, &stats, &stop_clients, begun).await;
     // Every client must have its first Update before sending starts, so every
     // accepted message is after every client's baseline.
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    while slots
-        .iter()
-        .any(|s| s.state.load(Ordering::Relaxed) == CONNECTING)
-        && Instant::now() < ready_by
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ready = slots
-        .iter()
-        .take(args.clients)
-        .filter(|s| s.state.load(Ordering::Relaxed) == READY)
-        .count();
+    let ready = wait_connected(&slots, args.clients).await;
 
     // The measured window.
     phase.store(1, Ordering::Relaxed);
@@ -996,15 +1157,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     for t in send_tasks {
         let _ = tokio::time::timeout_at(drain_by.into(), t).await;
     }
-    let accepted = stats.accepted();
-    while Instant::now() < drain_by
-        && slots.iter().any(|s| {
-            s.state.load(Ordering::Relaxed) == READY
-                && s.delivered.load(Ordering::Relaxed) < accepted
-        })
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_delivered(&slots, &stats, drain_by).await;
     let end_server = server_pid.and_then(crate::sys::proc_stats);
     let server_counters = counters::end(&admin, counters_start).await;
     stop_progress.cancel();
@@ -1012,22 +1165,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         let _ = t.await;
     }
 
-    // Check every client against the accepted messages.
-    let accepted_checksum = stats.accepted_checksum.load(Ordering::Relaxed);
-    let mut complete = 0;
-    let mut missing = 0u64;
-    let mut extra = 0u64;
-    for s in slots.iter().take(args.clients) {
-        if s.state.load(Ordering::Relaxed) != READY {
-            continue;
-        }
-        let d = s.delivered.load(Ordering::Relaxed);
-        if d == accepted && s.checksum.load(Ordering::Relaxed) == accepted_checksum {
-            complete += 1;
-        }
-        missing += accepted.saturating_sub(d);
-        extra += d.saturating_sub(accepted);
-    }
+    let (complete, missing, extra) = verify(&slots, &stats, args.clients);
     stop_clients.cancel();
     for t in client_tasks {
         let _ = t.await;
@@ -1036,13 +1174,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         record_run::finish(r, &args, &admin).await?;
     }
     drop(channels);
-    let exit = match spawned {
-        Some(s) => Some(s.stop(Duration::from_secs(10))?),
-        None => None,
-    };
-    if let Some(dir) = &data_dir {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    let exit = target.stop().await?;
 
     let report = report::Report::build(report::Inputs {
         args: &args,
@@ -1060,10 +1192,5 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         server_exit: exit.map(|s| s.to_string()),
         server_counters,
     });
-    print!("{}", report.table());
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(report.check.passed)
+    emit(&report, &args)
 }

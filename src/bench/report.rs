@@ -211,6 +211,72 @@ pub struct Report {
     pub check: Check,
 }
 
+/// Rejections by status name, from the per-code counts.
+fn rejections(s: &Stats) -> BTreeMap<String, u64> {
+    let mut rejections = BTreeMap::new();
+    for code in 1..6 {
+        let n = s.statuses[code].load(Ordering::Relaxed);
+        if n > 0 {
+            let name = StatusCode::try_from(code as i32)
+                .map(|c| c.as_str_name().to_owned())
+                .unwrap_or_else(|_| code.to_string());
+            rejections.insert(name, n);
+        }
+    }
+    rejections
+}
+
+/// The server's CPU and memory over the window, when its process was read.
+fn server_cost(i: &Inputs<'_>, window: f64) -> Option<ServerCost> {
+    match (i.before.server, i.after.server, i.end_server) {
+        (Some(sb), Some(sa), end) => {
+            let end = end.unwrap_or(sa);
+            let clients = i.args.clients as f64;
+            Some(ServerCost {
+                cpu_seconds: sa.cpu_seconds - sb.cpu_seconds,
+                cores: (sa.cpu_seconds - sb.cpu_seconds) / window,
+                rss_bytes: end.rss_bytes,
+                peak_rss_bytes: end.peak_rss_bytes,
+                baseline_rss_bytes: i.baseline.map(|p| p.rss_bytes),
+                peak_rss_per_client_bytes: end.peak_rss_bytes as f64 / clients,
+                added_rss_per_client_bytes: i
+                    .baseline
+                    .map(|p| end.peak_rss_bytes.saturating_sub(p.rss_bytes) as f64 / clients),
+            })
+        }
+        _ => None,
+    }
+}
+
+impl Config {
+    /// The run's settings as the report records them.
+    fn of(i: &Inputs<'_>) -> Config {
+        Config {
+            server: i.url.to_owned(),
+            spawned_server: i.args.spawn_server,
+            clients: i.args.clients,
+            connections: i.connections,
+            rate_per_s: i.args.rate,
+            writers: if i.args.writers == 0 {
+                i.args.clients
+            } else {
+                i.args.writers
+            },
+            send_only_writers: i.args.send_only_writers,
+            threads: i.args.threads,
+            message_bytes: i.args.size,
+            duration_s: i.args.duration.as_secs_f64(),
+            ramp_up_s: i.args.ramp_up.as_secs_f64(),
+            mode: i.args.mode,
+            server_args: if i.args.spawn_server {
+                i.args.server_args()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
 impl Report {
     pub(super) fn build(i: Inputs<'_>) -> Report {
         let (a, b, s) = (i.after, i.before, i.stats);
@@ -221,34 +287,8 @@ impl Report {
         let rate = |x: u64, y: u64| x.saturating_sub(y) as f64 / window;
         let updates = a.updates.saturating_sub(b.updates);
         let deliveries = a.deliveries.saturating_sub(b.deliveries);
-        let mut rejections = BTreeMap::new();
-        for code in 1..6 {
-            let n = s.statuses[code].load(Ordering::Relaxed);
-            if n > 0 {
-                let name = StatusCode::try_from(code as i32)
-                    .map(|c| c.as_str_name().to_owned())
-                    .unwrap_or_else(|_| code.to_string());
-                rejections.insert(name, n);
-            }
-        }
-        let server = match (b.server, a.server, i.end_server) {
-            (Some(sb), Some(sa), end) => {
-                let end = end.unwrap_or(sa);
-                let clients = i.args.clients as f64;
-                Some(ServerCost {
-                    cpu_seconds: sa.cpu_seconds - sb.cpu_seconds,
-                    cores: (sa.cpu_seconds - sb.cpu_seconds) / window,
-                    rss_bytes: end.rss_bytes,
-                    peak_rss_bytes: end.peak_rss_bytes,
-                    baseline_rss_bytes: i.baseline.map(|p| p.rss_bytes),
-                    peak_rss_per_client_bytes: end.peak_rss_bytes as f64 / clients,
-                    added_rss_per_client_bytes: i
-                        .baseline
-                        .map(|p| end.peak_rss_bytes.saturating_sub(p.rss_bytes) as f64 / clients),
-                })
-            }
-            _ => None,
-        };
+        let rejections = rejections(s);
+        let server = server_cost(&i, window);
         let accepted = s.accepted();
         let send_errors = s.send_errors.load(Ordering::Relaxed);
         let server_violations = i.server_counters.as_ref().map_or(0, |c| c.violations());
@@ -264,29 +304,7 @@ impl Report {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         Report {
-            config: Config {
-                server: i.url.to_owned(),
-                spawned_server: i.args.spawn_server,
-                clients: i.args.clients,
-                connections: i.connections,
-                rate_per_s: i.args.rate,
-                writers: if i.args.writers == 0 {
-                    i.args.clients
-                } else {
-                    i.args.writers
-                },
-                send_only_writers: i.args.send_only_writers,
-                threads: i.args.threads,
-                message_bytes: i.args.size,
-                duration_s: i.args.duration.as_secs_f64(),
-                ramp_up_s: i.args.ramp_up.as_secs_f64(),
-                mode: i.args.mode,
-                server_args: if i.args.spawn_server {
-                    i.args.server_args()
-                } else {
-                    Vec::new()
-                },
-            },
+            config: Config::of(&i),
             window_s: window,
             sent: s.dispatched.load(Ordering::Relaxed),
             accepted,
@@ -409,6 +427,36 @@ impl Report {
             ),
         );
         row("acknowledgement RPCs/s", format!("{:.1}", self.acks_per_s));
+        self.cost_rows(&mut row);
+        self.server_counter_rows(&mut row);
+        for note in &self.notes {
+            row("why", note.clone());
+        }
+        let k = &self.check;
+        row(
+            "delivery check",
+            format!(
+                "{}: {}/{} clients got all {} accepted messages; {} lost, {} missing, {} extra, {} send errors, {} bound violations counted by the server",
+                if k.passed { "PASSED" } else { "FAILED" },
+                k.clients_complete,
+                k.clients,
+                k.accepted,
+                k.clients_lost,
+                k.missing,
+                k.extra,
+                k.send_errors,
+                k.server_violations
+            ),
+        );
+        if let Some(e) = &k.first_error {
+            row("first error", e.clone());
+        }
+        t
+    }
+
+    /// Latencies, and what the run cost the server, the generator and the
+    /// rest of the machine.
+    fn cost_rows(&self, row: &mut impl FnMut(&str, String)) {
         let l = &self.latency;
         row(
             "commit->receive ms",
@@ -466,30 +514,6 @@ impl Report {
                 ),
             );
         }
-        self.server_counter_rows(&mut row);
-        for note in &self.notes {
-            row("why", note.clone());
-        }
-        let k = &self.check;
-        row(
-            "delivery check",
-            format!(
-                "{}: {}/{} clients got all {} accepted messages; {} lost, {} missing, {} extra, {} send errors, {} bound violations counted by the server",
-                if k.passed { "PASSED" } else { "FAILED" },
-                k.clients_complete,
-                k.clients,
-                k.accepted,
-                k.clients_lost,
-                k.missing,
-                k.extra,
-                k.send_errors,
-                k.server_violations
-            ),
-        );
-        if let Some(e) = &k.first_error {
-            row("first error", e.clone());
-        }
-        t
     }
 
     /// The server's own counters: violations by bound, drops by reason.

@@ -19,7 +19,7 @@ use tonic::Status;
 /// What background tasks tell the interface.
 enum Note {
     /// A (re)connection succeeded.
-    Connected(Link),
+    Connected(Box<Link>),
     /// A connection attempt failed; the next one is in `retry_in`.
     ConnectFailed { error: String, retry_in: Duration },
     /// Connecting cannot work (bad address or name).
@@ -295,7 +295,7 @@ impl App<'_> {
             })
             .await;
             let _ = notes.send(match result {
-                Ok(link) => Note::Connected(link),
+                Ok(link) => Note::Connected(Box::new(link)),
                 Err(e) => Note::ConnectGaveUp(e.to_string()),
             });
         });
@@ -373,7 +373,8 @@ impl App<'_> {
 
     fn note(&mut self, note: Note) -> Option<Subscription> {
         match note {
-            Note::Connected(link) => {
+            Note::Connected(boxed) => {
+                let link = *boxed;
                 let url = sanitize(&self.args.server);
                 self.screen.line(&if self.was_connected {
                     format!("-- reconnected to {url} (as a new client)")

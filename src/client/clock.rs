@@ -7,14 +7,11 @@
 //! is followed).
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Local wall clock in microseconds since the Unix epoch.
 pub fn local_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    crate::clock::wall_micros().0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,5 +10,5 @@ pub mod session;
 
 pub use session::{
     ChatClient, ClientError, ConnectOptions, Received, RetryPolicy, SendOutcome, Subscription,
-    endpoint,
+    UPDATE_QUEUE, endpoint,
 };

@@ -82,8 +82,12 @@ fn retryable(s: StatusCode) -> bool {
 struct Shared {
     id: i64,
     clock: ClockEstimate,
-    /// Updates received from the stream (and handed to the application).
+    /// Updates received from the stream (queued for the application).
     updates_received: AtomicI64,
+    /// Updates the application took from its [`Subscription`]: what is
+    /// acknowledged, so the server's view of this client's lag is the
+    /// application's, not the network's.
+    updates_consumed: AtomicI64,
     /// The count last acknowledged to the server.
     updates_acked: AtomicI64,
     /// Messages numbered so far (the next one is this + 1).
@@ -112,16 +116,34 @@ pub struct Received {
     pub received_at: i64,
 }
 
+/// Updates received but not yet taken by the application. When it is full
+/// the client stops reading its stream: the transport's flow control then
+/// holds the rest at the server, whose slow-consumer rule cuts off an
+/// application that stopped taking Updates, instead of this process growing
+/// without bound. 64 Updates are at most 64 x 1 MiB (the server's largest
+/// Update) and usually a few KiB each.
+pub const UPDATE_QUEUE: usize = 64;
+
 /// The receiving side of a client's update stream.
 pub struct Subscription {
-    rx: mpsc::UnboundedReceiver<Result<Received, Status>>,
+    rx: mpsc::Receiver<Result<Received, Status>>,
+    /// Where a taken Update is counted, for the acknowledger.
+    shared: Arc<Shared>,
 }
 
 impl Subscription {
     /// The next Update; `None` when the stream ended normally, `Some(Err)`
-    /// with the status it ended with otherwise.
+    /// with the status it ended with otherwise. Taking it is what
+    /// acknowledges it (shortly after, coalesced).
     pub async fn next(&mut self) -> Option<Result<Received, Status>> {
-        self.rx.recv().await
+        let item = self.rx.recv().await;
+        if let Some(Ok(r)) = &item {
+            self.shared
+                .updates_consumed
+                .fetch_max(r.index, Ordering::SeqCst);
+            self.shared.ack_wake.notify_one();
+        }
+        item
     }
 
     /// Like [`Subscription::next`], but gives up after `timeout`.
@@ -221,7 +243,9 @@ impl ChatClient {
             let value = name
                 .parse()
                 .map_err(|_| ClientError::Name(name.to_owned()))?;
-            request.metadata_mut().insert("x-chat-name", value);
+            request
+                .metadata_mut()
+                .insert(crate::proto::NAME_HEADER, value);
         }
         let t0 = local_micros();
         let info = rpc.connect(request).await?.into_inner();
@@ -240,6 +264,7 @@ impl ChatClient {
                 id,
                 clock,
                 updates_received: AtomicI64::new(0),
+                updates_consumed: AtomicI64::new(0),
                 updates_acked: AtomicI64::new(0),
                 messages_sent: AtomicI64::new(0),
                 ack_wake: Notify::new(),
@@ -263,8 +288,15 @@ impl ChatClient {
         self.shared.updates_received.load(Ordering::SeqCst)
     }
 
-    /// Opens the update stream. Updates are acknowledged automatically,
-    /// coalesced over a short interval.
+    /// Updates the application took from its subscription so far: what is
+    /// acknowledged.
+    pub fn updates_consumed(&self) -> i64 {
+        self.shared.updates_consumed.load(Ordering::SeqCst)
+    }
+
+    /// Opens the update stream. Updates are acknowledged automatically once
+    /// the application takes them from the [`Subscription`], coalesced over
+    /// a short interval; at most [`UPDATE_QUEUE`] wait untaken.
     pub async fn subscribe(&self) -> Result<Subscription, ClientError> {
         let mut stream = self
             .rpc
@@ -272,7 +304,7 @@ impl ChatClient {
             .receive_updates(Client { id: self.shared.id })
             .await?
             .into_inner();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(UPDATE_QUEUE);
         let shared = self.shared.clone();
         let reader = tokio::spawn(async move {
             loop {
@@ -280,21 +312,19 @@ impl ChatClient {
                     Ok(Some(update)) => {
                         let received_at = local_micros();
                         let index = shared.updates_received.fetch_add(1, Ordering::SeqCst) + 1;
-                        shared.ack_wake.notify_one();
-                        if tx
-                            .send(Ok(Received {
-                                index,
-                                update,
-                                received_at,
-                            }))
-                            .is_err()
-                        {
+                        let received = Received {
+                            index,
+                            update,
+                            received_at,
+                        };
+                        // Waits while the application is UPDATE_QUEUE behind.
+                        if tx.send(Ok(received)).await.is_err() {
                             return;
                         }
                     }
                     Ok(None) => return,
                     Err(status) => {
-                        let _ = tx.send(Err(status));
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 }
@@ -317,12 +347,16 @@ impl ChatClient {
                 tokio::time::sleep(this.ack_interval).await;
             }
         });
-        Ok(Subscription { rx })
+        Ok(Subscription {
+            rx,
+            shared: self.shared.clone(),
+        })
     }
 
-    /// Sends an acknowledgement of everything received, if that is news.
+    /// Sends an acknowledgement of everything the application took, if
+    /// that is news.
     pub async fn ack_now(&self) -> Result<(), ClientError> {
-        let count = self.shared.updates_received.load(Ordering::SeqCst);
+        let count = self.shared.updates_consumed.load(Ordering::SeqCst);
         if count <= self.shared.updates_acked.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -351,7 +385,7 @@ impl ChatClient {
     /// Builds the `SentMessage` for message number `number`, with the current
     /// acknowledgement state and a timestamp the server clock has passed.
     pub fn message(&self, thread: &str, contents: &str, number: i64) -> SentMessage {
-        let updates = self.shared.updates_received.load(Ordering::SeqCst);
+        let updates = self.shared.updates_consumed.load(Ordering::SeqCst);
         SentMessage {
             thread: (!thread.is_empty()).then(|| Thread {
                 id: thread.to_owned(),

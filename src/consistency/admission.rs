@@ -84,6 +84,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every [`Rejection::reason`] label, in the order metrics list them.
+    pub const REASONS: [&'static str; 5] =
+        ["order", "numerical", "staleness", "client", "internal"];
+
     /// The reason label used in metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -115,5 +119,14 @@ pub struct Decision {
     /// The numerical error measured, if the check was reached.
     pub numerical_error: Option<u64>,
     /// What the acknowledgement inside the message told, if it advanced.
-    pub ack: Option<super::engine::AckInfo>,
+    pub ack: Option<AckInfo>,
+}
+
+/// What an acknowledgement that advanced tells about the client's lag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckInfo {
+    /// Messages sent to the client and still unacknowledged after it.
+    pub lag_messages: u64,
+    /// From sending the newest acknowledged Update to its acknowledgement.
+    pub round_trip_micros: i64,
 }

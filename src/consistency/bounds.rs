@@ -188,15 +188,8 @@ pub mod humantime_serde_compat {
         parse(&text).map_err(serde::de::Error::custom)
     }
 
-    /// Parses a duration; the error shows the accepted forms, since "expected
-    /// number at 0" alone does not tell a user what to write.
     fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text).map_err(|e| {
-            format!(
-                "invalid duration {text:?} ({e}): write a number and a unit, \
-                 such as \"300ms\", \"2s\", \"1m\" or \"1h 30m\""
-            )
-        })
+        crate::consistency::time::parse_duration(text)
     }
 
     pub mod option {

@@ -8,6 +8,7 @@
 //! - [`admission`]: what a write asks and what the decision answers.
 //! - [`engine`]: the state machine that ties them together.
 //! - [`parts`]: cutting a flush into Updates of bounded size.
+//! - [`schedule`]: which streaming clients are due for a flush, and when.
 
 pub mod admission;
 pub mod bounds;
@@ -16,13 +17,16 @@ pub mod conit;
 pub mod engine;
 pub mod entry;
 pub mod parts;
+pub mod schedule;
 pub mod settings;
 pub mod time;
 
 /// A commit sequence number: 1 for the first commit, 0 for "none yet".
 pub type Seq = u64;
 
-pub use admission::{ClientFault, Decision, Rejection, Submission, SubmissionAck, Verdict};
+pub use admission::{
+    AckInfo, ClientFault, Decision, Rejection, Submission, SubmissionAck, Verdict,
+};
 pub use bounds::{Bounds, BoundsOverride, BoundsTable};
 pub use engine::{Batch, ClientId, DropReason, Engine, Entry, Event};
 pub use settings::Settings;

@@ -5,6 +5,19 @@
 
 use std::time::Duration;
 
+/// Parses a human duration ("300ms", "2s", "1m", "1h 30m"): every flag,
+/// config key and admin field that takes a duration goes through here. The
+/// error shows the accepted forms, since "expected number at 0" alone does
+/// not tell a user what to write.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!(
+            "invalid duration {text:?} ({e}): write a number and a unit, \
+             such as \"300ms\", \"2s\", \"1m\" or \"1h 30m\""
+        )
+    })
+}
+
 /// A point on the server's clock, in microseconds since the Unix epoch.
 ///
 /// Signed because the wire type (`ServerTime.timestamp`) is `int64` and a

@@ -30,11 +30,10 @@ impl Log for MemoryLog {
         // Check the whole batch first: all or nothing.
         for (i, e) in entries.iter().enumerate() {
             if e.seq != self.head + 1 + i as Seq {
-                return Err(LogError(format!(
-                    "append of seq {} after head {}",
-                    e.seq,
-                    self.head + i as Seq
-                )));
+                return Err(LogError::OutOfOrder {
+                    seq: e.seq,
+                    head: self.head + i as Seq,
+                });
             }
         }
         for e in entries {

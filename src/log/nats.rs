@@ -104,7 +104,7 @@ pub fn host_name() -> String {
 }
 
 fn err(context: &str, e: impl std::fmt::Display) -> LogError {
-    LogError(format!("{context}: {e}"))
+    LogError::Cluster(format!("{context}: {e}"))
 }
 
 /// Connects to the NATS cluster. `on_event` hears connection changes
@@ -127,7 +127,7 @@ pub async fn connect(
         (Some(u), Some(p)) => opts = opts.user_and_password(u.clone(), p.clone()),
         (None, None) => {}
         _ => {
-            return Err(LogError(
+            return Err(LogError::Cluster(
                 "--nats-user and --nats-password go together".into(),
             ));
         }
@@ -138,7 +138,11 @@ pub async fn connect(
     match (&o.client_cert, &o.client_key) {
         (Some(c), Some(k)) => opts = opts.add_client_certificate(c.clone(), k.clone()),
         (None, None) => {}
-        _ => return Err(LogError("--nats-cert and --nats-key go together".into())),
+        _ => {
+            return Err(LogError::Cluster(
+                "--nats-cert and --nats-key go together".into(),
+            ));
+        }
     }
     let on_event = Arc::new(on_event);
     opts = opts.event_callback(move |e| {
@@ -328,7 +332,7 @@ pub async fn ensure_stream(
                 .clone();
             let problems = conflicts(&info.config, &want);
             if !problems.is_empty() {
-                return Err(LogError(format!(
+                return Err(LogError::Cluster(format!(
                     "stream {} exists with a config this node cannot use: {}; change it (nats stream edit {}) or use another --nats-stream",
                     want.name,
                     problems.join("; "),

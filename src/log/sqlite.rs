@@ -10,14 +10,14 @@
 //! - [`Maintenance`] runs retention (by count and age) on its own connection
 //!   and thread, in small transactions, so the writer is never held long.
 
-use super::{Log, LogError, StorageHealth};
+use super::{Cause, Log, LogError, StorageHealth};
 use crate::consistency::{Entry, Micros, Seq};
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "messages.db";
@@ -46,12 +46,29 @@ CREATE TABLE IF NOT EXISTS meta (
 ) STRICT;
 ";
 
-fn err(context: &str, path: &Path, e: impl std::fmt::Display) -> LogError {
-    LogError(format!("{context} {}: {e}", path.display()))
+fn open_err(path: &Path, e: impl Into<Cause>) -> LogError {
+    LogError::Open {
+        path: path.to_owned(),
+        source: e.into(),
+    }
+}
+
+fn write_err(path: &Path, e: impl Into<Cause>) -> LogError {
+    LogError::Write {
+        path: path.to_owned(),
+        source: e.into(),
+    }
+}
+
+fn read_err(path: &Path, e: impl Into<Cause>) -> LogError {
+    LogError::Read {
+        path: path.to_owned(),
+        source: e.into(),
+    }
 }
 
 /// Opens a connection with the pragmas every connection of ours uses.
-fn connect(path: &Path, synchronous: &str) -> Result<Connection, String> {
+fn connect(path: &Path, synchronous: &str) -> Result<Connection, Cause> {
     let setup = || -> rusqlite::Result<(Connection, String)> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -60,9 +77,9 @@ fn connect(path: &Path, synchronous: &str) -> Result<Connection, String> {
         conn.pragma_update(None, "synchronous", synchronous)?;
         Ok((conn, mode))
     };
-    let (conn, mode) = setup().map_err(|e| e.to_string())?;
+    let (conn, mode) = setup()?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(format!("journal_mode is {mode}, not wal"));
+        return Err(Cause::Refused(format!("journal_mode is {mode}, not wal")));
     }
     Ok(conn)
 }
@@ -84,29 +101,28 @@ impl SqliteLog {
     /// message if the directory cannot be created or locked, or the file is
     /// not a usable database of ours.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
-        std::fs::create_dir_all(dir).map_err(|e| err("creating data directory", dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| open_err(dir, e))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| err("opening lock file", &lock_path, e))?;
+            .map_err(|e| open_err(&lock_path, e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(LogError(format!(
-                    "data directory {} is in use by another dyconit-chat server",
-                    dir.display()
-                )));
+                return Err(LogError::Locked {
+                    dir: dir.to_owned(),
+                });
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(err("locking", &lock_path, e));
+                return Err(open_err(&lock_path, e));
             }
         }
         let path = dir.join(DB_FILE);
-        let mut conn = connect(&path, "FULL").map_err(|e| err("opening", &path, e))?;
-        init_schema(&mut conn).map_err(|e| err("preparing", &path, e))?;
+        let mut conn = connect(&path, "FULL").map_err(|e| open_err(&path, e))?;
+        init_schema(&mut conn).map_err(|e| open_err(&path, e))?;
         Ok(SqliteLog {
             path,
             conn: Some(conn),
@@ -122,7 +138,7 @@ impl SqliteLog {
     fn conn(&mut self) -> Result<&mut Connection, LogError> {
         self.conn
             .as_mut()
-            .ok_or_else(|| LogError(format!("{} is not open", self.path.display())))
+            .ok_or_else(|| write_err(&self.path, Cause::Closed))
     }
 
     fn try_append(conn: &mut Connection, entries: &[Arc<Entry>]) -> rusqlite::Result<()> {
@@ -147,40 +163,29 @@ impl SqliteLog {
 }
 
 /// Creates the tables on a new database; refuses foreign or newer files.
-fn init_schema(conn: &mut Connection) -> Result<(), String> {
-    let s = |e: rusqlite::Error| e.to_string();
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(s)?;
-    let app: i32 = tx
-        .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(s)?;
-    let version: i32 = tx
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(s)?;
-    let tables: i64 = tx
-        .query_row(
-            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(s)?;
+fn init_schema(conn: &mut Connection) -> Result<(), Cause> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let app: i32 = tx.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    let version: i32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let tables: i64 = tx.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
     if app != APPLICATION_ID && (app != 0 || tables > 0) {
-        return Err(format!(
+        return Err(Cause::Refused(format!(
             "not a dyconit-chat database (application_id {app:#x}, {tables} tables)"
-        ));
+        )));
     }
     if version > SCHEMA_VERSION {
-        return Err(format!(
+        return Err(Cause::Refused(format!(
             "schema version {version} is newer than this server's {SCHEMA_VERSION}"
-        ));
+        )));
     }
-    tx.execute_batch(SCHEMA).map_err(s)?;
-    tx.pragma_update(None, "application_id", APPLICATION_ID)
-        .map_err(s)?;
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(s)?;
-    tx.commit().map_err(s)
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(tx.commit()?)
 }
 
 fn head_of(conn: &Connection) -> rusqlite::Result<Seq> {
@@ -198,13 +203,13 @@ impl Log for SqliteLog {
             // Whatever state the connection is in, the next use reopens it
             // (see `recover`).
             self.conn = None;
-            err("writing", &path, e)
+            write_err(&path, e)
         })
     }
 
     fn head(&mut self) -> Result<Seq, LogError> {
         let path = self.path.clone();
-        head_of(self.conn()?).map_err(|e| err("reading", &path, e))
+        head_of(self.conn()?).map_err(|e| read_err(&path, e))
     }
 
     fn recent(&mut self, n: usize) -> Result<Vec<Entry>, LogError> {
@@ -219,17 +224,17 @@ impl Log for SqliteLog {
             let rows = st.query_map([n as i64], row_entry)?;
             rows.collect()
         };
-        read().map_err(|e| err("reading", &path, e))
+        read().map_err(|e| read_err(&path, e))
     }
 
     fn recover(&mut self, durable: Seq) -> Result<(), LogError> {
         self.conn = None;
         let path = self.path.clone();
         let probe = || -> Result<Connection, LogError> {
-            let mut conn = connect(&path, "FULL").map_err(|e| err("reopening", &path, e))?;
+            let mut conn = connect(&path, "FULL").map_err(|e| write_err(&path, e))?;
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| err("writing", &path, e))?;
+                .map_err(|e| write_err(&path, e))?;
             let write = || -> rusqlite::Result<Seq> {
                 tx.execute("DELETE FROM messages WHERE seq > ?1", [durable as i64])?;
                 // A real write, so a full disk or read-only file shows here.
@@ -240,15 +245,15 @@ impl Log for SqliteLog {
                 )?;
                 head_of(&tx)
             };
-            let head = write().map_err(|e| err("writing", &path, e))?;
+            let head = write().map_err(|e| write_err(&path, e))?;
             if head != durable {
-                return Err(LogError(format!(
-                    "{} ends at seq {head}, but seq {durable} was stored: \
-                     the database was replaced or lost data",
-                    path.display()
-                )));
+                return Err(LogError::Lost {
+                    path: path.clone(),
+                    head,
+                    durable,
+                });
             }
-            tx.commit().map_err(|e| err("writing", &path, e))?;
+            tx.commit().map_err(|e| write_err(&path, e))?;
             Ok(conn)
         };
         self.conn = Some(probe()?);
@@ -369,13 +374,6 @@ impl Maintenance {
     }
 }
 
-fn now_micros() -> Micros {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    Micros(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
-}
-
 fn retention_loop(
     path: &Path,
     policy: Retention,
@@ -386,7 +384,7 @@ fn retention_loop(
     let mut conn: Option<Connection> = None;
     let mut failing = false;
     loop {
-        let mut pass = || -> Result<u64, String> {
+        let mut pass = || -> Result<u64, Cause> {
             if conn.is_none() {
                 // Retention needs no fsync of its own: a deletion lost in a
                 // crash is simply redone, and the writer's next commit syncs
@@ -394,7 +392,7 @@ fn retention_loop(
                 conn = Some(connect(path, "NORMAL")?);
             }
             let c = conn.as_ref().expect("just opened");
-            retention_pass(c, policy, now_micros()).map_err(|e| e.to_string())
+            Ok(retention_pass(c, policy, crate::clock::wall_micros())?)
         };
         match pass() {
             Ok(n) => {
@@ -524,8 +522,27 @@ mod tests {
         let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
         c.execute_batch("CREATE TABLE other (x)").unwrap();
         drop(c);
-        let err = SqliteLog::open(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("not a dyconit-chat database"), "{err}");
+        let err = SqliteLog::open(dir.path()).err().unwrap();
+        assert!(
+            matches!(
+                &err,
+                LogError::Open {
+                    source: Cause::Refused(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let report = err.report();
+        assert!(report.contains("not a dyconit-chat database"), "{report}");
+    }
+
+    #[test]
+    fn a_second_log_on_the_same_directory_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SqliteLog::open(dir.path()).unwrap();
+        let err = SqliteLog::open(dir.path()).err().unwrap();
+        assert!(matches!(err, LogError::Locked { .. }), "{err:?}");
     }
 
     #[test]

@@ -157,6 +157,7 @@ pub async fn open(
         hub::Sink::Shared(Arc::new(ClusterSink { tx })),
         config.max_outbound_bytes,
         metrics.clone(),
+        config.clock.clone(),
     );
     let shared = Arc::new(Shared {
         own: Mutex::new(HashMap::new()),

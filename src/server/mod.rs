@@ -3,6 +3,7 @@
 //!
 //! - [`hub`]: the shared state every RPC and the scheduler go through.
 //! - [`service`]: the tonic service (request/response mapping only).
+//! - `grpc`: the gRPC listener with the chat, health and reflection services.
 //! - [`updates`]: `ReceiveUpdates` served from pre-encoded, shared bytes.
 //! - [`outbox`]: each client's bounded outbound queue and stream.
 //! - [`scheduler`]: the one task that wakes at the engine's next deadline.
@@ -10,12 +11,13 @@
 //! - [`cluster`]: a node of a cluster: publishes to and consumes the shared
 //!   NATS JetStream stream (`--storage nats`).
 //! - [`convert`]: wire types to and from core types.
-//! - [`clock`]: the one place the wall clock is read.
+//! - [`error`]: why the hub refused a request, in its own terms.
 //! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
 
-pub mod clock;
 pub mod cluster;
 pub mod convert;
+pub mod error;
+mod grpc;
 pub mod hub;
 pub mod listener;
 pub mod outbox;
@@ -25,18 +27,13 @@ pub mod service;
 pub mod updates;
 pub mod writer;
 
-use crate::admin;
 use crate::consistency::{Engine, Settings};
 use crate::log::sqlite::{Maintenance, Retention, SqliteLog};
 use crate::log::{Log, StorageHealth, memory::MemoryLog};
-use crate::proto::chat_server_server::ChatServerServer;
 use anyhow::Context;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Where the message log lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -54,7 +51,9 @@ pub enum Storage {
     Nats,
 }
 
-/// Everything `run` needs besides its listeners.
+pub(crate) use grpc::GrpcServer;
+
+/// Everything [`crate::node::run`] needs besides its listeners.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The consistency tunables and bounds.
@@ -100,6 +99,11 @@ pub struct Config {
     /// HTTP/2 streams one gRPC connection may have open at once
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub max_streams_per_connection: u32,
+    /// Where to write the bound addresses as JSON once serving (`serve
+    /// --ready-file`), for programs that start the server on port 0.
+    pub ready_file: Option<PathBuf>,
+    /// The server's clock: the system clock, unless a test brings its own.
+    pub clock: crate::clock::Clock,
 }
 
 /// Default HTTP/2 streams per connection: a client needs one for its
@@ -137,12 +141,14 @@ impl Default for Config {
                 ..crate::net::Limits::default()
             },
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            ready_file: None,
+            clock: crate::clock::Clock::system(),
         }
     }
 }
 
-/// The running storage machinery `run` stops at the end.
-struct StorageTasks {
+/// The running storage machinery, stopped at the end of serving.
+pub(crate) struct StorageTasks {
     /// The group-commit writer thread (durable storage only).
     writer: Option<std::thread::JoinHandle<()>>,
     /// The retention thread (durable storage with a retention policy).
@@ -153,7 +159,7 @@ struct StorageTasks {
 
 /// Opens the configured log and builds the hub (and, for durable storage,
 /// starts the writer and retention threads).
-async fn open_storage(
+pub(crate) async fn open_storage(
     config: &Config,
     health: &Arc<StorageHealth>,
     metrics: &crate::telemetry::metrics::Metrics,
@@ -168,6 +174,7 @@ async fn open_storage(
                 hub::Sink::Immediate(Box::new(log)),
                 config.max_outbound_bytes,
                 metrics.clone(),
+                config.clock.clone(),
             );
             tracing::info!(storage = "memory", "message log in memory: lost on restart");
             Ok((
@@ -211,6 +218,7 @@ async fn open_storage(
                 hub::Sink::Writer,
                 config.max_outbound_bytes,
                 metrics.clone(),
+                config.clock.clone(),
             );
             let writer = writer::spawn(hub.clone(), Box::new(log), head, health.clone())
                 .context("starting the log writer thread")?;
@@ -232,185 +240,35 @@ async fn open_storage(
     }
 }
 
-/// The sockets the server serves on, bound by the caller (port 0 works).
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
-}
-
 /// Entries the in-memory log keeps (for history; older ones are forgotten).
 const MEMORY_LOG_CAPACITY: usize = 100_000;
 
-/// The two ports' acceptors, their caps lowered to fit the open-files
-/// limit (so the cap, not `accept`, refuses the connection too many).
-fn acceptors(
-    listeners: Listeners,
-    config: &Config,
-    metrics: &crate::telemetry::metrics::Metrics,
-) -> (crate::net::Acceptor, crate::net::Acceptor) {
-    use crate::net::{Acceptor, NetMetrics, Protocol};
-    let net = NetMetrics::new(&metrics.registry);
-    let (mut grpc, mut admin) = (config.grpc_limits, config.admin_limits);
-    let fd_limit = crate::sys::raise_fd_limit();
-    let scale =
-        crate::net::fit_to_descriptors(grpc.max_connections + admin.max_connections, fd_limit);
-    if scale < 1.0 {
-        grpc.max_connections = ((grpc.max_connections as f64 * scale) as usize).max(1);
-        admin.max_connections = ((admin.max_connections as f64 * scale) as usize).max(1);
-        tracing::warn!(
-            ?fd_limit,
-            grpc = grpc.max_connections,
-            admin = admin.max_connections,
-            "connection caps lowered to fit the open-files limit"
-        );
-    }
-    (
-        Acceptor::new(listeners.grpc, grpc, Protocol::Http2, "grpc", net.clone()),
-        Acceptor::new(listeners.admin, admin, Protocol::Bytes, "admin", net),
-    )
-}
-
-/// Serves until `shutdown` completes, then drains: flushes every pending
-/// Update, ends the streams, and returns.
-pub async fn run(
-    listeners: Listeners,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    config.settings.validate().context("invalid settings")?;
-    let grpc_addr = listeners.grpc.local_addr()?;
-    let admin_addr = listeners.admin.local_addr()?;
-    if config
-        .admin_token
-        .as_deref()
-        .is_some_and(|t| t.trim().is_empty())
-    {
-        anyhow::bail!(
-            "the admin token is blank: give a real secret, or none on a loopback address"
-        );
-    }
-    if !admin_addr.ip().is_loopback() && config.admin_token.is_none() {
-        anyhow::bail!(
-            "refusing to serve the admin API on non-loopback address {admin_addr} without --admin-token (it can change bounds)"
-        );
-    }
-    let metrics = crate::telemetry::metrics::Metrics::new();
-    let (grpc_acceptor, admin_acceptor) = acceptors(listeners, &config, &metrics);
-
-    let storage_health = config.storage_health.clone();
-    let (hub, storage) = open_storage(&config, &storage_health, &metrics).await?;
-
-    let stop = CancellationToken::new();
-    let ready = admin::Readiness::default();
-
-    let scheduler = tokio::spawn(scheduler::run(hub.clone(), stop.clone()));
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ChatServerServer<service::ChatService>>()
-        .await;
-    let mut service = service::ChatService::new(hub.clone(), stop.clone());
-    match &config.auth {
-        Some(v) => {
-            tracing::info!(keys = %v.source, "authentication on: Connect needs a JWT, names come from it");
-            let m = crate::auth::AuthMetrics::new(&metrics.registry);
-            service = service.with_auth(v.clone(), m);
+impl StorageTasks {
+    /// Waits (up to `grace`) for the writer to store what is queued and
+    /// exit, and stops the retention thread. Call after the hub's
+    /// `stop_writer`.
+    pub(crate) async fn stop(self, grace: Duration) {
+        let StorageTasks {
+            writer,
+            maintenance,
+            cluster,
+        } = self;
+        if let Some(c) = cluster {
+            c.stop().await;
         }
-        None => tracing::warn!(
-            "authentication is OFF: anyone who reaches the gRPC port may connect, and names are self-asserted (x-chat-name); use --auth-jwt-secret-file or --auth-jwks-file"
-        ),
-    }
-    let chat = updates::ChatRoutes::new(service);
-
-    let grpc_stop = stop.clone();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .max_concurrent_streams(config.max_streams_per_connection)
-            .add_service(health_service)
-            .add_service(reflection::v1()?)
-            .add_service(reflection::v1alpha()?)
-            .add_service(chat)
-            .serve_with_incoming_shutdown(
-                listener::incoming(grpc_acceptor, config.tls.clone()),
-                grpc_stop.cancelled_owned(),
-            ),
-    );
-    let admin_stop = stop.clone();
-    let admin_state = admin::AdminState {
-        ready: ready.clone(),
-        storage: storage_health.clone(),
-        hub: hub.clone(),
-        metrics: metrics.clone(),
-        token: config
-            .admin_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .map(Arc::from),
-        log_filter: config
-            .log_filter
-            .clone()
-            .unwrap_or_else(|| crate::telemetry::tracing_setup::LogFilter::detached("info")),
-        started: std::time::Instant::now(),
-        hosts: config.admin_hosts.clone().into(),
-    };
-    let admin = tokio::spawn(admin::serve(
-        admin_acceptor,
-        admin_state,
-        admin_stop.cancelled_owned(),
-        config.admin_limits.handshake_timeout,
-        config.tls.clone(),
-    ));
-
-    ready.set(true);
-    tracing::info!(%grpc_addr, %admin_addr, "dyconit-chat serving");
-
-    shutdown.await;
-    tracing::info!("shutting down: flushing pending updates and ending streams");
-    ready.set(false);
-    health
-        .set_not_serving::<ChatServerServer<service::ChatService>>()
-        .await;
-    let grace = config.shutdown_grace;
-    // What was accepted before the signal is stored, then delivered.
-    if !hub.wait_settled(grace).await {
-        tracing::warn!(?grace, "messages still being stored at shutdown");
-    }
-    hub.drain();
-    stop.cancel();
-    match tokio::time::timeout(grace, grpc).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
-        Err(_) => tracing::warn!(?grace, "open RPCs did not finish within the grace period"),
-    }
-    let _ = tokio::time::timeout(grace, admin).await;
-    let _ = scheduler.await;
-    // No RPC is left to submit: the writer stores what is queued and exits.
-    hub.stop_writer();
-    let StorageTasks {
-        writer,
-        maintenance,
-        cluster,
-    } = storage;
-    if let Some(c) = cluster {
-        c.stop().await;
-    }
-    let joined = tokio::task::spawn_blocking(move || {
-        if let Some(w) = writer {
-            let _ = w.join();
+        let joined = tokio::task::spawn_blocking(move || {
+            if let Some(w) = writer {
+                let _ = w.join();
+            }
+            if let Some(m) = maintenance {
+                m.stop();
+            }
+        });
+        if tokio::time::timeout(grace, joined).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "the log writer did not finish within the grace period"
+            );
         }
-        if let Some(m) = maintenance {
-            m.stop();
-        }
-    });
-    if tokio::time::timeout(grace, joined).await.is_err() {
-        tracing::warn!(
-            ?grace,
-            "the log writer did not finish within the grace period"
-        );
     }
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -2,13 +2,15 @@
 //! answers. No consistency logic lives here.
 
 use super::convert;
+use super::error::HubError;
 use super::hub::{Hub, Submitted};
 use super::outbox::UpdateStream;
 use crate::auth::{AuthMetrics, Verifier};
-use crate::consistency::{Decision, Rejection, Verdict};
+use crate::consistency::{Decision, DropReason, Rejection, Verdict};
 use crate::proto::chat_server_server::ChatServer;
 use crate::proto::{
-    Acknowledgement, Client, ConnectionStarter, MessageStatus, SentMessage, ServerInfo, ServerTime,
+    Acknowledgement, Client, ConnectionStarter, MAX_NAME_CHARS, MessageStatus, NAME_HEADER,
+    SentMessage, ServerInfo, ServerTime,
 };
 use crate::telemetry::propagation::parent_context;
 use crate::telemetry::tracing_setup::RPC_SPAN_TARGET;
@@ -23,10 +25,6 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The metadata key that carries a client's chosen display name.
-pub const NAME_HEADER: &str = "x-chat-name";
-/// Longest display name, in characters.
-pub const MAX_NAME_CHARS: usize = 64;
 /// Messages of one `SendMessages` stream decided but not yet answered (their
 /// batch is being stored). Lets one stream fill a group commit instead of
 /// waiting an fsync per message; bounds the memory one stream can hold.
@@ -35,7 +33,7 @@ pub const PIPELINE_DEPTH: usize = 128;
 /// The final decision on a submitted message: an accepted one waits until
 /// it is durable; if storing it failed, `INTERNAL_ERROR` at the time of the
 /// failure (never a false OK).
-async fn settle(s: Submitted) -> Decision {
+async fn settle(hub: &Hub, s: Submitted) -> Decision {
     let mut stored = match s.durable {
         None => true,
         Some(outcome) => outcome.await.unwrap_or(false),
@@ -56,7 +54,7 @@ async fn settle(s: Submitted) -> Decision {
     if !stored {
         decision.verdict = Verdict::Rejected {
             reason: Rejection::Internal,
-            at: super::clock::now(),
+            at: hub.now(),
         };
     }
     decision
@@ -151,7 +149,12 @@ impl ChatService {
             request.metadata(),
         );
         let id = request.into_inner().id;
-        let result = span.in_scope(|| self.hub.start_stream(id).map(Response::new));
+        let result = span.in_scope(|| {
+            self.hub
+                .start_stream(id)
+                .map(Response::new)
+                .map_err(Status::from)
+        });
         self.finish("ReceiveUpdates", started, &span, &result);
         result
     }
@@ -213,19 +216,25 @@ impl ChatService {
     }
 }
 
+/// The one place a hub refusal becomes a gRPC status.
+impl From<HubError> for Status {
+    fn from(e: HubError) -> Self {
+        let message = e.to_string();
+        match e {
+            HubError::ShuttingDown => Status::unavailable(message),
+            HubError::UnknownClient => Status::not_found(message),
+            HubError::AlreadyStreaming => Status::already_exists(message),
+            HubError::BadAcknowledgement(_) => Status::invalid_argument(message),
+            HubError::Dropped(DropReason::SlowConsumer) => Status::resource_exhausted(message),
+            HubError::Dropped(_) => Status::unavailable(message),
+        }
+    }
+}
+
 /// Records an admission decision on the current RPC span.
 fn record_decision(span: &Span, d: &Decision, thread: &str, age_micros: Option<i64>) {
-    let status = match d.verdict {
-        Verdict::Accepted { .. } => "OK",
-        Verdict::Rejected { reason, .. } => match reason {
-            Rejection::Client(_) => "CLIENT_ERROR",
-            Rejection::Staleness { .. } => "STALENESS",
-            Rejection::Order { .. } => "ORDER_ERROR",
-            Rejection::Numerical { .. } => "NUMERICAL_ERROR",
-            Rejection::Internal => "INTERNAL_ERROR",
-        },
-    };
-    span.record("chat.status", status);
+    let status = convert::message_status(d).status_code();
+    span.record("chat.status", status.as_str_name());
     span.record("chat.thread", thread);
     if let Some(e) = d.order_error {
         span.record("chat.order_error", e as i64);
@@ -306,9 +315,7 @@ impl ChatServer for ChatService {
         request: Request<Client>,
     ) -> Result<Response<Self::ReceiveUpdatesStream>, Status> {
         let stream = self.open_stream(request)?.into_inner();
-        Ok(Response::new(Box::pin(super::updates::decode_stream(
-            stream,
-        ))))
+        Ok(Response::new(Box::pin(decode_stream(stream))))
     }
 
     async fn acknowlegde(
@@ -351,7 +358,7 @@ impl ChatServer for ChatService {
         let thread = sub.thread.clone();
         let sent_at = sub.timestamp;
         let submitted = span.in_scope(|| self.hub.submit(sub));
-        let decision = settle(submitted).await;
+        let decision = settle(&self.hub, submitted).await;
         let at = match decision.verdict {
             Verdict::Accepted { at, .. } | Verdict::Rejected { at, .. } => at,
         };
@@ -381,6 +388,7 @@ impl ChatServer for ChatService {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Submitted, Status>>(PIPELINE_DEPTH);
         let hub = self.hub.clone();
+        let hub_for_statuses = self.hub.clone();
         let shutdown = self.shutdown.clone();
         let totals = Arc::new(StreamTotals {
             span: span.clone(),
@@ -414,8 +422,9 @@ impl ChatServer for ChatService {
         );
         let statuses = ReceiverStream::new(rx).then(move |item| {
             let totals = totals.clone();
+            let hub = hub_for_statuses.clone();
             async move {
-                let decision = settle(item?).await;
+                let decision = settle(&hub, item?).await;
                 let counter = match decision.verdict {
                     Verdict::Accepted { .. } => &totals.accepted,
                     Verdict::Rejected { .. } => &totals.rejected,
@@ -429,6 +438,20 @@ impl ChatServer for ChatService {
         self.finish("SendMessages", started, &span, &result);
         result
     }
+}
+
+/// Keeps the trait's own `receive_updates` honest for callers that serve the
+/// generated `ChatServerServer` directly: it decodes the shared bytes back
+/// into `Update`s (slower, same stream).
+fn decode_stream(
+    stream: UpdateStream,
+) -> impl tokio_stream::Stream<Item = Result<crate::proto::Update, Status>> + Send + 'static {
+    stream.map(|item| {
+        item.and_then(|b| {
+            <crate::proto::Update as prost::Message>::decode(b)
+                .map_err(|e| Status::internal(format!("re-decoding an Update: {e}")))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -451,6 +474,7 @@ mod tests {
             super::super::hub::Sink::Immediate(Box::new(log)),
             1 << 20,
             metrics,
+            crate::clock::Clock::system(),
         );
         let stop = CancellationToken::new();
         let service = ChatService::new(hub.clone(), stop.clone());

@@ -10,19 +10,15 @@
 
 use super::service::ChatService;
 use crate::codec::{Pair, PreEncoded, Prost};
-use crate::proto::Client;
 use crate::proto::chat_server_server::ChatServerServer;
+use crate::proto::{Client, RECEIVE_UPDATES_PATH};
 use bytes::Bytes;
-use prost::Message;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::server::{NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status};
-
-/// The path this module serves itself.
-pub const RECEIVE_UPDATES_PATH: &str = "/ChatServer/ReceiveUpdates";
 
 /// Writes the shared Update bytes as they are; reads the `Client` request.
 type UpdatesCodec = Pair<PreEncoded, Prost<Client>>;
@@ -88,19 +84,4 @@ where
             Ok(grpc.server_streaming(svc, req).await)
         })
     }
-}
-
-/// Keeps the trait's own `receive_updates` honest for callers that serve the
-/// generated `ChatServerServer` directly: it decodes the shared bytes back
-/// into `Update`s (slower, same stream).
-pub fn decode_stream(
-    stream: super::outbox::UpdateStream,
-) -> impl tokio_stream::Stream<Item = Result<crate::proto::Update, Status>> + Send + 'static {
-    use tokio_stream::StreamExt;
-    stream.map(|item| {
-        item.and_then(|b| {
-            crate::proto::Update::decode(b)
-                .map_err(|e| Status::internal(format!("re-decoding an Update: {e}")))
-        })
-    })
 }

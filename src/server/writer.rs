@@ -88,7 +88,7 @@ impl Writer {
                             }
                         }
                         Err(e) => {
-                            self.report(&e.to_string());
+                            self.report(&e.report());
                             self.fail(waiters);
                         }
                     }
@@ -131,7 +131,7 @@ impl Writer {
                 true
             }
             Err(e) => {
-                self.report(&e.to_string());
+                self.report(&e.report());
                 false
             }
         }

@@ -5,6 +5,7 @@
 //! only the top-K laggards carry a `client` label, and it holds the public
 //! handle, never the capability id. `docs/operations.md` lists each metric.
 
+use crate::consistency::{DropReason, Rejection};
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -99,54 +100,71 @@ pub struct StorageMetrics {
 
 impl StorageMetrics {
     fn new(r: &Registry) -> Self {
-        let commit_seconds = prometheus::Counter::new(
-            "chat_storage_commit_seconds_total",
-            "Time spent storing batches (transaction and fsync).",
-        )
-        .expect("valid metric");
-        r.register(Box::new(commit_seconds.clone()))
-            .expect("unique metric");
+        let commit_seconds = register(
+            r,
+            prometheus::Counter::new(
+                "chat_storage_commit_seconds_total",
+                "Time spent storing batches (transaction and fsync).",
+            )
+            .expect("valid metric"),
+        );
         StorageMetrics {
             healthy: gauge(
                 r,
-                "chat_storage_healthy",
-                "1 while the message log accepts writes, 0 from a failed write until one succeeds.",
+                (
+                    "chat_storage_healthy",
+                    "1 while the message log accepts writes, 0 from a failed write until one succeeds.",
+                ),
             ),
             write_errors: counter(
                 r,
-                "chat_storage_write_errors_total",
-                "Failed batch writes and failed recovery probes of the message log.",
+                (
+                    "chat_storage_write_errors_total",
+                    "Failed batch writes and failed recovery probes of the message log.",
+                ),
             ),
             failed_messages: counter(
                 r,
-                "chat_storage_failed_messages_total",
-                "Messages answered INTERNAL_ERROR because storing them failed.",
+                (
+                    "chat_storage_failed_messages_total",
+                    "Messages answered INTERNAL_ERROR because storing them failed.",
+                ),
             ),
             batches: counter(
                 r,
-                "chat_storage_batches_total",
-                "Batches stored by the message log (one transaction and one fsync each).",
+                (
+                    "chat_storage_batches_total",
+                    "Batches stored by the message log (one transaction and one fsync each).",
+                ),
             ),
             messages: counter(
                 r,
-                "chat_storage_messages_total",
-                "Messages stored by the message log.",
+                (
+                    "chat_storage_messages_total",
+                    "Messages stored by the message log.",
+                ),
             ),
             commit_seconds,
             batch_messages_max: gauge(
                 r,
-                "chat_storage_batch_messages_max",
-                "The largest batch stored so far, in messages.",
+                (
+                    "chat_storage_batch_messages_max",
+                    "The largest batch stored so far, in messages.",
+                ),
             ),
             retention_deleted: counter(
                 r,
-                "chat_storage_retention_deleted_total",
-                "Messages deleted by retention (count or age).",
+                (
+                    "chat_storage_retention_deleted_total",
+                    "Messages deleted by retention (count or age).",
+                ),
             ),
             maintenance_errors: counter(
                 r,
-                "chat_storage_maintenance_errors_total",
-                "Failed retention or checkpoint passes of the message log.",
+                (
+                    "chat_storage_maintenance_errors_total",
+                    "Failed retention or checkpoint passes of the message log.",
+                ),
             ),
         }
     }
@@ -178,35 +196,71 @@ impl StorageMetrics {
     }
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+/// A metric's name and help text: the table below holds one per metric, so
+/// `Metrics::new` reads as a list of what is registered.
+type Spec = (&'static str, &'static str);
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+fn counter(r: &Registry, (name, help): Spec) -> IntCounter {
+    register(r, IntCounter::new(name, help).expect("valid metric"))
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+/// A counter by one label whose values are known in advance: each starts at
+/// zero, so a rate over it exists before the first event.
+fn counter_by(r: &Registry, (name, help): Spec, label: &str, values: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    for v in values {
+        c.with_label_values(&[*v]);
+    }
+    register(r, c)
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+fn counter_vec(r: &Registry, (name, help): Spec, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("valid metric");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
+fn gauge(r: &Registry, (name, help): Spec) -> IntGauge {
+    register(r, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn float_gauge(r: &Registry, (name, help): Spec) -> Gauge {
+    register(r, Gauge::new(name, help).expect("valid metric"))
+}
+
+fn gauge_vec(r: &Registry, (name, help): Spec, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn float_gauge_vec(r: &Registry, (name, help): Spec, labels: &[&str]) -> GaugeVec {
+    register(
+        r,
+        GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn histogram(r: &Registry, (name, help): Spec, buckets: Vec<f64>) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    register(r, Histogram::with_opts(opts).expect("valid metric"))
+}
+
+fn histogram_vec(
+    r: &Registry,
+    (name, help): Spec,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    register(r, HistogramVec::new(opts, labels).expect("valid metric"))
 }
 
 /// Seconds buckets from 1 ms to ~16 s.
@@ -221,6 +275,91 @@ fn count_buckets() -> Vec<f64> {
     b
 }
 
+/// The `bound` label values of `chat_bound_violations_total`.
+pub const VIOLATED_BOUNDS: [&str; 2] = ["staleness", "lease"];
+/// The `scope` label values of `chat_bound_changes_total`.
+pub const CHANGE_SCOPES: [&str; 2] = ["default", "thread"];
+
+const MESSAGES_ACCEPTED: Spec = ("chat_messages_accepted_total", "Messages committed.");
+const MESSAGES_REJECTED: Spec = ("chat_messages_rejected_total", "Writes refused, by reason.");
+const CLIENTS_CONNECTED: Spec = ("chat_clients_connected", "Clients connected.");
+const CLIENTS_ACTIVE: Spec = (
+    "chat_clients_active",
+    "Clients streaming and acknowledging in time.",
+);
+const UPDATES_SENT: Spec = (
+    "chat_updates_sent_total",
+    "Updates sent, heartbeats included.",
+);
+const UPDATE_MESSAGES: Spec = ("chat_update_messages", "Messages per Update.");
+const MESSAGES_DELIVERED: Spec = (
+    "chat_messages_delivered_total",
+    "Messages put on client streams, summed over clients.",
+);
+const DELIVERY_LATENCY: Spec = (
+    "chat_delivery_latency_seconds",
+    "Commit to flush time of the oldest message in each non-empty Update.",
+);
+const ACK_LAG_MESSAGES: Spec = (
+    "chat_ack_lag_messages",
+    "Messages sent to a client and not yet acknowledged, at each acknowledgement.",
+);
+const ACK_LAG_SECONDS: Spec = (
+    "chat_ack_lag_seconds",
+    "Time from an Update being sent to its acknowledgement.",
+);
+const ACK_LAG_MESSAGES_MAX: Spec = (
+    "chat_ack_lag_messages_max",
+    "Largest number of messages sent to one client and not acknowledged.",
+);
+const ACK_LAG_SECONDS_MAX: Spec = (
+    "chat_ack_lag_seconds_max",
+    "Age of the oldest unacknowledged Update among clients.",
+);
+const PENDING_MESSAGES: Spec = (
+    "chat_pending_messages",
+    "Committed messages not yet flushed, summed over streaming clients.",
+);
+const NUMERICAL_ERROR: Spec = (
+    "chat_conit_numerical_error",
+    "Committed messages some active client has not acknowledged (largest conit of the tier).",
+);
+const ORDER_ERROR: Spec = (
+    "chat_conit_order_error",
+    "Order error measured by the latest admission decision of the tier.",
+);
+const ORDER_ERROR_OBSERVED: Spec = (
+    "chat_admission_order_error",
+    "Order errors measured at admission.",
+);
+const BOUND: Spec = (
+    "chat_bound",
+    "Bounds in force: staleness_seconds, numerical (messages), order (messages), by tier (default, or a thread with its own bounds).",
+);
+const BOUND_CHANGES: Spec = (
+    "chat_bound_changes_total",
+    "Bound changes applied at runtime, by scope (default or thread).",
+);
+const BOUND_VIOLATIONS: Spec = (
+    "chat_bound_violations_total",
+    "Promises broken: staleness = a message flushed later than its staleness bound after commit; lease = an Update sent after the previous Update expired.",
+);
+const CLIENTS_DROPPED: Spec = ("chat_clients_dropped_total", "Clients removed, by reason.");
+const RPC_REQUESTS: Spec = ("chat_rpc_requests_total", "RPCs by method and gRPC code.");
+const RPC_DURATION: Spec = (
+    "chat_rpc_duration_seconds",
+    "RPC latency by method and gRPC code.",
+);
+const CLIENT_LAG: Spec = (
+    "chat_client_ack_lag_messages",
+    "Acknowledgement lag in messages of the laggiest clients, by public handle.",
+);
+
+/// Seconds buckets from 0.1 ms to ~3 s, for RPC latencies.
+fn rpc_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
+}
+
 impl Metrics {
     /// A fresh registry with every metric, plus the process collector.
     pub fn new() -> Self {
@@ -230,165 +369,32 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("process collector");
-        let reasons = ["order", "numerical", "staleness", "client", "internal"];
-        let messages_rejected = counter_vec(
-            &r,
-            "chat_messages_rejected_total",
-            "Writes refused, by reason.",
-            &["reason"],
-        );
-        for reason in reasons {
-            messages_rejected.with_label_values(&[reason]);
-        }
-        let bound_violations = counter_vec(
-            &r,
-            "chat_bound_violations_total",
-            "Promises broken: staleness = a message flushed later than its staleness bound after commit; lease = an Update sent after the previous Update expired.",
-            &["bound"],
-        );
-        for b in ["staleness", "lease"] {
-            bound_violations.with_label_values(&[b]);
-        }
-        let clients_dropped = counter_vec(
-            &r,
-            "chat_clients_dropped_total",
-            "Clients removed, by reason.",
-            &["reason"],
-        );
-        for reason in [
-            "ack_timeout",
-            "never_streamed",
-            "slow_consumer",
-            "stream_closed",
-            "shutdown",
-        ] {
-            clients_dropped.with_label_values(&[reason]);
-        }
-        let bound_changes = counter_vec(
-            &r,
-            "chat_bound_changes_total",
-            "Bound changes applied at runtime, by scope (default or thread).",
-            &["scope"],
-        );
-        for scope in ["default", "thread"] {
-            bound_changes.with_label_values(&[scope]);
-        }
-        let bound = GaugeVec::new(
-            Opts::new(
-                "chat_bound",
-                "Bounds in force: staleness_seconds, numerical (messages), order (messages), by tier (default, or a thread with its own bounds).",
-            ),
-            &["bound", "tier"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(bound.clone())).expect("unique metric");
-        let rpc_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "chat_rpc_duration_seconds",
-                "RPC latency by method and gRPC code.",
-            )
-            .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
-            &["method", "code"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(rpc_duration.clone()))
-            .expect("unique metric");
-        let ack_lag_seconds_max = Gauge::new(
-            "chat_ack_lag_seconds_max",
-            "Age of the oldest unacknowledged Update among clients.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(ack_lag_seconds_max.clone()))
-            .expect("unique metric");
+        let drop_reasons = DropReason::ALL.map(DropReason::as_str);
+        let method_code = &["method", "code"];
         Metrics {
-            messages_accepted: counter(&r, "chat_messages_accepted_total", "Messages committed."),
-            messages_rejected,
-            clients_connected: gauge(&r, "chat_clients_connected", "Clients connected."),
-            clients_active: gauge(
-                &r,
-                "chat_clients_active",
-                "Clients streaming and acknowledging in time.",
-            ),
-            updates_sent: counter(
-                &r,
-                "chat_updates_sent_total",
-                "Updates sent, heartbeats included.",
-            ),
-            update_messages: histogram(
-                &r,
-                "chat_update_messages",
-                "Messages per Update.",
-                count_buckets(),
-            ),
-            messages_delivered: counter(
-                &r,
-                "chat_messages_delivered_total",
-                "Messages put on client streams, summed over clients.",
-            ),
-            delivery_latency: histogram(
-                &r,
-                "chat_delivery_latency_seconds",
-                "Commit to flush time of the oldest message in each non-empty Update.",
-                seconds_buckets(),
-            ),
-            ack_lag_messages: histogram(
-                &r,
-                "chat_ack_lag_messages",
-                "Messages sent to a client and not yet acknowledged, at each acknowledgement.",
-                count_buckets(),
-            ),
-            ack_lag_seconds: histogram(
-                &r,
-                "chat_ack_lag_seconds",
-                "Time from an Update being sent to its acknowledgement.",
-                seconds_buckets(),
-            ),
-            ack_lag_messages_max: gauge(
-                &r,
-                "chat_ack_lag_messages_max",
-                "Largest number of messages sent to one client and not acknowledged.",
-            ),
-            ack_lag_seconds_max,
-            pending_messages: gauge(
-                &r,
-                "chat_pending_messages",
-                "Committed messages not yet flushed, summed over streaming clients.",
-            ),
-            numerical_error: gauge_vec(
-                &r,
-                "chat_conit_numerical_error",
-                "Committed messages some active client has not acknowledged (largest conit of the tier).",
-                &["tier"],
-            ),
-            order_error: gauge_vec(
-                &r,
-                "chat_conit_order_error",
-                "Order error measured by the latest admission decision of the tier.",
-                &["tier"],
-            ),
-            order_error_observed: histogram(
-                &r,
-                "chat_admission_order_error",
-                "Order errors measured at admission.",
-                count_buckets(),
-            ),
-            bound,
-            bound_changes,
-            bound_violations,
-            clients_dropped,
-            rpc_requests: counter_vec(
-                &r,
-                "chat_rpc_requests_total",
-                "RPCs by method and gRPC code.",
-                &["method", "code"],
-            ),
-            rpc_duration,
-            client_lag: gauge_vec(
-                &r,
-                "chat_client_ack_lag_messages",
-                "Acknowledgement lag in messages of the laggiest clients, by public handle.",
-                &["client"],
-            ),
+            messages_accepted: counter(&r, MESSAGES_ACCEPTED),
+            messages_rejected: counter_by(&r, MESSAGES_REJECTED, "reason", &Rejection::REASONS),
+            clients_connected: gauge(&r, CLIENTS_CONNECTED),
+            clients_active: gauge(&r, CLIENTS_ACTIVE),
+            updates_sent: counter(&r, UPDATES_SENT),
+            update_messages: histogram(&r, UPDATE_MESSAGES, count_buckets()),
+            messages_delivered: counter(&r, MESSAGES_DELIVERED),
+            delivery_latency: histogram(&r, DELIVERY_LATENCY, seconds_buckets()),
+            ack_lag_messages: histogram(&r, ACK_LAG_MESSAGES, count_buckets()),
+            ack_lag_seconds: histogram(&r, ACK_LAG_SECONDS, seconds_buckets()),
+            ack_lag_messages_max: gauge(&r, ACK_LAG_MESSAGES_MAX),
+            ack_lag_seconds_max: float_gauge(&r, ACK_LAG_SECONDS_MAX),
+            pending_messages: gauge(&r, PENDING_MESSAGES),
+            numerical_error: gauge_vec(&r, NUMERICAL_ERROR, &["tier"]),
+            order_error: gauge_vec(&r, ORDER_ERROR, &["tier"]),
+            order_error_observed: histogram(&r, ORDER_ERROR_OBSERVED, count_buckets()),
+            bound: float_gauge_vec(&r, BOUND, &["bound", "tier"]),
+            bound_changes: counter_by(&r, BOUND_CHANGES, "scope", &CHANGE_SCOPES),
+            bound_violations: counter_by(&r, BOUND_VIOLATIONS, "bound", &VIOLATED_BOUNDS),
+            clients_dropped: counter_by(&r, CLIENTS_DROPPED, "reason", &drop_reasons),
+            rpc_requests: counter_vec(&r, RPC_REQUESTS, method_code),
+            rpc_duration: histogram_vec(&r, RPC_DURATION, method_code, rpc_buckets()),
+            client_lag: gauge_vec(&r, CLIENT_LAG, &["client"]),
             storage: StorageMetrics::new(&r),
             registry: r,
         }

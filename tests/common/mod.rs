@@ -3,9 +3,10 @@
 
 use dyconit_chat::client::{ChatClient, Received, Subscription};
 use dyconit_chat::consistency::{Bounds, BoundsTable};
+use dyconit_chat::node::{self, Listeners};
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
 use dyconit_chat::proto::{Acknowledgement, Client, SentMessage, ServerTime, Thread};
-use dyconit_chat::server::{self, Config, Listeners, Storage};
+use dyconit_chat::server::{Config, Storage};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -41,7 +42,7 @@ impl TestServer {
         let url = format!("http://{}", grpc.local_addr().unwrap());
         let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(server::run(Listeners { grpc, admin }, config, async {
+        let task = tokio::spawn(node::run(Listeners { grpc, admin }, config, async {
             let _ = rx.await;
         }));
         TestServer {
