@@ -714,7 +714,8 @@ async fn a_client_that_stops_reading_is_cut_off_with_resource_exhausted() {
     }
     assert_eq!(ok, 3000);
     // A reader is judged when its next flush begins (the one being queued
-    // does not count): keep the messages coming.
+    // does not count): keep the messages coming, still without reading,
+    // until the server counts the drop.
     let next = server.client(None).await;
     let nudges = tokio::spawn(async move {
         for i in 0..100 {
@@ -722,12 +723,25 @@ async fn a_client_that_stops_reading_is_cut_off_with_resource_exhausted() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+    let dropped = "chat_clients_dropped_total{reason=\"slow_consumer\"} ";
+    let mut waited = 0;
+    while !common::http(server.admin, "GET", "/metrics", None, None)
+        .await
+        .1
+        .lines()
+        .any(|l| l.strip_prefix(dropped).is_some_and(|n| n != "0"))
+    {
+        waited += 1;
+        assert!(waited < 100, "never cut off");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Now read: what the transport held, then the status.
     let end = loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
             Ok(Ok(Some(_))) => continue,
             Ok(Ok(None)) => panic!("ended without a status"),
             Ok(Err(s)) => break s,
-            Err(_) => panic!("never cut off"),
+            Err(_) => panic!("the stream did not end"),
         }
     };
     assert_eq!(end.code(), Code::ResourceExhausted);
