@@ -8,6 +8,7 @@
 //! - [`admission`]: what a write asks and what the decision answers.
 //! - [`engine`]: the state machine that ties them together.
 //! - [`parts`]: cutting a flush into Updates of bounded size.
+//! - [`policy`]: bounds moved by policies, within operator-set limits.
 
 pub mod admission;
 pub mod bounds;
@@ -15,6 +16,7 @@ pub mod client;
 pub mod conit;
 pub mod engine;
 pub mod parts;
+pub mod policy;
 pub mod settings;
 pub mod time;
 
