@@ -3,8 +3,10 @@
 //! variable, then the config file, then the built-in default.
 
 use crate::consistency::bounds::BoundsOverride;
+use crate::consistency::policy::LoadConfig;
 use crate::consistency::{Bounds, BoundsTable, Settings};
 use crate::log::sqlite::Retention;
+use crate::server::policies::LoadSetting;
 use crate::server::{Config, Storage};
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -99,8 +101,15 @@ pub struct ServeArgs {
     /// tracing is off when neither this nor OTEL_EXPORTER_OTLP_ENDPOINT is set
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Turn the load policy on: under pressure (the flush scheduler running
+    /// late) it widens staleness and numerical, up to 5s and 4096 by default
+    /// ([policy.load] in the config file sets target, max_staleness,
+    /// max_numerical), and narrows them back when the pressure passes
+    #[arg(long, env = "DYCONIT_LOAD_POLICY")]
+    pub load_policy: bool,
     /// TOML config file: any of the settings above (snake_case keys), plus
-    /// per-thread bounds in [threads."<id>"] tables
+    /// per-thread bounds in [threads."<id>"] tables and policy settings in
+    /// [policy.load]
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -150,6 +159,48 @@ pub struct FileConfig {
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
+    /// Policy settings.
+    #[serde(default)]
+    pub policy: PolicyFile,
+}
+
+/// The `[policy.*]` tables of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub load: Option<LoadPolicyFile>,
+}
+
+/// `[policy.load]`: present means on unless `enabled = false`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadPolicyFile {
+    pub enabled: Option<bool>,
+    pub target: Option<f64>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub max_staleness: Option<Duration>,
+    pub max_numerical: Option<u64>,
+}
+
+impl LoadPolicyFile {
+    /// The setting from this table, switched on by `flag` too.
+    fn setting(&self, flag: bool) -> anyhow::Result<LoadSetting> {
+        let d = LoadConfig::default();
+        let config = LoadConfig {
+            target: self.target.unwrap_or(d.target),
+            max_staleness: self.max_staleness.unwrap_or(d.max_staleness),
+            max_numerical: self.max_numerical.unwrap_or(d.max_numerical),
+            ..d
+        };
+        config.validate().context("invalid [policy.load]")?;
+        Ok(LoadSetting {
+            enabled: flag || self.enabled.unwrap_or(true),
+            config,
+        })
+    }
 }
 
 /// The merged result: the addresses to bind and the server config.
@@ -255,6 +306,13 @@ impl ServeArgs {
                 retention,
                 admin_token: self.admin_token.clone().or(file.admin_token),
                 ready_file: self.ready_file.clone(),
+                load_policy: match &file.policy.load {
+                    Some(table) => table.setting(self.load_policy)?,
+                    None => LoadSetting {
+                        enabled: self.load_policy,
+                        ..LoadSetting::default()
+                    },
+                },
                 ..dc
             },
         })

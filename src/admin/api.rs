@@ -59,14 +59,28 @@ fn change_json(c: &ChangeRecord) -> Value {
     v
 }
 
+/// `default` and each thread's `override` are the operator's bounds (what
+/// `PUT` edits); `effective` is what is in force after policies scaled
+/// them (the same while no policy is on).
 pub async fn get_bounds(State(s): State<AdminState>) -> Json<Value> {
     let (table, changes) = s.hub.bounds();
-    let threads: Vec<Value> = table
+    let control = s.hub.bounds_control();
+    let base = control.base();
+    let threads: Vec<Value> = base
         .overrides()
-        .map(|(t, o, b)| json!({ "thread": t, "override": override_json(o), "effective": bounds_json(b) }))
+        .map(|(t, o, b)| {
+            json!({
+                "thread": t,
+                "override": override_json(o),
+                "base": bounds_json(b),
+                "effective": bounds_json(&table.for_thread(t)),
+            })
+        })
         .collect();
     Json(json!({
-        "default": bounds_json(&table.default_bounds()),
+        "default": bounds_json(&base.default_bounds()),
+        "effective_default": bounds_json(&table.default_bounds()),
+        "policy_scale": control.scale().staleness,
         "threads": threads,
         "changes": changes.iter().map(change_json).collect::<Vec<_>>(),
     }))
@@ -118,7 +132,7 @@ fn parse_count(name: &str, v: &Value) -> Result<u64, String> {
         .ok_or_else(|| format!("{name} must be a non-negative integer, got {v}"))
 }
 
-fn who(addr: SocketAddr, s: &AdminState) -> String {
+pub(super) fn who(addr: SocketAddr, s: &AdminState) -> String {
     match s.token {
         Some(_) => format!("{addr} (token)"),
         None => addr.to_string(),

@@ -13,6 +13,12 @@
 //! - `PUT /api/v1/bounds/default` — change fields of the default bounds.
 //! - `PUT /api/v1/bounds/threads/{id}` — set a thread's override.
 //! - `DELETE /api/v1/bounds/threads/{id}` — remove a thread's override.
+//! - `GET /api/v1/policies` — each policy's settings, the scale it applies
+//!   and its recent decisions; the fields an operator pinned.
+//! - `PUT /api/v1/policies/load` — turn the load policy on or off, or change
+//!   its `target`, `max_staleness`, `max_numerical`.
+//! - `DELETE /api/v1/policies/pins` — let policies move every bound again
+//!   (bounds an operator set at runtime are pinned until then).
 //! - `GET /api/v1/clients` — connected clients, laggiest first (`?limit=N`).
 //! - `GET /api/v1/stats` — totals, and the delivery-latency and
 //!   acknowledgement-lag histograms (count, sum, cumulative buckets).
@@ -25,10 +31,12 @@
 
 mod api;
 mod openapi;
+mod policy_api;
 mod ui;
 
 use crate::log::StorageHealth;
 use crate::server::hub::Hub;
+use crate::server::policies::Policies;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing_setup::LogFilter;
 use axum::Router;
@@ -66,6 +74,8 @@ pub struct AdminState {
     pub storage: Arc<StorageHealth>,
     /// The server's shared state: bounds, clients, stats.
     pub hub: Arc<Hub>,
+    /// The policies' settings and recent decisions.
+    pub policies: Arc<Policies>,
     /// The registry `/metrics` renders.
     pub metrics: Metrics,
     /// The bearer token mutating calls need, if one is configured.
@@ -97,6 +107,12 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/api/v1/bounds/threads/{id}",
             put(api::put_thread).delete(api::delete_thread),
+        )
+        .route("/api/v1/policies", get(policy_api::get_policies))
+        .route("/api/v1/policies/load", put(policy_api::put_load))
+        .route(
+            "/api/v1/policies/pins",
+            axum::routing::delete(policy_api::delete_pins),
         )
         .route("/api/v1/clients", get(api::clients))
         .route("/api/v1/stats", get(api::stats))

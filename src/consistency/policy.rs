@@ -150,6 +150,85 @@ pub fn effective(base: &BoundsTable, pins: &Pins, scale: Scale, ceiling: Ceiling
     table
 }
 
+/// The bounds as the operator set them, what policies make of them, and
+/// the bounds in force that follow. The server keeps one of these in its
+/// one place for bound changes: an operator's change edits [`base`] (and pins
+/// the fields it sets), a policy's change edits the scale, and either way
+/// the engine gets [`BoundsControl::effective`].
+///
+/// [`base`]: BoundsControl::base
+#[derive(Debug, Clone)]
+pub struct BoundsControl {
+    base: BoundsTable,
+    pins: Pins,
+    scale: Scale,
+    ceiling: Ceiling,
+}
+
+impl BoundsControl {
+    /// The operator's bounds, with no policy applied.
+    pub fn new(base: BoundsTable) -> Self {
+        BoundsControl {
+            base,
+            pins: Pins::default(),
+            scale: Scale::ONE,
+            ceiling: LoadConfig::default().ceiling(),
+        }
+    }
+
+    pub fn base(&self) -> &BoundsTable {
+        &self.base
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    pub fn scale(&self) -> Scale {
+        self.scale
+    }
+
+    /// The bounds in force.
+    pub fn effective(&self) -> BoundsTable {
+        if self.scale == Scale::ONE {
+            return self.base.clone();
+        }
+        effective(&self.base, &self.pins, self.scale, self.ceiling)
+    }
+
+    /// An operator's new table; `pinned` names the fields the change set
+    /// (`None`: the defaults; `Some(thread)`: that thread's), which policies
+    /// leave alone from now on. A thread whose own bounds were removed loses
+    /// its pins.
+    pub fn set_base(&mut self, base: BoundsTable, target: Option<&str>, pinned: Pinned) {
+        match target {
+            None => self.pins.default = self.pins.default.union(pinned),
+            Some(t) => {
+                let p = self.pins.threads.entry(t.to_owned()).or_default();
+                *p = p.union(pinned);
+            }
+        }
+        self.pins
+            .threads
+            .retain(|t, _| base.overrides().any(|(o, _, _)| o == t));
+        self.base = base;
+    }
+
+    /// Policies may move every field again.
+    pub fn clear_pins(&mut self) {
+        self.pins = Pins::default();
+    }
+
+    /// A policy's new scale and ceiling. Returns whether the bounds in force
+    /// changed.
+    pub fn set_scale(&mut self, scale: Scale, ceiling: Ceiling) -> bool {
+        let before = self.effective();
+        self.scale = scale;
+        self.ceiling = ceiling;
+        self.effective() != before
+    }
+}
+
 /// Settings of the load policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoadConfig {

@@ -16,6 +16,7 @@ pub mod convert;
 mod grpc;
 pub mod hub;
 pub mod outbox;
+pub mod policies;
 pub mod scheduler;
 pub mod service;
 pub mod updates;
@@ -74,6 +75,8 @@ pub struct Config {
     /// Where to write the bound addresses as JSON once serving (`serve
     /// --ready-file`), for programs that start the server on port 0.
     pub ready_file: Option<PathBuf>,
+    /// The load policy: off unless `--load-policy` or `[policy.load]`.
+    pub load_policy: policies::LoadSetting,
 }
 
 impl std::fmt::Debug for crate::telemetry::tracing_setup::LogFilter {
@@ -96,6 +99,7 @@ impl Default for Config {
             admin_token: None,
             log_filter: None,
             ready_file: None,
+            load_policy: policies::LoadSetting::default(),
         }
     }
 }
