@@ -18,6 +18,7 @@ use super::admission::{AckInfo, ClientFault, Decision, Rejection, Submission, Ve
 use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
 use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
+pub use super::entry::{Entries, Entry};
 use super::parts::split;
 use super::settings::{Settings, flush_spread, safety_margin};
 use super::time::Micros;
@@ -28,23 +29,6 @@ use std::time::Duration;
 
 /// The capability id a client got from `Connect`.
 pub type ClientId = i64;
-
-/// One committed message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Commit sequence number: one strictly increasing order for all.
-    pub seq: Seq,
-    /// Thread id ("" is the main room); names the conit.
-    pub thread: Arc<str>,
-    pub contents: String,
-    /// The sender's public name.
-    pub sender: Arc<str>,
-    /// Commit time; `MessageStatus.timestamp` and `ReceivedMessage.serverTime`.
-    pub commit_time: Micros,
-}
-
-/// Entries of one batch, shared by every client that gets it.
-pub type Entries = Arc<[Arc<Entry>]>;
 
 /// The contents of one Update for a client.
 #[derive(Debug, Clone)]

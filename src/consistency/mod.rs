@@ -15,6 +15,7 @@ pub mod bounds;
 pub mod client;
 pub mod conit;
 pub mod engine;
+pub mod entry;
 pub mod parts;
 pub mod policy;
 pub mod settings;

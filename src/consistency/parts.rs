@@ -15,7 +15,7 @@
 
 use super::Seq;
 use super::bounds::MAX_THREAD_ID_BYTES;
-use super::engine::{Entries, Entry};
+use super::entry::{Entries, Entry};
 use std::sync::Arc;
 
 /// The longest sender name in bytes: 64 characters of up to 4 bytes each.
