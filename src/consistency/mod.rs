@@ -28,6 +28,7 @@ pub use admission::{
     AckInfo, ClientFault, Decision, Rejection, Submission, SubmissionAck, Verdict,
 };
 pub use bounds::{Bounds, BoundsOverride, BoundsTable};
-pub use engine::{Batch, ClientId, DropReason, Engine, Entry, Event};
+pub use engine::{Batch, ClientId, DropReason, Engine, Event};
+pub use entry::Entry;
 pub use settings::Settings;
 pub use time::Micros;

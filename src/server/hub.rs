@@ -12,12 +12,13 @@
 //! fails ([`Hub::batch_failed`]), every pending message is discarded and its
 //! sender gets `INTERNAL_ERROR`.
 
-use super::clock;
 use super::convert;
+use super::error::HubError;
 use super::outbox::{Outbox, UpdateStream};
+use crate::clock::Clock;
 use crate::consistency::policy::{BoundsControl, Ceiling, Pinned, Scale};
 use crate::consistency::{
-    AckInfo, ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq,
+    AckInfo, Batch, ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq,
     Submission, Verdict,
 };
 use crate::consistency::{Bounds, BoundsTable};
@@ -28,7 +29,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
-use tonic::Status;
 
 /// Where accepted messages go to become durable.
 pub enum Sink {
@@ -99,8 +99,30 @@ struct Inner {
     control: BoundsControl,
 }
 
+/// The shared state of a running server.
+///
+/// **Lock rules.** `inner` is the one global lock: every RPC takes it once,
+/// briefly. Under it happen only engine calls and moves of what they return
+/// (queue pushes, map updates, Arc clones); protobuf encoding, outbox pushes,
+/// metrics and log lines happen after it is dropped (the one exception:
+/// a new stream's first Updates are queued under it, so that no flush can
+/// overtake them). `delivery` serialises the flushes (the scheduler's tick
+/// and the final drain) so that the Updates a client gets are pushed in the
+/// order the engine counted them; it is taken before `inner`, never while
+/// holding it. No `.await` under either.
+///
+/// **Poisoning.** A panic under `inner` would leave the engine possibly
+/// half-updated. The engine validates every input instead of panicking, so
+/// such a panic is a bug; we log nothing extra and keep serving with the
+/// state as it is (the panic itself is reported by the RPC task that died),
+/// because refusing every later RPC would take down every client for the
+/// sake of one. The same holds for `delivery`, which guards no data.
 pub struct Hub {
     inner: Mutex<Inner>,
+    /// Held while a flush's Updates are pushed (see the lock rules).
+    delivery: Mutex<()>,
+    /// The server's clock.
+    clock: Clock,
     /// Wakes the flush scheduler when the engine's next deadline moved earlier.
     wake: Notify,
     /// Wakes the writer thread when work arrives (waits on `inner`).
@@ -139,6 +161,7 @@ impl Hub {
         sink: Sink,
         max_outbound_bytes: usize,
         metrics: Metrics,
+        clock: Clock,
     ) -> Arc<Self> {
         let engine_bounds = engine.settings().bounds.clone();
         Arc::new(Hub {
@@ -154,6 +177,8 @@ impl Hub {
                 changes: std::collections::VecDeque::new(),
                 control: BoundsControl::new(engine_bounds),
             }),
+            delivery: Mutex::new(()),
+            clock,
             wake: Notify::new(),
             work: Condvar::new(),
             settled: Notify::new(),
@@ -167,9 +192,13 @@ impl Hub {
         &self.metrics
     }
 
+    /// Now, on the server's clock.
+    pub fn now(&self) -> Micros {
+        self.clock.now()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // The engine's invariants are restored before any call returns; a
-        // panic in one RPC must not take the whole server down with it.
+        // Poisoning is ignored on purpose: see the lock rules on `Hub`.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -195,7 +224,7 @@ impl Hub {
     }
 
     /// `Connect`: a fresh random capability id and public id.
-    pub fn connect(&self, name: Option<String>) -> Result<(ClientId, String, Micros), Status> {
+    pub fn connect(&self, name: Option<String>) -> Result<(ClientId, String, Micros), HubError> {
         let mut rng = rand::rng();
         let public_id: u64 = rng.random();
         let name = name.unwrap_or_else(|| handle(public_id));
@@ -204,10 +233,10 @@ impl Hub {
             if id == 0 {
                 continue;
             }
-            let now = clock::now();
+            let now = self.now();
             let ok = self.with_engine(|g| {
                 if g.draining {
-                    return Err(Status::unavailable("server is shutting down"));
+                    return Err(HubError::ShuttingDown);
                 }
                 Ok(g.engine.connect(id, public_id, name.as_str().into(), now))
             })?;
@@ -219,21 +248,14 @@ impl Hub {
     }
 
     /// `ReceiveUpdates`: opens the stream with its first Update queued.
-    pub fn start_stream(self: &Arc<Self>, id: ClientId) -> Result<UpdateStream, Status> {
-        let now = clock::now();
+    pub fn start_stream(self: &Arc<Self>, id: ClientId) -> Result<UpdateStream, HubError> {
+        let now = self.now();
         let outbox = Outbox::new(self.max_outbound_bytes);
         self.with_engine(|g| {
             if g.draining {
-                return Err(Status::unavailable("server is shutting down"));
+                return Err(HubError::ShuttingDown);
             }
-            let batches = g.engine.start_stream(id, now).map_err(|e| match e {
-                crate::consistency::engine::StreamError::NotFound => {
-                    Status::not_found("unknown client id")
-                }
-                crate::consistency::engine::StreamError::AlreadyStreaming => {
-                    Status::already_exists("this client already has an update stream")
-                }
-            })?;
+            let batches = g.engine.start_stream(id, now)?;
             // The history may be split into several Updates; all of them
             // begin the stream, so none counts as an unread backlog.
             for batch in &batches {
@@ -256,26 +278,18 @@ impl Hub {
         let mut g = self.lock();
         g.outboxes.remove(&id);
         let public = g.engine.client(id).map(|c| c.public_id);
-        if g.engine.remove(id)
-            && let Some(p) = public
-        {
+        let removed = g.engine.remove(id);
+        drop(g);
+        if removed && let Some(p) = public {
             self.count_drop(DropReason::StreamClosed);
             tracing::info!(client = %handle(p), reason = DropReason::StreamClosed.as_str(), "client left");
         }
     }
 
     /// `Acknowlegde`.
-    pub fn acknowledge(&self, id: ClientId, count: i64) -> Result<Micros, Status> {
-        use crate::consistency::engine::AckError;
-        let now = clock::now();
-        let info = self
-            .with_engine(|g| g.engine.acknowledge(id, count, now))
-            .map_err(|e| match e {
-                AckError::NotFound => Status::not_found("unknown client id"),
-                AckError::Negative | AckError::AboveSent { .. } => {
-                    Status::invalid_argument(e.to_string())
-                }
-            })?;
+    pub fn acknowledge(&self, id: ClientId, count: i64) -> Result<Micros, HubError> {
+        let now = self.now();
+        let info = self.with_engine(|g| g.engine.acknowledge(id, count, now))?;
         // Standalone acknowledgements are most of them: count them in the
         // acknowledgement-lag histograms like those inside a SentMessage.
         self.observe_ack(info);
@@ -285,7 +299,7 @@ impl Hub {
     /// `SendMessage`: decide, and hand what was committed to the log. No
     /// disk I/O happens here: with the writer sink the entry is only queued.
     pub fn submit(&self, sub: Submission) -> Submitted {
-        let now = clock::now();
+        let now = self.now();
         let thread = sub.thread.clone();
         let (submitted, tier) = self.with_engine(|g| {
             let (mut decision, entry) = g.engine.submit(sub, now);
@@ -495,13 +509,15 @@ impl Hub {
     /// Runs the engine's due work and carries out its events. Returns when
     /// it next has work.
     pub fn tick(&self) -> Micros {
-        let now = clock::now();
-        let mut g = self.lock();
-        let due = g.engine.next_wake();
-        let events = g.engine.poll(now);
-        self.deliver(&mut g, events);
-        let next = g.engine.next_wake();
-        drop(g);
+        let _order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.now();
+        let (work, next, due) = {
+            let mut g = self.lock();
+            let due = g.engine.next_wake();
+            let events = g.engine.poll(now);
+            (Deliveries::take(&mut g, events), g.engine.next_wake(), due)
+        };
+        self.deliver(work);
         // `i64::MIN` means "at once" (a conit reached its flush count), not
         // a deadline that could be missed.
         if due <= now && due.0 != i64::MIN {
@@ -527,68 +543,82 @@ impl Hub {
         std::mem::take(&mut *self.lateness.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn deliver(&self, g: &mut Inner, events: Vec<Event>) {
+    /// Carries out a flush's events outside the hub lock (the caller holds
+    /// `delivery`): encodes each batch once, pushes the Updates, closes the
+    /// streams of dropped clients, records metrics and logs; then removes the
+    /// clients whose outbox overflowed.
+    fn deliver(&self, work: Deliveries) {
         // Clients at the same cursor share a batch: encode it once and share
         // the bytes (a reference count per client, not a copy).
         let mut encoded: HashMap<*const (), bytes::Bytes> = HashMap::new();
         let mut overflow = Vec::new();
-        let m = &self.metrics;
-        for ev in events {
-            match ev {
-                Event::Update { client, batch } => {
-                    let Some(outbox) = g.outboxes.get(&client) else {
-                        continue;
-                    };
-                    m.updates_sent.inc();
-                    let n = batch.entries.len();
-                    m.update_messages.observe(n as f64);
-                    if let Some(oldest) = batch.entries.first() {
-                        m.messages_delivered.inc_by(n as u64);
-                        let latency = batch.current_time.0.saturating_sub(oldest.commit_time.0);
-                        m.delivery_latency.observe(latency as f64 / 1e6);
-                    }
-                    if batch.late > 0 {
-                        m.bound_violations
-                            .with_label_values(&["staleness"])
-                            .inc_by(batch.late);
-                        tracing::warn!(client = %redacted(client), late = batch.late, "messages delivered later than their staleness bound");
-                    }
-                    if batch.after_expiration {
-                        m.bound_violations.with_label_values(&["lease"]).inc();
-                        tracing::warn!(client = %redacted(client), "Update sent after the previous one expired");
-                    }
-                    let key = Arc::as_ptr(&batch.entries) as *const ();
-                    let update = encoded
-                        .entry(key)
-                        .or_insert_with(|| convert::encoded_update(&batch))
-                        .clone();
-                    if !outbox.push(update, batch.part == 0) {
-                        overflow.push(client);
-                    }
-                }
-                Event::Dropped { client, reason } => {
-                    self.count_drop(reason);
-                    if let Some(outbox) = g.outboxes.remove(&client) {
-                        outbox.close(drop_status(reason));
-                    }
-                    tracing::info!(client = %redacted(client), reason = reason.as_str(), "client dropped");
-                }
+        for (client, outbox, batch) in work.updates {
+            self.observe_update(client, &batch);
+            let key = Arc::as_ptr(&batch.entries) as *const ();
+            let update = encoded
+                .entry(key)
+                .or_insert_with(|| convert::encoded_update(&batch))
+                .clone();
+            if !outbox.push(update, batch.part == 0) {
+                overflow.push(client);
             }
         }
-        for client in overflow {
-            g.engine.remove(client);
+        for (client, outbox, reason) in work.dropped {
+            self.count_drop(reason);
+            if let Some(outbox) = outbox {
+                outbox.close(HubError::Dropped(reason));
+            }
+            tracing::info!(client = %redacted(client), reason = reason.as_str(), "client dropped");
+        }
+        if overflow.is_empty() {
+            return;
+        }
+        let closed: Vec<_> = {
+            let mut g = self.lock();
+            overflow
+                .into_iter()
+                .map(|client| {
+                    g.engine.remove(client);
+                    (client, g.outboxes.remove(&client))
+                })
+                .collect()
+        };
+        for (client, outbox) in closed {
             self.count_drop(DropReason::SlowConsumer);
-            if let Some(outbox) = g.outboxes.remove(&client) {
-                outbox.close(drop_status(DropReason::SlowConsumer));
+            if let Some(outbox) = outbox {
+                outbox.close(HubError::Dropped(DropReason::SlowConsumer));
             }
             tracing::warn!(client = %redacted(client), "client dropped: outbound buffer full");
+        }
+    }
+
+    /// Counts one Update in the metrics, and logs a broken bound.
+    fn observe_update(&self, client: ClientId, batch: &Batch) {
+        let m = &self.metrics;
+        m.updates_sent.inc();
+        let n = batch.entries.len();
+        m.update_messages.observe(n as f64);
+        if let Some(oldest) = batch.entries.first() {
+            m.messages_delivered.inc_by(n as u64);
+            let latency = batch.current_time.0.saturating_sub(oldest.commit_time.0);
+            m.delivery_latency.observe(latency as f64 / 1e6);
+        }
+        if batch.late > 0 {
+            m.bound_violations
+                .with_label_values(&["staleness"])
+                .inc_by(batch.late);
+            tracing::warn!(client = %redacted(client), late = batch.late, "messages delivered later than their staleness bound");
+        }
+        if batch.after_expiration {
+            m.bound_violations.with_label_values(&["lease"]).inc();
+            tracing::warn!(client = %redacted(client), "Update sent after the previous one expired");
         }
     }
 
     /// Waits until the scheduler should tick again.
     pub async fn wait(&self, until: Micros) {
         tokio::select! {
-            _ = tokio::time::sleep(clock::until(until)) => {}
+            _ = tokio::time::sleep(self.clock.until(until)) => {}
             _ = self.wake.notified() => {}
         }
     }
@@ -596,14 +626,50 @@ impl Hub {
     /// Shutdown: refuse new clients, flush every pending message, and end
     /// every stream normally once its queue is sent.
     pub fn drain(&self) {
-        let now = clock::now();
-        let mut g = self.lock();
-        g.draining = true;
-        let events = g.engine.flush_all(now);
-        self.deliver(&mut g, events);
-        for outbox in g.outboxes.values() {
+        let _order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.now();
+        let (work, outboxes) = {
+            let mut g = self.lock();
+            g.draining = true;
+            let events = g.engine.flush_all(now);
+            let work = Deliveries::take(&mut g, events);
+            (work, g.outboxes.values().cloned().collect::<Vec<_>>())
+        };
+        self.deliver(work);
+        for outbox in outboxes {
             outbox.finish();
         }
+    }
+}
+
+/// A flush's events with the outboxes they go to, taken under the hub lock
+/// and carried out after it is dropped.
+#[derive(Default)]
+struct Deliveries {
+    /// Updates for clients with an open stream, in the engine's order.
+    updates: Vec<(ClientId, Arc<Outbox>, Batch)>,
+    /// Clients the engine removed, with their outbox if they had a stream.
+    dropped: Vec<(ClientId, Option<Arc<Outbox>>, DropReason)>,
+}
+
+impl Deliveries {
+    /// Pairs each event with its outbox (an Arc clone, under the lock).
+    fn take(g: &mut Inner, events: Vec<Event>) -> Deliveries {
+        let mut work = Deliveries::default();
+        for ev in events {
+            match ev {
+                Event::Update { client, batch } => {
+                    if let Some(outbox) = g.outboxes.get(&client) {
+                        work.updates.push((client, outbox.clone(), batch));
+                    }
+                }
+                Event::Dropped { client, reason } => {
+                    work.dropped
+                        .push((client, g.outboxes.remove(&client), reason));
+                }
+            }
+        }
+        work
     }
 }
 
@@ -644,7 +710,7 @@ pub struct Snapshot {
 impl Hub {
     /// Every connected client, laggiest first.
     pub fn clients(&self) -> Vec<ClientView> {
-        let now = clock::now();
+        let now = self.now();
         let g = self.lock();
         // Pending for a client = durable (deliverable) commits not yet sent
         // to it; commits still being stored are not deliverable yet.
@@ -681,37 +747,65 @@ impl Hub {
     }
 
     /// Refreshes the gauges that are read off the engine, and returns the
-    /// totals.
+    /// totals. One pass under the lock copies numbers only; the top-K
+    /// handles are formatted after it is dropped, for K clients, not all.
     pub fn refresh_gauges(&self) -> Snapshot {
-        let clients = self.clients();
+        let now = self.now();
         let g = self.lock();
         let bounds = g.engine.settings().bounds.clone();
-        let mut numerical: HashMap<String, u64> = HashMap::new();
-        for (thread, n) in g.engine.numerical_errors() {
-            let e = numerical.entry(bounds.tier(&thread)).or_default();
-            *e = (*e).max(n);
-        }
-        let snap = Snapshot {
-            clients_connected: clients.len(),
+        let numerical = g.engine.numerical_errors();
+        let head = g.engine.durable();
+        let mut lags: Vec<(u64, f64, u64)> = Vec::new();
+        let mut snap = Snapshot {
             clients_active: g.engine.streaming_clients(),
             // The visible end of the log: a commit still being stored may
             // yet fail, and the head must not go back.
-            head: g.engine.durable(),
-            pending_messages: clients.iter().map(|c| c.pending).sum(),
-            ack_lag_messages_max: clients.iter().map(|c| c.lag_messages).max().unwrap_or(0),
-            ack_lag_seconds_max: clients.iter().map(|c| c.lag_seconds).fold(0.0, f64::max),
+            head,
             draining: g.draining,
+            ..Snapshot::default()
         };
+        for (_, c) in g.engine.clients() {
+            let lag_seconds = c
+                .oldest_unacked_at()
+                .map_or(0.0, |t| now.since(t).as_secs_f64());
+            let lag_messages = c.unacked_messages();
+            snap.clients_connected += 1;
+            if c.phase == crate::consistency::client::Phase::Streaming {
+                snap.pending_messages += head - c.delivered;
+            }
+            snap.ack_lag_messages_max = snap.ack_lag_messages_max.max(lag_messages);
+            snap.ack_lag_seconds_max = snap.ack_lag_seconds_max.max(lag_seconds);
+            if lag_messages > 0 {
+                lags.push((lag_messages, lag_seconds, c.public_id));
+            }
+        }
         drop(g);
+        self.set_gauges(&snap, &bounds, numerical, lags);
+        snap
+    }
+
+    /// Sets the scrape-time gauges from figures taken under the lock.
+    fn set_gauges(
+        &self,
+        snap: &Snapshot,
+        bounds: &crate::consistency::BoundsTable,
+        numerical: Vec<(Arc<str>, u64)>,
+        mut lags: Vec<(u64, f64, u64)>,
+    ) {
         let m = &self.metrics;
         m.clients_connected.set(snap.clients_connected as i64);
         m.clients_active.set(snap.clients_active as i64);
         m.pending_messages.set(snap.pending_messages as i64);
         m.ack_lag_messages_max.set(snap.ack_lag_messages_max as i64);
         m.ack_lag_seconds_max.set(snap.ack_lag_seconds_max);
+        let mut by_tier: HashMap<String, u64> = HashMap::new();
+        for (thread, n) in numerical {
+            let e = by_tier.entry(bounds.tier(&thread)).or_default();
+            *e = (*e).max(n);
+        }
         m.numerical_error.reset();
         m.numerical_error.with_label_values(&["default"]).set(0);
-        for (tier, n) in numerical {
+        for (tier, n) in by_tier {
             m.numerical_error
                 .with_label_values(&[tier.as_str()])
                 .set(n as i64);
@@ -732,29 +826,13 @@ impl Hub {
         for (thread, _, b) in bounds.overrides() {
             set_bounds(&bounds.tier(thread), *b);
         }
+        // Laggiest first, as `clients` orders them.
+        lags.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
         m.client_lag.reset();
-        for c in clients
-            .iter()
-            .filter(|c| c.lag_messages > 0)
-            .take(TOP_LAGGARDS)
-        {
+        for (lag, _, public_id) in lags.into_iter().take(TOP_LAGGARDS) {
             m.client_lag
-                .with_label_values(&[c.handle.as_str()])
-                .set(c.lag_messages as i64);
-        }
-        snap
-    }
-}
-
-fn drop_status(reason: DropReason) -> Status {
-    match reason {
-        DropReason::AckTimeout => Status::unavailable("acknowledgement timeout"),
-        DropReason::NeverStreamed => Status::unavailable("ReceiveUpdates not started in time"),
-        DropReason::SlowConsumer => {
-            Status::resource_exhausted("outbound buffer full: the client stopped reading")
-        }
-        DropReason::StreamClosed | DropReason::Shutdown => {
-            Status::unavailable("server is shutting down")
+                .with_label_values(&[handle(public_id).as_str()])
+                .set(lag as i64);
         }
     }
 }
@@ -879,7 +957,7 @@ impl Hub {
         change: BoundsChange,
         who: &str,
     ) -> Result<ChangeRecord, ChangeError> {
-        let now = clock::now();
+        let now = self.now();
         let record = self.with_engine(|g| {
             let before = g.engine.settings().bounds.clone();
             let mut table = g.control.base().clone();
@@ -911,7 +989,7 @@ impl Hub {
     /// recorded with `who = policy:<name>`). Returns the record if the
     /// bounds in force changed.
     pub fn apply_policy(&self, name: &str, scale: Scale, ceiling: Ceiling) -> Option<ChangeRecord> {
-        let now = clock::now();
+        let now = self.now();
         let who = format!("policy:{name}");
         let record = self.with_engine(|g| {
             let old = g.engine.settings().bounds.default_bounds();

@@ -9,10 +9,10 @@
 //! - [`scheduler`]: the one task that wakes at the engine's next deadline.
 //! - [`writer`]: the group-commit thread that makes messages durable.
 //! - [`convert`]: wire types to and from core types.
-//! - [`clock`]: the one place the wall clock is read.
+//! - [`error`]: why the hub refused a request, in its own terms.
 
-pub mod clock;
 pub mod convert;
+pub mod error;
 mod grpc;
 pub mod hub;
 pub mod outbox;
@@ -77,6 +77,8 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
     /// The load policy: off unless `--load-policy` or `[policy.load]`.
     pub load_policy: policies::LoadSetting,
+    /// The server's clock: the system clock, unless a test brings its own.
+    pub clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for crate::telemetry::tracing_setup::LogFilter {
@@ -100,6 +102,7 @@ impl Default for Config {
             log_filter: None,
             ready_file: None,
             load_policy: policies::LoadSetting::default(),
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -129,6 +132,7 @@ pub(crate) fn open_storage(
                 hub::Sink::Immediate(Box::new(log)),
                 config.max_outbound_bytes,
                 metrics.clone(),
+                config.clock.clone(),
             );
             tracing::info!(storage = "memory", "message log in memory: lost on restart");
             Ok((
@@ -158,6 +162,7 @@ pub(crate) fn open_storage(
                 hub::Sink::Writer,
                 config.max_outbound_bytes,
                 metrics.clone(),
+                config.clock.clone(),
             );
             let writer = writer::spawn(hub.clone(), Box::new(log), head, health.clone())
                 .context("starting the log writer thread")?;

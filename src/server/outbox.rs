@@ -79,7 +79,8 @@ impl Outbox {
     }
 
     /// Ends the stream at once with `status`; queued Updates are discarded.
-    pub fn close(&self, status: Status) {
+    pub fn close(&self, why: impl Into<Status>) {
+        let status = why.into();
         let mut s = self.lock();
         s.queue.clear();
         s.bytes = 0;

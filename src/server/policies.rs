@@ -140,7 +140,7 @@ impl Policies {
             s.load.rebase(base);
             let step = s.load.observe(pressure);
             let decision = Decision {
-                at: super::clock::now().0,
+                at: hub.now().0,
                 pressure,
                 step: step_name(step),
                 scale: s.load.scale().staleness,

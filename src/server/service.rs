@@ -2,9 +2,10 @@
 //! answers. No consistency logic lives here.
 
 use super::convert;
+use super::error::HubError;
 use super::hub::{Hub, Submitted};
 use super::outbox::UpdateStream;
-use crate::consistency::{Decision, Rejection, Verdict};
+use crate::consistency::{Decision, DropReason, Rejection, Verdict};
 use crate::proto::chat_server_server::ChatServer;
 use crate::proto::{
     Acknowledgement, Client, ConnectionStarter, MAX_NAME_CHARS, MessageStatus, NAME_HEADER,
@@ -31,7 +32,7 @@ pub const PIPELINE_DEPTH: usize = 128;
 /// The final decision on a submitted message: an accepted one waits until
 /// it is durable; if storing it failed, `INTERNAL_ERROR` at the time of the
 /// failure (never a false OK).
-async fn settle(s: Submitted) -> Decision {
+async fn settle(hub: &Hub, s: Submitted) -> Decision {
     let stored = match s.durable {
         None => true,
         Some(outcome) => outcome.await.unwrap_or(false),
@@ -40,7 +41,7 @@ async fn settle(s: Submitted) -> Decision {
     if !stored {
         decision.verdict = Verdict::Rejected {
             reason: Rejection::Internal,
-            at: super::clock::now(),
+            at: hub.now(),
         };
     }
     decision
@@ -91,7 +92,12 @@ impl ChatService {
             request.metadata(),
         );
         let id = request.into_inner().id;
-        let result = span.in_scope(|| self.hub.start_stream(id).map(Response::new));
+        let result = span.in_scope(|| {
+            self.hub
+                .start_stream(id)
+                .map(Response::new)
+                .map_err(Status::from)
+        });
         self.finish("ReceiveUpdates", started, &span, &result);
         result
     }
@@ -150,6 +156,21 @@ impl ChatService {
         m.rpc_duration
             .with_label_values(&labels)
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The one place a hub refusal becomes a gRPC status.
+impl From<HubError> for Status {
+    fn from(e: HubError) -> Self {
+        let message = e.to_string();
+        match e {
+            HubError::ShuttingDown => Status::unavailable(message),
+            HubError::UnknownClient => Status::not_found(message),
+            HubError::AlreadyStreaming => Status::already_exists(message),
+            HubError::BadAcknowledgement(_) => Status::invalid_argument(message),
+            HubError::Dropped(DropReason::SlowConsumer) => Status::resource_exhausted(message),
+            HubError::Dropped(_) => Status::unavailable(message),
+        }
     }
 }
 
@@ -270,7 +291,7 @@ impl ChatServer for ChatService {
         let thread = sub.thread.clone();
         let sent_at = sub.timestamp;
         let submitted = span.in_scope(|| self.hub.submit(sub));
-        let decision = settle(submitted).await;
+        let decision = settle(&self.hub, submitted).await;
         let at = match decision.verdict {
             Verdict::Accepted { at, .. } | Verdict::Rejected { at, .. } => at,
         };
@@ -300,6 +321,7 @@ impl ChatServer for ChatService {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Submitted, Status>>(PIPELINE_DEPTH);
         let hub = self.hub.clone();
+        let hub_for_statuses = self.hub.clone();
         let shutdown = self.shutdown.clone();
         let totals = Arc::new(StreamTotals {
             span: span.clone(),
@@ -333,8 +355,9 @@ impl ChatServer for ChatService {
         );
         let statuses = ReceiverStream::new(rx).then(move |item| {
             let totals = totals.clone();
+            let hub = hub_for_statuses.clone();
             async move {
-                let decision = settle(item?).await;
+                let decision = settle(&hub, item?).await;
                 let counter = match decision.verdict {
                     Verdict::Accepted { .. } => &totals.accepted,
                     Verdict::Rejected { .. } => &totals.rejected,
