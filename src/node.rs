@@ -154,3 +154,24 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_file_is_written_whole_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ready.json");
+        let info = ReadyInfo {
+            grpc: "127.0.0.1:4000".parse().unwrap(),
+            admin: "127.0.0.1:4001".parse().unwrap(),
+            pid: 42,
+        };
+        info.write(&path).unwrap();
+        let back: ReadyInfo = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, info);
+        // Only the file itself is left: the temporary was renamed into place.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

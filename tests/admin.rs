@@ -591,3 +591,52 @@ async fn stats_carry_the_latency_histograms_the_dashboard_charts() {
     let mean = h["sum"].as_f64().unwrap() / h["count"].as_f64().unwrap();
     assert!(mean < 0.5, "mean delivery latency {mean} s");
 }
+
+#[tokio::test]
+async fn what_get_bounds_returns_can_be_put_back() {
+    let server = TestServer::start(config(100, 256, 32)).await;
+    let put = |path: &'static str, body: String| {
+        let admin = server.admin;
+        async move { http_json(admin, "PUT", path, None, Some(&body)).await }
+    };
+    let (s, _) = put("/api/v1/bounds/threads/dev", r#"{"order": 4}"#.into()).await;
+    assert_eq!(s, 200);
+    let (_, got) = http_json(server.admin, "GET", "/api/v1/bounds", None, None).await;
+
+    // The default object as GET shows it (with the read-only staleness_ms),
+    // one field edited.
+    let mut default = got["default"].clone();
+    default["numerical"] = 300.into();
+    let (s, body) = put("/api/v1/bounds/default", default.to_string()).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["new"]["numerical"], 300);
+    assert_eq!(body["new"]["staleness_ms"], 100.0);
+
+    // A thread's whole entry, and its override object alone (nulls unset).
+    let mut entry = got["threads"][0].clone();
+    entry["override"]["order"] = 6.into();
+    let (s, body) = put("/api/v1/bounds/threads/dev", entry.to_string()).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["new"]["order"], 6);
+    let mut inner = got["threads"][0]["override"].clone();
+    inner["order"] = 8.into();
+    let (s, body) = put("/api/v1/bounds/threads/dev", inner.to_string()).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["new"]["order"], 8);
+
+    // Read-only fields that contradict the body are refused.
+    let mut bad = got["default"].clone();
+    bad["staleness_ms"] = 250.0.into();
+    let (s, body) = put("/api/v1/bounds/default", bad.to_string()).await;
+    assert_eq!(s, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("contradicts"),
+        "{body}"
+    );
+    let (s, body) = put("/api/v1/bounds/threads/other", entry.to_string()).await;
+    assert_eq!(s, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("contradicts"),
+        "{body}"
+    );
+}

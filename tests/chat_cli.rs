@@ -17,9 +17,25 @@ const EXE: &str = env!("CARGO_BIN_EXE_dyconit-chat");
 /// The real server on 127.0.0.1:0, keeping messages in memory unless `args`
 /// say otherwise.
 fn server(args: &[&str]) -> SpawnedServer {
+    block_on(start_server(args))
+}
+
+/// [`server`], from async code.
+async fn start_server(args: &[&str]) -> SpawnedServer {
     let mut all = vec!["--storage=memory".to_owned()];
     all.extend(args.iter().map(|s| s.to_string()));
-    SpawnedServer::start(EXE.as_ref(), &all).expect("server starts")
+    SpawnedServer::start(EXE.as_ref(), &all)
+        .await
+        .expect("server starts")
+}
+
+/// Runs a future to completion (these tests drive processes, not a runtime).
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 /// A fresh directory for a durable server's data.
@@ -148,7 +164,7 @@ fn interactive_chat_shows_messages_threads_status_and_survives_a_restart() {
         "--storage=durable".to_owned(),
         format!("--data-dir={}", dir.display()),
     ];
-    let srv = SpawnedServer::start(EXE.as_ref(), &durable).expect("server starts");
+    let srv = block_on(SpawnedServer::start(EXE.as_ref(), &durable)).expect("server starts");
     let url = srv.url.clone();
     let port = url.rsplit(':').next().unwrap().to_owned();
     let tmux = Tmux::start(&format!(
@@ -192,11 +208,15 @@ fn interactive_chat_shows_messages_threads_status_and_survives_a_restart() {
     assert!(screen.contains("bob: hello from bob"), "screen was cleared");
 
     // The server restarts on the same port: the client says so and comes back.
-    let exit = srv.stop(Duration::from_secs(10)).expect("server stops");
+    let exit = block_on(srv.stop(Duration::from_secs(10))).expect("server stops");
     assert!(exit.success(), "{exit:?}");
     tmux.wait_text("-- connection lost");
-    let srv = SpawnedServer::start_at(EXE.as_ref(), &format!("127.0.0.1:{port}"), &durable)
-        .expect("server restarts");
+    let srv = block_on(SpawnedServer::start_at(
+        EXE.as_ref(),
+        &format!("127.0.0.1:{port}"),
+        &durable,
+    ))
+    .expect("server restarts");
     tmux.wait_text("-- reconnected to");
     let out = send(&srv.url, "bob", "", "after the restart", &[]);
     assert!(out.status.success(), "{out:?}");
@@ -222,7 +242,7 @@ fn interactive_chat_shows_messages_threads_status_and_survives_a_restart() {
 async fn rejections_show_in_the_status_line_and_in_exit_codes() {
     // numerical 1: once one message is committed and a client that never
     // acknowledges holds it unacknowledged, every write is NUMERICAL_ERROR.
-    let srv = server(&["--numerical=1", "--staleness=5s", "--ack-timeout=60s"]);
+    let srv = start_server(&["--numerical=1", "--staleness=5s", "--ack-timeout=60s"]).await;
     let url = srv.url.clone();
     let tmux = Tmux::start(&format!("{EXE} chat --server {url} --name alice"));
     tmux.wait_text("-- connected to");

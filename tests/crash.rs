@@ -33,7 +33,7 @@ const HISTORY: usize = 100_000;
 
 /// A durable server on `dir`, with bounds no writer reaches and the most
 /// history a restarted server may give.
-fn start(dir: &Path) -> SpawnedServer {
+async fn start(dir: &Path) -> SpawnedServer {
     let args: Vec<String> = [
         "--storage",
         "durable",
@@ -55,6 +55,7 @@ fn start(dir: &Path) -> SpawnedServer {
     .map(str::to_owned)
     .into();
     SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
+        .await
         .expect("start dyconit-chat serve")
 }
 
@@ -254,7 +255,7 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut acked: HashMap<(usize, usize), Vec<Acked>> = HashMap::new();
-    let mut server = start(dir.path());
+    let mut server = start(dir.path()).await;
     for round in 1..=rounds {
         let oks = Arc::new(AtomicU64::new(0));
         let lists: Vec<Arc<Mutex<Vec<Acked>>>> = (0..WRITERS).map(|_| Default::default()).collect();
@@ -292,7 +293,7 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
             acked.insert((round, w), std::mem::take(&mut *l.lock().unwrap()));
         }
 
-        server = start(dir.path());
+        server = start(dir.path()).await;
         let all = verify(dir.path(), &acked, round);
         verify_history(&server.url, &all).await;
         let acked_total: usize = acked.values().map(Vec::len).sum();
@@ -305,7 +306,7 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
         assert!(round_oks >= 200);
     }
     // The last restart shuts down cleanly on SIGTERM.
-    let status = server.stop(Duration::from_secs(30)).unwrap();
+    let status = server.stop(Duration::from_secs(30)).await.unwrap();
     assert!(status.success(), "clean shutdown: {status}");
     eprintln!("crash test done in {:?}", started.elapsed());
 }

@@ -88,16 +88,65 @@ pub async fn get_bounds(State(s): State<AdminState>) -> Json<Value> {
 
 /// Parses a bounds body: an object with any of `staleness` (a duration
 /// string such as "300ms", or a number of milliseconds), `numerical` and
-/// `order` (non-negative integers), and nothing else.
-fn parse_override(body: &[u8]) -> Result<BoundsOverride, String> {
+/// `order` (non-negative integers); a `null` field is not set.
+///
+/// What `GET /api/v1/bounds` shows is accepted back, so GET → edit → PUT
+/// works: the `default` object (its read-only `staleness_ms` must agree with
+/// `staleness`, else 400), and for a thread either its `override` object or
+/// its whole entry (`thread` must name the thread in the path; `effective`
+/// is computed from the defaults and is ignored).
+fn parse_override(body: &[u8], thread: Option<&str>) -> Result<BoundsOverride, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let Value::Object(map) = v else {
         return Err("body must be a JSON object".into());
     };
+    let fields = match (thread, map.get("override")) {
+        (Some(path_thread), Some(inner)) => thread_entry(&map, path_thread, inner)?,
+        _ => &map,
+    };
+    let o = parse_fields(fields)?;
+    if o.staleness.is_none() && o.numerical.is_none() && o.order.is_none() {
+        return Err("nothing to change: give staleness, numerical and/or order".into());
+    }
+    Ok(o)
+}
+
+/// The `override` object of a thread entry as GET lists it, checked against
+/// the thread in the path.
+fn thread_entry<'a>(
+    entry: &'a Map<String, Value>,
+    path_thread: &str,
+    inner: &'a Value,
+) -> Result<&'a Map<String, Value>, String> {
+    for (k, v) in entry {
+        match k.as_str() {
+            "override" | "effective" => {}
+            "thread" if v.as_str() == Some(path_thread) => {}
+            "thread" => {
+                return Err(format!(
+                    "thread {v} in the body contradicts thread {path_thread:?} in the path"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "unknown field {k:?}; expected thread, override, effective"
+                ));
+            }
+        }
+    }
+    inner
+        .as_object()
+        .ok_or_else(|| "override must be a JSON object".to_owned())
+}
+
+/// The bound fields of one object (see [`parse_override`]).
+fn parse_fields(map: &Map<String, Value>) -> Result<BoundsOverride, String> {
     let mut o = BoundsOverride::default();
-    for (k, v) in &map {
+    let mut staleness_ms = None;
+    for (k, v) in map.iter().filter(|(_, v)| !v.is_null()) {
         match k.as_str() {
             "staleness" => o.staleness = Some(parse_staleness(v)?),
+            "staleness_ms" => staleness_ms = Some(parse_staleness_ms(v)?),
             "numerical" => o.numerical = Some(parse_count(k, v)?),
             "order" => o.order = Some(parse_count(k, v)?),
             _ => {
@@ -107,10 +156,28 @@ fn parse_override(body: &[u8]) -> Result<BoundsOverride, String> {
             }
         }
     }
-    if map.is_empty() {
-        return Err("nothing to change: give staleness, numerical and/or order".into());
+    match (o.staleness, staleness_ms) {
+        // GET shows fractional milliseconds; a microsecond is rounding.
+        (Some(d), Some(ms)) if d.abs_diff(ms) > Duration::from_micros(1) => Err(format!(
+            "staleness_ms {} contradicts staleness {}",
+            ms.as_secs_f64() * 1000.0,
+            humantime::format_duration(d)
+        )),
+        (None, Some(ms)) => {
+            o.staleness = Some(ms);
+            Ok(o)
+        }
+        _ => Ok(o),
     }
-    Ok(o)
+}
+
+fn parse_staleness_ms(v: &Value) -> Result<Duration, String> {
+    match v {
+        Value::Number(_) => parse_staleness(v),
+        _ => Err(format!(
+            "staleness_ms must be a number of milliseconds, got {v}"
+        )),
+    }
 }
 
 fn parse_staleness(v: &Value) -> Result<Duration, String> {
@@ -152,7 +219,7 @@ pub async fn put_default(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    match parse_override(&body) {
+    match parse_override(&body, None) {
         Ok(o) => apply(&s, BoundsChange::SetDefault(o), addr),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
@@ -164,7 +231,7 @@ pub async fn put_thread(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    match parse_override(&body) {
+    match parse_override(&body, Some(&id)) {
         Ok(o) => apply(&s, BoundsChange::SetThread(id, o), addr),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }

@@ -776,7 +776,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             server_args.push(format!("--data-dir={}", dir.display()));
         }
-        Some(server::SpawnedServer::start(&exe, &server_args)?)
+        Some(server::SpawnedServer::start(&exe, &server_args).await?)
     } else {
         None
     };
@@ -910,7 +910,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     }
     drop(channels);
     let exit = match spawned {
-        Some(s) => Some(s.stop(Duration::from_secs(10))?),
+        Some(s) => Some(s.stop(Duration::from_secs(10)).await?),
         None => None,
     };
     if let Some(dir) = &data_dir {

@@ -2,17 +2,81 @@
 //! 127.0.0.1:0, so that its CPU time and memory (read from `/proc`) are the
 //! server's alone, not shared with the load generator.
 
+use crate::node::ReadyInfo;
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The child's log filter: warnings in general, the "serving" line, and
-/// only errors from the per-client hub.
+/// The child's log filter: warnings in general, and only errors from the
+/// per-client hub.
 const SERVER_LOG: &str = "warn,dyconit_chat::server=info,dyconit_chat::server::hub=error";
 
 /// Server warnings passed on to stderr before the rest are dropped.
 const MAX_SHOWN: usize = 20;
+
+/// How long the server may take to start serving.
+const START_LIMIT: Duration = Duration::from_secs(20);
+
+/// How often a starting or stopping child is looked at. A process has no
+/// async "ready" or "exited" event we can await without a reaper of our
+/// own; 20 ms is 0.1% of the start limit and invisible next to the start.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A fresh path for a child's ready file.
+fn ready_file_path() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!(
+        "dyconit-ready-{}-{}-{n}.json",
+        std::process::id(),
+        crate::clock::wall_micros().0
+    );
+    std::env::temp_dir().join(name)
+}
+
+/// Waits, without blocking the runtime, until the child wrote its ready
+/// file (or exited, or `START_LIMIT` passed).
+async fn wait_ready(child: &mut Child, ready_file: &Path) -> anyhow::Result<ReadyInfo> {
+    let deadline = tokio::time::Instant::now() + START_LIMIT;
+    loop {
+        // The file is renamed into place whole: if it exists, it is complete.
+        // A few hundred bytes on local disk: no need for a blocking-pool hop.
+        match std::fs::read(ready_file) {
+            Ok(bytes) => {
+                return serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", ready_file.display()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("reading the ready file"),
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the server exited before serving ({status})");
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the server did not start within {START_LIMIT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Passes the child's warnings and errors on to stderr (at most
+/// `MAX_SHOWN`), and drains the rest of its log.
+fn pass_on_problems(logs: std::process::ChildStdout) {
+    let mut shown = 0;
+    for line in BufReader::new(logs).lines() {
+        let Ok(line) = line else { break };
+        let problem = line.contains("WARN") || line.contains("ERROR") || line.contains("error:");
+        if problem && shown < MAX_SHOWN {
+            shown += 1;
+            eprintln!("server: {}", strip_ansi(&line));
+            if shown == MAX_SHOWN {
+                eprintln!("server: (further warnings not shown)");
+            }
+        }
+    }
+}
 
 /// A running server child.
 pub struct SpawnedServer {
@@ -40,38 +104,30 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// The gRPC address in the server's "serving" log line, if this is it.
-fn grpc_addr(line: &str) -> Option<String> {
-    let clean = strip_ansi(line);
-    let at = clean.find("grpc_addr=")? + "grpc_addr=".len();
-    let addr: String = clean[at..]
-        .chars()
-        .take_while(|c| !c.is_whitespace())
-        .collect();
-    (!addr.is_empty()).then_some(addr)
-}
-
 impl SpawnedServer {
     /// Starts `exe serve` with `args` added, and waits (up to 20 s) until it
     /// says where it listens. Its warnings and errors are passed on to stderr.
-    pub fn start(exe: &std::path::Path, args: &[String]) -> anyhow::Result<SpawnedServer> {
-        Self::start_at(exe, "127.0.0.1:0", args)
+    pub async fn start(exe: &std::path::Path, args: &[String]) -> anyhow::Result<SpawnedServer> {
+        Self::start_at(exe, "127.0.0.1:0", args).await
     }
 
     /// Like [`SpawnedServer::start`], with gRPC on `listen` (to restart a
     /// server on the port it had).
-    pub fn start_at(
+    pub async fn start_at(
         exe: &std::path::Path,
         listen: &str,
         args: &[String],
     ) -> anyhow::Result<SpawnedServer> {
+        let ready_file = ready_file_path();
         let mut child = Command::new(exe)
             .arg("serve")
             .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
-            // The "serving" line (info) says where it listens; per-client
-            // messages (connects, late-delivery warnings: tens of thousands a
-            // second when a bound cannot be met) would cost the server and
-            // the bench more than the work measured, so only errors of those.
+            .arg("--ready-file")
+            .arg(&ready_file)
+            // Per-client messages (connects, late-delivery warnings: tens of
+            // thousands a second when a bound cannot be met) would cost the
+            // server and the bench more than the work measured, so only
+            // errors of those.
             .args(["--log", SERVER_LOG])
             .args(args)
             .env("NO_COLOR", "1")
@@ -82,38 +138,18 @@ impl SpawnedServer {
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
         let logs = child.stdout.take().context("child stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut shown = 0;
-            for line in BufReader::new(logs).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = grpc_addr(&line)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr);
-                    continue;
-                }
-                let problem =
-                    line.contains("WARN") || line.contains("ERROR") || line.contains("error:");
-                if problem && shown < MAX_SHOWN {
-                    shown += 1;
-                    eprintln!("server: {}", strip_ansi(&line));
-                    if shown == MAX_SHOWN {
-                        eprintln!("server: (further warnings not shown)");
-                    }
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => Ok(SpawnedServer {
+        std::thread::spawn(move || pass_on_problems(logs));
+        let ready = wait_ready(&mut child, &ready_file).await;
+        let _ = std::fs::remove_file(&ready_file);
+        match ready {
+            Ok(info) => Ok(SpawnedServer {
                 child,
-                url: format!("http://{addr}"),
+                url: format!("http://{}", info.grpc),
             }),
-            Err(_) => {
+            Err(e) => {
                 let _ = child.kill();
-                let status = child.wait().ok();
-                bail!("the server did not start (exit status {status:?})")
+                let _ = child.wait();
+                Err(e)
             }
         }
     }
@@ -130,7 +166,7 @@ impl SpawnedServer {
     }
 
     /// Asks the server to stop (SIGTERM) and waits up to `grace` for it.
-    pub fn stop(mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn stop(mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
         // SAFETY: kill only sends a signal to our own child.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
@@ -144,7 +180,7 @@ impl SpawnedServer {
                 self.child.kill()?;
                 return Ok(self.child.wait()?);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(POLL).await;
         }
     }
 }
@@ -163,11 +199,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_address_with_or_without_colour() {
-        let plain = "2026-01-01T00:00:00Z  INFO dyconit-chat serving grpc_addr=127.0.0.1:4000 admin_addr=127.0.0.1:4001";
-        assert_eq!(grpc_addr(plain).as_deref(), Some("127.0.0.1:4000"));
-        let coloured = "\x1b[32m INFO\x1b[0m dyconit-chat serving \x1b[3mgrpc_addr\x1b[0m\x1b[2m=\x1b[0m127.0.0.1:4000 \x1b[3madmin_addr\x1b[0m";
-        assert_eq!(grpc_addr(coloured).as_deref(), Some("127.0.0.1:4000"));
-        assert_eq!(grpc_addr("client connected"), None);
+    fn colour_is_stripped_from_passed_on_lines() {
+        let coloured = "\x1b[33m WARN\x1b[0m slow \x1b[3mclient\x1b[0m";
+        assert_eq!(strip_ansi(coloured), " WARN slow client");
     }
 }

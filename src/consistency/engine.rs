@@ -20,15 +20,15 @@ use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
 pub use super::entry::{Entries, Entry};
 use super::parts::split;
+use super::schedule::{FlushSchedule, multiset_add, multiset_remove, staleness_deadline};
 use super::settings::{Settings, flush_spread, safety_margin};
 use super::time::Micros;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The capability id a client got from `Connect`.
-pub type ClientId = i64;
+pub use super::schedule::{ClientId, spread_rank};
 
 /// The contents of one Update for a client.
 #[derive(Debug, Clone)]
@@ -134,34 +134,17 @@ pub struct Engine {
     /// Multiset of the acknowledged positions of streaming clients; its
     /// minimum measures the numerical error.
     active_acks: BTreeMap<Seq, usize>,
-    /// Multiset of the delivery cursors of streaming clients; its minimum is
-    /// the client with the most pending, which is due first.
-    cursors: BTreeMap<Seq, usize>,
-    /// The streaming clients at each delivery cursor, by [`spread_rank`].
-    /// Clients at one cursor share their flush deadline (each flushes ahead
-    /// of it by its rank's share of [`flush_spread`]), so a poll finds the
-    /// due flushes by looking at the few cursors instead of every client.
-    cursor_members: HashMap<Seq, BTreeSet<(u16, ClientId)>>,
+    /// Who is flushed when: cursor groups, client timers, group deadlines.
+    schedule: FlushSchedule,
     /// Multiset of the acknowledged positions of clients that have not
     /// started streaming (they still hold conit records back).
     waiting_acks: BTreeMap<Seq, usize>,
-    /// Each client's own deadline (reap, heartbeat or acknowledgement
-    /// timeout; see [`ClientState::timer`]), so a poll visits only the
-    /// clients whose time has come: one timer queue, not a scan of all
-    /// clients. An entry may be early (an acknowledgement moved the deadline
-    /// later); the poll then just re-arms it.
-    timers: BTreeSet<(Micros, ClientId)>,
     /// The earliest time [`Engine::poll`] has something to do.
     next_wake: Micros,
     /// The last commit assigned when the bounds last changed: messages up to
     /// it were promised the old bounds, so a tightened staleness that makes
     /// them due at once is not counted as a broken promise.
     bounds_changed_at_seq: Seq,
-    /// Flush deadlines of cursor groups, computed for the visible end
-    /// `due_cache.0`: a deadline changes only when more commits become
-    /// visible or the bounds change, while a group may be polled dozens of
-    /// times as its members' shares of the spread come due.
-    due_cache: (Seq, HashMap<Seq, Option<GroupDue>>),
 }
 
 /// One Update of a flush, shared by every client of a cursor group.
@@ -209,121 +192,19 @@ fn flush_parts(
         .collect()
 }
 
-/// Moves client `id`'s entry in `timers` to `at`.
-fn retime(
-    timers: &mut BTreeSet<(Micros, ClientId)>,
-    id: ClientId,
-    c: &mut ClientState,
-    at: Micros,
-) {
-    timers.remove(&(c.timer, id));
-    timers.insert((at, id));
-    c.timer = at;
-}
-
-fn multiset_add(m: &mut BTreeMap<Seq, usize>, k: Seq) {
-    *m.entry(k).or_default() += 1;
-}
-
-fn multiset_remove(m: &mut BTreeMap<Seq, usize>, k: Seq) {
-    if let Some(n) = m.get_mut(&k) {
-        *n -= 1;
-        if *n == 0 {
-            m.remove(&k);
-        }
-    }
-}
-
-/// A client's place in the flush spread of its cursor group: 0 flushes at
-/// the group's deadline, `u16::MAX` a whole [`flush_spread`] before it. A
-/// hash of the id and the cursor, so ranks are uniform, need no storage, and
-/// change with every flush: a fixed rank would keep the clients that flushed
-/// together once in lockstep, and their groups would merge back into one
-/// burst.
-pub fn spread_rank(id: ClientId, cursor: Seq) -> u16 {
-    let mut z = (id as u64 ^ cursor.rotate_left(32)).wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z >> 48) as u16
-}
-
-/// The flush deadline of the clients at one cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct GroupDue {
-    /// When the oldest pending commit must go out: the earliest staleness
-    /// deadline over the conits, or `Micros(i64::MIN)` if a conit reached
-    /// its flush count.
-    at: Micros,
-    /// The staleness bound of the conit that set `at`; the group's members
-    /// are spread ahead of `at` by [`flush_spread`] of it. Zero when a flush
-    /// count is reached: everyone is due at once.
-    staleness: Duration,
-}
-
-impl GroupDue {
-    /// When the member of rank `rank` in a group of `members` is due.
-    fn member(self, rank: u16, members: usize) -> Micros {
-        if self.staleness.is_zero() {
-            return self.at;
-        }
-        let spread = flush_spread(self.staleness, members);
-        self.at
-            .minus(spread.mul_f64(f64::from(rank) / f64::from(u16::MAX)))
-    }
-
-    /// Whether that member flushes in a poll at `now`: one poll takes every
-    /// member due within the next 1/8 of the spread, so a group is served
-    /// in about eight wake-ups, not one per client.
-    fn member_due(self, rank: u16, members: usize, now: Micros) -> bool {
-        let slack = flush_spread(self.staleness, members) / 8;
-        now.plus(slack) >= self.member(rank, members)
-    }
-}
-
-/// When a client whose cursor is `cursor` must be flushed, counting only
-/// visible commits (up to `visible`): `None` if nothing visible is pending.
-fn flush_due(
-    conits: &HashMap<Arc<str>, ConitLog>,
-    bounds: &BoundsTable,
+/// What one poll carries from client to client.
+struct Round {
+    now: Micros,
+    /// Flush every pending message regardless of deadlines (shutdown).
+    force: bool,
+    /// The visible (durable) end of the log.
     visible: Seq,
-    cursor: Seq,
-) -> Option<GroupDue> {
-    if cursor >= visible {
-        return None;
-    }
-    let mut due = GroupDue {
-        at: Micros::MAX,
-        staleness: Duration::ZERO,
-    };
-    for (thread, log) in conits {
-        let Some((first, first_at)) = log.first_after(cursor) else {
-            continue;
-        };
-        if first > visible {
-            continue;
-        }
-        let b = bounds.for_thread(thread);
-        if log.count_between(cursor, visible) >= b.flush_count() {
-            return Some(GroupDue {
-                at: Micros(i64::MIN),
-                staleness: Duration::ZERO,
-            });
-        }
-        let at = staleness_deadline(first_at, b.staleness);
-        if at < due.at {
-            due = GroupDue {
-                at,
-                staleness: b.staleness,
-            };
-        }
-    }
-    Some(due)
-}
-
-/// When a message committed `at` in a conit with `staleness` must be
-/// flushed: the safety margin before the bound.
-fn staleness_deadline(at: Micros, staleness: Duration) -> Micros {
-    at.plus(staleness).minus(safety_margin(staleness))
+    /// Each cursor group's size when the poll began.
+    group_size: HashMap<Seq, usize>,
+    /// The Updates of each cursor's flush, shared by its group.
+    parts: HashMap<Seq, Rc<[FlushPart]>>,
+    /// What the poll asks the I/O edge to do, in order.
+    events: Vec<Event>,
 }
 
 impl Engine {
@@ -352,13 +233,10 @@ impl Engine {
             conits: HashMap::new(),
             clients: HashMap::new(),
             active_acks: BTreeMap::new(),
-            cursors: BTreeMap::new(),
-            cursor_members: HashMap::new(),
+            schedule: FlushSchedule::default(),
             waiting_acks: BTreeMap::new(),
-            timers: BTreeSet::new(),
             next_wake: Micros::MAX,
             bounds_changed_at_seq: 0,
-            due_cache: (0, HashMap::new()),
         }
     }
 
@@ -371,7 +249,7 @@ impl Engine {
     pub fn set_bounds(&mut self, bounds: BoundsTable) {
         self.settings.bounds = bounds;
         self.bounds_changed_at_seq = self.head;
-        self.due_cache.1.clear();
+        self.schedule.forget_deadlines();
         self.next_wake = Micros(i64::MIN);
     }
 
@@ -405,7 +283,7 @@ impl Engine {
 
     /// Clients with an open stream that are not overdue: the active ones.
     pub fn streaming_clients(&self) -> usize {
-        self.cursors.values().sum()
+        self.schedule.streaming()
     }
 
     /// Committed messages of `thread` that some active client has not
@@ -438,7 +316,7 @@ impl Engine {
         // It has seen what is visible, not what is still pending.
         let mut c = ClientState::new(public_id, name, now, self.durable);
         let reap = now.plus(self.settings.ack_timeout);
-        retime(&mut self.timers, id, &mut c, reap);
+        self.schedule.retime(id, &mut c, reap);
         multiset_add(&mut self.waiting_acks, c.acked_pos);
         self.clients.insert(id, c);
         self.next_wake = self.next_wake.min(reap);
@@ -487,18 +365,14 @@ impl Engine {
         }
         multiset_remove(&mut self.waiting_acks, c.acked_pos);
         multiset_add(&mut self.active_acks, c.acked_pos);
-        multiset_add(&mut self.cursors, c.delivered);
-        self.cursor_members
-            .entry(c.delivered)
-            .or_default()
-            .insert((spread_rank(id, c.delivered), id));
+        self.schedule.insert(id, c.delivered);
         let half = self.settings.lease / 2;
         let heartbeat = now.plus(half).minus(safety_margin(half));
         let personal = heartbeat.min(
             c.ack_deadline(self.settings.ack_timeout)
                 .unwrap_or(Micros::MAX),
         );
-        retime(&mut self.timers, id, c, personal);
+        self.schedule.retime(id, c, personal);
         self.next_wake = self.next_wake.min(personal);
         Ok(batches)
     }
@@ -700,7 +574,7 @@ impl Engine {
         let old = self.durable;
         self.durable = upto;
         // The client with the lowest cursor is the first to become due.
-        let Some((&cursor, _)) = self.cursors.first_key_value() else {
+        let Some(cursor) = self.schedule.lowest_cursor() else {
             return;
         };
         let floor = self.head - self.window.len() as Seq;
@@ -750,17 +624,11 @@ impl Engine {
         let Some(c) = self.clients.remove(&id) else {
             return false;
         };
-        self.timers.remove(&(c.timer, id));
+        self.schedule.remove_timer(id, c.timer);
         match c.phase {
             Phase::Streaming => {
                 multiset_remove(&mut self.active_acks, c.acked_pos);
-                multiset_remove(&mut self.cursors, c.delivered);
-                if let Some(members) = self.cursor_members.get_mut(&c.delivered) {
-                    members.remove(&(spread_rank(id, c.delivered), id));
-                    if members.is_empty() {
-                        self.cursor_members.remove(&c.delivered);
-                    }
-                }
+                self.schedule.remove_cursor(id, c.delivered);
             }
             Phase::Waiting => multiset_remove(&mut self.waiting_acks, c.acked_pos),
         }
@@ -770,185 +638,147 @@ impl Engine {
     /// Does everything due at `now`: flushes, heartbeats, drops; then trims
     /// state no client needs any more and computes the next wake time.
     pub fn poll(&mut self, now: Micros) -> Vec<Event> {
-        self.run(now, false)
+        self.step(now, false)
     }
 
     /// Flushes every pending message to every streaming client at once (on
     /// shutdown), then polls as usual.
     pub fn flush_all(&mut self, now: Micros) -> Vec<Event> {
-        self.run(now, true)
+        self.step(now, true)
     }
 
-    fn run(&mut self, now: Micros, force: bool) -> Vec<Event> {
-        let Engine {
-            settings,
-            head,
-            durable,
-            window,
-            conits,
-            clients,
-            cursors,
-            cursor_members,
-            timers,
-            bounds_changed_at_seq,
-            due_cache,
-            ..
-        } = self;
-        let bounds_changed_at_seq = *bounds_changed_at_seq;
+    /// One poll: visits the clients the schedule says are due, flushes or
+    /// heartbeats them (or drops the overdue), then trims and computes the
+    /// next wake time.
+    fn step(&mut self, now: Micros, force: bool) -> Vec<Event> {
         // Only durable entries are delivered; the window also holds the
         // pending ones after them.
-        let visible = *durable;
-        let half_lease = settings.lease / 2;
-        let heartbeat_after = half_lease - safety_margin(half_lease);
-        let heartbeat_slack = heartbeat_after / 4;
-        let mut events = Vec::new();
+        let visible = self.durable;
+        let visit = self.schedule.visit(
+            now,
+            force,
+            self.heartbeat_after() / 4,
+            &self.conits,
+            &self.settings.bounds,
+            visible,
+        );
+        let mut round = Round {
+            now,
+            force,
+            visible,
+            group_size: visit.group_size,
+            // Clients at the same cursor get the same batch: built once.
+            parts: HashMap::new(),
+            events: Vec::new(),
+        };
         let mut drops = Vec::new();
-        // Clients at the same cursor share a flush deadline and get the same
-        // batch: compute each once.
-        if due_cache.0 != visible {
-            *due_cache = (visible, HashMap::new());
+        for id in visit.clients {
+            if let Some(reason) = self.visit_client(id, &mut round) {
+                drops.push((id, reason));
+            }
         }
-        let due_memo = &mut due_cache.1;
-        let mut batch_memo: HashMap<Seq, Rc<[FlushPart]>> = HashMap::new();
-        let window_floor = *head - window.len() as Seq;
-        // The clients with something due: every member of a cursor group
-        // whose own share of the group's flush is due (the highest ranks
-        // first), and every client whose own timer has passed or comes
-        // within the heartbeat slack (see below).
-        let mut candidates: Vec<ClientId> = Vec::new();
-        // Each group's size when the poll began: a member's place in the
-        // spread must not move while the group empties.
-        let mut group_size: HashMap<Seq, usize> = HashMap::new();
-        for (&cursor, members) in cursor_members.iter() {
-            group_size.insert(cursor, members.len());
-            let Some(due) = *due_memo
-                .entry(cursor)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, cursor))
-            else {
-                continue;
-            };
-            candidates.extend(
-                members
-                    .iter()
-                    .rev()
-                    .take_while(|&&(rank, _)| force || due.member_due(rank, members.len(), now))
-                    .map(|&(_, id)| id),
-            );
-        }
-        while let Some(&(at, id)) = timers.first() {
-            if at > now.plus(heartbeat_slack) {
-                break;
-            }
-            timers.pop_first();
-            candidates.push(id);
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
-        for id in candidates {
-            let Some(c) = clients.get_mut(&id) else {
-                continue;
-            };
-            if c.phase == Phase::Waiting {
-                let reap = c.connected_at.plus(settings.ack_timeout);
-                if now >= reap {
-                    drops.push((id, DropReason::NeverStreamed));
-                } else {
-                    retime(timers, id, c, reap);
-                }
-                continue;
-            }
-            let ack_deadline = c.ack_deadline(settings.ack_timeout);
-            if ack_deadline.is_some_and(|d| now >= d) {
-                drops.push((id, DropReason::AckTimeout));
-                continue;
-            }
-            let heartbeat = c.last_update_at.plus(heartbeat_after);
-            let flush = *due_memo
-                .entry(c.delivered)
-                .or_insert_with(|| flush_due(conits, &settings.bounds, visible, c.delivered));
-            let members = group_size.get(&c.delivered).copied().unwrap_or(1);
-            let flush_now = match flush {
-                Some(_) if force => true,
-                Some(due) => due.member_due(spread_rank(id, c.delivered), members, now),
-                None => false,
-            };
-            // A heartbeat due soon goes out with this poll: idle clients
-            // that connected at scattered times thus fall into a few groups
-            // served together, instead of one wake-up per client.
-            if !flush_now && now.plus(heartbeat_slack) < heartbeat {
-                // Not due yet (an early timer): re-arm its own deadline; a
-                // pending flush is its cursor group's.
-                retime(
-                    timers,
-                    id,
-                    c,
-                    heartbeat.min(ack_deadline.unwrap_or(Micros::MAX)),
-                );
-                continue;
-            }
-            let parts = batch_memo
-                .entry(c.delivered)
-                .or_insert_with(|| {
-                    let start = (c.delivered - window_floor) as usize;
-                    let end = (visible - window_floor) as usize;
-                    let entries: Vec<Arc<Entry>> = window.range(start..end).cloned().collect();
-                    flush_parts(&entries, settings, visible, now, bounds_changed_at_seq)
-                })
-                .clone();
-            multiset_remove(cursors, c.delivered);
-            multiset_add(cursors, visible);
-            if let Some(members) = cursor_members.get_mut(&c.delivered) {
-                members.remove(&(spread_rank(id, c.delivered), id));
-                if members.is_empty() {
-                    cursor_members.remove(&c.delivered);
-                }
-            }
-            cursor_members
-                .entry(visible)
-                .or_default()
-                .insert((spread_rank(id, visible), id));
-            let after_expiration = now > c.expiration;
-            let expiration = now.plus(settings.lease);
-            for (i, part) in parts.iter().enumerate() {
-                c.record_update(part.pos, now, expiration);
-                events.push(Event::Update {
-                    client: id,
-                    batch: Batch {
-                        current_time: now,
-                        expiration,
-                        entries: part.entries.clone(),
-                        late: part.late,
-                        after_expiration: i == 0 && after_expiration,
-                        part: i as u32,
-                    },
-                });
-            }
-            let personal = now
-                .plus(heartbeat_after)
-                .min(c.ack_deadline(settings.ack_timeout).unwrap_or(Micros::MAX));
-            retime(timers, id, c, personal);
-        }
+        let mut events = round.events;
         for (id, reason) in drops {
             self.remove(id);
             events.push(Event::Dropped { client: id, reason });
         }
-        // Next: the earliest own timer, or the earliest pending flush of a
-        // cursor group: its highest-ranked member's.
-        let mut next = self.timers.first().map_or(Micros::MAX, |&(at, _)| at);
-        let due_memo = &mut self.due_cache.1;
-        due_memo.retain(|cursor, _| self.cursor_members.contains_key(cursor));
-        for (&cursor, members) in &self.cursor_members {
-            let flush = *due_memo
-                .entry(cursor)
-                .or_insert_with(|| flush_due(&self.conits, &self.settings.bounds, visible, cursor));
-            if let (Some(due), Some(&(rank, _))) = (flush, members.last()) {
-                let size = group_size.get(&cursor).copied().unwrap_or(members.len());
-                next = next.min(due.member(rank, size));
-            }
-        }
-        self.next_wake = next;
+        self.next_wake = self.schedule.next_wake(
+            &self.conits,
+            &self.settings.bounds,
+            visible,
+            &round.group_size,
+        );
         self.trim();
         events
+    }
+
+    /// How long after an Update the next one (a heartbeat, if nothing is
+    /// pending) is due: half a lease, less the safety margin.
+    fn heartbeat_after(&self) -> Duration {
+        let half_lease = self.settings.lease / 2;
+        half_lease - safety_margin(half_lease)
+    }
+
+    /// Handles one client the schedule picked: returns why to drop it, or
+    /// flushes it if due (pushing its Updates on `round.events`), or re-arms
+    /// its timer.
+    fn visit_client(&mut self, id: ClientId, round: &mut Round) -> Option<DropReason> {
+        let now = round.now;
+        let heartbeat_after = self.heartbeat_after();
+        let ack_timeout = self.settings.ack_timeout;
+        let c = self.clients.get_mut(&id)?;
+        if c.phase == Phase::Waiting {
+            let reap = c.connected_at.plus(ack_timeout);
+            if now >= reap {
+                return Some(DropReason::NeverStreamed);
+            }
+            self.schedule.retime(id, c, reap);
+            return None;
+        }
+        let ack_deadline = c.ack_deadline(ack_timeout);
+        if ack_deadline.is_some_and(|d| now >= d) {
+            return Some(DropReason::AckTimeout);
+        }
+        let heartbeat = c.last_update_at.plus(heartbeat_after);
+        let cursor = c.delivered;
+        let flush = self
+            .schedule
+            .due(cursor, &self.conits, &self.settings.bounds, round.visible);
+        let members = round.group_size.get(&cursor).copied().unwrap_or(1);
+        let flush_now = match flush {
+            Some(_) if round.force => true,
+            Some(due) => due.member_due(spread_rank(id, cursor), members, now),
+            None => false,
+        };
+        // A heartbeat due soon goes out with this poll: idle clients that
+        // connected at scattered times thus fall into a few groups served
+        // together, instead of one wake-up per client.
+        if !flush_now && now.plus(heartbeat_after / 4) < heartbeat {
+            // Not due yet (an early timer): re-arm its own deadline; a
+            // pending flush is its cursor group's.
+            let at = heartbeat.min(ack_deadline.unwrap_or(Micros::MAX));
+            self.schedule.retime(id, c, at);
+            return None;
+        }
+        let window_floor = self.head - self.window.len() as Seq;
+        let parts = round
+            .parts
+            .entry(cursor)
+            .or_insert_with(|| {
+                let start = (cursor - window_floor) as usize;
+                let end = (round.visible - window_floor) as usize;
+                let entries: Vec<Arc<Entry>> = self.window.range(start..end).cloned().collect();
+                flush_parts(
+                    &entries,
+                    &self.settings,
+                    round.visible,
+                    now,
+                    self.bounds_changed_at_seq,
+                )
+            })
+            .clone();
+        self.schedule.move_cursor(id, cursor, round.visible);
+        let after_expiration = now > c.expiration;
+        let expiration = now.plus(self.settings.lease);
+        for (i, part) in parts.iter().enumerate() {
+            c.record_update(part.pos, now, expiration);
+            round.events.push(Event::Update {
+                client: id,
+                batch: Batch {
+                    current_time: now,
+                    expiration,
+                    entries: part.entries.clone(),
+                    late: part.late,
+                    after_expiration: i == 0 && after_expiration,
+                    part: i as u32,
+                },
+            });
+        }
+        let personal = now
+            .plus(heartbeat_after)
+            .min(c.ack_deadline(ack_timeout).unwrap_or(Micros::MAX));
+        self.schedule.retime(id, c, personal);
+        None
     }
 
     /// Forgets entries and conit records no client can need any more.
@@ -956,9 +786,9 @@ impl Engine {
     fn trim(&mut self) {
         let history_floor = self.durable.saturating_sub(self.settings.history as Seq);
         let window_floor = self
-            .cursors
-            .first_key_value()
-            .map_or(history_floor, |(&c, _)| c.min(history_floor));
+            .schedule
+            .lowest_cursor()
+            .map_or(history_floor, |c| c.min(history_floor));
         while self.window.front().is_some_and(|e| e.seq <= window_floor) {
             self.window.pop_front();
         }

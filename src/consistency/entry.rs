@@ -1,4 +1,5 @@
-//! A committed message, as the engine, the log and the Updates carry it.
+//! A committed message as the core keeps it, shared (by reference count)
+//! between the history window, the per-client batches and the log writer.
 
 use super::Seq;
 use super::time::Micros;

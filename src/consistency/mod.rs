@@ -9,6 +9,7 @@
 //! - [`engine`]: the state machine that ties them together.
 //! - [`parts`]: cutting a flush into Updates of bounded size.
 //! - [`policy`]: bounds moved by policies, within operator-set limits.
+//! - [`schedule`]: which streaming clients are due for a flush, and when.
 
 pub mod admission;
 pub mod bounds;
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod entry;
 pub mod parts;
 pub mod policy;
+pub mod schedule;
 pub mod settings;
 pub mod time;
 
@@ -28,7 +30,6 @@ pub use admission::{
     AckInfo, ClientFault, Decision, Rejection, Submission, SubmissionAck, Verdict,
 };
 pub use bounds::{Bounds, BoundsOverride, BoundsTable};
-pub use engine::{Batch, ClientId, DropReason, Engine, Event};
-pub use entry::Entry;
+pub use engine::{Batch, ClientId, DropReason, Engine, Entry, Event};
 pub use settings::Settings;
 pub use time::Micros;
