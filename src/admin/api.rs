@@ -93,8 +93,8 @@ pub async fn get_bounds(State(s): State<AdminState>) -> Json<Value> {
 /// What `GET /api/v1/bounds` shows is accepted back, so GET → edit → PUT
 /// works: the `default` object (its read-only `staleness_ms` must agree with
 /// `staleness`, else 400), and for a thread either its `override` object or
-/// its whole entry (`thread` must name the thread in the path; `effective`
-/// is computed from the defaults and is ignored).
+/// its whole entry (`thread` must name the thread in the path; `base` and
+/// `effective` are computed and ignored).
 fn parse_override(body: &[u8], thread: Option<&str>) -> Result<BoundsOverride, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let Value::Object(map) = v else {
@@ -120,7 +120,8 @@ fn thread_entry<'a>(
 ) -> Result<&'a Map<String, Value>, String> {
     for (k, v) in entry {
         match k.as_str() {
-            "override" | "effective" => {}
+            // Computed: the operator's resolved bounds and those in force.
+            "override" | "base" | "effective" => {}
             "thread" if v.as_str() == Some(path_thread) => {}
             "thread" => {
                 return Err(format!(
@@ -129,7 +130,7 @@ fn thread_entry<'a>(
             }
             _ => {
                 return Err(format!(
-                    "unknown field {k:?}; expected thread, override, effective"
+                    "unknown field {k:?}; expected thread, override, base, effective"
                 ));
             }
         }
