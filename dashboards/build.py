@@ -240,6 +240,19 @@ ANNOTATIONS = {
             "tagKeys": "scope,instance",
             "useValueForTime": False,
         },
+        {
+            "name": "Policy steps",
+            "datasource": DS,
+            "enable": True,
+            "hide": False,
+            "iconColor": "purple",
+            "expr": f"sum by (instance, policy, step) (changes(chat_policy_steps_total{{{F}}}[1m])) > 0",
+            "step": "1m",
+            "titleFormat": "Policy moved the bounds",
+            "textFormat": "the {{policy}} policy took a {{step}} step on {{instance}} (see GET /api/v1/policies)",
+            "tagKeys": "policy,step,instance",
+            "useValueForTime": False,
+        },
     ]
 }
 
@@ -439,6 +452,23 @@ def bounds():
                 (f"histogram_quantile(0.5, sum by (le) (rate(chat_admission_order_error_bucket{{{F}}}[$__rate_interval])))",
                  "p50"),
             )),
+            row("Policies"),
+            timeseries("Policy scale", "The factor each policy scales staleness and numerical bounds by (1 = the "
+                       "operator's bounds); the dashed line is 1 while a policy is at its ceiling "
+                       "(alert ChatPolicyAtCeiling after 10m).", targets(
+                (f"max by (policy) (chat_policy_scale{{{F}}})", "{{policy}} scale"),
+                (f"max by (policy) (chat_policy_at_ceiling{{{F}}})", "{{policy}} at ceiling"),
+            ), overrides=[bound_style(".*ceiling")], width=8),
+            timeseries("Policy pressure", "What the load policy measures: the p90 flush lateness in safety margins "
+                       "(1 = deliveries about to be late).", targets(
+                (f"max by (policy) (chat_policy_pressure{{{F}}})", "{{policy}}"),
+            ), width=8),
+            timeseries("Flush lateness", "How late the flush scheduler ran after its deadlines.", targets(
+                (f"histogram_quantile(0.9, sum by (le) (rate(chat_flush_lateness_seconds_bucket{{{F}}}[$__rate_interval])))",
+                 "p90"),
+                (f"histogram_quantile(0.99, sum by (le) (rate(chat_flush_lateness_seconds_bucket{{{F}}}[$__rate_interval])))",
+                 "p99"),
+            ), unit="s", width=8),
             row("Changes and their effect"),
             stat("Bound changes", "Bound changes applied through the admin API in the time range.",
                  f"sum(increase(chat_bound_changes_total{{{F}}}[$__range]))", width=6),

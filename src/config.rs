@@ -3,9 +3,11 @@
 //! variable, then the config file, then the built-in default.
 
 use crate::consistency::bounds::BoundsOverride;
+use crate::consistency::policy::LoadConfig;
 use crate::consistency::{Bounds, BoundsTable, Settings};
 use crate::log::nats::NatsOptions;
 use crate::log::sqlite::Retention;
+use crate::server::policies::LoadSetting;
 use crate::server::{Config, Storage};
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -170,8 +172,15 @@ pub struct ServeArgs {
     /// JWK set in FILE (JSON, as an identity provider publishes it)
     #[arg(long, env = "DYCONIT_AUTH_JWKS_FILE", value_name = "FILE")]
     pub auth_jwks_file: Option<PathBuf>,
+    /// Turn the load policy on: under pressure (the flush scheduler running
+    /// late) it widens staleness and numerical, up to 5s and 4096 by default
+    /// ([policy.load] in the config file sets target, max_staleness,
+    /// max_numerical), and narrows them back when the pressure passes
+    #[arg(long, env = "DYCONIT_LOAD_POLICY")]
+    pub load_policy: bool,
     /// TOML config file: any of the settings above (snake_case keys), plus
-    /// per-thread bounds in [threads."<id>"] tables
+    /// per-thread bounds in [threads."<id>"] tables and policy settings in
+    /// [policy.load]
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -293,6 +302,48 @@ pub struct FileConfig {
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
+    /// Policy settings.
+    #[serde(default)]
+    pub policy: PolicyFile,
+}
+
+/// The `[policy.*]` tables of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub load: Option<LoadPolicyFile>,
+}
+
+/// `[policy.load]`: present means on unless `enabled = false`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadPolicyFile {
+    pub enabled: Option<bool>,
+    pub target: Option<f64>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub max_staleness: Option<Duration>,
+    pub max_numerical: Option<u64>,
+}
+
+impl LoadPolicyFile {
+    /// The setting from this table, switched on by `flag` too.
+    fn setting(&self, flag: bool) -> anyhow::Result<LoadSetting> {
+        let d = LoadConfig::default();
+        let config = LoadConfig {
+            target: self.target.unwrap_or(d.target),
+            max_staleness: self.max_staleness.unwrap_or(d.max_staleness),
+            max_numerical: self.max_numerical.unwrap_or(d.max_numerical),
+            ..d
+        };
+        config.validate().context("invalid [policy.load]")?;
+        Ok(LoadSetting {
+            enabled: flag || self.enabled.unwrap_or(true),
+            config,
+        })
+    }
 }
 
 /// The merged result: the addresses to bind and the server config.
@@ -307,16 +358,8 @@ pub struct Resolved {
 
 impl ServeArgs {
     /// Merges flags, the config file (if any) and defaults, and validates.
-    pub fn resolve(&self) -> anyhow::Result<Resolved> {
-        let file = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| config_file_error(path, &text, &e))?
-            }
-            None => FileConfig::default(),
-        };
+    /// The consistency settings: flags over the file over the defaults.
+    fn settings(&self, file: &FileConfig) -> anyhow::Result<Settings> {
         let d = Settings::default();
         let db = Bounds::default();
         let bounds = Bounds {
@@ -353,14 +396,11 @@ impl ServeArgs {
                 .unwrap_or_else(|| Settings::default_update_bytes(max_message_bytes)),
         };
         settings.validate()?;
-        let dc = Config::default();
-        let max_outbound_bytes = self
-            .max_outbound_bytes
-            .or(file.max_outbound_bytes)
-            .unwrap_or(dc.max_outbound_bytes);
-        if max_outbound_bytes < 1024 {
-            bail!("max outbound bytes {max_outbound_bytes} is below 1024");
-        }
+        Ok(settings)
+    }
+
+    /// What the durable log keeps, validated.
+    fn retention(&self, file: &FileConfig) -> anyhow::Result<Retention> {
         let retention = Retention {
             messages: self.retention_messages.or(file.retention_messages),
             age: self.retention_age.or(file.retention_age),
@@ -371,6 +411,41 @@ impl ServeArgs {
         if retention.age.is_some_and(|a| a < Duration::from_secs(1)) {
             bail!("retention age is below 1s");
         }
+        Ok(retention)
+    }
+
+    /// The load policy: `--load-policy` and the `[policy.load]` table.
+    fn load_policy(&self, file: &FileConfig) -> anyhow::Result<LoadSetting> {
+        Ok(match &file.policy.load {
+            Some(table) => table.setting(self.load_policy)?,
+            None => LoadSetting {
+                enabled: self.load_policy,
+                ..LoadSetting::default()
+            },
+        })
+    }
+
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| config_file_error(path, &text, &e))?
+            }
+            None => FileConfig::default(),
+        };
+        let settings = self.settings(&file)?;
+        let dc = Config::default();
+        let max_outbound_bytes = self
+            .max_outbound_bytes
+            .or(file.max_outbound_bytes)
+            .unwrap_or(dc.max_outbound_bytes);
+        if max_outbound_bytes < 1024 {
+            bail!("max outbound bytes {max_outbound_bytes} is below 1024");
+        }
+        let retention = self.retention(&file)?;
+        let load_policy = self.load_policy(&file)?;
         let storage = self.storage.or(file.storage).unwrap_or_default();
         let (grpc_limits, admin_limits, max_streams_per_connection) =
             self.connection_limits(&file, &dc)?;
@@ -414,6 +489,7 @@ impl ServeArgs {
                 tls,
                 auth,
                 ready_file: self.ready_file.clone(),
+                load_policy,
                 ..dc
             },
         })

@@ -4,6 +4,7 @@
 //! neither has to know the other's start-up.
 
 use crate::admin;
+use crate::server::policies::Policies;
 use crate::server::{self, Config, GrpcServer, hub::Hub};
 use anyhow::Context;
 use std::future::Future;
@@ -99,11 +100,17 @@ fn acceptors(
 }
 
 /// What the admin handlers get to see of the node.
-fn admin_state(config: &Config, hub: &Arc<Hub>, ready: &admin::Readiness) -> admin::AdminState {
+fn admin_state(
+    config: &Config,
+    hub: &Arc<Hub>,
+    policies: &Arc<Policies>,
+    ready: &admin::Readiness,
+) -> admin::AdminState {
     admin::AdminState {
         ready: ready.clone(),
         storage: config.storage_health.clone(),
         hub: hub.clone(),
+        policies: policies.clone(),
         metrics: hub.metrics().clone(),
         token: config
             .admin_token
@@ -137,10 +144,16 @@ pub async fn run(
     let stop = CancellationToken::new();
     let ready = admin::Readiness::default();
     let scheduler = tokio::spawn(server::scheduler::run(hub.clone(), stop.clone()));
+    let policies = Policies::new(config.load_policy, &hub);
+    let policy_task = tokio::spawn(server::policies::run(
+        policies.clone(),
+        hub.clone(),
+        stop.clone(),
+    ));
     let grpc = GrpcServer::start(grpc_acceptor, &config, hub.clone(), stop.clone()).await?;
     let admin = tokio::spawn(admin::serve(
         admin_acceptor,
-        admin_state(&config, &hub, &ready),
+        admin_state(&config, &hub, &policies, &ready),
         stop.clone().cancelled_owned(),
         config.admin_limits.handshake_timeout,
         config.tls.clone(),
@@ -176,6 +189,7 @@ pub async fn run(
     grpc.join(grace).await;
     let _ = tokio::time::timeout(grace, admin).await;
     let _ = scheduler.await;
+    let _ = policy_task.await;
     // No RPC is left to submit: the writer stores what is queued and exits.
     hub.stop_writer();
     storage.stop(grace).await;

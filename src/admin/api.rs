@@ -84,14 +84,28 @@ fn change_json(c: &ChangeRecord) -> Value {
     v
 }
 
+/// `default` and each thread's `override` are the operator's bounds (what
+/// `PUT` edits); `effective` is what is in force after policies scaled
+/// them (the same while no policy is on).
 pub async fn get_bounds(State(s): State<AdminState>) -> Json<Value> {
     let (table, changes) = s.hub.bounds();
-    let threads: Vec<Value> = table
+    let control = s.hub.bounds_control();
+    let base = control.base();
+    let threads: Vec<Value> = base
         .overrides()
-        .map(|(t, o, b)| json!({ "thread": t, "override": override_json(o), "effective": bounds_json(b) }))
+        .map(|(t, o, b)| {
+            json!({
+                "thread": t,
+                "override": override_json(o),
+                "base": bounds_json(b),
+                "effective": bounds_json(&table.for_thread(t)),
+            })
+        })
         .collect();
     Json(json!({
-        "default": bounds_json(&table.default_bounds()),
+        "default": bounds_json(&base.default_bounds()),
+        "effective_default": bounds_json(&table.default_bounds()),
+        "policy_scale": control.scale().staleness,
         "threads": threads,
         "changes": changes.iter().map(change_json).collect::<Vec<_>>(),
     }))
@@ -104,8 +118,8 @@ pub async fn get_bounds(State(s): State<AdminState>) -> Json<Value> {
 /// What `GET /api/v1/bounds` shows is accepted back, so GET → edit → PUT
 /// works: the `default` object (its read-only `staleness_ms` must agree with
 /// `staleness`, else 400), and for a thread either its `override` object or
-/// its whole entry (`thread` must name the thread in the path; `effective`
-/// is computed from the defaults and is ignored).
+/// its whole entry (`thread` must name the thread in the path; `base` and
+/// `effective` are computed and ignored).
 fn parse_override(body: &[u8], thread: Option<&str>) -> Result<BoundsOverride, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let Value::Object(map) = v else {
@@ -131,7 +145,8 @@ fn thread_entry<'a>(
 ) -> Result<&'a Map<String, Value>, String> {
     for (k, v) in entry {
         match k.as_str() {
-            "override" | "effective" => {}
+            // Computed: the operator's resolved bounds and those in force.
+            "override" | "base" | "effective" => {}
             "thread" if v.as_str() == Some(path_thread) => {}
             "thread" => {
                 return Err(format!(
@@ -140,7 +155,7 @@ fn thread_entry<'a>(
             }
             _ => {
                 return Err(format!(
-                    "unknown field {k:?}; expected thread, override, effective"
+                    "unknown field {k:?}; expected thread, override, base, effective"
                 ));
             }
         }
@@ -210,7 +225,7 @@ fn parse_count(name: &str, v: &Value) -> Result<u64, String> {
         .ok_or_else(|| format!("{name} must be a non-negative integer, got {v}"))
 }
 
-fn who(addr: SocketAddr, s: &AdminState) -> String {
+pub(super) fn who(addr: SocketAddr, s: &AdminState) -> String {
     match s.token {
         Some(_) => format!("{addr} (token)"),
         None => addr.to_string(),

@@ -13,6 +13,12 @@
 //! - `PUT /api/v1/bounds/default` — change fields of the default bounds.
 //! - `PUT /api/v1/bounds/threads/{id}` — set a thread's override.
 //! - `DELETE /api/v1/bounds/threads/{id}` — remove a thread's override.
+//! - `GET /api/v1/policies` — each policy's settings, the scale it applies
+//!   and its recent decisions; the fields an operator pinned.
+//! - `PUT /api/v1/policies/load` — turn the load policy on or off, or change
+//!   its `target`, `max_staleness`, `max_numerical`.
+//! - `DELETE /api/v1/policies/pins` — let policies move every bound again
+//!   (bounds an operator set at runtime are pinned until then).
 //! - `GET /api/v1/clients` — connected clients, laggiest first, a page at a
 //!   time (`?limit=N&offset=M`, N ≤ 1000; beyond the first 20 it needs the
 //!   token when one is configured).
@@ -35,12 +41,14 @@ mod conn;
 pub(crate) mod guard;
 mod history;
 mod openapi;
+mod policy_api;
 mod ui;
 
 pub use conn::serve;
 
 use crate::log::StorageHealth;
 use crate::server::hub::Hub;
+use crate::server::policies::Policies;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing_setup::LogFilter;
 use axum::Router;
@@ -75,6 +83,8 @@ pub struct AdminState {
     pub storage: Arc<StorageHealth>,
     /// The server's shared state: bounds, clients, stats.
     pub hub: Arc<Hub>,
+    /// The policies' settings and recent decisions.
+    pub policies: Arc<Policies>,
     /// The registry `/metrics` renders.
     pub metrics: Metrics,
     /// The bearer token mutating calls need, if one is configured.
@@ -109,6 +119,12 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/api/v1/bounds/threads/{id}",
             put(api::put_thread).delete(api::delete_thread),
+        )
+        .route("/api/v1/policies", get(policy_api::get_policies))
+        .route("/api/v1/policies/load", put(policy_api::put_load))
+        .route(
+            "/api/v1/policies/pins",
+            axum::routing::delete(policy_api::delete_pins),
         )
         .route("/api/v1/clients", get(api::clients))
         .route("/api/v1/stats", get(api::stats))

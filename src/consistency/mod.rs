@@ -8,6 +8,7 @@
 //! - [`admission`]: what a write asks and what the decision answers.
 //! - [`engine`]: the state machine that ties them together.
 //! - [`parts`]: cutting a flush into Updates of bounded size.
+//! - [`policy`]: bounds moved by policies, within operator-set limits.
 //! - [`schedule`]: which streaming clients are due for a flush, and when.
 
 pub mod admission;
@@ -17,6 +18,7 @@ pub mod conit;
 pub mod engine;
 pub mod entry;
 pub mod parts;
+pub mod policy;
 pub mod schedule;
 pub mod settings;
 pub mod time;

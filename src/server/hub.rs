@@ -16,10 +16,12 @@ use super::convert;
 use super::error::HubError;
 use super::outbox::{Outbox, UpdateStream};
 use crate::clock::Clock;
+use crate::consistency::policy::{BoundsControl, Ceiling, Pinned, Scale};
 use crate::consistency::{
     AckInfo, Batch, ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq,
     Submission, Verdict,
 };
+use crate::consistency::{Bounds, BoundsTable};
 use crate::log::Log;
 use crate::telemetry::metrics::{Metrics, TOP_LAGGARDS};
 use rand::Rng;
@@ -121,6 +123,9 @@ struct Inner {
     writer_stop: bool,
     /// The last [`CHANGE_HISTORY`] runtime bound changes.
     changes: std::collections::VecDeque<ChangeRecord>,
+    /// The operator's bounds and the policies' scale; the engine's bounds
+    /// are always `control.effective()`.
+    control: BoundsControl,
 }
 
 /// The shared state of a running server.
@@ -158,7 +163,15 @@ pub struct Hub {
     max_outbound_bytes: usize,
     /// Where every count and latency is recorded.
     metrics: Metrics,
+    /// How late each scheduler run was after the engine's earliest
+    /// deadline, in microseconds, since the load policy last took them.
+    /// Its own lock: written after the hub lock is dropped.
+    lateness: Mutex<Vec<u32>>,
 }
+
+/// Most lateness samples kept between two policy samples (a few thousand
+/// scheduler runs a second at 10,000 clients).
+const MAX_LATENESS_SAMPLES: usize = 8192;
 
 /// The public handle of a client: derived from its public id, safe to log and
 /// show (unlike the capability id).
@@ -179,6 +192,7 @@ impl Hub {
         metrics: Metrics,
         clock: Clock,
     ) -> Arc<Self> {
+        let engine_bounds = engine.settings().bounds.clone();
         Arc::new(Hub {
             inner: Mutex::new(Inner {
                 engine,
@@ -190,6 +204,7 @@ impl Hub {
                 writer_idle: false,
                 writer_stop: false,
                 changes: std::collections::VecDeque::new(),
+                control: BoundsControl::new(engine_bounds),
             }),
             delivery: Mutex::new(()),
             clock,
@@ -198,6 +213,7 @@ impl Hub {
             settled: Notify::new(),
             max_outbound_bytes,
             metrics,
+            lateness: Mutex::new(Vec::new()),
         })
     }
 
@@ -545,13 +561,36 @@ impl Hub {
     pub fn tick(&self) -> Micros {
         let _order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.now();
-        let (work, next) = {
+        let (work, next, due) = {
             let mut g = self.lock();
+            let due = g.engine.next_wake();
             let events = g.engine.poll(now);
-            (Deliveries::take(&mut g, events), g.engine.next_wake())
+            (Deliveries::take(&mut g, events), g.engine.next_wake(), due)
         };
         self.deliver(work);
+        // `i64::MIN` means "at once" (a conit reached its flush count), not
+        // a deadline that could be missed.
+        if due <= now && due.0 != i64::MIN {
+            self.record_lateness(now.0.saturating_sub(due.0));
+        }
         next
+    }
+
+    /// One scheduler run started `micros` after the deadline it was for.
+    fn record_lateness(&self, micros: i64) {
+        self.metrics
+            .policy
+            .flush_lateness
+            .observe(micros as f64 / 1e6);
+        let mut v = self.lateness.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() < MAX_LATENESS_SAMPLES {
+            v.push(micros.clamp(0, u32::MAX as i64) as u32);
+        }
+    }
+
+    /// The lateness samples since the last call (for the load policy).
+    pub fn take_lateness(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.lateness.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Carries out a flush's events outside the hub lock (the caller holds
@@ -902,6 +941,63 @@ pub enum ChangeError {
 /// Most threads with their own bounds (keeps the metrics tiers bounded).
 pub const MAX_OVERRIDES: usize = 1000;
 
+/// Applies an operator's `change` to its table of bounds; returns what it
+/// targets and the fields it sets (which policies then leave alone).
+fn apply_change(
+    table: &mut BoundsTable,
+    change: &BoundsChange,
+) -> Result<(BoundsTarget, Pinned), ChangeError> {
+    Ok(match change {
+        BoundsChange::SetDefault(o) => {
+            table.set_default(o.apply(table.default_bounds()))?;
+            (BoundsTarget::Default, Pinned::of(o))
+        }
+        BoundsChange::SetThread(thread, o) => {
+            let had = table.overrides().any(|(t, _, _)| t == thread);
+            if !had && table.overrides().count() >= MAX_OVERRIDES {
+                return Err(ChangeError::TooManyOverrides(MAX_OVERRIDES));
+            }
+            table.set_thread(thread, *o)?;
+            let target = BoundsTarget::Thread {
+                thread: thread.clone(),
+            };
+            (target, Pinned::of(o))
+        }
+        BoundsChange::RemoveThread(thread) => {
+            table
+                .remove_thread(thread)
+                .ok_or_else(|| ChangeError::NoOverride(thread.clone()))?;
+            let target = BoundsTarget::Thread {
+                thread: thread.clone(),
+            };
+            (target, Pinned::default())
+        }
+    })
+}
+
+/// Records an applied change in the recent history.
+fn push_change(
+    g: &mut Inner,
+    now: Micros,
+    who: &str,
+    target: BoundsTarget,
+    old: Option<Bounds>,
+    new: Option<Bounds>,
+) -> ChangeRecord {
+    let record = ChangeRecord {
+        at: now.0,
+        who: who.to_owned(),
+        target,
+        old,
+        new,
+    };
+    g.changes.push_back(record.clone());
+    if g.changes.len() > CHANGE_HISTORY {
+        g.changes.pop_front();
+    }
+    record
+}
+
 impl Hub {
     /// The one place a runtime bound change is applied: validated, applied
     /// to the engine (the next decision uses it; flush deadlines re-armed at
@@ -913,57 +1009,83 @@ impl Hub {
     ) -> Result<ChangeRecord, ChangeError> {
         let now = self.now();
         let record = self.with_engine(|g| {
-            let mut table = g.engine.settings().bounds.clone();
-            let (target, old, new) = match &change {
-                BoundsChange::SetDefault(o) => {
-                    let old = table.default_bounds();
-                    let new = o.apply(old);
-                    table.set_default(new)?;
-                    (BoundsTarget::Default, Some(old), Some(new))
-                }
-                BoundsChange::SetThread(thread, o) => {
-                    let had = table.overrides().any(|(t, _, _)| t == thread);
-                    if !had && table.overrides().count() >= MAX_OVERRIDES {
-                        return Err(ChangeError::TooManyOverrides(MAX_OVERRIDES));
-                    }
-                    let old = table.set_thread(thread, *o)?;
-                    let target = BoundsTarget::Thread {
-                        thread: thread.clone(),
-                    };
-                    (target, Some(old), Some(table.for_thread(thread)))
-                }
-                BoundsChange::RemoveThread(thread) => {
-                    let old = table.for_thread(thread);
-                    table
-                        .remove_thread(thread)
-                        .ok_or_else(|| ChangeError::NoOverride(thread.clone()))?;
-                    let target = BoundsTarget::Thread {
-                        thread: thread.clone(),
-                    };
-                    (target, Some(old), None)
-                }
+            let before = g.engine.settings().bounds.clone();
+            let mut table = g.control.base().clone();
+            let (target, pinned) = apply_change(&mut table, &change)?;
+            let thread = match &target {
+                BoundsTarget::Default => None,
+                BoundsTarget::Thread { thread } => Some(thread.as_str()),
             };
-            g.engine.set_bounds(table);
-            let record = ChangeRecord {
-                at: now.0,
-                who: who.to_owned(),
-                target,
-                old,
-                new,
+            g.control.set_base(table, thread, pinned);
+            let after = g.control.effective();
+            let in_force = |t: &BoundsTable| match thread {
+                None => t.default_bounds(),
+                Some(thread) => t.for_thread(thread),
             };
-            g.changes.push_back(record.clone());
-            if g.changes.len() > CHANGE_HISTORY {
-                g.changes.pop_front();
-            }
-            Ok(record)
+            let old = Some(in_force(&before));
+            let new = match change {
+                BoundsChange::RemoveThread(_) => None,
+                _ => Some(in_force(&after)),
+            };
+            g.engine.set_bounds(after);
+            Ok::<_, ChangeError>(push_change(g, now, who, target, old, new))
         })?;
+        self.announce(&record);
+        Ok(record)
+    }
+
+    /// A policy's new scale: applied like an operator's change (the engine
+    /// gets the bounds in force, deadlines re-armed, logged, counted,
+    /// recorded with `who = policy:<name>`). Returns the record if the
+    /// bounds in force changed.
+    pub fn apply_policy(&self, name: &str, scale: Scale, ceiling: Ceiling) -> Option<ChangeRecord> {
+        let now = self.now();
+        let who = format!("policy:{name}");
+        let record = self.with_engine(|g| {
+            let old = g.engine.settings().bounds.default_bounds();
+            if !g.control.set_scale(scale, ceiling) {
+                return None;
+            }
+            let after = g.control.effective();
+            let new = after.default_bounds();
+            g.engine.set_bounds(after);
+            Some(push_change(
+                g,
+                now,
+                &who,
+                BoundsTarget::Default,
+                Some(old),
+                Some(new),
+            ))
+        })?;
+        self.announce(&record);
+        Some(record)
+    }
+
+    /// Lets policies move every bound again (the operator's explicit changes
+    /// no longer pin their fields).
+    pub fn clear_pins(&self, who: &str) {
+        self.with_engine(|g| {
+            g.control.clear_pins();
+            let after = g.control.effective();
+            g.engine.set_bounds(after);
+        });
+        tracing::info!(who, "bound pins cleared: policies may move every bound");
+    }
+
+    /// The operator's bounds, pins and the policies' scale.
+    pub fn bounds_control(&self) -> BoundsControl {
+        self.lock().control.clone()
+    }
+
+    /// Logs and counts an applied change.
+    fn announce(&self, record: &ChangeRecord) {
         let scope = match record.target {
             BoundsTarget::Default => "default",
             BoundsTarget::Thread { .. } => "thread",
         };
         self.metrics.bound_changes.with_label_values(&[scope]).inc();
-        tracing::info!(who, target = ?record.target, old = ?record.old, new = ?record.new, "bounds changed");
-        Ok(record)
+        tracing::info!(who = %record.who, target = ?record.target, old = ?record.old, new = ?record.new, "bounds changed");
     }
 
     /// The bounds in force and the recent changes, oldest first.

@@ -21,6 +21,7 @@ mod grpc;
 pub mod hub;
 pub mod listener;
 pub mod outbox;
+pub mod policies;
 mod reflection;
 pub mod scheduler;
 pub mod service;
@@ -102,6 +103,8 @@ pub struct Config {
     /// Where to write the bound addresses as JSON once serving (`serve
     /// --ready-file`), for programs that start the server on port 0.
     pub ready_file: Option<PathBuf>,
+    /// The load policy: off unless `--load-policy` or `[policy.load]`.
+    pub load_policy: policies::LoadSetting,
     /// The server's clock: the system clock, unless a test brings its own.
     pub clock: crate::clock::Clock,
 }
@@ -142,6 +145,7 @@ impl Default for Config {
             },
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             ready_file: None,
+            load_policy: policies::LoadSetting::default(),
             clock: crate::clock::Clock::system(),
         }
     }

@@ -73,6 +73,85 @@ pub struct Metrics {
     /// The message log's health and throughput, copied from its
     /// `StorageHealth` at each scrape.
     pub storage: StorageMetrics,
+    /// What the policies measure and decide.
+    pub policy: PolicyMetrics,
+}
+
+/// The policies' signals and decisions (`chat_policy_*`) and the flush
+/// scheduler's lateness they are driven by.
+#[derive(Clone)]
+pub struct PolicyMetrics {
+    /// How late the flush scheduler ran after the engine's earliest
+    /// deadline, at each run.
+    pub flush_lateness: Histogram,
+    /// The pressure a policy measured last, by policy (its target is 1/2 of
+    /// the safety margin by default; see docs/operations.md).
+    pub pressure: GaugeVec,
+    /// The factor a policy scales the bounds by (1 = the operator's), by
+    /// policy.
+    pub scale: GaugeVec,
+    /// 1 while a policy wants to widen the bounds further but is at its
+    /// ceiling, by policy.
+    pub at_ceiling: IntGaugeVec,
+    /// Steps a policy took, by policy and direction (raise, lower).
+    pub steps: IntCounterVec,
+}
+
+impl PolicyMetrics {
+    fn new(r: &Registry) -> Self {
+        let steps = counter_vec(
+            r,
+            (
+                "chat_policy_steps_total",
+                "Bound changes made by a policy, by policy and step (raise = widened, lower = narrowed back).",
+            ),
+            &["policy", "step"],
+        );
+        for step in ["raise", "lower"] {
+            steps.with_label_values(&["load", step]);
+        }
+        let m = PolicyMetrics {
+            flush_lateness: histogram(
+                r,
+                (
+                    "chat_flush_lateness_seconds",
+                    "How late the flush scheduler ran after the earliest deadline it had (the load policy's signal).",
+                ),
+                prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+            ),
+            pressure: float_gauge_vec(
+                r,
+                (
+                    "chat_policy_pressure",
+                    "The pressure a policy measured last (1 = flushes as late as their safety margin), by policy.",
+                ),
+                &["policy"],
+            ),
+            scale: float_gauge_vec(
+                r,
+                (
+                    "chat_policy_scale",
+                    "The factor a policy scales the bounds by (1 = the operator's bounds), by policy.",
+                ),
+                &["policy"],
+            ),
+            at_ceiling: gauge_vec(
+                r,
+                (
+                    "chat_policy_at_ceiling",
+                    "1 while a policy would widen the bounds further but is at its ceiling, by policy.",
+                ),
+                &["policy"],
+            ),
+            steps,
+        };
+        // Exported from the start, so dashboards and alerts have a series
+        // whether or not the policy is on.
+        m.pressure.with_label_values(&["load"]).set(0.0);
+        m.scale.with_label_values(&["load"]).set(1.0);
+        m.at_ceiling.with_label_values(&["load"]).set(0);
+        m
+    }
 }
 
 /// The message log's figures (see `crate::log::health::StorageHealth`).
@@ -396,6 +475,7 @@ impl Metrics {
             rpc_duration: histogram_vec(&r, RPC_DURATION, method_code, rpc_buckets()),
             client_lag: gauge_vec(&r, CLIENT_LAG, &["client"]),
             storage: StorageMetrics::new(&r),
+            policy: PolicyMetrics::new(&r),
             registry: r,
         }
     }

@@ -1,0 +1,437 @@
+//! Policies: bounds that move by themselves, within operator-set limits.
+//!
+//! Pure, like the rest of the core: a policy is fed measured signals and the
+//! time, and answers with a new scale for the bounds; [`effective`] turns
+//! the operator's bounds and that scale into the bounds in force. Applying
+//! them (logging, counting, re-arming deadlines) is the server's one place
+//! for bound changes, the same as for an operator's change.
+//!
+//! **The load policy** holds a pressure target by scaling staleness and
+//! numerical: under overload, bigger batches cost less per message (the
+//! per-Update cost is spread over more messages, and fewer acknowledgements
+//! come back), so widening the bounds turns overload into a little more delay
+//! instead of a flood of `STALENESS` rejections and late deliveries.
+//!
+//! The controller is multiplicative both ways, proportional, with a dead
+//! band, chosen so that it cannot oscillate. Let pressure `p(s)` be
+//! non-increasing in the scale `s` and at most inversely proportional to it
+//! (`p(s) / p(k s) <= k`: doubling the batches can at best halve the work;
+//! that is the case where all work is per Update). Then:
+//! - above the band (`p > target * (1 + BAND)`) the scale is multiplied by
+//!   `k = p / target` (at most [`MAX_STEP`]): the pressure falls at most `k`
+//!   times, so to at least `target`: it lands in the band or still above it,
+//!   never below;
+//! - below the band (`p < target * (1 - BAND)`) the scale is divided by
+//!   `k = target / p` (at most [`MAX_STEP`], never below 1): the pressure
+//!   rises at most `k` times, to at most `target`, never above the band.
+//!
+//! So no step crosses the band: from above, the scale rises until the
+//! pressure is in the band or the ceiling is reached; from below it falls
+//! until the band or the operator's own bounds, and a steady load then
+//! leaves it where it is. Each step waits [`LoadConfig::settle`] samples, so
+//! the effect of one step is measured before the next. With no load left,
+//! each step divides by 4: from 50× (100 ms raised to 5 s) back to the
+//! operator's bounds in three steps, 6 s at the default sampling.
+
+use super::bounds::{Bounds, BoundsOverride, BoundsTable, MAX_STALENESS, NUMERICAL_RANGE};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Half the width of the dead band around the target, as a fraction of it.
+pub const BAND: f64 = 0.2;
+/// The most one step multiplies or divides the scale by: a pressure sample
+/// far off (a burst, a pause) moves the bounds at most this much at once.
+pub const MAX_STEP: f64 = 4.0;
+
+/// How far policies may scale the bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale {
+    /// Multiplies every staleness bound the policy may move (at least 1).
+    pub staleness: f64,
+    /// Multiplies every numerical bound the policy may move (at least 1).
+    pub numerical: f64,
+}
+
+impl Scale {
+    /// No change: the operator's bounds.
+    pub const ONE: Scale = Scale {
+        staleness: 1.0,
+        numerical: 1.0,
+    };
+}
+
+/// The highest values a policy may set; an operator's own bound above them
+/// is kept as it is (a policy only ever widens the operator's bounds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceiling {
+    pub staleness: Duration,
+    pub numerical: u64,
+}
+
+/// Fields an operator set explicitly at runtime: policies leave them alone
+/// until the operator clears them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pins {
+    /// Fields of the defaults.
+    pub default: Pinned,
+    /// Fields of each thread's own bounds.
+    pub threads: BTreeMap<String, Pinned>,
+}
+
+/// Which fields of one set of bounds are pinned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pinned {
+    pub staleness: bool,
+    pub numerical: bool,
+}
+
+impl Pinned {
+    /// The fields an operator's change sets.
+    pub fn of(change: &BoundsOverride) -> Pinned {
+        Pinned {
+            staleness: change.staleness.is_some(),
+            numerical: change.numerical.is_some(),
+        }
+    }
+
+    /// Both sets of pins together.
+    pub fn union(self, other: Pinned) -> Pinned {
+        Pinned {
+            staleness: self.staleness || other.staleness,
+            numerical: self.numerical || other.numerical,
+        }
+    }
+}
+
+/// `base` scaled by `scale`, except the pinned fields; never above
+/// `ceiling` nor below `base`. The order bound is never scaled: it is about
+/// what a writer has seen, which batching does not change.
+pub fn scaled(base: Bounds, scale: Scale, ceiling: Ceiling, pinned: Pinned) -> Bounds {
+    let staleness = if pinned.staleness {
+        base.staleness
+    } else {
+        let want = base.staleness.mul_f64(scale.staleness.max(1.0));
+        want.min(ceiling.staleness.min(MAX_STALENESS))
+            .max(base.staleness)
+    };
+    let numerical = if pinned.numerical {
+        base.numerical
+    } else {
+        let want = (base.numerical as f64 * scale.numerical.max(1.0)).round() as u64;
+        want.min(ceiling.numerical.min(NUMERICAL_RANGE.1))
+            .max(base.numerical)
+    };
+    Bounds {
+        staleness,
+        numerical,
+        order: base.order,
+    }
+}
+
+/// The bounds in force: the operator's table `base` with every default and
+/// every field of a thread's own bounds scaled (see [`scaled`]).
+pub fn effective(base: &BoundsTable, pins: &Pins, scale: Scale, ceiling: Ceiling) -> BoundsTable {
+    let default = scaled(base.default_bounds(), scale, ceiling, pins.default);
+    let mut table = BoundsTable::new(default).expect("scaled bounds stay in range");
+    for (thread, o, resolved) in base.overrides() {
+        let pinned = pins.threads.get(thread).copied().unwrap_or_default();
+        let b = scaled(*resolved, scale, ceiling, pinned);
+        // Only the fields the thread sets itself: the rest follow the
+        // (scaled) defaults.
+        let own = BoundsOverride {
+            staleness: o.staleness.map(|_| b.staleness),
+            numerical: o.numerical.map(|_| b.numerical),
+            order: o.order,
+        };
+        table
+            .set_thread(thread, own)
+            .expect("scaled bounds stay in range");
+    }
+    table
+}
+
+/// The bounds as the operator set them, what policies make of them, and
+/// the bounds in force that follow. The server keeps one of these in its
+/// one place for bound changes: an operator's change edits [`base`] (and pins
+/// the fields it sets), a policy's change edits the scale, and either way
+/// the engine gets [`BoundsControl::effective`].
+///
+/// [`base`]: BoundsControl::base
+#[derive(Debug, Clone)]
+pub struct BoundsControl {
+    base: BoundsTable,
+    pins: Pins,
+    scale: Scale,
+    ceiling: Ceiling,
+}
+
+impl BoundsControl {
+    /// The operator's bounds, with no policy applied.
+    pub fn new(base: BoundsTable) -> Self {
+        BoundsControl {
+            base,
+            pins: Pins::default(),
+            scale: Scale::ONE,
+            ceiling: LoadConfig::default().ceiling(),
+        }
+    }
+
+    pub fn base(&self) -> &BoundsTable {
+        &self.base
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    pub fn scale(&self) -> Scale {
+        self.scale
+    }
+
+    /// The bounds in force.
+    pub fn effective(&self) -> BoundsTable {
+        if self.scale == Scale::ONE {
+            return self.base.clone();
+        }
+        effective(&self.base, &self.pins, self.scale, self.ceiling)
+    }
+
+    /// An operator's new table; `pinned` names the fields the change set
+    /// (`None`: the defaults; `Some(thread)`: that thread's), which policies
+    /// leave alone from now on. A thread whose own bounds were removed loses
+    /// its pins.
+    pub fn set_base(&mut self, base: BoundsTable, target: Option<&str>, pinned: Pinned) {
+        match target {
+            None => self.pins.default = self.pins.default.union(pinned),
+            Some(t) => {
+                let p = self.pins.threads.entry(t.to_owned()).or_default();
+                *p = p.union(pinned);
+            }
+        }
+        self.pins
+            .threads
+            .retain(|t, _| base.overrides().any(|(o, _, _)| o == t));
+        self.base = base;
+    }
+
+    /// Policies may move every field again.
+    pub fn clear_pins(&mut self) {
+        self.pins = Pins::default();
+    }
+
+    /// A policy's new scale and ceiling. Returns whether the bounds in force
+    /// changed.
+    pub fn set_scale(&mut self, scale: Scale, ceiling: Ceiling) -> bool {
+        let before = self.effective();
+        self.scale = scale;
+        self.ceiling = ceiling;
+        self.effective() != before
+    }
+}
+
+/// Settings of the load policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadConfig {
+    /// The pressure to hold (see the server's signal: 1.0 means the flush
+    /// scheduler runs as late as the safety margin it has).
+    pub target: f64,
+    /// Highest staleness the policy sets.
+    pub max_staleness: Duration,
+    /// Highest numerical bound the policy sets.
+    pub max_numerical: u64,
+    /// Samples to wait after a step before the next one.
+    pub settle: u32,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            target: 0.5,
+            max_staleness: Duration::from_secs(5),
+            max_numerical: 4096,
+            settle: 2,
+        }
+    }
+}
+
+/// Why a load policy setting was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("target {0} is outside 0.05..=10")]
+    Target(f64),
+    #[error("max staleness {0:?} is outside 1ms..=1h")]
+    MaxStaleness(Duration),
+    #[error("max numerical {0} is outside 1..=1000000")]
+    MaxNumerical(u64),
+    #[error("settle {0} is outside 1..=60 samples")]
+    Settle(u32),
+}
+
+impl LoadConfig {
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if !(0.05..=10.0).contains(&self.target) {
+            return Err(PolicyError::Target(self.target));
+        }
+        if !(Duration::from_millis(1)..=MAX_STALENESS).contains(&self.max_staleness) {
+            return Err(PolicyError::MaxStaleness(self.max_staleness));
+        }
+        if !(NUMERICAL_RANGE.0..=NUMERICAL_RANGE.1).contains(&self.max_numerical) {
+            return Err(PolicyError::MaxNumerical(self.max_numerical));
+        }
+        if !(1..=60).contains(&self.settle) {
+            return Err(PolicyError::Settle(self.settle));
+        }
+        Ok(())
+    }
+
+    pub fn ceiling(&self) -> Ceiling {
+        Ceiling {
+            staleness: self.max_staleness,
+            numerical: self.max_numerical,
+        }
+    }
+}
+
+/// What one step of the load controller did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Pressure in the band, or waiting for the last step to settle.
+    Hold,
+    /// Pressure above the band: bounds widened.
+    Raise,
+    /// Pressure below the band: bounds narrowed back.
+    Lower,
+    /// Pressure above the band, but the scale is at its ceiling already.
+    AtCeiling,
+}
+
+/// The load controller: one scale for every bound it may move.
+#[derive(Debug, Clone)]
+pub struct LoadPolicy {
+    config: LoadConfig,
+    /// The current factor (1 = the operator's bounds).
+    factor: f64,
+    /// The largest factor worth having: the one that takes the smallest
+    /// default bound to the ceiling.
+    max_factor: f64,
+    /// Samples since the last step.
+    since_step: u32,
+}
+
+impl LoadPolicy {
+    /// A controller for bounds whose default is `base`.
+    pub fn new(config: LoadConfig, base: Bounds) -> Self {
+        let mut p = LoadPolicy {
+            config,
+            factor: 1.0,
+            max_factor: 1.0,
+            since_step: config.settle,
+        };
+        p.rebase(base);
+        p
+    }
+
+    pub fn config(&self) -> &LoadConfig {
+        &self.config
+    }
+
+    /// The operator's default bounds changed: the factor's range follows.
+    pub fn rebase(&mut self, base: Bounds) {
+        let s = self.config.max_staleness.as_secs_f64() / base.staleness.as_secs_f64().max(1e-6);
+        let n = self.config.max_numerical as f64 / base.numerical.max(1) as f64;
+        self.max_factor = s.max(n).max(1.0);
+        self.factor = self.factor.min(self.max_factor);
+    }
+
+    /// The scale in force.
+    pub fn scale(&self) -> Scale {
+        Scale {
+            staleness: self.factor,
+            numerical: self.factor,
+        }
+    }
+
+    /// Takes one pressure sample (one per sampling period) and moves the
+    /// scale if the pressure is outside the band around the target.
+    pub fn observe(&mut self, pressure: f64) -> Step {
+        self.since_step = self.since_step.saturating_add(1);
+        if self.since_step < self.config.settle || !pressure.is_finite() {
+            return Step::Hold;
+        }
+        let target = self.config.target;
+        let step = if pressure > target * (1.0 + BAND) {
+            if self.factor >= self.max_factor {
+                return Step::AtCeiling;
+            }
+            let k = (pressure / target).min(MAX_STEP);
+            self.factor = (self.factor * k).min(self.max_factor);
+            Step::Raise
+        } else if pressure < target * (1.0 - BAND) && self.factor > 1.0 {
+            let k = (target / pressure.max(f64::MIN_POSITIVE)).min(MAX_STEP);
+            self.factor = (self.factor / k).max(1.0);
+            Step::Lower
+        } else {
+            return Step::Hold;
+        };
+        self.since_step = 0;
+        step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn scaling_keeps_pins_order_and_the_ceiling() {
+        let base = Bounds {
+            staleness: 500 * MS,
+            numerical: 256,
+            order: 32,
+        };
+        let ceiling = Ceiling {
+            staleness: 2000 * MS,
+            numerical: 1000,
+        };
+        let s = Scale {
+            staleness: 10.0,
+            numerical: 10.0,
+        };
+        let b = scaled(base, s, ceiling, Pinned::default());
+        assert_eq!((b.staleness, b.numerical, b.order), (2000 * MS, 1000, 32));
+        let pinned = Pinned {
+            staleness: true,
+            numerical: false,
+        };
+        assert_eq!(scaled(base, s, ceiling, pinned).staleness, 500 * MS);
+        // An operator's bound above the ceiling is not lowered.
+        let wide = Bounds {
+            staleness: 9000 * MS,
+            ..base
+        };
+        assert_eq!(
+            scaled(wide, s, ceiling, Pinned::default()).staleness,
+            9000 * MS
+        );
+    }
+
+    #[test]
+    fn a_thread_keeps_following_the_defaults_where_it_sets_nothing() {
+        let mut base = BoundsTable::new(Bounds::default()).unwrap();
+        let own = BoundsOverride {
+            staleness: Some(100 * MS),
+            ..Default::default()
+        };
+        base.set_thread("fast", own).unwrap();
+        let s = Scale {
+            staleness: 2.0,
+            numerical: 2.0,
+        };
+        let t = effective(&base, &Pins::default(), s, LoadConfig::default().ceiling());
+        assert_eq!(t.for_thread("fast").staleness, 200 * MS);
+        assert_eq!(t.for_thread("fast").numerical, 512);
+        assert_eq!(t.for_thread("other").staleness, 1000 * MS);
+    }
+}

@@ -1,0 +1,229 @@
+//! The policy task: once a second it measures the signals, steps every
+//! policy that is on, and applies what they decide through the hub's one
+//! place for bound changes ([`Hub::apply_policy`]).
+//!
+//! The load policy's signal is the flush scheduler's lateness: how long
+//! after the engine's earliest deadline the scheduler got to run. The engine
+//! flushes a safety margin before each deadline (an eighth of the staleness
+//! bound, at most 20 ms) precisely to absorb that delay, so the lateness
+//! measured in margins says how close deliveries are to breaking their
+//! bound, whatever the cause of the delay (CPU, lock contention, a slow
+//! disk behind the writer). Unlike the process's CPU share, it does not
+//! depend on how many cores the machine has or who else uses them. The
+//! pressure is the 90th percentile of a second's lateness samples divided by
+//! the margin of the operator's default staleness (fixed while the policy
+//! widens the bounds, so widening does not change the yardstick).
+
+use super::hub::Hub;
+use crate::consistency::policy::{LoadConfig, LoadPolicy, Scale, Step};
+use crate::consistency::settings::safety_margin;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the policies sample their signals and may step.
+pub const PERIOD: Duration = Duration::from_secs(1);
+
+/// How many of its recent decisions a policy keeps for the admin API.
+pub const DECISIONS_KEPT: usize = 60;
+
+/// The load policy's settings as the operator set them (off by default).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LoadSetting {
+    /// Whether the policy runs.
+    pub enabled: bool,
+    pub config: LoadConfig,
+}
+
+/// One sample and what the load policy did with it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Decision {
+    /// Microseconds since the epoch.
+    pub at: i64,
+    pub pressure: f64,
+    /// `raise`, `lower`, `hold` or `at_ceiling`.
+    pub step: &'static str,
+    /// The scale after the step.
+    pub scale: f64,
+}
+
+/// The policies' state, shared by the task and the admin API.
+pub struct Policies {
+    state: Mutex<State>,
+}
+
+/// Under `Policies::state`: short reads and writes only; the hub is never
+/// called with this lock held (the task drops it first).
+struct State {
+    setting: LoadSetting,
+    load: LoadPolicy,
+    decisions: VecDeque<Decision>,
+}
+
+/// What the admin API shows of the load policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadView {
+    pub enabled: bool,
+    pub target: f64,
+    #[serde(with = "crate::consistency::bounds::humantime_serde_compat")]
+    pub max_staleness: Duration,
+    pub max_numerical: u64,
+    /// The factor in force (1 = the operator's bounds).
+    pub scale: f64,
+    /// The newest decision first.
+    pub decisions: Vec<Decision>,
+}
+
+impl Policies {
+    pub fn new(setting: LoadSetting, hub: &Hub) -> Arc<Self> {
+        let base = hub.bounds_control().base().default_bounds();
+        Arc::new(Policies {
+            state: Mutex::new(State {
+                setting,
+                load: LoadPolicy::new(setting.config, base),
+                decisions: VecDeque::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update below leaves the state whole; a panic elsewhere
+        // cannot leave it half-written.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn load_view(&self) -> LoadView {
+        let s = self.lock();
+        LoadView {
+            enabled: s.setting.enabled,
+            target: s.setting.config.target,
+            max_staleness: s.setting.config.max_staleness,
+            max_numerical: s.setting.config.max_numerical,
+            scale: s.load.scale().staleness,
+            decisions: s.decisions.iter().rev().copied().collect(),
+        }
+    }
+
+    pub fn load_setting(&self) -> LoadSetting {
+        self.lock().setting
+    }
+
+    /// Replaces the load policy's settings (validated by the caller). A
+    /// changed configuration starts the controller afresh; turning the
+    /// policy off gives the operator's bounds back at once.
+    pub fn set_load(&self, setting: LoadSetting, hub: &Hub, who: &str) {
+        {
+            let mut s = self.lock();
+            if s.setting.config != setting.config || !setting.enabled {
+                let base = hub.bounds_control().base().default_bounds();
+                s.load = LoadPolicy::new(setting.config, base);
+            }
+            s.setting = setting;
+        }
+        tracing::info!(who, enabled = setting.enabled, config = ?setting.config, "load policy set");
+        self.apply(hub);
+    }
+
+    /// One sampling period: measure, step, apply.
+    fn sample(&self, hub: &Hub) {
+        let lateness = hub.take_lateness();
+        let base = hub.bounds_control().base().default_bounds();
+        let pressure = pressure(lateness, safety_margin(base.staleness));
+        let m = &hub.metrics().policy;
+        m.pressure.with_label_values(&["load"]).set(pressure);
+        let (step, at_ceiling) = {
+            let mut s = self.lock();
+            if !s.setting.enabled {
+                return;
+            }
+            s.load.rebase(base);
+            let step = s.load.observe(pressure);
+            let decision = Decision {
+                at: hub.now().0,
+                pressure,
+                step: step_name(step),
+                scale: s.load.scale().staleness,
+            };
+            s.decisions.push_back(decision);
+            if s.decisions.len() > DECISIONS_KEPT {
+                s.decisions.pop_front();
+            }
+            (step, step == Step::AtCeiling)
+        };
+        m.at_ceiling
+            .with_label_values(&["load"])
+            .set(at_ceiling as i64);
+        if matches!(step, Step::Raise | Step::Lower) {
+            m.steps.with_label_values(&["load", step_name(step)]).inc();
+            self.apply(hub);
+        }
+    }
+
+    /// Hands the load policy's current scale to the hub.
+    fn apply(&self, hub: &Hub) {
+        let (scale, ceiling) = {
+            let s = self.lock();
+            let scale = if s.setting.enabled {
+                s.load.scale()
+            } else {
+                Scale::ONE
+            };
+            (scale, s.setting.config.ceiling())
+        };
+        hub.metrics()
+            .policy
+            .scale
+            .with_label_values(&["load"])
+            .set(scale.staleness);
+        hub.apply_policy("load", scale, ceiling);
+    }
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::Hold => "hold",
+        Step::Raise => "raise",
+        Step::Lower => "lower",
+        Step::AtCeiling => "at_ceiling",
+    }
+}
+
+/// The 90th percentile of the lateness samples (microseconds), in units of
+/// `margin`; 0 when nothing was due.
+fn pressure(mut samples: Vec<u32>, margin: Duration) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let k = (samples.len() * 9 / 10).min(samples.len() - 1);
+    let (_, p90, _) = samples.select_nth_unstable(k);
+    let margin = margin.as_micros().max(1) as f64;
+    *p90 as f64 / margin
+}
+
+/// Samples and steps the policies every [`PERIOD`] until `stop`.
+pub async fn run(policies: Arc<Policies>, hub: Arc<Hub>, stop: CancellationToken) {
+    policies.apply(&hub);
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => policies.sample(&hub),
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pressure_is_the_90th_percentile_in_margins() {
+        let ms = Duration::from_millis(1);
+        assert_eq!(pressure(Vec::new(), 20 * ms), 0.0);
+        let samples: Vec<u32> = (1..=100).map(|i| i * 100).collect();
+        // The 90th of 100 samples of 0.1..10 ms is 9.1 ms: 0.455 margins.
+        assert!((pressure(samples, 20 * ms) - 0.455).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,177 @@
+//! The load policy through a real server: it widens the bounds when the
+//! flush scheduler runs late, what clients receive changes with them, an
+//! operator's explicit change wins over it until the pins are cleared, and
+//! turning it off gives the operator's bounds back.
+
+mod common;
+
+use common::{TestServer, config, first_update, http_json};
+use dyconit_chat::consistency::policy::LoadConfig;
+use dyconit_chat::server::policies::LoadSetting;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const BASE_MS: f64 = 40.0;
+
+async fn bounds(admin: SocketAddr) -> Value {
+    let (status, v) = http_json(admin, "GET", "/api/v1/bounds", None, None).await;
+    assert_eq!(status, 200);
+    v
+}
+
+fn effective_staleness(v: &Value) -> f64 {
+    v["effective_default"]["staleness_ms"].as_f64().unwrap()
+}
+
+/// A server whose load policy holds the scheduler's lateness to 5% of its
+/// safety margin (5 ms at 40 ms staleness): a timer's usual millisecond of
+/// delay already counts as pressure, so real traffic moves the bounds.
+async fn server() -> TestServer {
+    let mut cfg = config(BASE_MS as u64, 256, 1_000_000);
+    cfg.load_policy = LoadSetting {
+        enabled: true,
+        config: LoadConfig {
+            target: 0.05,
+            max_staleness: Duration::from_millis(400),
+            ..LoadConfig::default()
+        },
+    };
+    TestServer::start(cfg).await
+}
+
+/// Writes a message every 5 ms until `until` returns true for the bounds
+/// (checked every 100 ms); panics after 20 s.
+async fn write_until(server: &TestServer, until: impl Fn(&Value) -> bool) -> Value {
+    let writer = server.client(Some("writer")).await;
+    let start = Instant::now();
+    let mut last_check = Instant::now();
+    loop {
+        writer.send("load", "tick").await.expect("send");
+        if last_check.elapsed() > Duration::from_millis(100) {
+            let v = bounds(server.admin).await;
+            if until(&v) {
+                return v;
+            }
+            last_check = Instant::now();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "bounds never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn under_pressure_the_load_policy_widens_what_clients_get_and_an_operator_wins() {
+    let server = server().await;
+    let reader = server.client(Some("reader")).await;
+    let mut sub = reader.subscribe().await.unwrap();
+    first_update(&mut sub).await;
+
+    // Pressure: the bounds in force grow, the operator's stay.
+    let v = write_until(&server, |v| effective_staleness(v) >= 4.0 * BASE_MS).await;
+    assert_eq!(v["default"]["staleness_ms"].as_f64(), Some(BASE_MS));
+    let by_policy = v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["who"] == "policy:load");
+    assert!(by_policy, "changes name the policy: {v}");
+    let (_, p) = http_json(server.admin, "GET", "/api/v1/policies", None, None).await;
+    assert_eq!(p["load"]["enabled"], true);
+    assert!(p["load"]["scale"].as_f64().unwrap() >= 4.0, "{p}");
+
+    // Clients now get messages batched over the wider bound: later than
+    // the operator's 40 ms, within the bound in force.
+    let writer = server.client(Some("probe")).await;
+    let sent = Instant::now();
+    writer.send("probe", "late but in bound").await.unwrap();
+    loop {
+        let r = sub
+            .next_within(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        if r.update
+            .message
+            .iter()
+            .any(|m| m.contents == "late but in bound")
+        {
+            break;
+        }
+    }
+    let waited = sent.elapsed().as_secs_f64() * 1000.0;
+    assert!(waited > BASE_MS, "delivered after {waited} ms");
+
+    // An operator's explicit staleness wins over the policy.
+    let (status, _) = http_json(
+        server.admin,
+        "PUT",
+        "/api/v1/bounds/default",
+        None,
+        Some(r#"{"staleness": "30ms"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v = bounds(server.admin).await;
+    assert_eq!(effective_staleness(&v), 30.0);
+    let (_, p) = http_json(server.admin, "GET", "/api/v1/policies", None, None).await;
+    assert_eq!(p["pins"]["default"]["staleness"], true);
+
+    // Cleared pins: the policy scales it again.
+    let (status, _) = http(server.admin, "DELETE", "/api/v1/policies/pins").await;
+    assert_eq!(status, 204);
+    write_until(&server, |v| effective_staleness(v) > 30.0).await;
+
+    // Off: the operator's bounds at once.
+    let (status, _) = http_json(
+        server.admin,
+        "PUT",
+        "/api/v1/policies/load",
+        None,
+        Some(r#"{"enabled": false}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(effective_staleness(&bounds(server.admin).await), 30.0);
+}
+
+async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    common::http(addr, method, path, None, None).await
+}
+
+#[tokio::test]
+async fn policy_settings_are_validated() {
+    let server = server().await;
+    for body in [
+        r#"{"target": 0}"#,
+        r#"{"max_staleness": "2h"}"#,
+        r#"{"max_numerical": 0}"#,
+        r#"{"speed": 1}"#,
+        "not json",
+    ] {
+        let (status, v) = http_json(
+            server.admin,
+            "PUT",
+            "/api/v1/policies/load",
+            None,
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(v["error"].is_string());
+    }
+    let (status, v) = http_json(
+        server.admin,
+        "PUT",
+        "/api/v1/policies/load",
+        None,
+        Some(r#"{"target": 0.8, "max_staleness": "2s"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["load"]["target"], 0.8);
+    assert_eq!(v["load"]["max_staleness"], "2s");
+}
