@@ -14,6 +14,7 @@
 //! saw is ever taken back.
 
 mod cluster;
+mod refused;
 
 use super::Seq;
 use super::admission::{AckInfo, ClientFault, Decision, Rejection, Submission, Verdict};
