@@ -35,8 +35,14 @@ const SECRET: &[u8] = b"fuzzing-secret-of-at-least-32-bytes!";
 /// Bytes that are often close to valid protobuf: a valid encoding with
 /// some bytes changed, cut short or extended, or plain noise.
 fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let valid = (any::<i64>(), ".{0,12}", ".{0,40}", any::<i64>(), any::<i64>()).prop_map(
-        |(id, thread, contents, ts, n)| {
+    let valid = (
+        any::<i64>(),
+        ".{0,12}",
+        ".{0,40}",
+        any::<i64>(),
+        any::<i64>(),
+    )
+        .prop_map(|(id, thread, contents, ts, n)| {
             let m = SentMessage {
                 thread: Some(dyconit_chat::proto::Thread { id: thread }),
                 contents,
@@ -48,8 +54,7 @@ fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
                 }),
             };
             m.encode_to_vec()
-        },
-    );
+        });
     let mutated = (
         valid,
         prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
@@ -121,9 +126,25 @@ fn json() -> impl Strategy<Value = serde_json::Value> {
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "name", "sub", "exp", "nbf", "iat", "threads", "read", "write", "alg", "kid",
-            "staleness", "staleness_ms", "numerical", "order", "filter", "target",
-            "max_staleness", "max_numerical", "enabled",
+            "name",
+            "sub",
+            "exp",
+            "nbf",
+            "iat",
+            "threads",
+            "read",
+            "write",
+            "alg",
+            "kid",
+            "staleness",
+            "staleness_ms",
+            "numerical",
+            "order",
+            "filter",
+            "target",
+            "max_staleness",
+            "max_numerical",
+            "enabled",
         ])
         .prop_map(str::to_owned),
         "[a-z]{1,6}",
@@ -182,8 +203,18 @@ fn toml_value() -> impl Strategy<Value = String> {
         any::<bool>().prop_map(|b| b.to_string()),
         "[ -~]{0,12}".prop_map(|s| format!("{s:?}")),
         prop::sample::select(vec![
-            "\"1h\"", "\"0s\"", "\"99999999999999d\"", "\"-1s\"", "\"memory\"", "\"durable\"",
-            "\"nats\"", "\"127.0.0.1:0\"", "[]", "[\"a\"]", "{}", "{ staleness = \"1s\" }",
+            "\"1h\"",
+            "\"0s\"",
+            "\"99999999999999d\"",
+            "\"-1s\"",
+            "\"memory\"",
+            "\"durable\"",
+            "\"nats\"",
+            "\"127.0.0.1:0\"",
+            "[]",
+            "[\"a\"]",
+            "{}",
+            "{ staleness = \"1s\" }",
         ])
         .prop_map(str::to_owned),
     ]
@@ -192,11 +223,29 @@ fn toml_value() -> impl Strategy<Value = String> {
 fn config_key() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "listen", "admin_listen", "staleness", "numerical", "order", "lease", "ack_timeout",
-            "history", "max_message_bytes", "max_clock_skew", "max_update_bytes",
-            "max_outbound_bytes", "storage", "data_dir", "retention_messages", "retention_age",
-            "admin_token", "admin_hosts", "otlp_endpoint", "max_connections",
-            "max_streams_per_connection", "handshake_timeout", "idle_timeout",
+            "listen",
+            "admin_listen",
+            "staleness",
+            "numerical",
+            "order",
+            "lease",
+            "ack_timeout",
+            "history",
+            "max_message_bytes",
+            "max_clock_skew",
+            "max_update_bytes",
+            "max_outbound_bytes",
+            "storage",
+            "data_dir",
+            "retention_messages",
+            "retention_age",
+            "admin_token",
+            "admin_hosts",
+            "otlp_endpoint",
+            "max_connections",
+            "max_streams_per_connection",
+            "handshake_timeout",
+            "idle_timeout",
         ])
         .prop_map(str::to_owned),
         "[a-z_]{1,8}",
@@ -210,8 +259,14 @@ fn config_text() -> impl Strategy<Value = String> {
         prop::collection::vec(
             (
                 prop::sample::select(vec![
-                    "staleness", "numerical", "order", "enabled", "target", "max_staleness",
-                    "max_numerical", "x",
+                    "staleness",
+                    "numerical",
+                    "order",
+                    "enabled",
+                    "target",
+                    "max_staleness",
+                    "max_numerical",
+                    "x",
                 ]),
                 toml_value(),
             ),
@@ -319,7 +374,14 @@ fn run(e: &mut Engine, op: Op, now: &mut Micros) {
         Op::Ack(c, n) => {
             let _ = e.acknowledge(id(c), n, *now);
         }
-        Op::Send { client, thread, contents, updates, number, age } => {
+        Op::Send {
+            client,
+            thread,
+            contents,
+            updates,
+            number,
+            age,
+        } => {
             let sub = Submission {
                 ack: Some(SubmissionAck {
                     client: Some(id(client)),
@@ -345,7 +407,11 @@ fn run(e: &mut Engine, op: Op, now: &mut Micros) {
             e.discard_pending();
         }
         Op::Bounds(s, n, o) => {
-            let b = Bounds { staleness: Duration::from_millis(s), numerical: n, order: o };
+            let b = Bounds {
+                staleness: Duration::from_millis(s),
+                numerical: n,
+                order: o,
+            };
             if let Ok(table) = BoundsTable::new(b) {
                 e.set_bounds(table);
             }
@@ -405,8 +471,33 @@ async fn admin_bodies_never_fail_the_server() {
     // The log filter: arbitrary JSON, but never one that turns logging up
     // for the rest of the test run.
     for v in ["{}", "[]", "null", "{\"filter\": 7}", "{\"filter\": \"\"}"] {
-        let (status, text) = common::http(server.admin, "PUT", "/api/v1/log-level", None, Some(v)).await;
+        let (status, text) =
+            common::http(server.admin, "PUT", "/api/v1/log-level", None, Some(v)).await;
         assert!(status < 500, "log-level {v}: {status} {text}");
+    }
+    // Query strings of the listings, including the case that once
+    // overflowed `offset + limit` (a panic in a debug build).
+    let count = prop_oneof![
+        (0u64..30).prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        "[0-9a-z%-]{0,6}",
+    ];
+    let mut queries = vec![("18446744073709551615".to_owned(), "20".to_owned())];
+    for _ in 0..cases {
+        queries.push(
+            (count.clone(), count.clone())
+                .new_tree(&mut runner)
+                .unwrap()
+                .current(),
+        );
+    }
+    for (offset, limit) in queries {
+        for path in ["/api/v1/clients", "/api/v1/stats/history"] {
+            let path = format!("{path}?offset={offset}&limit={limit}&seconds={limit}");
+            let (status, text) = common::http(server.admin, "GET", &path, None, None).await;
+            assert!(status < 500, "GET {path}: {status} {text}");
+        }
     }
     let (status, _) = common::http(server.admin, "GET", "/healthz", None, None).await;
     assert_eq!(status, 200);
