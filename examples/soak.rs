@@ -138,7 +138,13 @@ async fn writer(args: Args, index: usize, stats: Arc<Interval>) {
     let gap = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
     let mut next = Instant::now();
     for n in 0u64.. {
-        send(&client, THREADS[(n as usize + index) % THREADS.len()], n, &stats).await;
+        send(
+            &client,
+            THREADS[(n as usize + index) % THREADS.len()],
+            n,
+            &stats,
+        )
+        .await;
         next += gap;
         sleep_until(next).await;
     }
@@ -158,7 +164,13 @@ async fn visitor(url: String, n: u64, stats: Arc<Interval>) {
     let reading = tokio::spawn(async move { read(&c, Some(until), &s).await });
     for i in 0..3 {
         sleep(stay / 4).await;
-        send(&client, THREADS[(n + i) as usize % THREADS.len()], i, &stats).await;
+        send(
+            &client,
+            THREADS[(n + i) as usize % THREADS.len()],
+            i,
+            &stats,
+        )
+        .await;
     }
     let _ = reading.await;
 }

@@ -204,3 +204,28 @@ async fn the_openapi_document_declares_security_only_with_a_token() {
     assert!(clients["responses"]["400"].is_object() && clients["responses"]["401"].is_object());
     assert_eq!(clients["parameters"][0]["schema"]["maximum"], 1000);
 }
+
+/// Schemathesis found an unknown field accepted when its value was null;
+/// the schema allows null only for the bound fields.
+#[tokio::test]
+async fn an_unknown_field_is_refused_even_when_null() {
+    let server = TestServer::start(config(100, 256, 32)).await;
+    for (path, body) in [
+        ("/api/v1/bounds/default", r#"{"order": 5, "": null}"#),
+        ("/api/v1/bounds/threads/t", r#"{"order": 5, "x": null}"#),
+    ] {
+        let (status, body) = http_json(server.admin, "PUT", path, None, Some(body)).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("unknown field"));
+    }
+    // Null still keeps a bound field's value.
+    let (status, body) = http_json(
+        server.admin,
+        "PUT",
+        "/api/v1/bounds/default",
+        None,
+        Some(r#"{"order": 5, "numerical": null}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}

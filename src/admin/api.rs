@@ -169,8 +169,11 @@ fn thread_entry<'a>(
 fn parse_fields(map: &Map<String, Value>) -> Result<BoundsOverride, String> {
     let mut o = BoundsOverride::default();
     let mut staleness_ms = None;
-    for (k, v) in map.iter().filter(|(_, v)| !v.is_null()) {
+    // An unknown field is refused even when null: the schema allows null
+    // only for the bound fields (null keeps their value).
+    for (k, v) in map {
         match k.as_str() {
+            "staleness" | "staleness_ms" | "numerical" | "order" if v.is_null() => {}
             "staleness" => o.staleness = Some(parse_staleness(v)?),
             "staleness_ms" => staleness_ms = Some(parse_staleness_ms(v)?),
             "numerical" => o.numerical = Some(parse_count(k, v)?),
