@@ -230,13 +230,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One figure of a sample, for the report.
+type Figure = fn(&Sample) -> f64;
+
 /// The first window against the last: medians of the samples in each.
 fn report(samples: &[Sample], args: &Args) {
     let window = args.window.min(args.duration / 2);
     let end = samples.last().map_or(Duration::ZERO, |s| s.at);
     let first: Vec<&Sample> = samples.iter().filter(|s| s.at <= window).collect();
     let last: Vec<&Sample> = samples.iter().filter(|s| s.at + window >= end).collect();
-    let m = |set: &[&Sample], f: fn(&Sample) -> f64| median(set.iter().map(|s| f(s)).collect());
+    let m = |set: &[&Sample], f: Figure| median(set.iter().map(|s| f(s)).collect());
     println!(
         "\nfirst {} against last {} ({} and {} samples, medians):",
         humantime::format_duration(window),
@@ -244,7 +247,7 @@ fn report(samples: &[Sample], args: &Args) {
         first.len(),
         last.len()
     );
-    let rows: [(&str, fn(&Sample) -> f64, &str); 3] = [
+    let rows: [(&str, Figure, &str); 3] = [
         ("server RSS", |s| s.rss_kb as f64 / 1024.0, "MB"),
         ("send p50", |s| s.p50_ms, "ms"),
         ("send p99", |s| s.p99_ms, "ms"),
