@@ -657,8 +657,8 @@ impl Hub {
         // Clients at the same cursor share a batch: encode it once and share
         // the bytes (a reference count per client, not a copy).
         // A client whose token limits what it reads gets the batch without
-        // the other threads' messages, shared by readers with the same
-        // permissions (one `Arc` per token's claim).
+        // the other threads' messages, encoded for it alone (its
+        // permissions are keyed by their `Arc`, one per `Connect`).
         let mut encoded: HashMap<(*const (), *const ThreadAccess), bytes::Bytes> = HashMap::new();
         let mut overflow = Vec::new();
         let grants = self.grants.read();
