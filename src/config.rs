@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use crate::consistency::time::parse_duration;
 
+mod limits;
+pub use limits::LimitArgs;
+
 /// Flags of `dyconit-chat serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -93,6 +96,9 @@ pub struct ServeArgs {
     /// it unset.
     #[command(flatten)]
     pub nats: Box<NatsArgs>,
+    /// Thread caps and message and Connect rates.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Bearer token required by mutating admin API calls (PUT, DELETE) and
     /// by client listings beyond the 20 laggiest; required when
     /// --admin-listen is not a loopback address; must not be blank
@@ -299,6 +305,15 @@ pub struct FileConfig {
         with = "crate::consistency::bounds::humantime_serde_compat::option"
     )]
     pub idle_timeout: Option<Duration>,
+    pub max_threads: Option<usize>,
+    pub max_new_threads_per_minute: Option<u32>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub thread_idle_timeout: Option<Duration>,
+    pub max_messages_per_second: Option<u32>,
+    pub max_connects_per_second: Option<u32>,
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
@@ -394,6 +409,7 @@ impl ServeArgs {
                 .max_update_bytes
                 .or(file.max_update_bytes)
                 .unwrap_or_else(|| Settings::default_update_bytes(max_message_bytes)),
+            limits: self.limits.limits(file),
         };
         settings.validate()?;
         Ok(settings)
@@ -452,6 +468,9 @@ impl ServeArgs {
         let tls = self.tls(&file)?;
         let auth = self.auth(&file)?;
         let nats = self.nats.options()?;
+        let max_connects_per_second = self
+            .limits
+            .connects_per_second(&file, dc.max_connects_per_second);
         Ok(Resolved {
             otlp_endpoint: self
                 .otlp_endpoint
@@ -490,6 +509,7 @@ impl ServeArgs {
                 auth,
                 ready_file: self.ready_file.clone(),
                 load_policy,
+                max_connects_per_second,
                 ..dc
             },
         })
