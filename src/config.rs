@@ -92,13 +92,6 @@ pub struct ServeArgs {
     /// background (the newest message is always kept) [default: keep all]
     #[arg(long, env = "DYCONIT_RETENTION_AGE", value_name = "DUR", value_parser = parse_duration)]
     pub retention_age: Option<Duration>,
-    /// The NATS cluster (with --storage nats); boxed, as most runs leave
-    /// it unset.
-    #[command(flatten)]
-    pub nats: Box<NatsArgs>,
-    /// Thread caps and message and Connect rates.
-    #[command(flatten)]
-    pub limits: LimitArgs,
     /// Bearer token required by mutating admin API calls (PUT, DELETE) and
     /// by client listings beyond the 20 laggiest; required when
     /// --admin-listen is not a loopback address; must not be blank
@@ -184,11 +177,20 @@ pub struct ServeArgs {
     /// max_numerical), and narrows them back when the pressure passes
     #[arg(long, env = "DYCONIT_LOAD_POLICY")]
     pub load_policy: bool,
-    /// TOML config file: any of the settings above (snake_case keys), plus
+    /// TOML config file: any of the settings of this command (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables and policy settings in
     /// [policy.load]
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    // The flattened groups come last: each sets the help heading of every
+    // flag after it.
+    /// The NATS cluster (with --storage nats); boxed, as most runs leave
+    /// it unset.
+    #[command(flatten)]
+    pub nats: Box<NatsArgs>,
+    /// Thread caps and message and Connect rates.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Flags of `serve` for a cluster node (`--storage nats`).
