@@ -342,6 +342,53 @@ mod tests {
     }
 
     #[test]
+    fn a_laggard_has_an_update_overdue_and_half_a_bound_unacknowledged() {
+        use super::super::Bounds;
+        let bounds = BoundsTable::new(Bounds {
+            numerical: 8,
+            ..Bounds::default()
+        })
+        .unwrap();
+        let mut conits: HashMap<Arc<str>, ConitLog> = HashMap::new();
+        let log = conits.entry("t".into()).or_default();
+        for seq in 1..=10 {
+            log.push(seq, T0);
+        }
+        let timeout = Duration::from_secs(3);
+        let lag = |acked_pos, oldest_ms: Option<i64>| Lag {
+            acked_pos,
+            delivered: 10,
+            oldest_unacked: oldest_ms.map(at),
+        };
+        let now = at(10_000);
+        // Far behind with an Update older than the timeout.
+        assert!(is_laggard(
+            &lag(6, Some(6_999)),
+            &conits,
+            &bounds,
+            timeout,
+            now
+        ));
+        // Not overdue: it may still be catching up.
+        assert!(!is_laggard(
+            &lag(0, Some(7_000)),
+            &conits,
+            &bounds,
+            timeout,
+            now
+        ));
+        assert!(!is_laggard(&lag(0, None), &conits, &bounds, timeout, now));
+        // Overdue, but less than half the bound behind.
+        assert!(!is_laggard(
+            &lag(7, Some(0)),
+            &conits,
+            &bounds,
+            timeout,
+            now
+        ));
+    }
+
+    #[test]
     fn the_registry_forgets_only_idle_threads_without_records() {
         let mut r = ThreadRegistry::default();
         let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
