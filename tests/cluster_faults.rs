@@ -78,6 +78,8 @@ struct Book {
     acked: Mutex<Vec<String>>,
     /// Writes answered something else (status, contents).
     refused: Mutex<Vec<(StatusCode, String)>>,
+    /// When each OK came, in order.
+    ok_at: Mutex<Vec<Instant>>,
     /// The longest a send took, in microseconds.
     slowest_us: AtomicUsize,
 }
@@ -108,7 +110,10 @@ fn writer(
             let took = started.elapsed().as_micros() as usize;
             book.slowest_us.fetch_max(took, Ordering::SeqCst);
             match outcome {
-                Ok(o) if o.status == StatusCode::Ok => book.acked.lock().unwrap().push(contents),
+                Ok(o) if o.status == StatusCode::Ok => {
+                    book.acked.lock().unwrap().push(contents);
+                    book.ok_at.lock().unwrap().push(Instant::now());
+                }
                 Ok(o) => book.refused.lock().unwrap().push((o.status, contents)),
                 Err(e) => panic!("{name}: {e} (after {} failovers)", c.failovers()),
             }
@@ -261,5 +266,135 @@ async fn a_killed_chat_nodes_clients_fail_over_and_every_ok_is_there_once() {
         acked.len(),
         book.slowest_us.load(Ordering::SeqCst) / 1000,
         killed.elapsed()
+    );
+}
+
+/// The stream's leader (its server name, `n<index>`), asked through any
+/// server; `None` while there is none or JetStream does not answer.
+async fn stream_leader(js: &async_nats::jetstream::Context) -> Option<String> {
+    let ask = async {
+        let mut stream = js.get_stream("CHAT").await.ok()?;
+        stream.info().await.ok()?.cluster.clone()?.leader
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Polls every node's `/readyz` until `stop`; counts the 503 answers.
+fn watch_readiness(
+    admins: Vec<std::net::SocketAddr>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut unready = 0;
+        while !stop.load(Ordering::SeqCst) {
+            for a in &admins {
+                if common::http(*a, "GET", "/readyz", None, None).await.0 == 503 {
+                    unready += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        unready
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn killing_the_streams_nats_leader_stalls_writes_briefly_and_loses_nothing() {
+    // The stated longest wait for a commit (`--nats-timeout`).
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let mut cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(node(&cluster, &format!("chat{i}"), &["--nats-timeout", "5s"]).await);
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let admins = nodes
+        .iter()
+        .map(|n| n.admin_url.trim_start_matches("http://").parse().unwrap())
+        .collect();
+    let (book, stop) = (Arc::new(Book::default()), Arc::new(AtomicBool::new(false)));
+    let readiness = watch_readiness(admins, stop.clone());
+    let writers: Vec<_> = (0..6)
+        .map(|i| writer(rotated(&urls, i % 3), i, book.clone(), stop.clone()))
+        .collect();
+    until(Duration::from_secs(30), "writes too slow", || {
+        book.acked() >= 150
+    })
+    .await;
+    let js = cluster.jetstream().await;
+    let old = stream_leader(&js).await.expect("the stream has a leader");
+    let index: usize = old
+        .trim_start_matches('n')
+        .parse()
+        .expect("server name n<i>");
+    cluster.kill(index);
+    let killed = Instant::now();
+    // A new leader: asked through the servers still running.
+    let elected = loop {
+        match stream_leader(&js).await {
+            Some(l) if l != old => break Instant::now(),
+            _ => {
+                assert!(killed.elapsed() < Duration::from_secs(30), "no new leader");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let at_election = book.acked();
+    until(
+        Duration::from_secs(5),
+        "no OK within 5 s of the new leader",
+        || book.acked() > at_election,
+    )
+    .await;
+    let resumed = book.ok_at.lock().unwrap()[at_election];
+    until(
+        Duration::from_secs(30),
+        "no progress after the new leader",
+        || book.acked() >= at_election + 150,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let unready = readiness.await.expect("readiness watcher");
+    let acked = book.acked.lock().unwrap().clone();
+    let refused = book.refused.lock().unwrap().clone();
+    // Refused writes were answered in time, with a server error.
+    assert!(
+        refused.iter().all(|(s, _)| *s == StatusCode::InternalError),
+        "{refused:?}"
+    );
+    let slowest = Duration::from_micros(book.slowest_us.load(Ordering::SeqCst) as u64);
+    assert!(
+        slowest < TIMEOUT + Duration::from_secs(2),
+        "a send took {slowest:?}"
+    );
+    // The longest stall between two OKs after the kill.
+    let ok_at = book.ok_at.lock().unwrap().clone();
+    let stall = ok_at
+        .windows(2)
+        .filter(|w| w[1] > killed)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let mut orders = Vec::new();
+    for u in &urls {
+        orders.push(history(u).await);
+    }
+    assert_eq!(orders[0], orders[1], "nodes 0 and 1 disagree");
+    assert_eq!(orders[0], orders[2], "nodes 0 and 2 disagree");
+    assert_each_once(&orders[0], &acked, "history");
+    eprintln!(
+        "leader {old} killed: new leader after {:?}, writes OK again {:?} after that; longest gap between OKs {stall:?}; slowest send {slowest:?}; {} OK, {} INTERNAL_ERROR, {} in the stream; /readyz 503 seen {unready} times",
+        elected - killed,
+        resumed.saturating_duration_since(elected),
+        acked.len(),
+        refused.len(),
+        orders[0].len(),
     );
 }
