@@ -312,10 +312,11 @@ async fn killing_the_streams_nats_leader_stalls_writes_briefly_and_loses_nothing
         nodes.push(node(&cluster, &format!("chat{i}"), &["--nats-timeout", "5s"]).await);
     }
     let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
-    let admins = nodes
+    let admins: Vec<std::net::SocketAddr> = nodes
         .iter()
         .map(|n| n.admin_url.trim_start_matches("http://").parse().unwrap())
         .collect();
+    let admins_again = admins.clone();
     let (book, stop) = (Arc::new(Book::default()), Arc::new(AtomicBool::new(false)));
     let readiness = watch_readiness(admins, stop.clone());
     let writers: Vec<_> = (0..6)
@@ -382,6 +383,19 @@ async fn killing_the_streams_nats_leader_stalls_writes_briefly_and_loses_nothing
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
+    // Every node timed its publishes and counted the failed attempts.
+    let (mut published, mut errors, mut retries) = (0.0, 0.0, 0.0);
+    for a in &admins_again {
+        let text = common::http(*a, "GET", "/metrics", None, None).await.1;
+        published += metric(&text, "chat_nats_publish_seconds_count");
+        errors += metric(&text, "chat_nats_publish_errors_total");
+        retries += metric(&text, "chat_nats_publish_retries_total");
+    }
+    assert!(
+        published >= acked.len() as f64,
+        "{published} publishes timed, {} OK",
+        acked.len()
+    );
     let mut orders = Vec::new();
     for u in &urls {
         orders.push(history(u).await);
@@ -390,11 +404,22 @@ async fn killing_the_streams_nats_leader_stalls_writes_briefly_and_loses_nothing
     assert_eq!(orders[0], orders[2], "nodes 0 and 2 disagree");
     assert_each_once(&orders[0], &acked, "history");
     eprintln!(
-        "leader {old} killed: new leader after {:?}, writes OK again {:?} after that; longest gap between OKs {stall:?}; slowest send {slowest:?}; {} OK, {} INTERNAL_ERROR, {} in the stream; /readyz 503 seen {unready} times",
+        "leader {old} killed: new leader after {:?}, writes OK again {:?} after that; longest gap between OKs {stall:?}; slowest send {slowest:?}; {} OK, {} INTERNAL_ERROR, {} in the stream; /readyz 503 seen {unready} times; {errors} failed publish attempts, {retries} resent",
         elected - killed,
         resumed.saturating_duration_since(elected),
         acked.len(),
         refused.len(),
         orders[0].len(),
     );
+}
+
+/// The sum of every sample of `name` (all label sets) in a scrape.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub storage: StorageMetrics,
     /// What the policies measure and decide.
     pub policy: PolicyMetrics,
+    /// A cluster node's publishes and consumer (`chat_nats_*`).
+    pub cluster: super::cluster_metrics::ClusterMetrics,
 }
 
 /// The policies' signals and decisions (`chat_policy_*`) and the flush
@@ -476,6 +478,7 @@ impl Metrics {
             client_lag: gauge_vec(&r, CLIENT_LAG, &["client"]),
             storage: StorageMetrics::new(&r),
             policy: PolicyMetrics::new(&r),
+            cluster: super::cluster_metrics::ClusterMetrics::new(&r),
             registry: r,
         }
     }
