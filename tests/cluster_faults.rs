@@ -423,3 +423,48 @@ fn metric(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn bench_spreads_its_clients_over_the_nodes_given() {
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(node(&cluster, &format!("chat{i}"), &[]).await);
+    }
+    let list = nodes
+        .iter()
+        .map(|n| n.url.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let admin = nodes[0].admin_url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
+            .args(["bench", "--quiet", "--server", &list, "--admin", &admin])
+            .args(["--clients", "6", "--connections", "6", "--rate", "60"])
+            .args(["--duration", "2s", "--ramp-up", "100ms", "--drain", "10s"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each node had its share of the clients.
+    for n in &nodes {
+        let addr: std::net::SocketAddr = n.admin_url.trim_start_matches("http://").parse().unwrap();
+        let text = common::http(addr, "GET", "/metrics", None, None).await.1;
+        assert!(
+            metric(
+                &text,
+                "chat_rpc_requests_total{code=\"OK\",method=\"Connect\"}"
+            ) >= 2.0,
+            "{}: {text}",
+            n.url
+        );
+    }
+}
