@@ -249,12 +249,15 @@ async fn heartbeats_arrive_before_the_lease_expires() {
         assert!(r.update.message.is_empty());
         let t = r.update.current_time.unwrap().timestamp;
         let p = prev.update.current_time.unwrap().timestamp;
+        // The promise: the next Update is stamped before the previous one
+        // expires (here 400 ms later). The server plans it for 180 ms after;
+        // how late its timer fires depends on the machine's load, so the
+        // test holds it to the lease, not to the plan.
         assert!(
-            t - p <= 200_000,
-            "next Update {} us after the previous one",
+            t < prev.update.expiration_time.unwrap().timestamp,
+            "next Update {} us after the previous one, past its expiration",
             t - p
         );
-        assert!(t < prev.update.expiration_time.unwrap().timestamp);
         prev = r;
     }
 }
