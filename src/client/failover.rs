@@ -46,7 +46,8 @@ pub fn server_list(list: &str) -> Result<Vec<String>, ClientError> {
 /// Whether an error means the node (or the way to it) is gone, so that the
 /// next node may answer: a transport failure, or the status tonic gives a
 /// call whose connection broke or was refused. A node shutting down answers
-/// `UNAVAILABLE` too.
+/// `UNAVAILABLE` too, and one restarted at the same address (the channel
+/// reconnects by itself) no longer knows the client: `NOT_FOUND`.
 pub fn is_connection_loss(e: &ClientError) -> bool {
     match e {
         ClientError::Transport(_) => true,
@@ -58,7 +59,7 @@ pub fn is_connection_loss(e: &ClientError) -> bool {
 fn status_is_connection_loss(s: &Status) -> bool {
     matches!(
         s.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::NotFound
     )
 }
 
@@ -431,8 +432,11 @@ mod tests {
             &Status::unknown("transport error").into()
         ));
         assert!(!is_connection_loss(&Status::invalid_argument("bad").into()));
-        assert!(!is_connection_loss(
+        assert!(is_connection_loss(
             &Status::not_found("unknown client").into()
+        ));
+        assert!(!is_connection_loss(
+            &Status::already_exists("streaming").into()
         ));
         assert!(!is_connection_loss(&ClientError::Name("x".into())));
     }
