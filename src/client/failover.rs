@@ -212,12 +212,16 @@ impl FailoverClient {
         // The timestamp of a send whose answer was lost: the resend keeps it.
         let mut unanswered: Option<i64> = None;
         let mut now = self.current();
+        // Nodes that take a Connect and then lose every send (flapping) are
+        // tried a few rounds, not forever.
+        let mut moves_left = 3 * self.inner.urls.len();
         loop {
             match self
                 .send_on(&now.client, thread, contents, &mut unanswered)
                 .await
             {
-                Err(e) if is_connection_loss(&e) => {
+                Err(e) if is_connection_loss(&e) && moves_left > 0 => {
+                    moves_left -= 1;
                     now = self.fail_over(now.generation).await?;
                 }
                 other => return other,
