@@ -77,6 +77,8 @@ pub struct Metrics {
     pub policy: PolicyMetrics,
     /// A cluster node's publishes and consumer (`chat_nats_*`).
     pub cluster: super::cluster_metrics::ClusterMetrics,
+    /// Refusals by the resource limits, and the threads held.
+    pub limits: super::limits::LimitMetrics,
 }
 
 /// The policies' signals and decisions (`chat_policy_*`) and the flush
@@ -479,6 +481,7 @@ impl Metrics {
             storage: StorageMetrics::new(&r),
             policy: PolicyMetrics::new(&r),
             cluster: super::cluster_metrics::ClusterMetrics::new(&r),
+            limits: super::limits::LimitMetrics::new(&r),
             registry: r,
         }
     }
