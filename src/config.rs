@@ -3,6 +3,7 @@
 //! variable, then the config file, then the built-in default.
 
 use crate::consistency::bounds::BoundsOverride;
+use crate::consistency::interest::InterestConfig;
 use crate::consistency::policy::LoadConfig;
 use crate::consistency::{Bounds, BoundsTable, Settings};
 use crate::log::nats::NatsOptions;
@@ -178,9 +179,16 @@ pub struct ServeArgs {
     /// max_numerical), and narrows them back when the pressure passes
     #[arg(long, env = "DYCONIT_LOAD_POLICY")]
     pub load_policy: bool,
+    /// Turn the interest policy on: a client is flushed at a thread's own
+    /// staleness only on threads it takes part in (wrote to within the last
+    /// 60s, or its latest message went to), and at 10x the staleness on the
+    /// others, so a member of one busy room among many gets far fewer
+    /// Updates ([policy.interest] sets window, recent, factor)
+    #[arg(long, env = "DYCONIT_INTEREST_POLICY")]
+    pub interest_policy: bool,
     /// TOML config file: any of the settings above (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables and policy settings in
-    /// [policy.load]
+    /// [policy.load] and [policy.interest]
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -312,6 +320,35 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     pub load: Option<LoadPolicyFile>,
+    pub interest: Option<InterestPolicyFile>,
+}
+
+/// `[policy.interest]`: present means on unless `enabled = false`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterestPolicyFile {
+    pub enabled: Option<bool>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub window: Option<Duration>,
+    pub recent: Option<usize>,
+    pub factor: Option<f64>,
+}
+
+impl InterestPolicyFile {
+    /// The policy from this table (`None`: off), switched on by `flag` too.
+    fn setting(&self, flag: bool) -> anyhow::Result<Option<InterestConfig>> {
+        let d = InterestConfig::default();
+        let config = InterestConfig {
+            window: self.window.unwrap_or(d.window),
+            recent: self.recent.unwrap_or(d.recent),
+            factor: self.factor.unwrap_or(d.factor),
+        };
+        config.validate().context("invalid [policy.interest]")?;
+        Ok((flag || self.enabled.unwrap_or(true)).then_some(config))
+    }
 }
 
 /// `[policy.load]`: present means on unless `enabled = false`.
@@ -425,6 +462,14 @@ impl ServeArgs {
         })
     }
 
+    /// The interest policy: `--interest-policy` and `[policy.interest]`.
+    fn interest_policy(&self, file: &FileConfig) -> anyhow::Result<Option<InterestConfig>> {
+        match &file.policy.interest {
+            Some(table) => table.setting(self.interest_policy),
+            None => Ok(self.interest_policy.then(InterestConfig::default)),
+        }
+    }
+
     pub fn resolve(&self) -> anyhow::Result<Resolved> {
         let file = match &self.config {
             Some(path) => {
@@ -446,6 +491,7 @@ impl ServeArgs {
         }
         let retention = self.retention(&file)?;
         let load_policy = self.load_policy(&file)?;
+        let interest_policy = self.interest_policy(&file)?;
         let storage = self.storage.or(file.storage).unwrap_or_default();
         let (grpc_limits, admin_limits, max_streams_per_connection) =
             self.connection_limits(&file, &dc)?;
@@ -490,6 +536,7 @@ impl ServeArgs {
                 auth,
                 ready_file: self.ready_file.clone(),
                 load_policy,
+                interest_policy,
                 ..dc
             },
         })

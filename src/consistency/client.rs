@@ -1,6 +1,7 @@
 //! What the core remembers of one connected client.
 
 use super::Seq;
+use super::interest::{Class, Interest};
 use super::time::Micros;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -55,6 +56,11 @@ pub struct ClientState {
     /// for itself (reap while waiting; heartbeat or acknowledgement timeout
     /// while streaming). Flush deadlines are kept per cursor, not here.
     pub timer: Micros,
+    /// The threads it recently wrote to (the interest policy's input, and
+    /// the size policy's count of a thread's active readers).
+    pub interest: Interest,
+    /// Its interest class: part of its flush group's key while streaming.
+    pub class: Class,
 }
 
 impl ClientState {
@@ -76,6 +82,8 @@ impl ClientState {
             retries: RetryCache::default(),
             own: HashMap::new(),
             timer: Micros::MAX,
+            interest: Interest::default(),
+            class: Class::All,
         }
     }
 

@@ -105,6 +105,9 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
     /// The load policy: off unless `--load-policy` or `[policy.load]`.
     pub load_policy: policies::LoadSetting,
+    /// The interest policy: off (`None`) unless `--interest-policy` or
+    /// `[policy.interest]`.
+    pub interest_policy: Option<crate::consistency::interest::InterestConfig>,
     /// The server's clock: the system clock, unless a test brings its own.
     pub clock: crate::clock::Clock,
 }
@@ -146,6 +149,7 @@ impl Default for Config {
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             ready_file: None,
             load_policy: policies::LoadSetting::default(),
+            interest_policy: None,
             clock: crate::clock::Clock::system(),
         }
     }

@@ -15,6 +15,7 @@
 //! widens the bounds, so widening does not change the yardstick).
 
 use super::hub::Hub;
+use crate::consistency::interest::InterestConfig;
 use crate::consistency::policy::{LoadConfig, LoadPolicy, Scale, Step};
 use crate::consistency::settings::safety_margin;
 use std::collections::VecDeque;
@@ -59,6 +60,24 @@ struct State {
     setting: LoadSetting,
     load: LoadPolicy,
     decisions: VecDeque<Decision>,
+    /// The interest policy (`None`: off); the engine applies it.
+    interest: Option<InterestConfig>,
+}
+
+/// What the admin API shows of the interest policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InterestView {
+    pub enabled: bool,
+    #[serde(with = "crate::consistency::bounds::humantime_serde_compat")]
+    pub window: Duration,
+    pub recent: usize,
+    pub factor: f64,
+    /// Streaming clients now.
+    pub streaming: usize,
+    /// Of them, those taking part in at least one thread.
+    pub taking_part: usize,
+    /// (client, thread) pairs flushed at the thread's own bounds.
+    pub pairs: usize,
 }
 
 /// What the admin API shows of the load policy.
@@ -83,6 +102,7 @@ impl Policies {
                 setting,
                 load: LoadPolicy::new(setting.config, base),
                 decisions: VecDeque::new(),
+                interest: None,
             }),
         })
     }
@@ -102,6 +122,33 @@ impl Policies {
             max_numerical: s.setting.config.max_numerical,
             scale: s.load.scale().staleness,
             decisions: s.decisions.iter().rev().copied().collect(),
+        }
+    }
+
+    /// Turns the interest policy on (`Some`) or off: every client moves to
+    /// the flush deadlines of its interest at once.
+    pub fn set_interest(&self, config: Option<InterestConfig>, hub: &Hub, who: &str) {
+        self.lock().interest = config;
+        let now = hub.now();
+        hub.reconfigure(|e| e.set_interest(config, now));
+        let factor = config.map_or(1.0, |c| c.factor);
+        let m = &hub.metrics().policy;
+        m.scale.with_label_values(&["interest"]).set(factor);
+        tracing::info!(who, enabled = config.is_some(), config = ?config, "interest policy set");
+    }
+
+    pub fn interest_view(&self, hub: &Hub) -> InterestView {
+        let config = self.lock().interest;
+        let summary = hub.inspect(|e| e.interest_summary());
+        let shown = config.unwrap_or_default();
+        InterestView {
+            enabled: config.is_some(),
+            window: shown.window,
+            recent: shown.recent,
+            factor: shown.factor,
+            streaming: summary.streaming,
+            taking_part: summary.taking_part,
+            pairs: summary.pairs,
         }
     }
 
@@ -127,6 +174,12 @@ impl Policies {
 
     /// One sampling period: measure, step, apply.
     fn sample(&self, hub: &Hub) {
+        if self.lock().interest.is_some() {
+            let summary = hub.inspect(|e| e.interest_summary());
+            let m = &hub.metrics().policy;
+            m.interest_clients.set(summary.taking_part as i64);
+            m.interest_pairs.set(summary.pairs as i64);
+        }
         let lateness = hub.take_lateness();
         let base = hub.bounds_control().base().default_bounds();
         let pressure = pressure(lateness, safety_margin(base.staleness));
