@@ -61,6 +61,10 @@ pub struct ClientState {
     pub interest: Interest,
     /// Its interest class: part of its flush group's key while streaming.
     pub class: Class,
+    /// The last commit assigned when its class last changed: messages up to
+    /// it were promised the bounds of the class before (never counted late
+    /// against a class that came to cover their thread after them).
+    pub class_since: Seq,
 }
 
 impl ClientState {
@@ -84,6 +88,7 @@ impl ClientState {
             timer: Micros::MAX,
             interest: Interest::default(),
             class: Class::All,
+            class_since: 0,
         }
     }
 

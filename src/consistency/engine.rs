@@ -776,9 +776,13 @@ impl Engine {
                     current_time: now,
                     expiration,
                     entries: part.entries.clone(),
-                    late: interest::late(part, &key.1, self.schedule.interest(), now, {
-                        (&self.settings, self.bounds_changed_at_seq)
-                    }),
+                    late: interest::late(
+                        part,
+                        (&key.1, c.class_since),
+                        self.schedule.interest(),
+                        now,
+                        (&self.settings, self.bounds_changed_at_seq),
+                    ),
                     after_expiration: i == 0 && after_expiration,
                     part: i as u32,
                 },

@@ -54,8 +54,12 @@ impl Engine {
         }
         if c.phase == Phase::Streaming {
             self.schedule.reclass(id, c.delivered, &c.class, &class);
+            // Its group's deadline may now be earlier than any the poll
+            // planned for.
+            self.next_wake = Micros(i64::MIN);
         }
         c.class = class;
+        c.class_since = self.head;
     }
 
     /// Counts of the interest policy's effect.
@@ -96,11 +100,13 @@ impl Engine {
 /// The entries of `part` delivered at `now` later than a client of
 /// `class` was promised. Without the policy (or for [`Class::All`]) that is
 /// the count the part was built with; otherwise an uncovered thread's
-/// entries are late only past the loosened staleness. Messages committed
-/// up to `changed_at` were promised the old bounds and are not counted.
+/// entries are late only past the loosened staleness, and so are entries
+/// committed up to `class_since` (before the class came to cover their
+/// thread). Messages committed up to `changed_at` were promised the old
+/// bounds and are not counted.
 pub(super) fn late(
     part: &FlushPart,
-    class: &Class,
+    (class, class_since): (&Class, Seq),
     interest: Option<&InterestConfig>,
     now: Micros,
     (settings, changed_at): (&Settings, Seq),
@@ -115,7 +121,7 @@ pub(super) fn late(
         .iter()
         .filter(|e| {
             let own = settings.bounds.for_thread(&e.thread).staleness;
-            let promised = if class.covers(&e.thread) {
+            let promised = if e.seq > class_since && class.covers(&e.thread) {
                 own
             } else {
                 cfg.loosen(own)
