@@ -4,7 +4,7 @@
 
 use crate::consistency::bounds::BoundsOverride;
 use crate::consistency::interest::InterestConfig;
-use crate::consistency::policy::LoadConfig;
+use crate::consistency::policy::{LoadConfig, SizeConfig};
 use crate::consistency::{Bounds, BoundsTable, Settings};
 use crate::log::nats::NatsOptions;
 use crate::log::sqlite::Retention;
@@ -186,9 +186,15 @@ pub struct ServeArgs {
     /// Updates ([policy.interest] sets window, recent, factor)
     #[arg(long, env = "DYCONIT_INTEREST_POLICY")]
     pub interest_policy: bool,
+    /// Turn the size policy on: a thread's staleness and numerical grow
+    /// with its active readers (clients that wrote to it within the last
+    /// 60s or last wrote there), 2x per tenfold above 10 readers, at most
+    /// 8x ([policy.size] sets from, per_decade, max_factor)
+    #[arg(long, env = "DYCONIT_SIZE_POLICY")]
+    pub size_policy: bool,
     /// TOML config file: any of the settings above (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables and policy settings in
-    /// [policy.load] and [policy.interest]
+    /// [policy.load], [policy.interest] and [policy.size]
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -321,6 +327,31 @@ pub struct FileConfig {
 pub struct PolicyFile {
     pub load: Option<LoadPolicyFile>,
     pub interest: Option<InterestPolicyFile>,
+    pub size: Option<SizePolicyFile>,
+}
+
+/// `[policy.size]`: present means on unless `enabled = false`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizePolicyFile {
+    pub enabled: Option<bool>,
+    pub from: Option<u64>,
+    pub per_decade: Option<f64>,
+    pub max_factor: Option<f64>,
+}
+
+impl SizePolicyFile {
+    /// The policy from this table (`None`: off), switched on by `flag` too.
+    fn setting(&self, flag: bool) -> anyhow::Result<Option<SizeConfig>> {
+        let d = SizeConfig::default();
+        let config = SizeConfig {
+            from: self.from.unwrap_or(d.from),
+            per_decade: self.per_decade.unwrap_or(d.per_decade),
+            max_factor: self.max_factor.unwrap_or(d.max_factor),
+        };
+        config.validate().context("invalid [policy.size]")?;
+        Ok((flag || self.enabled.unwrap_or(true)).then_some(config))
+    }
 }
 
 /// `[policy.interest]`: present means on unless `enabled = false`.
@@ -470,6 +501,14 @@ impl ServeArgs {
         }
     }
 
+    /// The size policy: `--size-policy` and `[policy.size]`.
+    fn size_policy(&self, file: &FileConfig) -> anyhow::Result<Option<SizeConfig>> {
+        match &file.policy.size {
+            Some(table) => table.setting(self.size_policy),
+            None => Ok(self.size_policy.then(SizeConfig::default)),
+        }
+    }
+
     pub fn resolve(&self) -> anyhow::Result<Resolved> {
         let file = match &self.config {
             Some(path) => {
@@ -492,6 +531,7 @@ impl ServeArgs {
         let retention = self.retention(&file)?;
         let load_policy = self.load_policy(&file)?;
         let interest_policy = self.interest_policy(&file)?;
+        let size_policy = self.size_policy(&file)?;
         let storage = self.storage.or(file.storage).unwrap_or_default();
         let (grpc_limits, admin_limits, max_streams_per_connection) =
             self.connection_limits(&file, &dc)?;
@@ -537,6 +577,7 @@ impl ServeArgs {
                 ready_file: self.ready_file.clone(),
                 load_policy,
                 interest_policy,
+                size_policy,
                 ..dc
             },
         })

@@ -148,6 +148,9 @@ pub async fn run(
     if config.interest_policy.is_some() {
         policies.set_interest(config.interest_policy, &hub, "config");
     }
+    if config.size_policy.is_some() {
+        policies.set_size(config.size_policy, &hub, "config");
+    }
     let policy_task = tokio::spawn(server::policies::run(
         policies.clone(),
         hub.clone(),

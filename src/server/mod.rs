@@ -108,6 +108,9 @@ pub struct Config {
     /// The interest policy: off (`None`) unless `--interest-policy` or
     /// `[policy.interest]`.
     pub interest_policy: Option<crate::consistency::interest::InterestConfig>,
+    /// The size policy: off (`None`) unless `--size-policy` or
+    /// `[policy.size]`.
+    pub size_policy: Option<crate::consistency::policy::SizeConfig>,
     /// The server's clock: the system clock, unless a test brings its own.
     pub clock: crate::clock::Clock,
 }
@@ -150,6 +153,7 @@ impl Default for Config {
             ready_file: None,
             load_policy: policies::LoadSetting::default(),
             interest_policy: None,
+            size_policy: None,
             clock: crate::clock::Clock::system(),
         }
     }

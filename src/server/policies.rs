@@ -16,6 +16,7 @@
 
 use super::hub::Hub;
 use crate::consistency::interest::InterestConfig;
+use crate::consistency::policy::SizeConfig;
 use crate::consistency::policy::{LoadConfig, LoadPolicy, Scale, Step};
 use crate::consistency::settings::safety_margin;
 use std::collections::VecDeque;
@@ -62,6 +63,35 @@ struct State {
     decisions: VecDeque<Decision>,
     /// The interest policy (`None`: off); the engine applies it.
     interest: Option<InterestConfig>,
+    /// The size policy (`None`: off).
+    size: Option<SizeConfig>,
+    /// Its recent changes, oldest first.
+    size_decisions: VecDeque<SizeDecision>,
+}
+
+/// One thread whose bounds the size policy changed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SizeDecision {
+    /// Microseconds since the epoch.
+    pub at: i64,
+    pub thread: String,
+    /// Its active readers then.
+    pub readers: u64,
+    /// The factor after the change (1 = the operator's bounds).
+    pub factor: f64,
+}
+
+/// What the admin API shows of the size policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SizeView {
+    pub enabled: bool,
+    pub from: u64,
+    pub per_decade: f64,
+    pub max_factor: f64,
+    /// The factor of each thread it widens now (at most 50, the widest).
+    pub threads: std::collections::BTreeMap<String, f64>,
+    /// Its last changes, newest first.
+    pub decisions: Vec<SizeDecision>,
 }
 
 /// What the admin API shows of the interest policy.
@@ -103,6 +133,8 @@ impl Policies {
                 load: LoadPolicy::new(setting.config, base),
                 decisions: VecDeque::new(),
                 interest: None,
+                size: None,
+                size_decisions: VecDeque::new(),
             }),
         })
     }
@@ -152,6 +184,87 @@ impl Policies {
         }
     }
 
+    /// Turns the size policy on (`Some`) or off (the operator's bounds
+    /// back at once); it acts at the next sample.
+    pub fn set_size(&self, config: Option<SizeConfig>, hub: &Hub, who: &str) {
+        self.lock().size = config;
+        tracing::info!(who, enabled = config.is_some(), config = ?config, "size policy set");
+        if config.is_none() {
+            hub.apply_thread_scale("size", Default::default());
+            hub.metrics()
+                .policy
+                .scale
+                .with_label_values(&["size"])
+                .set(1.0);
+        }
+    }
+
+    pub fn size_view(&self, hub: &Hub) -> SizeView {
+        let (config, decisions) = {
+            let s = self.lock();
+            (s.size, s.size_decisions.iter().rev().cloned().collect())
+        };
+        let control = hub.bounds_control();
+        let mut widest: Vec<(&String, &f64)> = control.thread_scale().iter().collect();
+        widest.sort_by(|a, b| b.1.total_cmp(a.1));
+        let shown = config.unwrap_or_default();
+        SizeView {
+            enabled: config.is_some(),
+            from: shown.from,
+            per_decade: shown.per_decade,
+            max_factor: shown.max_factor,
+            threads: widest
+                .into_iter()
+                .take(50)
+                .map(|(t, f)| (t.clone(), *f))
+                .collect(),
+            decisions,
+        }
+    }
+
+    /// One sampling period of the size policy: count each thread's active
+    /// readers, and apply the factors that follow.
+    fn sample_size(&self, hub: &Hub) {
+        let (config, interest) = {
+            let s = self.lock();
+            (s.size, s.interest.unwrap_or_default())
+        };
+        let Some(config) = config else { return };
+        let now = hub.now();
+        let readers = hub.inspect(|e| e.readers(&interest, now));
+        let factors = config.factors(readers.iter().map(|(t, &n)| (t.as_ref(), n as u64)));
+        let widest = factors.values().copied().fold(1.0, f64::max);
+        let m = &hub.metrics().policy;
+        m.scale.with_label_values(&["size"]).set(widest);
+        let records = hub.apply_thread_scale("size", factors.clone());
+        if records.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        for r in records {
+            let super::hub::BoundsTarget::Thread { thread } = r.target else {
+                continue;
+            };
+            let factor = factors.get(&thread).copied().unwrap_or(1.0);
+            let raised = r
+                .new
+                .zip(r.old)
+                .is_some_and(|(n, o)| n.staleness > o.staleness);
+            let step = if raised { "raise" } else { "lower" };
+            m.steps.with_label_values(&["size", step]).inc();
+            let n = readers.get(thread.as_str()).copied().unwrap_or(0) as u64;
+            s.size_decisions.push_back(SizeDecision {
+                at: now.0,
+                thread,
+                readers: n,
+                factor,
+            });
+            if s.size_decisions.len() > DECISIONS_KEPT {
+                s.size_decisions.pop_front();
+            }
+        }
+    }
+
     pub fn load_setting(&self) -> LoadSetting {
         self.lock().setting
     }
@@ -174,6 +287,7 @@ impl Policies {
 
     /// One sampling period: measure, step, apply.
     fn sample(&self, hub: &Hub) {
+        self.sample_size(hub);
         if self.lock().interest.is_some() {
             let summary = hub.inspect(|e| e.interest_summary());
             let m = &hub.metrics().policy;

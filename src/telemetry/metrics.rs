@@ -171,6 +171,10 @@ impl PolicyMetrics {
         m.scale.with_label_values(&["load"]).set(1.0);
         m.at_ceiling.with_label_values(&["load"]).set(0);
         m.scale.with_label_values(&["interest"]).set(1.0);
+        m.scale.with_label_values(&["size"]).set(1.0);
+        for step in ["raise", "lower"] {
+            m.steps.with_label_values(&["size", step]);
+        }
         m
     }
 }
