@@ -62,6 +62,10 @@ Examples:
   # W1: 1,000 clients, 200 msg/s over 50 threads, 100-byte messages
   dyconit-chat bench --spawn-server --staleness 500ms --clients 1000 \\
       --rate 200 --threads 50 --size 100 --duration 30s --json w1.json
+  # interest workload: 50 threads, Zipf traffic, each client active in 1,
+  # against a server with the interest policy on
+  dyconit-chat bench --spawn-server --clients 1000 --rate 200 --threads 50 \\
+      --zipf 1 --active-threads-per-client 1 --server-arg=--interest-policy
   # 10,000 idle streaming clients: server memory per client
   dyconit-chat bench --spawn-server --clients 10000 --rate 0 --duration 20s
   # against a running local server (and measure its CPU and memory via
