@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use crate::consistency::time::parse_duration;
 
+mod limits;
+pub use limits::LimitArgs;
+
 /// Flags of `dyconit-chat serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -90,10 +93,6 @@ pub struct ServeArgs {
     /// background (the newest message is always kept) [default: keep all]
     #[arg(long, env = "DYCONIT_RETENTION_AGE", value_name = "DUR", value_parser = parse_duration)]
     pub retention_age: Option<Duration>,
-    /// The NATS cluster (with --storage nats); boxed, as most runs leave
-    /// it unset.
-    #[command(flatten)]
-    pub nats: Box<NatsArgs>,
     /// Bearer token required by mutating admin API calls (PUT, DELETE) and
     /// by client listings beyond the 20 laggiest; required when
     /// --admin-listen is not a loopback address; must not be blank
@@ -192,11 +191,20 @@ pub struct ServeArgs {
     /// 8x ([policy.size] sets from, per_decade, max_factor)
     #[arg(long, env = "DYCONIT_SIZE_POLICY")]
     pub size_policy: bool,
-    /// TOML config file: any of the settings above (snake_case keys), plus
+    /// TOML config file: any of the settings of this command (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables and policy settings in
     /// [policy.load], [policy.interest] and [policy.size]
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    // The flattened groups come last: each sets the help heading of every
+    // flag after it.
+    /// The NATS cluster (with --storage nats); boxed, as most runs leave
+    /// it unset.
+    #[command(flatten)]
+    pub nats: Box<NatsArgs>,
+    /// Thread caps and message and Connect rates.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Flags of `serve` for a cluster node (`--storage nats`).
@@ -313,6 +321,15 @@ pub struct FileConfig {
         with = "crate::consistency::bounds::humantime_serde_compat::option"
     )]
     pub idle_timeout: Option<Duration>,
+    pub max_threads: Option<usize>,
+    pub max_new_threads_per_minute: Option<u32>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub thread_idle_timeout: Option<Duration>,
+    pub max_messages_per_second: Option<u32>,
+    pub max_connects_per_second: Option<u32>,
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
@@ -462,6 +479,7 @@ impl ServeArgs {
                 .max_update_bytes
                 .or(file.max_update_bytes)
                 .unwrap_or_else(|| Settings::default_update_bytes(max_message_bytes)),
+            limits: self.limits.limits(file),
         };
         settings.validate()?;
         Ok(settings)
@@ -538,6 +556,9 @@ impl ServeArgs {
         let tls = self.tls(&file)?;
         let auth = self.auth(&file)?;
         let nats = self.nats.options()?;
+        let max_connects_per_second = self
+            .limits
+            .connects_per_second(&file, dc.max_connects_per_second);
         Ok(Resolved {
             otlp_endpoint: self
                 .otlp_endpoint
@@ -578,6 +599,7 @@ impl ServeArgs {
                 load_policy,
                 interest_policy,
                 size_policy,
+                max_connects_per_second,
                 ..dc
             },
         })

@@ -2,6 +2,7 @@
 
 use super::Seq;
 use super::interest::{Class, Interest};
+use super::limits::ClientBuckets;
 use super::time::Micros;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -65,6 +66,8 @@ pub struct ClientState {
     /// it were promised the bounds of the class before (never counted late
     /// against a class that came to cover their thread after them).
     pub class_since: Seq,
+    /// Its message and new-thread token buckets (see [`super::limits`]).
+    pub buckets: ClientBuckets,
 }
 
 impl ClientState {
@@ -89,6 +92,7 @@ impl ClientState {
             interest: Interest::default(),
             class: Class::All,
             class_since: 0,
+            buckets: ClientBuckets::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`parts`]: cutting a flush into Updates of bounded size.
 //! - [`policy`]: bounds moved by policies, within operator-set limits.
 //! - [`interest`]: which threads a client takes part in (interest policy).
+//! - [`limits`]: the laggard rule, thread caps and message rate.
 //! - [`schedule`]: which streaming clients are due for a flush, and when.
 
 pub mod admission;
@@ -19,6 +20,7 @@ pub mod conit;
 pub mod engine;
 pub mod entry;
 pub mod interest;
+pub mod limits;
 pub mod parts;
 pub mod policy;
 pub mod schedule;

@@ -113,6 +113,9 @@ pub struct Config {
     pub size_policy: Option<crate::consistency::policy::SizeConfig>,
     /// The server's clock: the system clock, unless a test brings its own.
     pub clock: crate::clock::Clock,
+    /// Connects one peer address may make per second (bursts of five
+    /// seconds' worth); 0: no limit.
+    pub max_connects_per_second: u32,
 }
 
 /// Default HTTP/2 streams per connection: a client needs one for its
@@ -155,6 +158,7 @@ impl Default for Config {
             interest_policy: None,
             size_policy: None,
             clock: crate::clock::Clock::system(),
+            max_connects_per_second: crate::net::rate::DEFAULT_CONNECTS_PER_SECOND,
         }
     }
 }
