@@ -15,6 +15,7 @@
 
 mod cluster;
 mod interest;
+mod refused;
 
 use super::Seq;
 use super::admission::{AckInfo, ClientFault, Decision, Rejection, Submission, Verdict};

@@ -12,11 +12,13 @@
 //!   NATS JetStream stream (`--storage nats`).
 //! - [`convert`]: wire types to and from core types.
 //! - [`error`]: why the hub refused a request, in its own terms.
+//! - `grants`: the thread permissions of clients whose token restricts them.
 //! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
 
 pub mod cluster;
 pub mod convert;
 pub mod error;
+mod grants;
 mod grpc;
 pub mod hub;
 pub mod listener;
