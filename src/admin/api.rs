@@ -107,8 +107,28 @@ pub async fn get_bounds(State(s): State<AdminState>) -> Json<Value> {
         "effective_default": bounds_json(&table.default_bounds()),
         "policy_scale": control.scale().staleness,
         "threads": threads,
+        "policy_threads": policy_threads(&control, &table),
         "changes": changes.iter().map(change_json).collect::<Vec<_>>(),
     }))
+}
+
+/// The threads the size policy widens, with their factor and bounds in
+/// force.
+fn policy_threads(
+    control: &crate::consistency::policy::BoundsControl,
+    table: &crate::consistency::BoundsTable,
+) -> Vec<Value> {
+    control
+        .thread_scale()
+        .iter()
+        .map(|(t, f)| {
+            json!({
+                "thread": t,
+                "factor": f,
+                "effective": bounds_json(&table.for_thread(t)),
+            })
+        })
+        .collect()
 }
 
 /// Parses a bounds body: an object with any of `staleness` (a duration

@@ -1149,6 +1149,39 @@ impl Hub {
         Some(record)
     }
 
+    /// The size policy's new per-thread factors: applied like any bound
+    /// change, one record per thread whose bounds in force changed, with
+    /// `who = policy:<name>`.
+    pub fn apply_thread_scale(
+        &self,
+        name: &str,
+        scales: std::collections::BTreeMap<String, f64>,
+    ) -> Vec<ChangeRecord> {
+        let now = self.now();
+        let who = format!("policy:{name}");
+        let records = self.with_engine(|g| {
+            let before = g.engine.settings().bounds.clone();
+            let changed = g.control.set_thread_scale(scales);
+            if changed.is_empty() {
+                return Vec::new();
+            }
+            let after = g.control.effective();
+            g.engine.set_bounds(after.clone());
+            changed
+                .into_iter()
+                .map(|thread| {
+                    let (old, new) = (before.for_thread(&thread), after.for_thread(&thread));
+                    let target = BoundsTarget::Thread { thread };
+                    push_change(g, now, &who, target, Some(old), Some(new))
+                })
+                .collect()
+        });
+        for r in &records {
+            self.announce(r);
+        }
+        records
+    }
+
     /// Lets policies move every bound again (the operator's explicit changes
     /// no longer pin their fields).
     pub fn clear_pins(&self, who: &str) {

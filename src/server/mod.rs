@@ -107,6 +107,12 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
     /// The load policy: off unless `--load-policy` or `[policy.load]`.
     pub load_policy: policies::LoadSetting,
+    /// The interest policy: off (`None`) unless `--interest-policy` or
+    /// `[policy.interest]`.
+    pub interest_policy: Option<crate::consistency::interest::InterestConfig>,
+    /// The size policy: off (`None`) unless `--size-policy` or
+    /// `[policy.size]`.
+    pub size_policy: Option<crate::consistency::policy::SizeConfig>,
     /// The server's clock: the system clock, unless a test brings its own.
     pub clock: crate::clock::Clock,
     /// Connects one peer address may make per second (bursts of five
@@ -151,6 +157,8 @@ impl Default for Config {
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             ready_file: None,
             load_policy: policies::LoadSetting::default(),
+            interest_policy: None,
+            size_policy: None,
             clock: crate::clock::Clock::system(),
             max_connects_per_second: crate::net::rate::DEFAULT_CONNECTS_PER_SECOND,
         }

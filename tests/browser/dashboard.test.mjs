@@ -232,6 +232,32 @@ test('the page loads under live traffic and draws every part without console err
   assert.deepEqual(pageErrors, [], 'uncaught errors in the page');
 }));
 
+test('the policy panel shows each policy, its state and what it does now', () => explain(async () => {
+  phase = 'policies';
+  await page.goto(`${adminUrl()}/`);
+  await waitForLive(page);
+  assert.ok(await page.getByRole('heading', { name: 'Policies', exact: true }).isVisible());
+  const cells = async (key) => page.locator(`#policy-${key} td`).allTextContents();
+  // The server starts with every policy off.
+  assert.deepEqual(await cells('load'), ['Off', "operator's bounds", '–']);
+  assert.deepEqual(await cells('interest'), ['Off', 'every client gets every thread at its own bounds', '–']);
+  assert.deepEqual(await cells('size'), ['Off', "operator's bounds", '–']);
+  // The load policy switched on through the API: the panel follows, with
+  // the scale in force.
+  const on = await api('/api/v1/policies/load', { method: 'PUT', body: { enabled: true }, token: TOKEN });
+  assert.equal(on.status, 200);
+  try {
+    await waitFor('the panel to show the load policy on', async () => {
+      const [state, output] = await cells('load');
+      return state === 'On' && /^bounds ×\d/.test(output);
+    });
+  } finally {
+    const off = await api('/api/v1/policies/load', { method: 'PUT', body: { enabled: false }, token: TOKEN });
+    assert.equal(off.status, 200);
+  }
+  await waitFor('the panel to show it off again', async () => (await cells('load'))[0] === 'Off');
+}));
+
 test('the client counts it shows match /api/v1/stats as clients come and go', () => explain(async () => {
   phase = 'counts';
   const seen = new Set();

@@ -905,6 +905,43 @@
     state.online = online;
   }
 
+  /** One row per policy: whether it is on, what it does now, what it last decided. */
+  function policyRows(p) {
+    const load = p.load || {};
+    const interest = p.interest || {};
+    const size = p.size || {};
+    const loadLast = (load.decisions || []).slice(0, 3).map((d) => (
+      `${fmtClock(d.at / 1000)} ${d.step} ×${fmtNumber(d.scale, 2)} (pressure ${fmtNumber(d.pressure, 2)})`));
+    const sizeThreads = Object.entries(size.threads || {});
+    const widest = sizeThreads.reduce((a, b) => (b[1] > a[1] ? b : a), ['', 1]);
+    const sizeLast = (size.decisions || []).slice(0, 3).map((d) => (
+      `${fmtClock(d.at / 1000)} ${d.thread === '' ? 'main room' : d.thread}: ${fmtNumber(d.readers)} readers → ×${fmtNumber(d.factor, 2)}`));
+    return [
+      ['load', 'Load', load.enabled,
+        load.enabled ? `bounds ×${fmtNumber(load.scale || 1, 2)} (target ${load.target}, up to ${load.max_staleness})` : 'operator\'s bounds',
+        loadLast],
+      ['interest', 'Interest', interest.enabled,
+        interest.enabled
+          ? `other threads ×${fmtNumber(interest.factor, 0)} staleness; ${fmtNumber(interest.taking_part)} of ${fmtNumber(interest.streaming)} clients take part somewhere`
+          : 'every client gets every thread at its own bounds',
+        []],
+      ['size', 'Size', size.enabled,
+        size.enabled
+          ? (sizeThreads.length ? `${sizeThreads.length} thread(s) widened, widest ×${fmtNumber(widest[1], 2)} (${widest[0] === '' ? 'main room' : widest[0]})` : 'no thread above its reader threshold')
+          : 'operator\'s bounds',
+        sizeLast],
+    ];
+  }
+
+  function renderPolicies(p) {
+    const tbody = $('policies').querySelector('tbody');
+    tbody.replaceChildren(...policyRows(p).map(([key, label, on, output, last]) => h('tr', { id: `policy-${key}` },
+      h('th', { scope: 'row' }, label),
+      h('td', { class: `state ${on ? 'on' : 'off'}` }, on ? 'On' : 'Off'),
+      h('td', { class: 'output' }, output),
+      h('td', { class: 'last' }, last.length ? last.join('; ') : '–'))));
+  }
+
   async function refreshBounds() {
     state.bounds = await getJSON('/api/v1/bounds');
     renderChanges(state.bounds);
@@ -930,10 +967,11 @@
 
   async function poll() {
     try {
-      const [stats, clients, bounds] = await Promise.all([
+      const [stats, clients, bounds, policies] = await Promise.all([
         getJSON('/api/v1/stats'),
         getClients(),
         getJSON('/api/v1/bounds'),
+        getJSON('/api/v1/policies'),
       ]);
       state.lastContact = Date.now();
       state.bounds = bounds;
@@ -947,6 +985,7 @@
       renderClients(clients);
       renderBounds(false);
       renderChanges(bounds);
+      renderPolicies(policies);
       renderCharts();
     } catch (e) {
       const reason = e instanceof ApiError ? e.message
