@@ -43,9 +43,11 @@ pub enum Sink {
     Shared(Arc<dyn Committer>),
 }
 
-/// Where a message went in a shared log: its seq and commit time, or `None`
-/// (or the sender dropped) if it could not be committed in time.
-pub type Committed = oneshot::Receiver<Option<(Seq, Micros)>>;
+/// Where a message went in a shared log: its seq and commit time, or why
+/// not: a bound decided again before publishing (`Rejection::Order`, ...),
+/// or `Rejection::Internal` (or the sender dropped) if it could not be
+/// committed in time.
+pub type Committed = oneshot::Receiver<Result<(Seq, Micros), Rejection>>;
 
 /// A log shared by several nodes that commits admitted messages.
 pub trait Committer: Send + Sync + 'static {
@@ -63,6 +65,9 @@ pub struct Origin {
     /// Its `numMessagesSent`.
     pub number: i64,
     pub timestamp: Micros,
+    /// The order error the engine admitted it with (against this node's
+    /// view when it was admitted, at head `entry.seq - 1`).
+    pub order_error: u64,
 }
 
 /// Tells a waiting `SendMessage` whether its message was stored: `true`
@@ -334,6 +339,7 @@ impl Hub {
             client: sub.ack.and_then(|a| a.client).unwrap_or(0),
             number: sub.ack.map_or(0, |a| a.messages_sent),
             timestamp: sub.timestamp.unwrap_or(now),
+            order_error: 0,
         };
         let (submitted, tier) = self.with_engine(|g| {
             let mut committed = None;
@@ -381,6 +387,10 @@ impl Hub {
                     Sink::Shared(log) => {
                         // It enters the engine when the log delivers it.
                         g.engine.discard_pending();
+                        let origin = Origin {
+                            order_error: decision.order_error.unwrap_or(0),
+                            ..origin
+                        };
                         committed = Some(log.propose(e, origin));
                         None
                     }
