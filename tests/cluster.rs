@@ -472,3 +472,177 @@ async fn a_node_starts_on_a_stream_emptied_by_retention_and_the_sequence_goes_on
     assert_eq!(read(&mut sub, 1).await[0].2, "new");
     assert_eq!(stream.info().await.unwrap().state.last_sequence, 4);
 }
+
+/// A chat node with the given order and numerical bounds (staleness 100 ms,
+/// so writers see each other's commits soon).
+async fn bounded_node(
+    cluster: &NatsCluster,
+    name: &str,
+    order: u64,
+    numerical: u64,
+) -> SpawnedServer {
+    let args: Vec<String> = [
+        "--storage",
+        "nats",
+        "--nats-url",
+        &cluster.url_list(),
+        "--node-name",
+        name,
+        "--order",
+        &order.to_string(),
+        "--numerical",
+        &numerical.to_string(),
+        "--staleness",
+        "100ms",
+        "--ack-timeout",
+        "1h",
+        "--lease",
+        "1h",
+    ]
+    .map(str::to_owned)
+    .into();
+    SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
+        .await
+        .expect("start a chat node")
+}
+
+/// What a raw client has received: the contents of each Update's messages,
+/// in order (its acknowledgement state is a prefix of this).
+type Received = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// Opens `id`'s Update stream and records every Update into the returned
+/// list; the watch counts Updates received.
+async fn record_updates(
+    raw: &mut ChatServerClient<Channel>,
+    id: i64,
+) -> (Received, tokio::sync::watch::Receiver<usize>) {
+    let mut stream = raw
+        .receive_updates(dyconit_chat::proto::Client { id })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Received = Arc::default();
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let sink = got.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(u)) = stream.message().await {
+            let mut g = sink.lock().unwrap();
+            g.push(u.message.into_iter().map(|m| m.contents).collect());
+            tx.send_replace(g.len());
+        }
+    });
+    (got, rx)
+}
+
+/// One write as its writer recorded it: contents, the contents it had seen
+/// (acknowledged) when it wrote, and whether it was answered OK.
+struct Write {
+    contents: String,
+    seen: HashSet<String>,
+    ok: bool,
+}
+
+/// A writer on `url` racing on thread `t`: each write acknowledges every
+/// Update received so far; after a refusal it waits for the next Update.
+async fn racing_writer(url: String, name: String, oks_wanted: usize) -> Vec<Write> {
+    let (mut raw, id) = named(&url, &name).await;
+    let (got, mut updates) = record_updates(&mut raw, id).await;
+    updates.wait_for(|&n| n >= 1).await.unwrap();
+    let mut writes = Vec::new();
+    let mut oks = 0;
+    for number in 1..=400 {
+        if oks == oks_wanted {
+            break;
+        }
+        let (acked, seen) = {
+            let g = got.lock().unwrap();
+            (g.len(), g.iter().flatten().cloned().collect::<HashSet<_>>())
+        };
+        let contents = format!("{name}-{number}");
+        let msg = common::sent(id, "t", &contents, acked as i64, number);
+        let status = raw.send_message(msg).await.unwrap().into_inner();
+        let ok = status.status_code == StatusCode::Ok as i32;
+        assert!(
+            ok || status.status_code == StatusCode::OrderError as i32,
+            "{contents}: {status:?}"
+        );
+        writes.push(Write { contents, seen, ok });
+        if ok {
+            oks += 1;
+        } else {
+            // Catch up before trying again.
+            let _ = tokio::time::timeout(Duration::from_secs(5), updates.wait_for(|&n| n > acked))
+                .await;
+        }
+    }
+    writes
+}
+
+/// Writers on three nodes race on one thread with order bound `bound`; from
+/// what each writer had acknowledged when it wrote and the commit order
+/// every node delivered, no admitted write had more than `bound` commits of
+/// the thread before it that its writer had not seen.
+async fn writers_on_three_nodes_race_within_the_order_bound(bound: u64) {
+    const OKS: usize = 12;
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(bounded_node(&cluster, &format!("n{i}"), bound, 1_000_000).await);
+    }
+    let mut readers = Vec::new();
+    for n in &nodes {
+        let c = ChatClient::connect(&n.url, Some("reader")).await.unwrap();
+        let mut sub = c.subscribe().await.unwrap();
+        common::first_update(&mut sub).await;
+        readers.push((c, sub));
+    }
+    let writers: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(racing_writer(nodes[i].url.clone(), format!("w{i}"), OKS)))
+        .collect();
+    let mut writes: Vec<(usize, Write)> = Vec::new();
+    for (i, w) in writers.into_iter().enumerate() {
+        writes.extend(w.await.unwrap().into_iter().map(|w| (i, w)));
+    }
+    let accepted = writes.iter().filter(|(_, w)| w.ok).count();
+    assert_eq!(accepted, 3 * OKS, "every writer got its OKs");
+    let mut orders = Vec::new();
+    for (_, sub) in &mut readers {
+        let seen: Vec<String> = read(sub, accepted).await.into_iter().map(|s| s.2).collect();
+        orders.push(seen);
+    }
+    assert_eq!(orders[0], orders[1], "nodes 0 and 1 disagree on the order");
+    assert_eq!(orders[0], orders[2], "nodes 0 and 2 disagree on the order");
+    let order = &orders[0];
+    let position: HashMap<&String, usize> = order.iter().enumerate().map(|(i, c)| (c, i)).collect();
+    let mut worst = 0;
+    for (writer, w) in writes.iter().filter(|(_, w)| w.ok) {
+        let at = position[&w.contents];
+        let mine = format!("w{writer}-");
+        let unseen = order[..at]
+            .iter()
+            .filter(|c| !c.starts_with(&mine) && !w.seen.contains(*c))
+            .count() as u64;
+        assert!(
+            unseen <= bound,
+            "{} was admitted with {unseen} unseen commits before it (bound {bound}); order {order:?}",
+            w.contents
+        );
+        worst = worst.max(unseen);
+    }
+    let refused = writes.len() - accepted;
+    eprintln!(
+        "order bound {bound}: {accepted} admitted, {refused} refused, largest order error {worst}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn order_bound_0_holds_for_writers_racing_on_three_nodes() {
+    writers_on_three_nodes_race_within_the_order_bound(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn order_bound_2_holds_for_writers_racing_on_three_nodes() {
+    writers_on_three_nodes_race_within_the_order_bound(2).await;
+}
