@@ -646,3 +646,109 @@ async fn order_bound_0_holds_for_writers_racing_on_three_nodes() {
 async fn order_bound_2_holds_for_writers_racing_on_three_nodes() {
     writers_on_three_nodes_race_within_the_order_bound(2).await;
 }
+
+/// The admin address of a spawned node.
+fn admin_addr(n: &SpawnedServer) -> std::net::SocketAddr {
+    n.admin_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("admin address")
+}
+
+/// Polls `GET /api/v1/bounds` on `node` until `done` holds (10 s at most);
+/// returns the bounds and how long it took.
+async fn bounds_when(
+    node: &SpawnedServer,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let (status, v) =
+            common::http_json(admin_addr(node), "GET", "/api/v1/bounds", None, None).await;
+        assert_eq!(status, 200, "{v}");
+        if done(&v) {
+            return (v, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} never got there: {v}",
+            node.admin_url
+        );
+        // The admin API has no change notification; ask again soon.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn hot_order(v: &serde_json::Value) -> Option<u64> {
+    v["threads"]
+        .as_array()?
+        .iter()
+        .find(|t| t["thread"] == "hot")
+        .and_then(|t| t["override"]["order"].as_u64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_bound_change_on_one_node_reaches_every_node() {
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(node(&cluster, name, &[]).await);
+    }
+    let (status, v) = common::http_json(
+        admin_addr(&nodes[0]),
+        "PUT",
+        "/api/v1/bounds/default",
+        None,
+        Some(r#"{"order": 7, "numerical": 99}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = common::http_json(
+        admin_addr(&nodes[0]),
+        "PUT",
+        "/api/v1/bounds/threads/hot",
+        None,
+        Some(r#"{"order": 3}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let changed = |v: &serde_json::Value| {
+        v["default"]["order"] == 7 && v["default"]["numerical"] == 99 && hot_order(v) == Some(3)
+    };
+    for n in &nodes[1..] {
+        let (v, took) = bounds_when(n, changed).await;
+        eprintln!("{} has node a's change after {took:?}", n.admin_url);
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        let whos: Vec<&str> = v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["who"].as_str())
+            .collect();
+        assert_eq!(whos.len(), 2, "{v}");
+        assert!(whos.iter().all(|w| w.ends_with("on node a")), "{whos:?}");
+    }
+    // The other way round, and a removal.
+    let (status, _) = common::http(
+        admin_addr(&nodes[2]),
+        "DELETE",
+        "/api/v1/bounds/threads/hot",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for n in &nodes[..2] {
+        bounds_when(n, |v| hot_order(v).is_none() && v["default"]["order"] == 7).await;
+    }
+    // The originating node applied its own change once.
+    let (v, _) = bounds_when(&nodes[0], |_| true).await;
+    assert_eq!(v["changes"].as_array().unwrap().len(), 3, "{v}");
+    // A node started later gets the cluster's bounds from the bucket.
+    let late = node(&cluster, "d", &[]).await;
+    bounds_when(&late, |v| {
+        v["default"]["order"] == 7 && v["default"]["numerical"] == 99 && hot_order(v).is_none()
+    })
+    .await;
+}

@@ -12,6 +12,7 @@
 //! `--nats-timeout`, never hanging.
 
 mod lanes;
+mod shared_bounds;
 
 use super::hub::{self, Committed, Committer, Hub, Origin};
 use crate::consistency::{ClientId, Engine, Entry, Micros, Rejection, Seq};
@@ -70,6 +71,13 @@ enum Failure {
 struct ClusterSink {
     tx: mpsc::UnboundedSender<Proposal>,
     lanes: Arc<Mutex<lanes::Lanes>>,
+}
+
+impl ClusterSink {
+    fn new(tx: mpsc::UnboundedSender<Proposal>, lanes: &Arc<Mutex<lanes::Lanes>>) -> Self {
+        let lanes = lanes.clone();
+        ClusterSink { tx, lanes }
+    }
 }
 
 impl Committer for ClusterSink {
@@ -179,13 +187,10 @@ pub async fn open(
     let engine = Engine::new(config.settings.clone(), head, recent);
     let (tx, rx) = mpsc::unbounded_channel();
     let lanes = Arc::new(Mutex::new(lanes::Lanes::default()));
-    let sink = ClusterSink {
-        tx,
-        lanes: lanes.clone(),
-    };
+    let sink = Arc::new(ClusterSink::new(tx, &lanes));
     let hub = Hub::new(
         engine,
-        hub::Sink::Shared(Arc::new(sink)),
+        hub::Sink::Shared(sink),
         config.max_outbound_bytes,
         metrics.clone(),
         config.clock.clone(),
@@ -207,12 +212,15 @@ pub async fn open(
         name: o.stream.clone(),
         timeout: o.timeout,
     });
+    let bounds_tasks =
+        shared_bounds::open(&admin_js, &o.stream, &o.node_name, replicas, &hub).await?;
     let stop = CancellationToken::new();
-    let handles = vec![
+    let mut handles = vec![
         spawn_until(&stop, publish_loop(shared.clone(), rx)),
         spawn_until(&stop, consume_loop(shared.clone(), messages, last_time)),
         spawn_until(&stop, probe_loop(shared)),
     ];
+    handles.extend(bounds_tasks.into_iter().map(|t| spawn_until(&stop, t)));
     Ok((hub, Tasks { stop, handles }))
 }
 

@@ -172,7 +172,15 @@ pub struct Hub {
     /// deadline, in microseconds, since the load policy last took them.
     /// Its own lock: written after the hub lock is dropped.
     lateness: Mutex<Vec<u32>>,
+    /// Told of every operator's bound change, under the hub lock, when the
+    /// bounds are shared with other nodes (`--storage nats`).
+    share_changes: std::sync::OnceLock<ShareChanges>,
 }
+
+/// Hears an operator's applied bound change: its target, who asked, and the
+/// operator's bounds and pins after it. Called under the hub lock: must not
+/// block or call the hub.
+pub type ShareChanges = Box<dyn Fn(&BoundsTarget, &str, &BoundsControl) + Send + Sync>;
 
 /// Most lateness samples kept between two policy samples (a few thousand
 /// scheduler runs a second at 10,000 clients).
@@ -219,6 +227,7 @@ impl Hub {
             max_outbound_bytes,
             metrics,
             lateness: Mutex::new(Vec::new()),
+            share_changes: std::sync::OnceLock::new(),
         })
     }
 
@@ -1017,6 +1026,31 @@ impl Hub {
         change: BoundsChange,
         who: &str,
     ) -> Result<ChangeRecord, ChangeError> {
+        self.change_bounds_shared(change, who, true)
+    }
+
+    /// Shares every later operator's change with `share` (once; later
+    /// calls are ignored).
+    pub fn share_bound_changes(&self, share: ShareChanges) {
+        let _ = self.share_changes.set(share);
+    }
+
+    /// A change another node made: applied like [`Hub::change_bounds`],
+    /// not shared again.
+    pub fn change_bounds_from_peer(
+        &self,
+        change: BoundsChange,
+        who: &str,
+    ) -> Result<ChangeRecord, ChangeError> {
+        self.change_bounds_shared(change, who, false)
+    }
+
+    fn change_bounds_shared(
+        &self,
+        change: BoundsChange,
+        who: &str,
+        share: bool,
+    ) -> Result<ChangeRecord, ChangeError> {
         let now = self.now();
         let record = self.with_engine(|g| {
             let before = g.engine.settings().bounds.clone();
@@ -1038,6 +1072,9 @@ impl Hub {
                 _ => Some(in_force(&after)),
             };
             g.engine.set_bounds(after);
+            if share && let Some(f) = self.share_changes.get() {
+                f(&target, who, &g.control);
+            }
             Ok::<_, ChangeError>(push_change(g, now, who, target, old, new))
         })?;
         self.announce(&record);
