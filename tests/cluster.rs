@@ -752,3 +752,94 @@ async fn a_bound_change_on_one_node_reaches_every_node() {
     })
     .await;
 }
+
+/// The value of an unlabelled gauge on `node`'s `/metrics`.
+async fn gauge(node: &SpawnedServer, name: &str) -> i64 {
+    let (_, text) = common::http(admin_addr(node), "GET", "/metrics", None, None).await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{name} not in /metrics")) as i64
+}
+
+/// Polls `gauge` on `node` until `done` holds (10 s at most).
+async fn gauge_when(node: &SpawnedServer, name: &str, done: impl Fn(i64) -> bool) -> i64 {
+    let start = std::time::Instant::now();
+    loop {
+        let v = gauge(node, name).await;
+        if done(v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{name} stays {v}"
+        );
+        // Metrics have no change notification; ask again soon.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A raw writer that never opens its Update stream (so it is not an active
+/// client itself) sends `n` messages to thread `t`; their status codes.
+async fn plain_writes(raw: &mut ChatServerClient<Channel>, id: i64, from: i64, n: i64) -> Vec<i32> {
+    let mut codes = Vec::new();
+    for number in from..from + n {
+        let m = common::sent(id, "t", &format!("m{number}"), 0, number);
+        codes.push(raw.send_message(m).await.unwrap().into_inner().status_code);
+    }
+    codes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn the_numerical_bound_counts_a_slow_acknowledger_on_another_node() {
+    const BOUND: usize = 5;
+    let cluster = NatsCluster::start(3).await;
+    let a = bounded_node(&cluster, "a", 1_000_000, BOUND as u64).await;
+    let mut b = Some(bounded_node(&cluster, "b", 1_000_000, BOUND as u64).await);
+    let node_b = b.as_ref().unwrap();
+    // A slow acknowledger on b: streams, acknowledges nothing yet.
+    let (mut slow, slow_id) = named(&node_b.url, "slow").await;
+    let (got, mut updates) = record_updates(&mut slow, slow_id).await;
+    updates.wait_for(|&n| n >= 1).await.unwrap();
+    // Node a hears of it: the cluster's lowest position is its start.
+    gauge_when(&a, "chat_cluster_lowest_ack_position", |v| v == 0).await;
+    let (mut w, wid) = named(&a.url, "writer").await;
+    let codes = plain_writes(&mut w, wid, 1, BOUND as i64 + 3).await;
+    let ok = StatusCode::Ok as i32;
+    let numerical = StatusCode::NumericalError as i32;
+    assert!(codes[..BOUND].iter().all(|&c| c == ok), "{codes:?}");
+    assert!(codes[BOUND..].iter().all(|&c| c == numerical), "{codes:?}");
+    // From the history: what the slow client received is all there is.
+    let all = updates.wait_for(|_| got.lock().unwrap().iter().flatten().count() == BOUND);
+    tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .expect("the slow client gets the commits")
+        .unwrap();
+    let seen: Vec<String> = got.lock().unwrap().iter().flatten().cloned().collect();
+    assert_eq!(
+        seen,
+        (1..=BOUND).map(|k| format!("m{k}")).collect::<Vec<_>>()
+    );
+    // It acknowledges them: node a may write again once it hears.
+    let count = got.lock().unwrap().len() as i64;
+    slow.acknowlegde(common::ack(slow_id, count, 0))
+        .await
+        .unwrap();
+    gauge_when(&a, "chat_cluster_lowest_ack_position", |v| {
+        v >= BOUND as i64
+    })
+    .await;
+    let next = BOUND as i64 + 4;
+    assert_eq!(plain_writes(&mut w, wid, next, 1).await, [ok]);
+    // Node b dies: its report expires with the lease and no longer counts.
+    drop(b.take());
+    gauge_when(&a, "chat_cluster_ack_reports_live", |v| v == 0).await;
+    let codes = plain_writes(&mut w, wid, next + 1, 2 * BOUND as i64).await;
+    assert!(codes.iter().all(|&c| c == ok), "{codes:?}");
+}

@@ -11,6 +11,7 @@
 //! its readers see), and gives up with `INTERNAL_ERROR` after
 //! `--nats-timeout`, never hanging.
 
+mod acks;
 mod lanes;
 mod shared_bounds;
 
@@ -118,6 +119,9 @@ struct Shared {
     /// Per-thread last commits and commits since admission. Locked only
     /// inside the hub lock, never across an await.
     lanes: Arc<Mutex<lanes::Lanes>>,
+    /// Other nodes' lowest acknowledged positions and the commits above
+    /// them. Locked only inside the hub lock or alone, never across an await.
+    floors: Arc<Mutex<acks::Floors>>,
     /// `chat_cluster_publish_conflicts_total{then}`.
     conflicts: prometheus::IntCounterVec,
     /// Publishes with [`ATTEMPT_TIMEOUT`].
@@ -205,6 +209,7 @@ pub async fn open(
         metrics: metrics.clone(),
         stream: stream.clone(),
         lanes,
+        floors: Default::default(),
         conflicts: conflict_counter(metrics)?,
         js: jetstream::ContextBuilder::new()
             .timeout(ATTEMPT_TIMEOUT)
@@ -212,16 +217,31 @@ pub async fn open(
         name: o.stream.clone(),
         timeout: o.timeout,
     });
-    let bounds_tasks =
-        shared_bounds::open(&admin_js, &o.stream, &o.node_name, replicas, &hub).await?;
+    let shared_tasks = share(&admin_js, o, replicas, &shared, metrics).await?;
     let stop = CancellationToken::new();
     let mut handles = vec![
         spawn_until(&stop, publish_loop(shared.clone(), rx)),
         spawn_until(&stop, consume_loop(shared.clone(), messages, last_time)),
         spawn_until(&stop, probe_loop(shared)),
     ];
-    handles.extend(bounds_tasks.into_iter().map(|t| spawn_until(&stop, t)));
+    handles.extend(shared_tasks.into_iter().map(|t| spawn_until(&stop, t)));
     Ok((hub, Tasks { stop, handles }))
+}
+
+/// The tasks that share bound changes and acknowledgement reports with the
+/// other nodes through key-value buckets.
+async fn share(
+    js: &jetstream::Context,
+    o: &nats::NatsOptions,
+    replicas: usize,
+    shared: &Arc<Shared>,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>> {
+    let gauges = acks::Gauges::register(&metrics.registry)?;
+    let (stream, node, hub) = (&o.stream, &o.node_name, &shared.hub);
+    let mut tasks = shared_bounds::open(js, stream, node, replicas, hub).await?;
+    tasks.extend(acks::open(js, stream, node, replicas, hub, &shared.floors, gauges).await?);
+    Ok(tasks)
 }
 
 /// Runs `task` until it ends or `stop` is cancelled.
@@ -372,6 +392,7 @@ fn apply(shared: &Shared, m: &jetstream::Message, entry: Entry) -> bool {
         let done = e.apply_committed(entry, own);
         if let Ok(true) = done {
             lock(&shared.lanes).applied(&thread, seq, writer);
+            lock(&shared.floors).applied(&thread, seq);
         }
         done
     });
@@ -460,11 +481,21 @@ fn recheck(shared: &Shared, p: &Proposal, known: Option<Seq>) -> Result<Seq, Fai
     let e = &p.entry;
     let admitted_at = e.seq.saturating_sub(1);
     shared.hub.inspect(|engine| {
-        let bound = engine.settings().bounds.for_thread(&e.thread).order;
+        let bounds = engine.settings().bounds.for_thread(&e.thread);
         let check = lock(&shared.lanes).check(&e.thread, admitted_at, p.origin.client);
         let error = p.origin.order_error + check.unseen_since;
-        if error > bound {
+        if error > bounds.order {
+            let bound = bounds.order;
             return Err(Failure::Refused(Rejection::Order { error, bound }));
+        }
+        // The numerical error counting every node's active clients.
+        let floors = lock(&shared.floors);
+        let local = engine.lowest_active_ack();
+        if let Some(pos) = floors.lowest(local, std::time::Instant::now()) {
+            let (error, bound) = (floors.count_after(&e.thread, pos), bounds.numerical);
+            if error >= bound {
+                return Err(Failure::Refused(Rejection::Numerical { error, bound }));
+            }
         }
         Ok(known.unwrap_or(check.last))
     })
