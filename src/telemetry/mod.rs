@@ -2,10 +2,12 @@
 //!
 //! - [`metrics`]: the Prometheus registry and every `chat_*` metric (the
 //!   registry is created per server and passed in; nothing is global).
+//! - [`limits`]: the resource limits' refusals and the threads held.
 //! - [`tracing_setup`]: the log subscriber, its runtime-adjustable filter,
 //!   and the optional OTLP trace exporter.
 //! - [`propagation`]: W3C `traceparent` from gRPC metadata.
 
+pub mod limits;
 pub mod metrics;
 pub mod propagation;
 pub mod tracing_setup;
