@@ -104,7 +104,10 @@ a compact binary stream; `dyconit-chat check FILE` verifies the run from it.";
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct BenchArgs {
-    /// URL of a running server (http://, or https:// for one with TLS)
+    /// URL of a running server (http://, or https:// for one with TLS).
+    /// Several chat nodes of one cluster as URL,URL,...: the connections are
+    /// spread over them in turn (the server counters, --admin and
+    /// --server-pid are the first node's)
     #[arg(long, value_name = "URL", required_unless_present = "spawn_server")]
     pub server: Option<String>,
     /// With an https:// server: trust the CA certificates in FILE (PEM)
@@ -964,7 +967,7 @@ impl Target {
         match (&self.spawned, &args.admin) {
             (Some(s), _) => s.admin_url.clone(),
             (None, Some(a)) => a.clone(),
-            (None, None) => counters::default_admin(&self.url),
+            (None, None) => counters::default_admin(self.url.split(',').next().unwrap_or_default()),
         }
     }
 
@@ -1108,10 +1111,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let url = target.url.clone();
     let server_pid = target.spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
     let connections = args.connection_count();
-    let tls = conn::tls_for(&url, args.ca_cert.as_deref())?;
-    let channels = conn::connect_many(&url, connections, tls)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let urls = crate::client::server_list(&url)?;
+    let tls = conn::tls_for(&urls[0], args.ca_cert.as_deref())?;
+    let channels = conn::connect_spread(&urls, connections, tls).await?;
     let baseline = server_pid.and_then(crate::sys::proc_stats);
     let admin = target.admin_url(&args);
     let counters_start = counters::start(&admin).await;

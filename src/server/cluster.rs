@@ -381,6 +381,17 @@ async fn consume_loop(shared: Arc<Shared>, mut messages: consumer::pull::Ordered
 /// Applies one commit; false if the node cannot go on.
 fn apply(shared: &Shared, m: &jetstream::Message, entry: Entry) -> bool {
     let seq = entry.seq;
+    let delay = shared
+        .hub
+        .now()
+        .0
+        .saturating_sub(entry.commit_time.0)
+        .max(0);
+    shared
+        .metrics
+        .cluster
+        .apply_delay_seconds
+        .observe(delay as f64 / 1e6);
     let own = m
         .headers
         .as_ref()
@@ -570,6 +581,8 @@ async fn publish_acked(
     expected: Seq,
     deadline: tokio::time::Instant,
 ) -> Published {
+    let m = &shared.metrics.cluster;
+    let sent = tokio::time::Instant::now();
     loop {
         let attempt = shared
             .js
@@ -577,12 +590,17 @@ async fn publish_acked(
             .await;
         let error = match attempt {
             Ok(ack) => match ack.await {
-                Ok(a) => return Published::Stored(a.sequence),
+                Ok(a) => {
+                    m.publish_seconds.observe(sent.elapsed().as_secs_f64());
+                    return Published::Stored(a.sequence);
+                }
                 Err(e) => e,
             },
             Err(e) => e,
         };
+        m.publish_error(error_kind(error.kind()));
         if error.kind() == PublishErrorKind::WrongLastSequence {
+            m.order_conflicts.inc();
             let text = std::error::Error::source(&error).map(|s| s.to_string());
             return match text.as_deref().and_then(lanes::conflict_last) {
                 Some(last) => Published::Conflict(last),
@@ -593,6 +611,7 @@ async fn publish_acked(
         if left.is_zero() || !retryable(error.kind()) {
             return Published::Failed(format!("publishing to JetStream: {error}"));
         }
+        m.publish_retries.inc();
         if !matches!(error.kind(), PublishErrorKind::TimedOut) {
             // No responders during a leader election: do not spin.
             tokio::time::sleep(Duration::from_millis(100).min(left)).await;
@@ -651,6 +670,17 @@ fn conflict_counter(metrics: &Metrics) -> anyhow::Result<prometheus::IntCounterV
     }
     metrics.registry.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+/// The `kind` label of `chat_nats_publish_errors_total`.
+fn error_kind(kind: PublishErrorKind) -> &'static str {
+    match kind {
+        PublishErrorKind::TimedOut => "timeout",
+        PublishErrorKind::StreamNotFound => "no_stream",
+        PublishErrorKind::BrokenPipe => "connection",
+        PublishErrorKind::WrongLastSequence => "wrong_last_sequence",
+        _ => "other",
+    }
 }
 
 fn retryable(kind: PublishErrorKind) -> bool {
@@ -729,6 +759,8 @@ async fn probe_loop(shared: Arc<Shared>) {
             }
         };
         let applied = *shared.applied.borrow();
+        let lag = last.saturating_sub(applied);
+        shared.metrics.cluster.consumer_lag_messages.set(lag as i64);
         if applied >= last {
             behind_at = None;
             if shared.health.record_healthy() {

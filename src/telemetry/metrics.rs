@@ -75,6 +75,8 @@ pub struct Metrics {
     pub storage: StorageMetrics,
     /// What the policies measure and decide.
     pub policy: PolicyMetrics,
+    /// A cluster node's publishes and consumer (`chat_nats_*`).
+    pub cluster: super::cluster_metrics::ClusterMetrics,
     /// Refusals by the resource limits, and the threads held.
     pub limits: super::limits::LimitMetrics,
 }
@@ -478,6 +480,7 @@ impl Metrics {
             client_lag: gauge_vec(&r, CLIENT_LAG, &["client"]),
             storage: StorageMetrics::new(&r),
             policy: PolicyMetrics::new(&r),
+            cluster: super::cluster_metrics::ClusterMetrics::new(&r),
             limits: super::limits::LimitMetrics::new(&r),
             registry: r,
         }
