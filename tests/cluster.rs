@@ -472,3 +472,374 @@ async fn a_node_starts_on_a_stream_emptied_by_retention_and_the_sequence_goes_on
     assert_eq!(read(&mut sub, 1).await[0].2, "new");
     assert_eq!(stream.info().await.unwrap().state.last_sequence, 4);
 }
+
+/// A chat node with the given order and numerical bounds (staleness 100 ms,
+/// so writers see each other's commits soon).
+async fn bounded_node(
+    cluster: &NatsCluster,
+    name: &str,
+    order: u64,
+    numerical: u64,
+) -> SpawnedServer {
+    let args: Vec<String> = [
+        "--storage",
+        "nats",
+        "--nats-url",
+        &cluster.url_list(),
+        "--node-name",
+        name,
+        "--order",
+        &order.to_string(),
+        "--numerical",
+        &numerical.to_string(),
+        "--staleness",
+        "100ms",
+        "--ack-timeout",
+        "1h",
+        "--lease",
+        "1h",
+    ]
+    .map(str::to_owned)
+    .into();
+    SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
+        .await
+        .expect("start a chat node")
+}
+
+/// What a raw client has received: the contents of each Update's messages,
+/// in order (its acknowledgement state is a prefix of this).
+type Received = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// Opens `id`'s Update stream and records every Update into the returned
+/// list; the watch counts Updates received.
+async fn record_updates(
+    raw: &mut ChatServerClient<Channel>,
+    id: i64,
+) -> (Received, tokio::sync::watch::Receiver<usize>) {
+    let mut stream = raw
+        .receive_updates(dyconit_chat::proto::Client { id })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Received = Arc::default();
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let sink = got.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(u)) = stream.message().await {
+            let mut g = sink.lock().unwrap();
+            g.push(u.message.into_iter().map(|m| m.contents).collect());
+            tx.send_replace(g.len());
+        }
+    });
+    (got, rx)
+}
+
+/// One write as its writer recorded it: contents, the contents it had seen
+/// (acknowledged) when it wrote, and whether it was answered OK.
+struct Write {
+    contents: String,
+    seen: HashSet<String>,
+    ok: bool,
+}
+
+/// A writer on `url` racing on thread `t`: each write acknowledges every
+/// Update received so far; after a refusal it waits for the next Update.
+async fn racing_writer(url: String, name: String, oks_wanted: usize) -> Vec<Write> {
+    let (mut raw, id) = named(&url, &name).await;
+    let (got, mut updates) = record_updates(&mut raw, id).await;
+    updates.wait_for(|&n| n >= 1).await.unwrap();
+    let mut writes = Vec::new();
+    let mut oks = 0;
+    for number in 1..=400 {
+        if oks == oks_wanted {
+            break;
+        }
+        let (acked, seen) = {
+            let g = got.lock().unwrap();
+            (g.len(), g.iter().flatten().cloned().collect::<HashSet<_>>())
+        };
+        let contents = format!("{name}-{number}");
+        let msg = common::sent(id, "t", &contents, acked as i64, number);
+        let status = raw.send_message(msg).await.unwrap().into_inner();
+        let ok = status.status_code == StatusCode::Ok as i32;
+        assert!(
+            ok || status.status_code == StatusCode::OrderError as i32,
+            "{contents}: {status:?}"
+        );
+        writes.push(Write { contents, seen, ok });
+        if ok {
+            oks += 1;
+        } else {
+            // Catch up before trying again.
+            let _ = tokio::time::timeout(Duration::from_secs(5), updates.wait_for(|&n| n > acked))
+                .await;
+        }
+    }
+    writes
+}
+
+/// Writers on three nodes race on one thread with order bound `bound`; from
+/// what each writer had acknowledged when it wrote and the commit order
+/// every node delivered, no admitted write had more than `bound` commits of
+/// the thread before it that its writer had not seen.
+async fn writers_on_three_nodes_race_within_the_order_bound(bound: u64) {
+    const OKS: usize = 12;
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(bounded_node(&cluster, &format!("n{i}"), bound, 1_000_000).await);
+    }
+    let mut readers = Vec::new();
+    for n in &nodes {
+        let c = ChatClient::connect(&n.url, Some("reader")).await.unwrap();
+        let mut sub = c.subscribe().await.unwrap();
+        common::first_update(&mut sub).await;
+        readers.push((c, sub));
+    }
+    let writers: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(racing_writer(nodes[i].url.clone(), format!("w{i}"), OKS)))
+        .collect();
+    let mut writes: Vec<(usize, Write)> = Vec::new();
+    for (i, w) in writers.into_iter().enumerate() {
+        writes.extend(w.await.unwrap().into_iter().map(|w| (i, w)));
+    }
+    let accepted = writes.iter().filter(|(_, w)| w.ok).count();
+    assert_eq!(accepted, 3 * OKS, "every writer got its OKs");
+    let mut orders = Vec::new();
+    for (_, sub) in &mut readers {
+        let seen: Vec<String> = read(sub, accepted).await.into_iter().map(|s| s.2).collect();
+        orders.push(seen);
+    }
+    assert_eq!(orders[0], orders[1], "nodes 0 and 1 disagree on the order");
+    assert_eq!(orders[0], orders[2], "nodes 0 and 2 disagree on the order");
+    let order = &orders[0];
+    let position: HashMap<&String, usize> = order.iter().enumerate().map(|(i, c)| (c, i)).collect();
+    let mut worst = 0;
+    for (writer, w) in writes.iter().filter(|(_, w)| w.ok) {
+        let at = position[&w.contents];
+        let mine = format!("w{writer}-");
+        let unseen = order[..at]
+            .iter()
+            .filter(|c| !c.starts_with(&mine) && !w.seen.contains(*c))
+            .count() as u64;
+        assert!(
+            unseen <= bound,
+            "{} was admitted with {unseen} unseen commits before it (bound {bound}); order {order:?}",
+            w.contents
+        );
+        worst = worst.max(unseen);
+    }
+    let refused = writes.len() - accepted;
+    eprintln!(
+        "order bound {bound}: {accepted} admitted, {refused} refused, largest order error {worst}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn order_bound_0_holds_for_writers_racing_on_three_nodes() {
+    writers_on_three_nodes_race_within_the_order_bound(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn order_bound_2_holds_for_writers_racing_on_three_nodes() {
+    writers_on_three_nodes_race_within_the_order_bound(2).await;
+}
+
+/// The admin address of a spawned node.
+fn admin_addr(n: &SpawnedServer) -> std::net::SocketAddr {
+    n.admin_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("admin address")
+}
+
+/// Polls `GET /api/v1/bounds` on `node` until `done` holds (10 s at most);
+/// returns the bounds and how long it took.
+async fn bounds_when(
+    node: &SpawnedServer,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let (status, v) =
+            common::http_json(admin_addr(node), "GET", "/api/v1/bounds", None, None).await;
+        assert_eq!(status, 200, "{v}");
+        if done(&v) {
+            return (v, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} never got there: {v}",
+            node.admin_url
+        );
+        // The admin API has no change notification; ask again soon.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn hot_order(v: &serde_json::Value) -> Option<u64> {
+    v["threads"]
+        .as_array()?
+        .iter()
+        .find(|t| t["thread"] == "hot")
+        .and_then(|t| t["override"]["order"].as_u64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_bound_change_on_one_node_reaches_every_node() {
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(node(&cluster, name, &[]).await);
+    }
+    let (status, v) = common::http_json(
+        admin_addr(&nodes[0]),
+        "PUT",
+        "/api/v1/bounds/default",
+        None,
+        Some(r#"{"order": 7, "numerical": 99}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = common::http_json(
+        admin_addr(&nodes[0]),
+        "PUT",
+        "/api/v1/bounds/threads/hot",
+        None,
+        Some(r#"{"order": 3}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let changed = |v: &serde_json::Value| {
+        v["default"]["order"] == 7 && v["default"]["numerical"] == 99 && hot_order(v) == Some(3)
+    };
+    for n in &nodes[1..] {
+        let (v, took) = bounds_when(n, changed).await;
+        eprintln!("{} has node a's change after {took:?}", n.admin_url);
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        let whos: Vec<&str> = v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["who"].as_str())
+            .collect();
+        assert_eq!(whos.len(), 2, "{v}");
+        assert!(whos.iter().all(|w| w.ends_with("on node a")), "{whos:?}");
+    }
+    // The other way round, and a removal.
+    let (status, _) = common::http(
+        admin_addr(&nodes[2]),
+        "DELETE",
+        "/api/v1/bounds/threads/hot",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for n in &nodes[..2] {
+        bounds_when(n, |v| hot_order(v).is_none() && v["default"]["order"] == 7).await;
+    }
+    // The originating node applied its own change once.
+    let (v, _) = bounds_when(&nodes[0], |_| true).await;
+    assert_eq!(v["changes"].as_array().unwrap().len(), 3, "{v}");
+    // A node started later gets the cluster's bounds from the bucket.
+    let late = node(&cluster, "d", &[]).await;
+    bounds_when(&late, |v| {
+        v["default"]["order"] == 7 && v["default"]["numerical"] == 99 && hot_order(v).is_none()
+    })
+    .await;
+}
+
+/// The value of an unlabelled gauge on `node`'s `/metrics`.
+async fn gauge(node: &SpawnedServer, name: &str) -> i64 {
+    let (_, text) = common::http(admin_addr(node), "GET", "/metrics", None, None).await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{name} not in /metrics")) as i64
+}
+
+/// Polls `gauge` on `node` until `done` holds (10 s at most).
+async fn gauge_when(node: &SpawnedServer, name: &str, done: impl Fn(i64) -> bool) -> i64 {
+    let start = std::time::Instant::now();
+    loop {
+        let v = gauge(node, name).await;
+        if done(v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{name} stays {v}"
+        );
+        // Metrics have no change notification; ask again soon.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A raw writer that never opens its Update stream (so it is not an active
+/// client itself) sends `n` messages to thread `t`; their status codes.
+async fn plain_writes(raw: &mut ChatServerClient<Channel>, id: i64, from: i64, n: i64) -> Vec<i32> {
+    let mut codes = Vec::new();
+    for number in from..from + n {
+        let m = common::sent(id, "t", &format!("m{number}"), 0, number);
+        codes.push(raw.send_message(m).await.unwrap().into_inner().status_code);
+    }
+    codes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn the_numerical_bound_counts_a_slow_acknowledger_on_another_node() {
+    const BOUND: usize = 5;
+    let cluster = NatsCluster::start(3).await;
+    let a = bounded_node(&cluster, "a", 1_000_000, BOUND as u64).await;
+    let mut b = Some(bounded_node(&cluster, "b", 1_000_000, BOUND as u64).await);
+    let node_b = b.as_ref().unwrap();
+    // A slow acknowledger on b: streams, acknowledges nothing yet.
+    let (mut slow, slow_id) = named(&node_b.url, "slow").await;
+    let (got, mut updates) = record_updates(&mut slow, slow_id).await;
+    updates.wait_for(|&n| n >= 1).await.unwrap();
+    // Node a hears of it: the cluster's lowest position is its start.
+    gauge_when(&a, "chat_cluster_lowest_ack_position", |v| v == 0).await;
+    let (mut w, wid) = named(&a.url, "writer").await;
+    let codes = plain_writes(&mut w, wid, 1, BOUND as i64 + 3).await;
+    let ok = StatusCode::Ok as i32;
+    let numerical = StatusCode::NumericalError as i32;
+    assert!(codes[..BOUND].iter().all(|&c| c == ok), "{codes:?}");
+    assert!(codes[BOUND..].iter().all(|&c| c == numerical), "{codes:?}");
+    // From the history: what the slow client received is all there is.
+    let all = updates.wait_for(|_| got.lock().unwrap().iter().flatten().count() == BOUND);
+    tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .expect("the slow client gets the commits")
+        .unwrap();
+    let seen: Vec<String> = got.lock().unwrap().iter().flatten().cloned().collect();
+    assert_eq!(
+        seen,
+        (1..=BOUND).map(|k| format!("m{k}")).collect::<Vec<_>>()
+    );
+    // It acknowledges them: node a may write again once it hears.
+    let count = got.lock().unwrap().len() as i64;
+    slow.acknowlegde(common::ack(slow_id, count, 0))
+        .await
+        .unwrap();
+    gauge_when(&a, "chat_cluster_lowest_ack_position", |v| {
+        v >= BOUND as i64
+    })
+    .await;
+    let next = BOUND as i64 + 4;
+    assert_eq!(plain_writes(&mut w, wid, next, 1).await, [ok]);
+    // Node b dies: its report expires with the lease and no longer counts.
+    drop(b.take());
+    gauge_when(&a, "chat_cluster_ack_reports_live", |v| v == 0).await;
+    let codes = plain_writes(&mut w, wid, next + 1, 2 * BOUND as i64).await;
+    assert!(codes.iter().all(|&c| c == ok), "{codes:?}");
+}

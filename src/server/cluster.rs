@@ -11,8 +11,12 @@
 //! its readers see), and gives up with `INTERNAL_ERROR` after
 //! `--nats-timeout`, never hanging.
 
+mod acks;
+mod lanes;
+mod shared_bounds;
+
 use super::hub::{self, Committed, Committer, Hub, Origin};
-use crate::consistency::{ClientId, Engine, Entry, Micros, Seq};
+use crate::consistency::{ClientId, Engine, Entry, Micros, Rejection, Seq};
 use crate::log::StorageHealth;
 use crate::log::nats;
 use crate::telemetry::metrics::Metrics;
@@ -39,12 +43,27 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// ordered consumer notices a lost consumer only after two missed 15 s
 /// heartbeats: measured 20-30 s of failed writes after a quorum came back.
 const STALL_AFTER: Duration = Duration::from_secs(1);
+/// How many times one write is decided again after another node committed
+/// to its thread first. Each conflict means some node made progress on the
+/// thread; past this the writer gets `INTERNAL_ERROR` rather than waiting
+/// on a thread that hot.
+const MAX_CONFLICTS: u32 = 16;
+/// A thread's publisher task ends after this long without writes.
+const LANE_IDLE: Duration = Duration::from_secs(5);
 
 /// An admitted write on its way to the stream.
 struct Proposal {
     entry: Arc<Entry>,
     origin: Origin,
-    reply: oneshot::Sender<Option<(Seq, Micros)>>,
+    reply: oneshot::Sender<Result<(Seq, Micros), Rejection>>,
+}
+
+/// Why a write was not committed.
+enum Failure {
+    /// Decided again before publishing, against commits of other nodes.
+    Refused(Rejection),
+    /// It could not be committed in time.
+    Failed(String),
 }
 
 /// The hub's side of the cluster: queues proposals for the publisher in
@@ -52,11 +71,22 @@ struct Proposal {
 /// input order).
 struct ClusterSink {
     tx: mpsc::UnboundedSender<Proposal>,
+    lanes: Arc<Mutex<lanes::Lanes>>,
+}
+
+impl ClusterSink {
+    fn new(tx: mpsc::UnboundedSender<Proposal>, lanes: &Arc<Mutex<lanes::Lanes>>) -> Self {
+        let lanes = lanes.clone();
+        ClusterSink { tx, lanes }
+    }
 }
 
 impl Committer for ClusterSink {
     fn propose(&self, entry: Arc<Entry>, origin: Origin) -> Committed {
         let (reply, rx) = oneshot::channel();
+        // Under the hub lock: every commit of the thread applied from now on
+        // is recorded for this write's check.
+        lock(&self.lanes).admitted(&entry.thread);
         // If the publisher is gone (shutdown) the reply is dropped: the
         // writer gets INTERNAL_ERROR.
         let _ = self.tx.send(Proposal {
@@ -86,6 +116,14 @@ struct Shared {
     metrics: Metrics,
     /// The stream, for reading a commit the engine no longer holds.
     stream: jetstream::stream::Stream,
+    /// Per-thread last commits and commits since admission. Locked only
+    /// inside the hub lock, never across an await.
+    lanes: Arc<Mutex<lanes::Lanes>>,
+    /// Other nodes' lowest acknowledged positions and the commits above
+    /// them. Locked only inside the hub lock or alone, never across an await.
+    floors: Arc<Mutex<acks::Floors>>,
+    /// `chat_cluster_publish_conflicts_total{then}`.
+    conflicts: prometheus::IntCounterVec,
     /// Publishes with [`ATTEMPT_TIMEOUT`].
     js: jetstream::Context,
     name: String,
@@ -152,9 +190,11 @@ pub async fn open(
     let last_time = recent.last().map_or(Micros(0), |e| e.commit_time);
     let engine = Engine::new(config.settings.clone(), head, recent);
     let (tx, rx) = mpsc::unbounded_channel();
+    let lanes = Arc::new(Mutex::new(lanes::Lanes::default()));
+    let sink = Arc::new(ClusterSink::new(tx, &lanes));
     let hub = Hub::new(
         engine,
-        hub::Sink::Shared(Arc::new(ClusterSink { tx })),
+        hub::Sink::Shared(sink),
         config.max_outbound_bytes,
         metrics.clone(),
         config.clock.clone(),
@@ -168,19 +208,40 @@ pub async fn open(
         broken: Default::default(),
         metrics: metrics.clone(),
         stream: stream.clone(),
+        lanes,
+        floors: Default::default(),
+        conflicts: conflict_counter(metrics)?,
         js: jetstream::ContextBuilder::new()
             .timeout(ATTEMPT_TIMEOUT)
             .build(client),
         name: o.stream.clone(),
         timeout: o.timeout,
     });
+    let shared_tasks = share(&admin_js, o, replicas, &shared, metrics).await?;
     let stop = CancellationToken::new();
-    let handles = vec![
+    let mut handles = vec![
         spawn_until(&stop, publish_loop(shared.clone(), rx)),
         spawn_until(&stop, consume_loop(shared.clone(), messages, last_time)),
         spawn_until(&stop, probe_loop(shared)),
     ];
+    handles.extend(shared_tasks.into_iter().map(|t| spawn_until(&stop, t)));
     Ok((hub, Tasks { stop, handles }))
+}
+
+/// The tasks that share bound changes and acknowledgement reports with the
+/// other nodes through key-value buckets.
+async fn share(
+    js: &jetstream::Context,
+    o: &nats::NatsOptions,
+    replicas: usize,
+    shared: &Arc<Shared>,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>> {
+    let gauges = acks::Gauges::register(&metrics.registry)?;
+    let (stream, node, hub) = (&o.stream, &o.node_name, &shared.hub);
+    let mut tasks = shared_bounds::open(js, stream, node, replicas, hub).await?;
+    tasks.extend(acks::open(js, stream, node, replicas, hub, &shared.floors, gauges).await?);
+    Ok(tasks)
 }
 
 /// Runs `task` until it ends or `stop` is cancelled.
@@ -336,7 +397,17 @@ fn apply(shared: &Shared, m: &jetstream::Message, entry: Entry) -> bool {
         .as_ref()
         .and_then(|h| h.get("Nats-Msg-Id"))
         .and_then(|id| lock(&shared.own).remove(id.as_str()));
-    match shared.hub.reconfigure(|e| e.apply_committed(entry, own)) {
+    let thread = entry.thread.clone();
+    let applied = shared.hub.reconfigure(|e| {
+        let writer = own.map(|(c, _)| c);
+        let done = e.apply_committed(entry, own);
+        if let Ok(true) = done {
+            lock(&shared.lanes).applied(&thread, seq, writer);
+            lock(&shared.floors).applied(&thread, seq);
+        }
+        done
+    });
+    match applied {
         Ok(_) => {
             shared.applied.send_replace(seq);
             true
@@ -356,73 +427,205 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Publishes proposals in the order they were admitted; each then waits for
-/// its commit on its own task, so publishes pipeline.
+/// Hands proposals, in admission order, to one publisher task per thread:
+/// writes of a thread are published one at a time, each decided again on
+/// the view that includes the previous one, so a node's own writes never
+/// conflict with each other; threads publish in parallel.
 async fn publish_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    let mut lanes: HashMap<Arc<str>, mpsc::UnboundedSender<Proposal>> = HashMap::new();
     while let Some(p) = rx.recv().await {
-        let deadline = tokio::time::Instant::now() + shared.timeout;
-        let e = &p.entry;
-        let id = nats::message_id(&e.sender, &e.thread, &e.contents, p.origin.timestamp);
-        lock(&shared.own).insert(id.clone(), (p.origin.client, p.origin.number));
-        let subject = nats::subject(&shared.name, &e.thread);
-        let payload = nats::payload(&e.sender, &e.contents);
-        // Sent now, in order; acknowledged later.
-        let first = shared
-            .js
-            .send_publish(subject.clone(), publish(&payload, &id))
-            .await;
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let outcome = commit(&shared, first, &subject, &payload, &id, deadline).await;
-            finish(&shared, p.reply, &id, outcome);
-        });
+        let thread = p.entry.thread.clone();
+        let p = match lanes.get(&thread) {
+            Some(tx) => match tx.send(p) {
+                Ok(()) => continue,
+                // That thread's task went idle and ended: start another.
+                Err(mpsc::error::SendError(p)) => p,
+            },
+            None => p,
+        };
+        let (tx, lane) = mpsc::unbounded_channel();
+        let _ = tx.send(p);
+        if lanes.len() >= 1024 {
+            lanes.retain(|_, tx| !tx.is_closed());
+        }
+        lanes.insert(thread, tx);
+        tokio::spawn(lane_loop(shared.clone(), lane));
     }
 }
 
-fn publish(payload: &bytes::Bytes, id: &str) -> jetstream::message::PublishMessage {
+/// Publishes one thread's writes in order until the thread is idle.
+async fn lane_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    loop {
+        match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
+            Ok(Some(p)) => propose_one(&shared, p).await,
+            Ok(None) => return,
+            Err(_) => {
+                // Refuse new sends first, then finish what already came.
+                rx.close();
+                while let Ok(p) = rx.try_recv() {
+                    propose_one(&shared, p).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Commits one write and answers its writer.
+async fn propose_one(shared: &Arc<Shared>, p: Proposal) {
+    let deadline = tokio::time::Instant::now() + shared.timeout;
+    let e = &p.entry;
+    let id = nats::message_id(&e.sender, &e.thread, &e.contents, p.origin.timestamp);
+    lock(&shared.own).insert(id.clone(), (p.origin.client, p.origin.number));
+    let outcome = commit_checked(shared, &p, &id, deadline).await;
+    // Inside the hub lock, like every other change to the lanes.
+    shared
+        .hub
+        .inspect(|_| lock(&shared.lanes).finished(&p.entry.thread));
+    finish(shared, p.reply, &id, outcome);
+}
+
+/// Decides the write's order bound again on this node's current view and
+/// the thread's last commit in it (`known`: the stream's answer to a
+/// conflict, once this node has applied up to it).
+fn recheck(shared: &Shared, p: &Proposal, known: Option<Seq>) -> Result<Seq, Failure> {
+    let e = &p.entry;
+    let admitted_at = e.seq.saturating_sub(1);
+    shared.hub.inspect(|engine| {
+        let bounds = engine.settings().bounds.for_thread(&e.thread);
+        let check = lock(&shared.lanes).check(&e.thread, admitted_at, p.origin.client);
+        let error = p.origin.order_error + check.unseen_since;
+        if error > bounds.order {
+            let bound = bounds.order;
+            return Err(Failure::Refused(Rejection::Order { error, bound }));
+        }
+        // The numerical error counting every node's active clients.
+        let floors = lock(&shared.floors);
+        let local = engine.lowest_active_ack();
+        if let Some(pos) = floors.lowest(local, std::time::Instant::now()) {
+            let (error, bound) = (floors.count_after(&e.thread, pos), bounds.numerical);
+            if error >= bound {
+                return Err(Failure::Refused(Rejection::Numerical { error, bound }));
+            }
+        }
+        Ok(known.unwrap_or(check.last))
+    })
+}
+
+/// What publishing one attempt of a write gave.
+enum Published {
+    Stored(Seq),
+    /// Another commit of the thread came first: the thread's last sequence.
+    Conflict(Seq),
+    Failed(String),
+}
+
+/// Publishes with the thread's expected last sequence, deciding again after
+/// each conflict (at most [`MAX_CONFLICTS`] times), then waits for this
+/// node's consumer to apply the commit.
+async fn commit_checked(
+    shared: &Shared,
+    p: &Proposal,
+    id: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(Seq, Micros), Failure> {
+    let subject = nats::subject(&shared.name, &p.entry.thread);
+    let payload = nats::payload(&p.entry.sender, &p.entry.contents);
+    let mut known = None;
+    let mut conflicts = 0;
+    let seq = loop {
+        let expected = recheck(shared, p, known).inspect_err(|_| {
+            if conflicts > 0 {
+                shared.conflicts.with_label_values(&["refused"]).inc();
+            }
+        })?;
+        match publish_acked(shared, &subject, &payload, id, expected, deadline).await {
+            Published::Stored(seq) => break seq,
+            Published::Failed(error) => return Err(Failure::Failed(error)),
+            Published::Conflict(last) => {
+                conflicts += 1;
+                if conflicts > MAX_CONFLICTS {
+                    shared.conflicts.with_label_values(&["gave_up"]).inc();
+                    return Err(Failure::Failed(format!(
+                        "{MAX_CONFLICTS} conflicts in a row on one thread"
+                    )));
+                }
+                shared.conflicts.with_label_values(&["retried"]).inc();
+                wait_applied(shared, last, deadline)
+                    .await
+                    .map_err(Failure::Failed)?;
+                known = Some(last);
+            }
+        }
+    };
+    wait_applied(shared, seq, deadline)
+        .await
+        .map_err(Failure::Failed)?;
+    commit_time(shared, seq).await.map_err(Failure::Failed)
+}
+
+fn publish(payload: &bytes::Bytes, id: &str, expected: Seq) -> jetstream::message::PublishMessage {
     jetstream::message::PublishMessage::build()
         .payload(payload.clone())
         .message_id(id)
+        .expected_last_subject_sequence(expected)
 }
 
-/// Waits for the acknowledgement of a publish (publishing again with the
-/// same id after an attempt times out) and then for this node's consumer
-/// to apply it. The seq and commit time, or why not.
-async fn commit(
+/// Publishes and waits for the acknowledgement, publishing again with the
+/// same id (so at most one commit) after an attempt times out.
+async fn publish_acked(
     shared: &Shared,
-    first: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
     subject: &str,
     payload: &bytes::Bytes,
     id: &str,
+    expected: Seq,
     deadline: tokio::time::Instant,
-) -> Result<(Seq, Micros), String> {
+) -> Published {
     let m = &shared.metrics.cluster;
     let sent = tokio::time::Instant::now();
-    let mut attempt = first;
-    let seq = loop {
+    loop {
+        let attempt = shared
+            .js
+            .send_publish(subject.to_owned(), publish(payload, id, expected))
+            .await;
         let error = match attempt {
             Ok(ack) => match ack.await {
-                Ok(a) => break a.sequence,
+                Ok(a) => {
+                    m.publish_seconds.observe(sent.elapsed().as_secs_f64());
+                    return Published::Stored(a.sequence);
+                }
                 Err(e) => e,
             },
             Err(e) => e,
         };
         m.publish_error(error_kind(error.kind()));
+        if error.kind() == PublishErrorKind::WrongLastSequence {
+            m.order_conflicts.inc();
+            let text = std::error::Error::source(&error).map(|s| s.to_string());
+            return match text.as_deref().and_then(lanes::conflict_last) {
+                Some(last) => Published::Conflict(last),
+                None => Published::Failed(format!("publishing to JetStream: {error}")),
+            };
+        }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() || !retryable(error.kind()) {
-            return Err(format!("publishing to JetStream: {error}"));
+            return Published::Failed(format!("publishing to JetStream: {error}"));
         }
         m.publish_retries.inc();
         if !matches!(error.kind(), PublishErrorKind::TimedOut) {
             // No responders during a leader election: do not spin.
             tokio::time::sleep(Duration::from_millis(100).min(left)).await;
         }
-        attempt = shared
-            .js
-            .send_publish(subject.to_owned(), publish(payload, id))
-            .await;
-    };
-    m.publish_seconds.observe(sent.elapsed().as_secs_f64());
+    }
+}
+
+/// Waits until this node's consumer applied `seq`; tells the consumer to
+/// recreate itself if that takes longer than [`STALL_AFTER`].
+async fn wait_applied(
+    shared: &Shared,
+    seq: Seq,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
     let mut applied = shared.applied.subscribe();
     let soon = tokio::time::Instant::now() + STALL_AFTER;
     if tokio::time::timeout_at(soon.min(deadline), applied.wait_for(|&a| a >= seq))
@@ -435,6 +638,11 @@ async fn commit(
         .await
         .map_err(|_| format!("seq {seq} was stored but not consumed in time"))?
         .map_err(|_| "the stream consumer stopped".to_owned())?;
+    Ok(())
+}
+
+/// The seq and commit time of an applied commit.
+async fn commit_time(shared: &Shared, seq: Seq) -> Result<(Seq, Micros), String> {
     let at = match shared.hub.inspect(|e| e.committed_entry(seq)) {
         Some(e) => e.commit_time,
         // A resend of a message committed long ago: the stream has it.
@@ -446,6 +654,22 @@ async fn commit(
             .map_err(|e| format!("reading commit {seq}: {e}"))?,
     };
     Ok((seq, at))
+}
+
+/// `chat_cluster_publish_conflicts_total`, registered on the node's registry.
+fn conflict_counter(metrics: &Metrics) -> anyhow::Result<prometheus::IntCounterVec> {
+    let c = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "chat_cluster_publish_conflicts_total",
+            "Publishes JetStream refused because another node committed to the thread first (wrong last subject sequence), by what followed: retried after catching up, refused by the order bound decided again, or gave up after too many in a row.",
+        ),
+        &["then"],
+    )?;
+    for then in ["retried", "refused", "gave_up"] {
+        c.with_label_values(&[then]);
+    }
+    metrics.registry.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 /// The `kind` label of `chat_nats_publish_errors_total`.
@@ -472,9 +696,9 @@ fn retryable(kind: PublishErrorKind) -> bool {
 /// Answers the writer and keeps the health and counters.
 fn finish(
     shared: &Shared,
-    reply: oneshot::Sender<Option<(Seq, Micros)>>,
+    reply: oneshot::Sender<Result<(Seq, Micros), Rejection>>,
     id: &str,
-    outcome: Result<(Seq, Micros), String>,
+    outcome: Result<(Seq, Micros), Failure>,
 ) {
     match outcome {
         Ok(done) => {
@@ -482,9 +706,18 @@ fn finish(
                 tracing::info!("commits go through again: ready");
             }
             shared.metrics.messages_accepted.inc();
-            let _ = reply.send(Some(done));
+            let _ = reply.send(Ok(done));
         }
-        Err(error) => {
+        Err(Failure::Refused(reason)) => {
+            lock(&shared.own).remove(id);
+            shared
+                .metrics
+                .messages_rejected
+                .with_label_values(&[reason.reason()])
+                .inc();
+            let _ = reply.send(Err(reason));
+        }
+        Err(Failure::Failed(error)) => {
             lock(&shared.own).remove(id);
             if !shared.health.record_error(&error) {
                 // Logged once per outage; the rest only counted.
@@ -498,7 +731,7 @@ fn finish(
                 .messages_rejected
                 .with_label_values(&[crate::consistency::Rejection::Internal.reason()])
                 .inc();
-            let _ = reply.send(None);
+            let _ = reply.send(Err(Rejection::Internal));
         }
     }
 }

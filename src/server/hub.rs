@@ -46,9 +46,11 @@ pub enum Sink {
     Shared(Arc<dyn Committer>),
 }
 
-/// Where a message went in a shared log: its seq and commit time, or `None`
-/// (or the sender dropped) if it could not be committed in time.
-pub type Committed = oneshot::Receiver<Option<(Seq, Micros)>>;
+/// Where a message went in a shared log: its seq and commit time, or why
+/// not: a bound decided again before publishing (`Rejection::Order`, ...),
+/// or `Rejection::Internal` (or the sender dropped) if it could not be
+/// committed in time.
+pub type Committed = oneshot::Receiver<Result<(Seq, Micros), Rejection>>;
 
 /// A log shared by several nodes that commits admitted messages.
 pub trait Committer: Send + Sync + 'static {
@@ -66,6 +68,9 @@ pub struct Origin {
     /// Its `numMessagesSent`.
     pub number: i64,
     pub timestamp: Micros,
+    /// The order error the engine admitted it with (against this node's
+    /// view when it was admitted, at head `entry.seq - 1`).
+    pub order_error: u64,
 }
 
 /// Tells a waiting `SendMessage` whether its message was stored: `true`
@@ -172,7 +177,15 @@ pub struct Hub {
     lateness: Mutex<Vec<u32>>,
     /// Thread permissions of the clients whose token restricts them.
     grants: Grants,
+    /// Told of every operator's bound change, under the hub lock, when the
+    /// bounds are shared with other nodes (`--storage nats`).
+    share_changes: std::sync::OnceLock<ShareChanges>,
 }
+
+/// Hears an operator's applied bound change: its target, who asked, and the
+/// operator's bounds and pins after it. Called under the hub lock: must not
+/// block or call the hub.
+pub type ShareChanges = Box<dyn Fn(&BoundsTarget, &str, &BoundsControl) + Send + Sync>;
 
 /// Most lateness samples kept between two policy samples (a few thousand
 /// scheduler runs a second at 10,000 clients).
@@ -220,6 +233,7 @@ impl Hub {
             metrics,
             lateness: Mutex::new(Vec::new()),
             grants: Grants::default(),
+            share_changes: std::sync::OnceLock::new(),
         })
     }
 
@@ -391,6 +405,7 @@ impl Hub {
             client: sub.ack.and_then(|a| a.client).unwrap_or(0),
             number: sub.ack.map_or(0, |a| a.messages_sent),
             timestamp: sub.timestamp.unwrap_or(now),
+            order_error: 0,
         };
         let (submitted, tier) = self.with_engine(|g| {
             let mut committed = None;
@@ -438,6 +453,10 @@ impl Hub {
                     Sink::Shared(log) => {
                         // It enters the engine when the log delivers it.
                         g.engine.discard_pending();
+                        let origin = Origin {
+                            order_error: decision.order_error.unwrap_or(0),
+                            ..origin
+                        };
                         committed = Some(log.propose(e, origin));
                         None
                     }
@@ -1094,6 +1113,31 @@ impl Hub {
         change: BoundsChange,
         who: &str,
     ) -> Result<ChangeRecord, ChangeError> {
+        self.change_bounds_shared(change, who, true)
+    }
+
+    /// Shares every later operator's change with `share` (once; later
+    /// calls are ignored).
+    pub fn share_bound_changes(&self, share: ShareChanges) {
+        let _ = self.share_changes.set(share);
+    }
+
+    /// A change another node made: applied like [`Hub::change_bounds`],
+    /// not shared again.
+    pub fn change_bounds_from_peer(
+        &self,
+        change: BoundsChange,
+        who: &str,
+    ) -> Result<ChangeRecord, ChangeError> {
+        self.change_bounds_shared(change, who, false)
+    }
+
+    fn change_bounds_shared(
+        &self,
+        change: BoundsChange,
+        who: &str,
+        share: bool,
+    ) -> Result<ChangeRecord, ChangeError> {
         let now = self.now();
         let record = self.with_engine(|g| {
             let before = g.engine.settings().bounds.clone();
@@ -1115,6 +1159,9 @@ impl Hub {
                 _ => Some(in_force(&after)),
             };
             g.engine.set_bounds(after);
+            if share && let Some(f) = self.share_changes.get() {
+                f(&target, who, &g.control);
+            }
             Ok::<_, ChangeError>(push_change(g, now, who, target, old, new))
         })?;
         self.announce(&record);

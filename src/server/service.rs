@@ -43,12 +43,20 @@ async fn settle(hub: &Hub, s: Submitted) -> Decision {
     let mut decision = s.decision;
     if let Some(committed) = s.committed {
         match committed.await {
-            Ok(Some((seq, at))) => {
+            Ok(Ok((seq, at))) => {
                 decision.verdict = Verdict::Accepted {
                     seq,
                     at,
                     retry: false,
                 }
+            }
+            // Decided again against commits made through other nodes.
+            Ok(Err(reason)) if reason != Rejection::Internal => {
+                decision.verdict = Verdict::Rejected {
+                    reason,
+                    at: hub.now(),
+                };
+                return decision;
             }
             _ => stored = false,
         }

@@ -68,6 +68,13 @@ impl Engine {
         Ok(true)
     }
 
+    /// The lowest acknowledged position over this node's active clients
+    /// (what the numerical bound counts from), if any client is active: the
+    /// node's report to the other nodes of a cluster.
+    pub fn lowest_active_ack(&self) -> Option<Seq> {
+        self.active_acks.first_key_value().map(|(&pos, _)| pos)
+    }
+
     /// Commit `seq`, if the window still holds it.
     pub fn committed_entry(&self, seq: Seq) -> Option<Arc<Entry>> {
         let floor = self.head - self.window.len() as Seq;

@@ -1,0 +1,263 @@
+//! The numerical bound across nodes: each node reports the lowest
+//! acknowledged position of its active clients into the JetStream
+//! key-value bucket `<stream>_acks` (one key per node process, put every
+//! [`REPORT_EVERY`]), and watches the other nodes' reports. A write is
+//! decided again, just before it is published, counting its thread's
+//! commits above the lowest position over this node and every report
+//! younger than [`LEASE`] (an older one, from a node that died or cannot
+//! reach NATS, is ignored).
+//!
+//! Acknowledged positions only grow, so a late report is at most the
+//! truth: it can only over-count. See `docs/cluster.md` for the one case
+//! that under-counts (a client that becomes active, until its node's next
+//! report).
+
+use crate::consistency::Seq;
+use crate::server::hub::Hub;
+use async_nats::jetstream::{self, kv};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+
+/// How often a node reports its lowest acknowledged position.
+pub(crate) const REPORT_EVERY: Duration = Duration::from_millis(250);
+/// A report older than this is ignored (its node is taken for gone). Eight
+/// reports: a node's NATS connection may hiccup without its clients
+/// dropping out of everyone's count.
+pub(crate) const LEASE: Duration = Duration::from_secs(2);
+
+/// A report in the bucket.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Report {
+    node: String,
+    /// `None`: no active client on that node.
+    lowest: Option<Seq>,
+}
+
+/// Other nodes' reports and the commits each thread has above the lowest
+/// position anyone may count from. Locked inside the hub lock (by the
+/// consumer and the check) or alone; never across an await.
+#[derive(Debug, Default)]
+pub(crate) struct Floors {
+    /// By bucket key: the report and when it arrived here.
+    reports: HashMap<String, (Option<Seq>, Instant)>,
+    /// Per thread, its commits above the cluster's lowest position.
+    commits: HashMap<Arc<str>, VecDeque<Seq>>,
+}
+
+impl Floors {
+    /// The lowest position over `local` and the reports younger than
+    /// [`LEASE`] at `now`.
+    pub fn lowest(&self, local: Option<Seq>, now: Instant) -> Option<Seq> {
+        self.reports
+            .values()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < LEASE)
+            .filter_map(|(p, _)| *p)
+            .chain(local)
+            .min()
+    }
+
+    /// The node applied commit `seq` of `thread`.
+    pub fn applied(&mut self, thread: &Arc<str>, seq: Seq) {
+        self.commits
+            .entry(thread.clone())
+            .or_default()
+            .push_back(seq);
+    }
+
+    /// Commits of `thread` above `pos`.
+    pub fn count_after(&self, thread: &str, pos: Seq) -> u64 {
+        self.commits
+            .get(thread)
+            .map_or(0, |c| (c.len() - c.partition_point(|&s| s <= pos)) as u64)
+    }
+
+    /// Forgets commits nobody counts any more: at or below `floor`, or all
+    /// of them when no client is active anywhere (`None`).
+    pub fn trim(&mut self, floor: Option<Seq>) {
+        let floor = floor.unwrap_or(Seq::MAX);
+        self.commits.retain(|_, c| {
+            let n = c.partition_point(|&s| s <= floor);
+            c.drain(..n);
+            !c.is_empty()
+        });
+    }
+
+    fn report(&mut self, key: &str, lowest: Option<Seq>, now: Instant) {
+        self.reports.insert(key.to_owned(), (lowest, now));
+    }
+
+    /// Reports younger than [`LEASE`].
+    pub fn live_reports(&self, now: Instant) -> usize {
+        self.reports
+            .values()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < LEASE)
+            .count()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `chat_cluster_ack_reports_live` and `chat_cluster_lowest_ack_position`.
+pub(crate) struct Gauges {
+    pub live: prometheus::IntGauge,
+    pub lowest: prometheus::IntGauge,
+}
+
+impl Gauges {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Gauges> {
+        let g = Gauges {
+            live: prometheus::IntGauge::new(
+                "chat_cluster_ack_reports_live",
+                "Other nodes' reports of their lowest acknowledged position younger than the lease: the nodes whose clients the numerical bound counts.",
+            )?,
+            lowest: prometheus::IntGauge::new(
+                "chat_cluster_lowest_ack_position",
+                "The lowest acknowledged position over the active clients of every node (this one and the live reports); -1 when no client is active anywhere.",
+            )?,
+        };
+        registry.register(Box::new(g.live.clone()))?;
+        registry.register(Box::new(g.lowest.clone()))?;
+        Ok(g)
+    }
+}
+
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Opens (or creates) the reports bucket; returns the reporting and the
+/// watching tasks.
+pub(crate) async fn open(
+    js: &jetstream::Context,
+    stream: &str,
+    node: &str,
+    replicas: usize,
+    hub: &Arc<Hub>,
+    floors: &Arc<Mutex<Floors>>,
+    gauges: Gauges,
+) -> anyhow::Result<Vec<Task>> {
+    let name = format!("{stream}_acks");
+    let store = match js.get_key_value(name.clone()).await {
+        Ok(s) => s,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: name.clone(),
+                history: 1,
+                // Keys of dead nodes go away by themselves.
+                max_age: LEASE * 30,
+                storage: jetstream::stream::StorageType::Memory,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the key-value bucket {name}: {e}"))?,
+    };
+    let key = format!("n{:016x}", rand::random::<u64>());
+    Ok(vec![
+        Box::pin(report_loop(
+            store.clone(),
+            key.clone(),
+            node.to_owned(),
+            hub.clone(),
+            floors.clone(),
+            gauges,
+        )),
+        Box::pin(watch_loop(store, key, floors.clone())),
+    ])
+}
+
+/// Reports this node's lowest acknowledged position, and trims the commits
+/// nobody counts any more.
+async fn report_loop(
+    store: kv::Store,
+    key: String,
+    node: String,
+    hub: Arc<Hub>,
+    floors: Arc<Mutex<Floors>>,
+    gauges: Gauges,
+) {
+    loop {
+        let now = Instant::now();
+        let lowest = hub.inspect(|e| {
+            let local = e.lowest_active_ack();
+            let mut f = lock(&floors);
+            let floor = f.lowest(local, now);
+            f.trim(floor);
+            gauges.live.set(f.live_reports(now) as i64);
+            gauges.lowest.set(floor.map_or(-1, |p| p as i64));
+            local
+        });
+        let report = Report {
+            node: node.clone(),
+            lowest,
+        };
+        if let Ok(json) = serde_json::to_vec(&report)
+            && let Err(e) = store.put(&key, json.into()).await
+        {
+            tracing::debug!(error = %e, "reporting the lowest acknowledged position");
+        }
+        tokio::time::sleep(REPORT_EVERY).await;
+    }
+}
+
+/// Records every other node's reports as they arrive.
+async fn watch_loop(store: kv::Store, own: String, floors: Arc<Mutex<Floors>>) {
+    loop {
+        match store.watch(">").await {
+            Ok(mut watch) => {
+                while let Some(entry) = watch.next().await {
+                    let Ok(e) = entry else { continue };
+                    if e.key == own || e.operation != kv::Operation::Put {
+                        continue;
+                    }
+                    match serde_json::from_slice::<Report>(&e.value) {
+                        Ok(r) => lock(&floors).report(&e.key, r.lowest, Instant::now()),
+                        Err(err) => {
+                            tracing::warn!(key = e.key, error = %err, "a report that is not ours: ignored")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching the acknowledgement reports"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lowest_position_ignores_reports_past_their_lease() {
+        let t0 = Instant::now();
+        let mut f = Floors::default();
+        assert_eq!(f.lowest(None, t0), None);
+        f.report("a", Some(5), t0);
+        f.report("b", None, t0);
+        assert_eq!(f.lowest(Some(9), t0), Some(5));
+        assert_eq!(f.lowest(Some(3), t0), Some(3));
+        assert_eq!(f.live_reports(t0), 2);
+        let later = t0 + LEASE;
+        assert_eq!(f.lowest(Some(9), later), Some(9));
+        assert_eq!(f.live_reports(later), 0);
+    }
+
+    #[test]
+    fn commits_are_counted_per_thread_and_trimmed_below_the_floor() {
+        let (t, u): (Arc<str>, Arc<str>) = ("t".into(), "u".into());
+        let mut f = Floors::default();
+        for s in 1..=6 {
+            f.applied(if s % 2 == 0 { &t } else { &u }, s);
+        }
+        assert_eq!(f.count_after("t", 0), 3);
+        assert_eq!(f.count_after("t", 2), 2);
+        f.trim(Some(4));
+        assert_eq!(f.count_after("t", 0), 1);
+        assert_eq!(f.count_after("u", 0), 1);
+        f.trim(None);
+        assert_eq!(f.count_after("u", 0), 0);
+    }
+}
