@@ -13,6 +13,8 @@
 //! - [`convert`]: wire types to and from core types.
 //! - [`error`]: why the hub refused a request, in its own terms.
 //! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
+//! - [`propagation`]: W3C `traceparent` from gRPC metadata.
+//! - [`otlp`]: the OTLP/gRPC trace exporter.
 
 pub mod cluster;
 pub mod convert;
@@ -20,8 +22,10 @@ pub mod error;
 mod grpc;
 pub mod hub;
 pub mod listener;
+pub mod otlp;
 pub mod outbox;
 pub mod policies;
+pub mod propagation;
 mod reflection;
 pub mod scheduler;
 pub mod service;

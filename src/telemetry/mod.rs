@@ -3,9 +3,8 @@
 //! - [`metrics`]: the Prometheus registry and every `chat_*` metric (the
 //!   registry is created per server and passed in; nothing is global).
 //! - [`tracing_setup`]: the log subscriber, its runtime-adjustable filter,
-//!   and the optional OTLP trace exporter.
-//! - [`propagation`]: W3C `traceparent` from gRPC metadata.
+//!   and the optional OTLP trace pipeline (its gRPC exporter is built in
+//!   `crate::server::otlp`).
 
 pub mod metrics;
-pub mod propagation;
 pub mod tracing_setup;
