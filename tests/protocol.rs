@@ -249,12 +249,15 @@ async fn heartbeats_arrive_before_the_lease_expires() {
         assert!(r.update.message.is_empty());
         let t = r.update.current_time.unwrap().timestamp;
         let p = prev.update.current_time.unwrap().timestamp;
+        // The promise: the next Update is stamped before the previous one
+        // expires (here 400 ms later). The server plans it for 180 ms after;
+        // how late its timer fires depends on the machine's load, so the
+        // test holds it to the lease, not to the plan.
         assert!(
-            t - p <= 200_000,
-            "next Update {} us after the previous one",
+            t < prev.update.expiration_time.unwrap().timestamp,
+            "next Update {} us after the previous one, past its expiration",
             t - p
         );
-        assert!(t < prev.update.expiration_time.unwrap().timestamp);
         prev = r;
     }
 }
@@ -558,7 +561,10 @@ async fn acknowlegde_checks_its_client_and_count() {
 
 #[tokio::test]
 async fn send_messages_answers_in_input_order_and_commits_in_input_order() {
-    let server = TestServer::start(config(50, 100_000, 100_000)).await;
+    // The messages are stamped before the streams start: a wide staleness
+    // keeps the last of them fresh on arrival on a loaded machine (with
+    // durable storage and a load average of 10, 50 ms rejected a few).
+    let server = TestServer::start(config(2_000, 100_000, 100_000)).await;
     let reader = server.client(None).await;
     let mut sub = reader.subscribe().await.unwrap();
     first_update(&mut sub).await;
@@ -683,7 +689,10 @@ async fn shutdown_flushes_pending_updates_and_ends_streams() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off_with_resource_exhausted() {
-    let mut cfg = config(200, 1_000_000, 1_000_000);
+    // 12 MB are written through a full transport: on durable storage and a
+    // loaded machine a message can wait in the writer's window for longer
+    // than 200 ms, so staleness is wide enough that none is stale on arrival.
+    let mut cfg = config(2_000, 1_000_000, 1_000_000);
     cfg.max_outbound_bytes = 64 * 1024;
     cfg.settings.max_message_bytes = 4096;
     cfg.settings.ack_timeout = Duration::from_secs(60);
