@@ -306,8 +306,8 @@ def overview():
                  unit="percentunit", yellow=0.1, red=0.25),
             stat("Bound violations", "Broken promises (staleness, lease) in the time range. Anything above 0 pages.",
                  f"sum(increase(chat_bound_violations_total{{{F}}}[$__range]))", red=1),
-            stat("Clients dropped", "Clients disconnected for ack timeout or a full outbound buffer in the time range.",
-                 f'sum(increase(chat_clients_dropped_total{{{F}, reason=~"ack_timeout|slow_consumer"}}[$__range]))',
+            stat("Clients dropped", "Clients disconnected for ack timeout, a full outbound buffer or lagging in the time range.",
+                 f'sum(increase(chat_clients_dropped_total{{{F}, reason=~"ack_timeout|slow_consumer|laggard"}}[$__range]))',
                  yellow=1),
             row("Traffic"),
             timeseries("Clients", "Connected and active clients per server.", targets(

@@ -18,6 +18,9 @@ use std::time::Duration;
 
 use crate::consistency::time::parse_duration;
 
+mod limits;
+pub use limits::LimitArgs;
+
 /// Flags of `dyconit-chat serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -89,10 +92,6 @@ pub struct ServeArgs {
     /// background (the newest message is always kept) [default: keep all]
     #[arg(long, env = "DYCONIT_RETENTION_AGE", value_name = "DUR", value_parser = parse_duration)]
     pub retention_age: Option<Duration>,
-    /// The NATS cluster (with --storage nats); boxed, as most runs leave
-    /// it unset.
-    #[command(flatten)]
-    pub nats: Box<NatsArgs>,
     /// Bearer token required by mutating admin API calls (PUT, DELETE) and
     /// by client listings beyond the 20 laggiest; required when
     /// --admin-listen is not a loopback address; must not be blank
@@ -178,11 +177,20 @@ pub struct ServeArgs {
     /// max_numerical), and narrows them back when the pressure passes
     #[arg(long, env = "DYCONIT_LOAD_POLICY")]
     pub load_policy: bool,
-    /// TOML config file: any of the settings above (snake_case keys), plus
+    /// TOML config file: any of the settings of this command (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables and policy settings in
     /// [policy.load]
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    // The flattened groups come last: each sets the help heading of every
+    // flag after it.
+    /// The NATS cluster (with --storage nats); boxed, as most runs leave
+    /// it unset.
+    #[command(flatten)]
+    pub nats: Box<NatsArgs>,
+    /// Thread caps and message and Connect rates.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Flags of `serve` for a cluster node (`--storage nats`).
@@ -299,6 +307,15 @@ pub struct FileConfig {
         with = "crate::consistency::bounds::humantime_serde_compat::option"
     )]
     pub idle_timeout: Option<Duration>,
+    pub max_threads: Option<usize>,
+    pub max_new_threads_per_minute: Option<u32>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub thread_idle_timeout: Option<Duration>,
+    pub max_messages_per_second: Option<u32>,
+    pub max_connects_per_second: Option<u32>,
     /// Per-thread bound overrides; "" is the main room.
     #[serde(default)]
     pub threads: BTreeMap<String, BoundsOverride>,
@@ -394,6 +411,7 @@ impl ServeArgs {
                 .max_update_bytes
                 .or(file.max_update_bytes)
                 .unwrap_or_else(|| Settings::default_update_bytes(max_message_bytes)),
+            limits: self.limits.limits(file),
         };
         settings.validate()?;
         Ok(settings)
@@ -452,6 +470,9 @@ impl ServeArgs {
         let tls = self.tls(&file)?;
         let auth = self.auth(&file)?;
         let nats = self.nats.options()?;
+        let max_connects_per_second = self
+            .limits
+            .connects_per_second(&file, dc.max_connects_per_second);
         Ok(Resolved {
             otlp_endpoint: self
                 .otlp_endpoint
@@ -490,6 +511,7 @@ impl ServeArgs {
                 auth,
                 ready_file: self.ready_file.clone(),
                 load_policy,
+                max_connects_per_second,
                 ..dc
             },
         })

@@ -132,6 +132,12 @@ impl SpawnedServer {
             // errors of those.
             .args(["--log", SERVER_LOG])
             .args(args)
+            // All bench clients come from one address, and a writer may
+            // stand for many users: the per-address Connect rate and the
+            // per-client message rate would measure the limits, not the
+            // server. Environment, so a --server-arg flag still wins.
+            .env("DYCONIT_MAX_CONNECTS_PER_SECOND", "0")
+            .env("DYCONIT_MAX_MESSAGES_PER_SECOND", "0")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             // The server logs to stdout; its fatal errors go to stderr.

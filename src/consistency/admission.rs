@@ -2,9 +2,11 @@
 //!
 //! The checks run in the order of DESIGN.md §4: well-formed and known client
 //! (`CLIENT_ERROR`), then `STALENESS`, `ORDER_ERROR`, `NUMERICAL_ERROR`, then
-//! commit. The logic is in [`super::Engine::submit`]; the types live here.
+//! commit; a resource limit is checked before `STALENESS` (the message
+//! rate) and before the commit (the thread caps). The logic is in [`super::Engine::submit`]; the types live here.
 
 use super::Seq;
+use super::limits::Limit;
 use super::time::Micros;
 
 /// A `SentMessage`, reduced to what the decision needs.
@@ -81,6 +83,9 @@ pub enum Rejection {
     },
     /// A server fault (the log could not store an accepted message).
     Internal,
+    /// A resource limit (message rate, thread caps): answered with a gRPC
+    /// status and the reason rather than a `MessageStatus`.
+    Limited(Limit),
 }
 
 impl Rejection {
@@ -96,6 +101,7 @@ impl Rejection {
             Rejection::Order { .. } => "order",
             Rejection::Numerical { .. } => "numerical",
             Rejection::Internal => "internal",
+            Rejection::Limited(_) => "limit",
         }
     }
 }

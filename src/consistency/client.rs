@@ -1,6 +1,7 @@
 //! What the core remembers of one connected client.
 
 use super::Seq;
+use super::limits::ClientBuckets;
 use super::time::Micros;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -55,6 +56,8 @@ pub struct ClientState {
     /// for itself (reap while waiting; heartbeat or acknowledgement timeout
     /// while streaming). Flush deadlines are kept per cursor, not here.
     pub timer: Micros,
+    /// Its message and new-thread token buckets (see [`super::limits`]).
+    pub buckets: ClientBuckets,
 }
 
 impl ClientState {
@@ -76,6 +79,7 @@ impl ClientState {
             retries: RetryCache::default(),
             own: HashMap::new(),
             timer: Micros::MAX,
+            buckets: ClientBuckets::default(),
         }
     }
 

@@ -21,6 +21,7 @@ use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
 use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
 pub use super::entry::{Entries, Entry};
+use super::limits::{Lag, Limit, ThreadRegistry, is_laggard};
 use super::parts::split;
 use super::schedule::{FlushSchedule, multiset_add, multiset_remove, staleness_deadline};
 use super::settings::{Settings, flush_spread, safety_margin};
@@ -62,16 +63,20 @@ pub enum DropReason {
     StreamClosed,
     /// The server is shutting down.
     Shutdown,
+    /// Far behind in some thread with an Update unacknowledged for longer
+    /// than `ack_timeout` (see [`super::limits::is_laggard`]).
+    Laggard,
 }
 
 impl DropReason {
     /// Every reason, in the order metrics list them.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::AckTimeout,
         DropReason::NeverStreamed,
         DropReason::SlowConsumer,
         DropReason::StreamClosed,
         DropReason::Shutdown,
+        DropReason::Laggard,
     ];
 
     /// The reason label used in metrics and logs.
@@ -82,6 +87,7 @@ impl DropReason {
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::StreamClosed => "stream_closed",
             DropReason::Shutdown => "shutdown",
+            DropReason::Laggard => "laggard",
         }
     }
 }
@@ -148,6 +154,8 @@ pub struct Engine {
     /// it were promised the old bounds, so a tightened staleness that makes
     /// them due at once is not counted as a broken promise.
     bounds_changed_at_seq: Seq,
+    /// The threads held, for the thread caps; idle ones are forgotten.
+    threads: ThreadRegistry,
 }
 
 /// One Update of a flush, shared by every client of a cursor group.
@@ -195,6 +203,53 @@ fn flush_parts(
         .collect()
 }
 
+/// Message `n` of client `c` arrives: the original verdict if it is a retry
+/// of an accepted message, a refusal if the client is above its message
+/// rate; else it is recorded as arrived and `None` lets the checks go on.
+fn arrival(
+    c: &mut ClientState,
+    n: i64,
+    sub: &Submission,
+    limits: &super::limits::Limits,
+    now: Micros,
+) -> Option<Verdict> {
+    if let Some((seq, at)) = c.retry_of(n, &sub.thread, &sub.contents) {
+        return Some(Verdict::Accepted {
+            seq,
+            at,
+            retry: true,
+        });
+    }
+    if let Err(limit) = c.buckets.take_message(limits, now) {
+        return Some(Verdict::Rejected {
+            reason: Rejection::Limited(limit),
+            at: now,
+        });
+    }
+    c.arrive(n);
+    None
+}
+
+/// Why a streaming client must be dropped at `now`, if it must: its
+/// acknowledgement timeout passed, or it is a laggard.
+fn must_drop(
+    c: &ClientState,
+    conits: &HashMap<Arc<str>, ConitLog>,
+    settings: &Settings,
+    now: Micros,
+) -> Option<DropReason> {
+    let ack_timeout = settings.ack_timeout;
+    if c.ack_deadline(ack_timeout).is_some_and(|d| now >= d) {
+        return Some(DropReason::AckTimeout);
+    }
+    let lag = Lag {
+        acked_pos: c.acked_pos,
+        delivered: c.delivered,
+        oldest_unacked: c.oldest_unacked_at(),
+    };
+    is_laggard(&lag, conits, &settings.bounds, ack_timeout, now).then_some(DropReason::Laggard)
+}
+
 /// What one poll carries from client to client.
 struct Round {
     now: Micros,
@@ -240,6 +295,7 @@ impl Engine {
             waiting_acks: BTreeMap::new(),
             next_wake: Micros::MAX,
             bounds_changed_at_seq: 0,
+            threads: ThreadRegistry::default(),
         }
     }
 
@@ -287,6 +343,11 @@ impl Engine {
     /// Clients with an open stream that are not overdue: the active ones.
     pub fn streaming_clients(&self) -> usize {
         self.schedule.streaming()
+    }
+
+    /// The threads held in memory (see [`super::limits::ThreadRegistry`]).
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
     }
 
     /// Committed messages of `thread` that some active client has not
@@ -442,15 +503,10 @@ impl Engine {
             .expect("checked");
         let c = self.clients.get_mut(&id).expect("checked");
         let n = ack.messages_sent;
-        if let Some((seq, at)) = c.retry_of(n, &sub.thread, &sub.contents) {
-            decision.verdict = Verdict::Accepted {
-                seq,
-                at,
-                retry: true,
-            };
+        if let Some(verdict) = arrival(c, n, &sub, &self.settings.limits, now) {
+            decision.verdict = verdict;
             return (decision, None);
         }
-        c.arrive(n);
         let bounds = self.settings.bounds.for_thread(&sub.thread);
         let timestamp = sub.timestamp.expect("checked");
         if timestamp < now.minus(bounds.staleness) {
@@ -489,6 +545,10 @@ impl Engine {
             );
             return (decision, None);
         }
+        if let Err(limit) = self.admit_thread(id, &sub.thread, now) {
+            reject(&mut decision, Rejection::Limited(limit));
+            return (decision, None);
+        }
         let entry = self.commit(id, n, sub.thread, sub.contents, now);
         // The commit time, not `now`: they differ when the clock read before
         // the lock is older than the previous commit (commit times never go
@@ -499,6 +559,28 @@ impl Engine {
             retry: false,
         };
         (decision, Some(entry))
+    }
+
+    /// The thread caps, for a write by `id` to `thread`: a thread the server
+    /// holds is always fine; a new one must fit the total and the client's
+    /// new-thread rate.
+    fn admit_thread(&mut self, id: ClientId, thread: &str, now: Micros) -> Result<(), Limit> {
+        if self.threads.contains(thread) {
+            return Ok(());
+        }
+        let limits = self.settings.limits;
+        if self.threads.len() >= limits.max_threads {
+            // Idle threads may be waiting for the next periodic sweep.
+            let idle = limits.thread_idle_timeout;
+            self.threads.sweep(now, idle, &self.conits, false);
+            if self.threads.len() >= limits.max_threads {
+                return Err(Limit::Threads {
+                    max: limits.max_threads,
+                });
+            }
+        }
+        let c = self.clients.get_mut(&id).ok_or(Limit::Threads { max: 0 })?;
+        c.buckets.take_new_thread(&limits, now)
     }
 
     /// The `CLIENT_ERROR` checks, in the order DESIGN.md lists them.
@@ -549,6 +631,7 @@ impl Engine {
             None => thread.into(),
         };
         c.committed_own(&thread, seq);
+        self.threads.touch(&thread, at);
         let log = self.conits.entry(thread.clone()).or_default();
         log.push(seq, at);
         let entry = Arc::new(Entry {
@@ -692,6 +775,11 @@ impl Engine {
             &round.group_size,
         );
         self.trim();
+        let idle = self.settings.limits.thread_idle_timeout;
+        self.threads.sweep(now, idle, &self.conits, false);
+        if !self.threads.is_empty() {
+            self.next_wake = self.next_wake.min(self.threads.next_sweep());
+        }
         events
     }
 
@@ -718,10 +806,10 @@ impl Engine {
             self.schedule.retime(id, c, reap);
             return None;
         }
-        let ack_deadline = c.ack_deadline(ack_timeout);
-        if ack_deadline.is_some_and(|d| now >= d) {
-            return Some(DropReason::AckTimeout);
+        if let Some(reason) = must_drop(c, &self.conits, &self.settings, now) {
+            return Some(reason);
         }
+        let ack_deadline = c.ack_deadline(ack_timeout);
         let heartbeat = c.last_update_at.plus(heartbeat_after);
         let cursor = c.delivered;
         let flush = self

@@ -9,6 +9,7 @@
 //! - [`engine`]: the state machine that ties them together.
 //! - [`parts`]: cutting a flush into Updates of bounded size.
 //! - [`policy`]: bounds moved by policies, within operator-set limits.
+//! - [`limits`]: the laggard rule, thread caps and message rate.
 //! - [`schedule`]: which streaming clients are due for a flush, and when.
 
 pub mod admission;
@@ -17,6 +18,7 @@ pub mod client;
 pub mod conit;
 pub mod engine;
 pub mod entry;
+pub mod limits;
 pub mod parts;
 pub mod policy;
 pub mod schedule;

@@ -1,6 +1,7 @@
 //! Every tunable of the consistency core, validated in one place.
 
 use super::bounds::{BoundsError, BoundsTable};
+use super::limits::Limits;
 use std::time::Duration;
 
 /// The tunables the core decides with. Bounds can change while running;
@@ -27,6 +28,8 @@ pub struct Settings {
     /// larger itself; [`Settings::validate`] keeps that below
     /// [`CLIENT_RECEIVE_LIMIT`].
     pub max_update_bytes: usize,
+    /// The thread caps and the message rate (see [`super::limits`]).
+    pub limits: Limits,
 }
 
 impl Default for Settings {
@@ -39,6 +42,7 @@ impl Default for Settings {
             max_message_bytes: 4096,
             max_clock_skew: Duration::from_secs(1),
             max_update_bytes: DEFAULT_UPDATE_BYTES,
+            limits: Limits::default(),
         }
     }
 }
@@ -74,6 +78,12 @@ pub enum SettingsError {
         update: usize,
         limit: usize,
     },
+    #[error("max threads {0} is outside 1..=10000000")]
+    MaxThreads(usize),
+    #[error("thread idle timeout {0:?} is outside 1s..=1d")]
+    ThreadIdleTimeout(Duration),
+    #[error("max messages per second {0} is above 1000000 (0 means no limit)")]
+    MaxMessagesPerSecond(u32),
 }
 
 pub const MAX_HISTORY: usize = 100_000;
@@ -131,6 +141,23 @@ impl Settings {
             });
         }
         self.bounds.default_bounds().validate()?;
+        self.validate_limits()
+    }
+
+    fn validate_limits(&self) -> Result<(), SettingsError> {
+        let l = &self.limits;
+        if !(1..=10_000_000).contains(&l.max_threads) {
+            return Err(SettingsError::MaxThreads(l.max_threads));
+        }
+        let idle = Duration::from_secs(1)..=Duration::from_secs(86_400);
+        if !idle.contains(&l.thread_idle_timeout) {
+            return Err(SettingsError::ThreadIdleTimeout(l.thread_idle_timeout));
+        }
+        if l.max_messages_per_second > 1_000_000 {
+            return Err(SettingsError::MaxMessagesPerSecond(
+                l.max_messages_per_second,
+            ));
+        }
         Ok(())
     }
 }

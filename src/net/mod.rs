@@ -7,9 +7,11 @@
 //! - [`Guarded`]: an accepted connection that holds its slot until dropped
 //!   and fails its reads once it misses its deadline (handshake or idle).
 //! - [`NetMetrics`]: what both report.
+//! - [`rate`]: Connects per second per peer address.
 
 mod guard;
 mod metrics;
+pub mod rate;
 pub mod tls;
 
 pub use guard::{Conn, Guarded, Protocol};

@@ -43,6 +43,9 @@ pub fn status_code(r: &Rejection) -> StatusCode {
         Rejection::Order { .. } => StatusCode::OrderError,
         Rejection::Numerical { .. } => StatusCode::NumericalError,
         Rejection::Internal => StatusCode::InternalError,
+        // Answered as RESOURCE_EXHAUSTED by the service; a MessageStatus is
+        // never sent for it, but if one were, the client is the cause.
+        Rejection::Limited(_) => StatusCode::ClientError,
     }
 }
 

@@ -32,6 +32,10 @@ fn dropped_text(reason: DropReason) -> &'static str {
         DropReason::NeverStreamed => "ReceiveUpdates not started in time",
         DropReason::SlowConsumer => "outbound buffer full: the client stopped reading",
         DropReason::StreamClosed | DropReason::Shutdown => "server is shutting down",
+        DropReason::Laggard => {
+            "laggard: a thread's numerical bound of messages unacknowledged for longer than \
+             the acknowledgement timeout (acknowledge every Update as it arrives)"
+        }
     }
 }
 

@@ -32,7 +32,8 @@ impl GrpcServer {
     ) -> anyhow::Result<GrpcServer> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ChatServerServer<ChatService>>().await;
-        let mut service = ChatService::new(hub.clone(), stop.clone());
+        let mut service = ChatService::new(hub.clone(), stop.clone())
+            .with_connect_rate(config.max_connects_per_second);
         match &config.auth {
             Some(v) => {
                 tracing::info!(keys = %v.source, "authentication on: Connect needs a JWT, names come from it");

@@ -16,6 +16,7 @@ use super::convert;
 use super::error::HubError;
 use super::outbox::{Outbox, UpdateStream};
 use crate::clock::Clock;
+use crate::consistency::limits::Limit;
 use crate::consistency::policy::{BoundsControl, Ceiling, Pinned, Scale};
 use crate::consistency::{
     AckInfo, Batch, ClientId, Decision, DropReason, Engine, Entry, Event, Micros, Rejection, Seq,
@@ -406,6 +407,10 @@ impl Hub {
                 m.messages_accepted.inc()
             }
             Verdict::Accepted { .. } => {}
+            Verdict::Rejected {
+                reason: Rejection::Limited(limit),
+                at,
+            } => self.count_limit(limit, at, origin.client),
             Verdict::Rejected { reason, .. } => m
                 .messages_rejected
                 .with_label_values(&[reason.reason()])
@@ -419,6 +424,14 @@ impl Hub {
         }
         self.observe_ack(decision.ack);
         submitted
+    }
+
+    /// Counts (and logs, at most once a second) a message refused by a limit.
+    fn count_limit(&self, limit: Limit, at: Micros, client: ClientId) {
+        if let Some(unlogged) = self.metrics.limits.refused(limit.label(), at.0) {
+            let client = redacted(client);
+            tracing::warn!(%client, limit = limit.label(), %limit, unlogged, "message refused by a limit");
+        }
     }
 
     fn observe_ack(&self, info: Option<AckInfo>) {
@@ -805,6 +818,10 @@ impl Hub {
         let bounds = g.engine.settings().bounds.clone();
         let numerical = g.engine.numerical_errors();
         let head = g.engine.durable();
+        self.metrics
+            .limits
+            .threads
+            .set(g.engine.thread_count() as i64);
         let mut lags: Vec<(u64, f64, u64)> = Vec::new();
         let mut snap = Snapshot {
             clients_active: g.engine.streaming_clients(),

@@ -111,6 +111,9 @@ pub struct Config {
     pub load_policy: policies::LoadSetting,
     /// The server's clock: the system clock, unless a test brings its own.
     pub clock: crate::clock::Clock,
+    /// Connects one peer address may make per second (bursts of five
+    /// seconds' worth); 0: no limit.
+    pub max_connects_per_second: u32,
 }
 
 /// Default HTTP/2 streams per connection: a client needs one for its
@@ -151,6 +154,7 @@ impl Default for Config {
             ready_file: None,
             load_policy: policies::LoadSetting::default(),
             clock: crate::clock::Clock::system(),
+            max_connects_per_second: crate::net::rate::DEFAULT_CONNECTS_PER_SECOND,
         }
     }
 }

@@ -8,6 +8,7 @@ use super::outbox::UpdateStream;
 use super::propagation::parent_context;
 use crate::auth::{AuthMetrics, Verifier};
 use crate::consistency::{Decision, DropReason, Rejection, Verdict};
+use crate::net::rate::ConnectLimiter;
 use crate::proto::chat_server_server::ChatServer;
 use crate::proto::{
     Acknowledgement, Client, ConnectionStarter, MAX_NAME_CHARS, MessageStatus, NAME_HEADER,
@@ -86,6 +87,8 @@ pub struct ChatService {
     shutdown: CancellationToken,
     /// Checks `Connect`'s bearer token, when authentication is on.
     auth: Option<(Arc<Verifier>, AuthMetrics)>,
+    /// Connects per second per peer address, when limited.
+    connects: Option<ConnectLimiter>,
 }
 
 impl ChatService {
@@ -94,7 +97,29 @@ impl ChatService {
             hub,
             shutdown,
             auth: None,
+            connects: None,
         }
+    }
+
+    /// Limits each peer address to `per_second` Connects (0: no limit).
+    pub fn with_connect_rate(mut self, per_second: u32) -> Self {
+        self.connects = ConnectLimiter::new(per_second);
+        self
+    }
+
+    /// The Connect rate of the peer's address.
+    fn check_connect_rate(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Status> {
+        let (Some(limiter), Some(peer)) = (&self.connects, peer) else {
+            return Ok(());
+        };
+        let now = self.hub.now();
+        limiter.check(peer.ip(), now).map_err(|refused| {
+            let limits = &self.hub.metrics().limits;
+            if let Some(unlogged) = limits.refused("connects_per_second", now.0) {
+                tracing::warn!(peer = %peer.ip(), reason = %refused, unlogged, "Connect refused by a limit");
+            }
+            Status::resource_exhausted(refused.to_string())
+        })
     }
 
     /// Requires a valid bearer token on `Connect`.
@@ -225,9 +250,24 @@ impl From<HubError> for Status {
             HubError::UnknownClient => Status::not_found(message),
             HubError::AlreadyStreaming => Status::already_exists(message),
             HubError::BadAcknowledgement(_) => Status::invalid_argument(message),
-            HubError::Dropped(DropReason::SlowConsumer) => Status::resource_exhausted(message),
+            HubError::Dropped(DropReason::SlowConsumer | DropReason::Laggard) => {
+                Status::resource_exhausted(message)
+            }
             HubError::Dropped(_) => Status::unavailable(message),
         }
+    }
+}
+
+/// A decision refused by a resource limit, as the gRPC status it is
+/// answered with: `RESOURCE_EXHAUSTED` and the reason (the wire's
+/// `MessageStatus` codes have no place for a limit).
+fn limit_status(d: &Decision) -> Option<Status> {
+    match d.verdict {
+        Verdict::Rejected {
+            reason: Rejection::Limited(limit),
+            ..
+        } => Some(Status::resource_exhausted(limit.to_string())),
+        _ => None,
     }
 }
 
@@ -293,6 +333,7 @@ impl ChatServer for ChatService {
         let started = Instant::now();
         let span = self.span("ChatServer/Connect", "Connect", request.metadata());
         let result = span.in_scope(|| {
+            self.check_connect_rate(request.remote_addr())?;
             let name = self.connecting_name(request.metadata(), request.remote_addr())?;
             let (id, _name, now) = self.hub.connect(name)?;
             Ok(Response::new(ServerInfo {
@@ -359,6 +400,11 @@ impl ChatServer for ChatService {
         let sent_at = sub.timestamp;
         let submitted = span.in_scope(|| self.hub.submit(sub));
         let decision = settle(&self.hub, submitted).await;
+        if let Some(status) = limit_status(&decision) {
+            let result = Err(status);
+            self.finish("SendMessage", started, &span, &result);
+            return result;
+        }
         let at = match decision.verdict {
             Verdict::Accepted { at, .. } | Verdict::Rejected { at, .. } => at,
         };
@@ -412,7 +458,11 @@ impl ChatServer for ChatService {
                         Ok(None) => break,
                         Err(status) => Err(status),
                     };
-                    let failed = item.is_err();
+                    // A limit ends the stream: nothing after it is decided.
+                    let failed = match &item {
+                        Ok(s) => limit_status(&s.decision).is_some(),
+                        Err(_) => true,
+                    };
                     if tx.send(item).await.is_err() || failed {
                         break;
                     }
@@ -425,6 +475,9 @@ impl ChatServer for ChatService {
             let hub = hub_for_statuses.clone();
             async move {
                 let decision = settle(&hub, item?).await;
+                if let Some(status) = limit_status(&decision) {
+                    return Err(status);
+                }
                 let counter = match decision.verdict {
                     Verdict::Accepted { .. } => &totals.accepted,
                     Verdict::Rejected { .. } => &totals.rejected,

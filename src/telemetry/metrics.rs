@@ -75,6 +75,8 @@ pub struct Metrics {
     pub storage: StorageMetrics,
     /// What the policies measure and decide.
     pub policy: PolicyMetrics,
+    /// Refusals by the resource limits, and the threads held.
+    pub limits: super::limits::LimitMetrics,
 }
 
 /// The policies' signals and decisions (`chat_policy_*`) and the flush
@@ -476,6 +478,7 @@ impl Metrics {
             client_lag: gauge_vec(&r, CLIENT_LAG, &["client"]),
             storage: StorageMetrics::new(&r),
             policy: PolicyMetrics::new(&r),
+            limits: super::limits::LimitMetrics::new(&r),
             registry: r,
         }
     }

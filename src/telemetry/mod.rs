@@ -2,9 +2,11 @@
 //!
 //! - [`metrics`]: the Prometheus registry and every `chat_*` metric (the
 //!   registry is created per server and passed in; nothing is global).
+//! - [`limits`]: the resource limits' refusals and the threads held.
 //! - [`tracing_setup`]: the log subscriber, its runtime-adjustable filter,
 //!   and the optional OTLP trace pipeline (its gRPC exporter is built in
 //!   `crate::server::otlp`).
 
+pub mod limits;
 pub mod metrics;
 pub mod tracing_setup;

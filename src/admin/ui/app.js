@@ -23,6 +23,7 @@
     ['ack_timeout', 'Acknowledgement timeout'],
     ['never_streamed', 'Never streamed'],
     ['slow_consumer', 'Slow consumer (buffer full)'],
+    ['laggard', 'Laggard (never caught up)'],
     ['stream_closed', 'Stream closed by the client'],
     ['shutdown', 'Server shutdown'],
   ];

@@ -57,6 +57,7 @@ impl Engine {
             c.remember_accepted(n, &thread, &entry.contents, seq, at);
             c.committed_own(&thread, seq);
         }
+        self.threads.touch(&thread, at);
         self.conits.entry(thread.clone()).or_default().push(seq, at);
         self.window.push_back(Arc::new(Entry { thread, ..entry }));
         self.head = seq;
