@@ -397,6 +397,35 @@ def overview():
                 (f"max by (method) (instance_method_quantile:chat_rpc_duration_seconds:histogram_quantile{{{F}}})",
                  "{{method}}"),
             ), unit="s", width=8),
+            row("Cluster (--storage nats)"),
+            timeseries("JetStream publish p99", "Publish to JetStream's acknowledgement (stored on a quorum), "
+                       "99th percentile: every OK waits for it. About 1 ms on a healthy loopback cluster; "
+                       "seconds during a stream leader election. Empty on a single node.", targets(
+                (f"max by (instance) (instance_quantile:chat_nats_publish_seconds:histogram_quantile{{{F}}})",
+                 "{{instance}}"),
+            ), unit="s", width=8),
+            timeseries("Publish errors and resends", "Failed publish attempts by kind, and publishes sent "
+                       "again with the same Nats-Msg-Id (stored once); order conflicts are publishes refused "
+                       "because their thread moved on, then decided again.", targets(
+                (f"sum by (kind) (rate(chat_nats_publish_errors_total{{{F}}}[$__rate_interval]))", "error {{kind}}"),
+                (f"sum(rate(chat_nats_publish_retries_total{{{F}}}[$__rate_interval]))", "resent"),
+                (f"sum(rate(chat_nats_order_conflicts_total{{{F}}}[$__rate_interval]))", "order conflicts"),
+            ), unit="ops", width=8),
+            timeseries("Commit to apply p99 vs staleness", "Time from a commit being stored in the stream to "
+                       "this node applying it, 99th percentile, beside the default staleness bound it eats into.",
+                       targets(
+                (f"max by (instance) (instance_quantile:chat_nats_apply_delay_seconds:histogram_quantile{{{F}}})",
+                 "{{instance}}"),
+                (f'max(chat_bound{{{F}, bound="staleness_seconds", tier="default"}})', "staleness bound"),
+            ), unit="s", width=8),
+            timeseries("Consumer lag", "Stream commits each node has not applied yet (probed every 500 ms).",
+                       targets(
+                (f"max by (instance) (chat_nats_consumer_lag_messages{{{F}}})", "{{instance}}"),
+            ), width=12),
+            timeseries("Ready", "1 while the node can commit (its log answers and it has caught up with the "
+                       "stream); /readyz answers 503 while 0.", targets(
+                (f"min by (instance) (chat_storage_healthy{{{F}}})", "{{instance}}"),
+            ), width=12),
             row("Process"),
             timeseries("CPU", "CPU time used, in cores.", targets(
                 (f"sum by (instance) (rate(process_cpu_seconds_total{{{F}}}[$__rate_interval]))", "{{instance}}"),

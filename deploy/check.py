@@ -18,6 +18,8 @@ with each other and with the server.
 - Dockerfile: a cargo builder stage and a slim runtime stage that copies the
   binary, without protoc.
 - systemd: the unit starts `dyconit-chat serve`.
+- cluster: docker-compose.cluster.yml, prometheus.cluster.yml and
+  kubernetes/cluster/ agree (see `cluster()`).
 """
 
 import pathlib
@@ -165,6 +167,71 @@ def compose():
           "Grafana needs one default prometheus data source at http://prometheus:9090")
 
 
+def cluster():
+    """The cluster files: docker-compose.cluster.yml (3 NATS servers with
+    JetStream and monitoring, an exporter scraping each, 2+ chat nodes on
+    all three with --storage nats), prometheus.cluster.yml (scrapes every
+    chat node under the alerts' job and every exporter), and
+    kubernetes/cluster/ (chat nodes on NATS, probes, monitor, kustomization)."""
+    docs = load_all(DEPLOY / "docker-compose.cluster.yml")
+    if not check(docs, "docker-compose.cluster.yml is empty"):
+        return
+    services = docs[0]["services"]
+    nats = sorted(n for n in services if re.fullmatch(r"nats-\d", n))
+    chats = sorted(n for n in services if re.fullmatch(r"chat-\d", n))
+    exporters = sorted(n for n in services if n.startswith("nats-exporter-"))
+    check(len(nats) == 3, f"compose cluster: {len(nats)} NATS servers, need 3")
+    check(len(chats) >= 2, f"compose cluster: {len(chats)} chat nodes, need 2 or more")
+    for n in nats:
+        args = services[n]["command"]
+        check("-js" in args and "-m" in args and "--cluster_name" in args,
+              f"compose {n}: needs -js, -m (monitoring) and --cluster_name: {args}")
+        routes = args[args.index("--routes") + 1] if "--routes" in args else ""
+        check(all(f"nats://{m}:6222" in routes for m in nats), f"compose {n}: routes {routes!r}")
+    monitored = {c.rsplit("/", 1)[-1].split(":")[0] for e in exporters for c in services[e]["command"]
+                 if c.startswith("http://")}
+    check(monitored == set(nats), f"compose cluster: exporters watch {sorted(monitored)}, not {nats}")
+    for c in chats:
+        env = services[c]["environment"]
+        check(env.get("DYCONIT_STORAGE") == "nats", f"compose {c}: DYCONIT_STORAGE is not nats")
+        urls = env.get("DYCONIT_NATS_URL", "")
+        check(all(f"nats://{n}:4222" in urls for n in nats), f"compose {c}: DYCONIT_NATS_URL {urls!r}")
+        check("DYCONIT_ADMIN_TOKEN" in env, f"compose {c}: admin on 0.0.0.0 needs DYCONIT_ADMIN_TOKEN")
+    prom = services.get("prometheus", {})
+    check("--config.file=/etc/prometheus/prometheus.cluster.yml" in prom.get("command", []),
+          "compose cluster prometheus must run prometheus.cluster.yml")
+    cfg = yaml.safe_load((DEPLOY / "prometheus/prometheus.cluster.yml").read_text())
+    targets = {j["job_name"]: [t for sc in j["static_configs"] for t in sc["targets"]]
+               for j in cfg["scrape_configs"]}
+    check(targets.get(JOB) == [f"{c}:9090" for c in chats],
+          f"prometheus.cluster.yml job {JOB} targets {targets.get(JOB)} != the chat nodes")
+    check(sorted(t.split(":")[0] for t in targets.get("nats", [])) == exporters,
+          "prometheus.cluster.yml job nats must scrape every exporter")
+    check(cfg.get("rule_files") == ["rules/*.yml"], "prometheus.cluster.yml must load rules/*.yml")
+
+    k8s = DEPLOY / "kubernetes/cluster"
+    kinds = {}
+    for path in sorted(k8s.glob("*.yaml")):
+        for d in load_all(path):
+            kinds[d.get("kind")] = d
+    kust = kinds.get("Kustomization")
+    if check(kust, "kubernetes/cluster: no kustomization.yaml"):
+        files = {p.name for p in k8s.glob("*.yaml")} - {"kustomization.yaml", "nats-values.yaml"}
+        check(set(kust["resources"]) == files, f"kubernetes/cluster: kustomization lists {kust['resources']}")
+    dep = kinds.get("Deployment")
+    if check(dep, "kubernetes/cluster: no Deployment"):
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in c.get("env", [])}
+        check(env.get("DYCONIT_STORAGE", {}).get("value") == "nats", "kubernetes/cluster: storage is not nats")
+        check(env.get("DYCONIT_NATS_URL", {}).get("value", "").startswith("nats://"),
+              "kubernetes/cluster: DYCONIT_NATS_URL missing")
+        check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz",
+              "kubernetes/cluster: the readiness probe must GET /readyz")
+    values = load_all(k8s / "nats-values.yaml")
+    check(values and values[0]["config"]["jetstream"]["enabled"] and values[0]["config"]["cluster"]["replicas"] >= 3,
+          "nats-values.yaml: JetStream on a cluster of 3+")
+
+
 def dockerfile():
     text = (REPO / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M | re.I)
@@ -194,12 +261,13 @@ def systemd():
 def main():
     kubernetes()
     compose()
+    cluster()
     dockerfile()
     systemd()
     if problems:
         print("deploy check FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    print("deploy check: kubernetes, compose, grafana provisioning, Dockerfile and systemd agree")
+    print("deploy check: kubernetes, compose, the cluster files, grafana provisioning, Dockerfile and systemd agree")
     return 0
 
 

@@ -3,11 +3,13 @@
 //! ES256). The display name comes from the token. No transport types here:
 //! the service maps [`AuthError`] to its status.
 
+use crate::access::{ThreadAccess, ThreadsClaim};
 use anyhow::Context;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Clock difference tolerated on `exp` and `nbf`, in seconds.
@@ -28,6 +30,17 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Per-thread permissions (see [`crate::access`]); none: every thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<ThreadsClaim>,
+}
+
+/// Who a valid token names, and what it may read and write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    /// `None`: every thread (the token has no `threads` claim).
+    pub access: Option<Arc<ThreadAccess>>,
 }
 
 /// Why a token was refused; the text is the reason the client is told.
@@ -145,6 +158,12 @@ impl Verifier {
     /// The user a `Bearer` token names, or why it is refused. `bearer` is
     /// the value of the `authorization` metadata, if any.
     pub fn verify(&self, bearer: Option<&str>) -> Result<String, AuthError> {
+        self.identify(bearer).map(|i| i.name)
+    }
+
+    /// The user a `Bearer` token names and the threads it grants, or why it
+    /// is refused.
+    pub fn identify(&self, bearer: Option<&str>) -> Result<Identity, AuthError> {
         let token = bearer
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
@@ -177,13 +196,21 @@ impl Verifier {
             _ => AuthError::Malformed(e.to_string()),
         })?;
         let c = data.claims;
-        c.name
+        let access = match &c.threads {
+            None => None,
+            Some(claim) => Some(Arc::new(
+                ThreadAccess::from_claim(claim).map_err(|e| AuthError::Malformed(e.to_string()))?,
+            )),
+        };
+        let name = c
+            .name
             .or(c.sub)
             .filter(|n| {
                 let chars = n.chars().count();
                 (1..=MAX_NAME_CHARS).contains(&chars) && !n.chars().any(char::is_control)
             })
-            .ok_or(AuthError::NoName)
+            .ok_or(AuthError::NoName)?;
+        Ok(Identity { name, access })
     }
 }
 
@@ -226,6 +253,16 @@ impl AuthMetrics {
 /// An HS256 token for `name`, valid for `ttl` from now (the `token`
 /// command: for development and scripts).
 pub fn hs256_token(secret: &[u8], name: &str, ttl: Duration) -> anyhow::Result<String> {
+    hs256_token_with(secret, name, ttl, None)
+}
+
+/// [`hs256_token`] with a `threads` claim (none: every thread).
+pub fn hs256_token_with(
+    secret: &[u8],
+    name: &str,
+    ttl: Duration,
+    threads: Option<ThreadsClaim>,
+) -> anyhow::Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let claims = Claims {
         name: Some(name.to_owned()),
@@ -233,6 +270,7 @@ pub fn hs256_token(secret: &[u8], name: &str, ttl: Duration) -> anyhow::Result<S
         exp: now + ttl.as_secs().max(1),
         nbf: Some(now),
         iat: Some(now),
+        threads,
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -283,6 +321,7 @@ mod tests {
             exp,
             nbf,
             iat: None,
+            threads: None,
         };
         let expired = token(&claims(now() - 60, None, Some("a")), SECRET);
         assert_eq!(v.verify(Some(&expired)), Err(AuthError::Expired));

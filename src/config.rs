@@ -3,7 +3,8 @@
 //! variable, then the config file, then the built-in default.
 
 use crate::consistency::bounds::BoundsOverride;
-use crate::consistency::policy::LoadConfig;
+use crate::consistency::interest::InterestConfig;
+use crate::consistency::policy::{LoadConfig, SizeConfig};
 use crate::consistency::{Bounds, BoundsTable, Settings};
 use crate::log::nats::NatsOptions;
 use crate::log::sqlite::Retention;
@@ -177,9 +178,22 @@ pub struct ServeArgs {
     /// max_numerical), and narrows them back when the pressure passes
     #[arg(long, env = "DYCONIT_LOAD_POLICY")]
     pub load_policy: bool,
+    /// Turn the interest policy on: a client is flushed at a thread's own
+    /// staleness only on threads it takes part in (wrote to within the last
+    /// 60s, or its latest message went to), and at 10x the staleness on the
+    /// others, so a member of one busy room among many gets far fewer
+    /// Updates ([policy.interest] sets window, recent, factor)
+    #[arg(long, env = "DYCONIT_INTEREST_POLICY")]
+    pub interest_policy: bool,
+    /// Turn the size policy on: a thread's staleness and numerical grow
+    /// with its active readers (clients that wrote to it within the last
+    /// 60s or last wrote there), 2x per tenfold above 10 readers, at most
+    /// 8x ([policy.size] sets from, per_decade, max_factor)
+    #[arg(long, env = "DYCONIT_SIZE_POLICY")]
+    pub size_policy: bool,
     /// TOML config file: any of the settings of this command (snake_case keys), plus
     /// per-thread bounds in [threads."<id>"] tables and policy settings in
-    /// [policy.load]
+    /// [policy.load], [policy.interest] and [policy.size]
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     // The flattened groups come last: each sets the help heading of every
@@ -329,6 +343,60 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     pub load: Option<LoadPolicyFile>,
+    pub interest: Option<InterestPolicyFile>,
+    pub size: Option<SizePolicyFile>,
+}
+
+/// `[policy.size]`: present means on unless `enabled = false`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizePolicyFile {
+    pub enabled: Option<bool>,
+    pub from: Option<u64>,
+    pub per_decade: Option<f64>,
+    pub max_factor: Option<f64>,
+}
+
+impl SizePolicyFile {
+    /// The policy from this table (`None`: off), switched on by `flag` too.
+    fn setting(&self, flag: bool) -> anyhow::Result<Option<SizeConfig>> {
+        let d = SizeConfig::default();
+        let config = SizeConfig {
+            from: self.from.unwrap_or(d.from),
+            per_decade: self.per_decade.unwrap_or(d.per_decade),
+            max_factor: self.max_factor.unwrap_or(d.max_factor),
+        };
+        config.validate().context("invalid [policy.size]")?;
+        Ok((flag || self.enabled.unwrap_or(true)).then_some(config))
+    }
+}
+
+/// `[policy.interest]`: present means on unless `enabled = false`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterestPolicyFile {
+    pub enabled: Option<bool>,
+    #[serde(
+        default,
+        with = "crate::consistency::bounds::humantime_serde_compat::option"
+    )]
+    pub window: Option<Duration>,
+    pub recent: Option<usize>,
+    pub factor: Option<f64>,
+}
+
+impl InterestPolicyFile {
+    /// The policy from this table (`None`: off), switched on by `flag` too.
+    fn setting(&self, flag: bool) -> anyhow::Result<Option<InterestConfig>> {
+        let d = InterestConfig::default();
+        let config = InterestConfig {
+            window: self.window.unwrap_or(d.window),
+            recent: self.recent.unwrap_or(d.recent),
+            factor: self.factor.unwrap_or(d.factor),
+        };
+        config.validate().context("invalid [policy.interest]")?;
+        Ok((flag || self.enabled.unwrap_or(true)).then_some(config))
+    }
 }
 
 /// `[policy.load]`: present means on unless `enabled = false`.
@@ -443,6 +511,22 @@ impl ServeArgs {
         })
     }
 
+    /// The interest policy: `--interest-policy` and `[policy.interest]`.
+    fn interest_policy(&self, file: &FileConfig) -> anyhow::Result<Option<InterestConfig>> {
+        match &file.policy.interest {
+            Some(table) => table.setting(self.interest_policy),
+            None => Ok(self.interest_policy.then(InterestConfig::default)),
+        }
+    }
+
+    /// The size policy: `--size-policy` and `[policy.size]`.
+    fn size_policy(&self, file: &FileConfig) -> anyhow::Result<Option<SizeConfig>> {
+        match &file.policy.size {
+            Some(table) => table.setting(self.size_policy),
+            None => Ok(self.size_policy.then(SizeConfig::default)),
+        }
+    }
+
     pub fn resolve(&self) -> anyhow::Result<Resolved> {
         let file = match &self.config {
             Some(path) => {
@@ -464,6 +548,8 @@ impl ServeArgs {
         }
         let retention = self.retention(&file)?;
         let load_policy = self.load_policy(&file)?;
+        let interest_policy = self.interest_policy(&file)?;
+        let size_policy = self.size_policy(&file)?;
         let storage = self.storage.or(file.storage).unwrap_or_default();
         let (grpc_limits, admin_limits, max_streams_per_connection) =
             self.connection_limits(&file, &dc)?;
@@ -511,6 +597,8 @@ impl ServeArgs {
                 auth,
                 ready_file: self.ready_file.clone(),
                 load_policy,
+                interest_policy,
+                size_policy,
                 max_connects_per_second,
                 ..dc
             },

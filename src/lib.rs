@@ -6,6 +6,7 @@
 //! - [`log`]: the ordered message log behind one trait.
 //! - [`admin`]: the admin HTTP port (started by [`node::run`]).
 //! - [`auth`]: JWT authentication of `Connect`.
+//! - [`access`]: per-thread read and write permissions from a token.
 //! - [`client`]: the client library.
 //! - [`clock`]: the wall clock, read in one place; the server's is injectable.
 //! - [`config`]: command-line flags and the TOML config file.
@@ -15,6 +16,7 @@
 //! - [`net`]: connection caps, accept backoff and deadlines of both ports.
 //! - [`sys`]: file-descriptor limit and /proc figures.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod bench;

@@ -51,14 +51,31 @@ struct TokenArgs {
     /// How long the token is valid (e.g. 30m, 12h, 7d)
     #[arg(long, value_name = "DUR", default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: std::time::Duration,
+    /// Threads the token may read: an id, a prefix ending in `*`, or `*`
+    /// (repeatable). With --read or --write the token carries a `threads`
+    /// claim and grants only what is listed; without both, every thread
+    #[arg(long, value_name = "PATTERN")]
+    read: Vec<String>,
+    /// Threads the token may write (repeatable; as --read)
+    #[arg(long, value_name = "PATTERN")]
+    write: Vec<String>,
 }
 
 /// `dyconit-chat token`: the token on stdout.
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let secret = dyconit_chat::auth::read_secret(&args.secret_file)?;
+    let threads = (!args.read.is_empty() || !args.write.is_empty()).then(|| {
+        dyconit_chat::access::ThreadsClaim {
+            read: args.read.clone(),
+            write: args.write.clone(),
+        }
+    });
+    if let Some(claim) = &threads {
+        dyconit_chat::access::ThreadAccess::from_claim(claim)?;
+    }
     println!(
         "{}",
-        dyconit_chat::auth::hs256_token(&secret, &args.name, args.ttl)?
+        dyconit_chat::auth::hs256_token_with(&secret, &args.name, args.ttl, threads)?
     );
     Ok(())
 }

@@ -145,6 +145,12 @@ pub async fn run(
     let ready = admin::Readiness::default();
     let scheduler = tokio::spawn(server::scheduler::run(hub.clone(), stop.clone()));
     let policies = Policies::new(config.load_policy, &hub);
+    if config.interest_policy.is_some() {
+        policies.set_interest(config.interest_policy, &hub, "config");
+    }
+    if config.size_policy.is_some() {
+        policies.set_size(config.size_policy, &hub, "config");
+    }
     let policy_task = tokio::spawn(server::policies::run(
         policies.clone(),
         hub.clone(),

@@ -40,7 +40,7 @@ async fn default_numerical(admin: SocketAddr) -> u64 {
 }
 
 #[tokio::test]
-async fn client_listings_are_capped_paged_and_need_the_token_beyond_the_laggards() {
+async fn client_listings_are_capped_paged_and_need_the_token() {
     let mut cfg = config(100, 256, 32);
     cfg.admin_token = Some("s3cret".into());
     let server = TestServer::start(cfg).await;
@@ -64,17 +64,32 @@ async fn client_listings_are_capped_paged_and_need_the_token_beyond_the_laggards
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body["error"].is_string(), "{path}: {body}");
     }
-    // Without the token: the 20 laggiest, no further.
-    let (status, body) = get("/api/v1/clients?limit=10", None).await;
+    // Without the token (or with a wrong one): no listing at all, not even
+    // the laggiest few.
+    for path in [
+        "/api/v1/clients",
+        "/api/v1/clients?limit=1",
+        "/api/v1/clients?offset=20",
+    ] {
+        let (status, body) = get(path, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("token"));
+        assert_eq!(get(path, Some("wrong")).await.0, 401);
+    }
+    let (status, body) = get("/api/v1/clients?limit=10", Some("s3cret")).await;
     assert_eq!(
         (status, body["clients"].as_array().unwrap().len()),
         (200, 10)
     );
     assert_eq!(body["total"], 25);
-    let (status, body) = get("/api/v1/clients?limit=21", None).await;
-    assert_eq!(status, 401, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("token"));
-    assert_eq!(get("/api/v1/clients?offset=20", None).await.0, 401);
+    // An offset near the top of the range is an empty page, not a panic.
+    let (status, body) = get(
+        "/api/v1/clients?offset=18446744073709551615&limit=20",
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["clients"].as_array().unwrap().len(), 0);
     // With it: page through everything.
     let (_, page) = get("/api/v1/clients?limit=20", Some("s3cret")).await;
     assert_eq!(page["next_offset"], 20);
@@ -188,4 +203,29 @@ async fn the_openapi_document_declares_security_only_with_a_token() {
     let clients = &doc["paths"]["/api/v1/clients"]["get"];
     assert!(clients["responses"]["400"].is_object() && clients["responses"]["401"].is_object());
     assert_eq!(clients["parameters"][0]["schema"]["maximum"], 1000);
+}
+
+/// Schemathesis found an unknown field accepted when its value was null;
+/// the schema allows null only for the bound fields.
+#[tokio::test]
+async fn an_unknown_field_is_refused_even_when_null() {
+    let server = TestServer::start(config(100, 256, 32)).await;
+    for (path, body) in [
+        ("/api/v1/bounds/default", r#"{"order": 5, "": null}"#),
+        ("/api/v1/bounds/threads/t", r#"{"order": 5, "x": null}"#),
+    ] {
+        let (status, body) = http_json(server.admin, "PUT", path, None, Some(body)).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("unknown field"));
+    }
+    // Null still keeps a bound field's value.
+    let (status, body) = http_json(
+        server.admin,
+        "PUT",
+        "/api/v1/bounds/default",
+        None,
+        Some(r#"{"order": 5, "numerical": null}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }

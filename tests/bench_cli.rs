@@ -140,6 +140,42 @@ fn streamed_sends_over_shared_connections_reach_every_client() {
     assert_eq!(r["config"]["connections"], 2);
 }
 
+/// The interest workload: Zipf traffic, each client writing to its one
+/// thread, against a server with the interest policy on. Every message
+/// still reaches every client; the report adds the latency on each
+/// client's own thread.
+#[test]
+fn zipf_traffic_with_one_active_thread_per_client_reaches_every_client() {
+    let r = bench(
+        "interest",
+        &[
+            "--clients",
+            "30",
+            "--rate",
+            "300",
+            "--threads",
+            "10",
+            "--zipf",
+            "1",
+            "--active-threads-per-client",
+            "1",
+            "--duration",
+            "2s",
+            "--ramp-up",
+            "300ms",
+            "--staleness",
+            "1s",
+            "--server-arg=--interest-policy",
+        ],
+    );
+    assert_consistent(&r, 30);
+    assert_eq!(r["config"]["zipf"], 1.0);
+    assert_eq!(r["config"]["active_threads_per_client"], 1);
+    let own = n(&r, &["own_thread_latency", "count"]);
+    // A client's own thread carries some of what it receives, not all.
+    assert!(own > 0 && own < n(&r, &["latency", "count"]), "{r}");
+}
+
 #[test]
 fn send_only_writers_do_not_stream_and_readers_get_everything() {
     let r = bench(

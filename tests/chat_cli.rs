@@ -428,3 +428,48 @@ fn help_documents_commands_and_exit_codes_and_bad_flags_fail_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid server address"));
 }
+
+#[test]
+fn with_several_servers_send_and_follow_use_the_next_one_that_answers() {
+    let mut a = server(&["--staleness=50ms"]);
+    let b = server(&["--staleness=50ms"]);
+    let list = format!("{},{}", a.url, b.url);
+    let mut child = Command::new(EXE)
+        .args(["chat", "--server", &list, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains(&format!("connected to {}", a.url)), "{line}");
+    // The first server dies: --follow goes on at the second.
+    a.kill().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "stderr ended");
+        if line.contains(&format!("reconnected to {}", b.url)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnect to the next server");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    // --send with the dead server first in the list reaches the second.
+    let out = send(&list, "bob", "", "after", &[]);
+    assert!(out.status.success(), "{out:?}");
+    let got = rx.recv_timeout(Duration::from_secs(10)).expect("a line");
+    let v: serde_json::Value = serde_json::from_str(&got).expect("JSON");
+    assert_eq!(v["contents"], "after");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -103,3 +103,57 @@ async fn an_application_that_stops_taking_updates_holds_at_most_the_queue() {
     );
     assert_eq!(reader.updates_consumed(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_client_skips_a_dead_node_and_moves_on_when_its_node_dies() {
+    use dyconit_chat::bench::server::SpawnedServer;
+    use dyconit_chat::client::{ConnectOptions, FailoverClient};
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_dyconit-chat"));
+    let args = ["--storage=memory".to_owned()];
+    let mut a = SpawnedServer::start(exe, &args).await.unwrap();
+    let b = SpawnedServer::start(exe, &args).await.unwrap();
+    // Nothing listens on port 1: the client goes on to the next URL.
+    let urls = [
+        "http://127.0.0.1:1".to_owned(),
+        a.url.clone(),
+        b.url.clone(),
+    ];
+    let c = FailoverClient::connect(&urls, Some("carol"), &ConnectOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(c.server(), a.url);
+    let mut sub = c.subscribe().await.unwrap();
+    assert_eq!(c.send("", "on a").await.unwrap().status, StatusCode::Ok);
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &String| m == "on a") {
+        let r = sub.next_within(Duration::from_secs(10)).await;
+        got.extend(
+            r.expect("an update")
+                .unwrap()
+                .update
+                .message
+                .into_iter()
+                .map(|m| m.contents),
+        );
+    }
+    a.kill().unwrap();
+    // The send and the subscription move to b (one failover between them).
+    assert_eq!(c.send("", "on b").await.unwrap().status, StatusCode::Ok);
+    assert_eq!(c.server(), b.url);
+    assert_eq!(c.failovers(), 1);
+    // (Two single servers: b's history does not have "on a".)
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &String| m == "on b") {
+        let r = sub
+            .next_within(Duration::from_secs(10))
+            .await
+            .expect("an update")
+            .expect("the stream goes on");
+        got.extend(r.update.message.into_iter().map(|m| m.contents));
+    }
+    assert_eq!(
+        c.failovers(),
+        1,
+        "the subscription followed, not failed over again"
+    );
+}

@@ -29,6 +29,8 @@ pub async fn get_policies(State(s): State<AdminState>) -> Json<Value> {
         .collect();
     Json(json!({
         "load": s.policies.load_view(),
+        "interest": s.policies.interest_view(&s.hub),
+        "size": s.policies.size_view(&s.hub),
         "pins": { "default": pinned_json(pins.default), "threads": threads },
     }))
 }

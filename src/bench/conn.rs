@@ -154,6 +154,29 @@ pub async fn connect_many(
     Ok(out)
 }
 
+/// `n` connections spread over `urls` in turn (connection `i` to
+/// `urls[i % urls.len()]`), so that the clients, which take connections in
+/// turn, are spread over the nodes of a cluster too.
+pub async fn connect_spread(
+    urls: &[String],
+    n: usize,
+    tls: Option<TlsConnector>,
+) -> anyhow::Result<Vec<Connection>> {
+    let mut per_url = Vec::with_capacity(urls.len());
+    for (k, url) in urls.iter().enumerate() {
+        let share = n / urls.len() + usize::from(k < n % urls.len());
+        let conns = connect_many(url, share, tls.clone())
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        per_url.push(conns.into_iter());
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.extend(per_url[i % urls.len()].next());
+    }
+    Ok(out)
+}
+
 impl tower_service::Service<http::Request<Body>> for Connection {
     type Response = http::Response<hyper::body::Incoming>;
     type Error = hyper::Error;

@@ -29,6 +29,7 @@ pub mod record;
 pub mod record_run;
 pub mod report;
 pub mod server;
+pub mod threads;
 pub mod wire;
 
 use crate::client::clock::local_micros;
@@ -63,6 +64,10 @@ Examples:
   # W1: 1,000 clients, 200 msg/s over 50 threads, 100-byte messages
   dyconit-chat bench --spawn-server --staleness 500ms --clients 1000 \\
       --rate 200 --threads 50 --size 100 --duration 30s --json w1.json
+  # interest workload: 50 threads, Zipf traffic, each client active in 1,
+  # against a server with the interest policy on
+  dyconit-chat bench --spawn-server --clients 1000 --rate 200 --threads 50 \\
+      --zipf 1 --active-threads-per-client 1 --server-arg=--interest-policy
   # 10,000 idle streaming clients: server memory per client
   dyconit-chat bench --spawn-server --clients 10000 --rate 0 --duration 20s
   # against a running local server (and measure its CPU and memory via
@@ -113,7 +118,10 @@ a compact binary stream; `dyconit-chat check FILE` verifies the run from it.";
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct BenchArgs {
-    /// URL of a running server (http://, or https:// for one with TLS)
+    /// URL of a running server (http://, or https:// for one with TLS).
+    /// Several chat nodes of one cluster as URL,URL,...: the connections are
+    /// spread over them in turn (the server counters, --admin and
+    /// --server-pid are the first node's)
     #[arg(
         long,
         value_name = "URL",
@@ -171,9 +179,19 @@ pub struct BenchArgs {
     /// commits (raise --order)
     #[arg(long, requires = "writers")]
     pub send_only_writers: bool,
-    /// Threads the messages are spread over, uniformly
+    /// Threads the messages are spread over, uniformly (or skewed: --zipf)
     #[arg(long, default_value_t = 1, value_name = "T")]
     pub threads: usize,
+    /// Skew traffic over the threads: thread t gets weight 1/(t+1)^S (S=1:
+    /// a few hot rooms, many quiet ones); 0 spreads it uniformly
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    pub zipf: f64,
+    /// Each client takes part in only N threads (drawn with the --zipf skew,
+    /// so hot rooms have many members) and writes only there; it still
+    /// receives every thread. The report adds the latency on each client's
+    /// own threads. 0: every client writes anywhere
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub active_threads_per_client: usize,
     /// The threads are named PREFIX0, PREFIX1, ...; an empty prefix with one
     /// thread writes to the main room
     #[arg(long, default_value = "bench-", value_name = "PREFIX")]
@@ -291,6 +309,16 @@ impl BenchArgs {
                 crate::consistency::bounds::MAX_THREAD_ID_BYTES
             );
         }
+        if !(self.zipf.is_finite() && (0.0..=10.0).contains(&self.zipf)) {
+            bail!("--zipf must be between 0 and 10");
+        }
+        if self.active_threads_per_client > self.threads {
+            bail!(
+                "--active-threads-per-client {} is above --threads {}",
+                self.active_threads_per_client,
+                self.threads
+            );
+        }
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
@@ -355,6 +383,13 @@ struct Stats {
     latency: Vec<Histogram>,
     /// Scheduled send time -> status received, microseconds.
     send_latency: Histogram,
+    /// Commit -> receive of messages on the receiver's own threads
+    /// (`--active-threads-per-client`), microseconds.
+    own_latency: Histogram,
+    /// Where each message goes, and who takes part where.
+    plan: std::sync::OnceLock<threads::ThreadPlan>,
+    /// Message k carries the id `id_base + k`.
+    id_base: AtomicU64,
     /// The first error seen, for the report.
     first_error: std::sync::Mutex<Option<String>>,
     /// `--record`: where every event goes.
@@ -380,6 +415,9 @@ impl Default for Stats {
             lost: AtomicU64::new(0),
             latency: (0..LATENCY_SHARDS).map(|_| Histogram::default()).collect(),
             send_latency: Histogram::default(),
+            own_latency: Histogram::default(),
+            plan: std::sync::OnceLock::new(),
+            id_base: AtomicU64::new(0),
             first_error: std::sync::Mutex::new(None),
             recording: None,
         }
@@ -447,6 +485,18 @@ fn count_update(update: &wire::UpdateSummary, index: usize, slot: &Slot, stats: 
             .filter(|m| m.id.is_some())
             .map(|m| (now - m.server_time).max(0) as u64),
     );
+    if let Some(plan) = stats.plan.get().filter(|p| p.has_active()) {
+        let base = stats.id_base.load(Ordering::Relaxed);
+        stats.own_latency.record_all(
+            update
+                .messages
+                .iter()
+                .filter(|m| {
+                    m.id.is_some_and(|id| plan.is_own(index, id.wrapping_sub(base)))
+                })
+                .map(|m| (now - m.server_time).max(0) as u64),
+        );
+    }
     slot.delivered.fetch_add(n, Ordering::Relaxed);
     slot.checksum.fetch_add(sum, Ordering::Relaxed);
     stats.deliveries.fetch_add(n, Ordering::Relaxed);
@@ -740,6 +790,10 @@ async fn dispatch(
     // Ids start at a random base, so runs against one server (and the
     // recordings of several bench processes) never share an id.
     let id_base = u64::from(rand::random::<u32>()) << 32;
+    stats.id_base.store(id_base, Ordering::Relaxed);
+    let plan = stats
+        .plan
+        .get_or_init(|| plan_of(args, first_writer, writers));
     let mut tasks = Vec::new();
     let mut streams: Vec<Option<StreamWriter>> = Vec::new();
     if args.mode == SendMode::Stream {
@@ -770,7 +824,7 @@ async fn dispatch(
         while k < due_count {
             let due = start + Duration::from_secs_f64(k as f64 / args.rate);
             let w = first_writer + (k % writers as u64) as usize;
-            let thread = &threads[(mix(k ^ 0x5eed) % args.threads as u64) as usize];
+            let thread = &threads[plan.thread_of(k)];
             let slot = &slots[w];
             let id = id_base.wrapping_add(k);
             k += 1;
@@ -988,7 +1042,7 @@ impl Target {
         match (&self.spawned, &args.admin) {
             (Some(s), _) => s.admin_url.clone(),
             (None, Some(a)) => a.clone(),
-            (None, None) => counters::default_admin(&self.url),
+            (None, None) => counters::default_admin(self.url.split(',').next().unwrap_or_default()),
         }
     }
 
@@ -1016,6 +1070,22 @@ fn make_slots(args: &BenchArgs) -> Arc<Vec<Arc<Slot>>> {
         (0..args.clients + send_only)
             .map(|_| Arc::default())
             .collect(),
+    )
+}
+
+/// The thread layout of the run (see [`threads`]).
+fn plan_of(args: &BenchArgs, first_writer: usize, writers: usize) -> threads::ThreadPlan {
+    let send_only = if args.send_only_writers {
+        args.writers
+    } else {
+        0
+    };
+    threads::ThreadPlan::new(
+        args.threads,
+        args.zipf,
+        args.active_threads_per_client,
+        args.clients + send_only,
+        (first_writer, writers),
     )
 }
 
@@ -1135,10 +1205,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let url = target.url.clone();
     let server_pid = target.spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
     let connections = args.connection_count();
-    let tls = conn::tls_for(&url, args.ca_cert.as_deref())?;
-    let channels = conn::connect_many(&url, connections, tls)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let urls = crate::client::server_list(&url)?;
+    let tls = conn::tls_for(&urls[0], args.ca_cert.as_deref())?;
+    let channels = conn::connect_spread(&urls, connections, tls).await?;
     let baseline = server_pid.and_then(crate::sys::proc_stats);
     let admin = target.admin_url(&args);
     let counters_start = counters::start(&admin).await;

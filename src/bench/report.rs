@@ -58,6 +58,10 @@ pub struct Config {
     pub send_only_writers: bool,
     /// Threads the messages were spread over.
     pub threads: usize,
+    /// Zipf skew of traffic over the threads (0: uniform).
+    pub zipf: f64,
+    /// Threads each client takes part in (0: all).
+    pub active_threads_per_client: usize,
     /// Bytes of contents per message.
     pub message_bytes: usize,
     /// Length of the send window asked for.
@@ -186,6 +190,9 @@ pub struct Report {
     pub latency: Latency,
     /// Scheduled send time -> status received.
     pub send_latency: Latency,
+    /// Commit -> receive of messages on each receiver's own threads, with
+    /// `--active-threads-per-client`.
+    pub own_thread_latency: Option<Latency>,
     /// Messages received without a bench id (other traffic on the server).
     pub foreign_messages: u64,
     /// The server's CPU and memory, when it could be measured.
@@ -264,6 +271,8 @@ impl Config {
             },
             send_only_writers: i.args.send_only_writers,
             threads: i.args.threads,
+            zipf: i.args.zipf,
+            active_threads_per_client: i.args.active_threads_per_client,
             message_bytes: i.args.size,
             duration_s: i.args.duration.as_secs_f64(),
             ramp_up_s: i.args.ramp_up.as_secs_f64(),
@@ -328,6 +337,8 @@ impl Report {
             ack_errors: s.ack_errors.load(Ordering::Relaxed),
             latency: Latency::of(&s.latency()),
             send_latency: Latency::of(&s.send_latency),
+            own_thread_latency: (i.args.active_threads_per_client > 0)
+                .then(|| Latency::of(&s.own_latency)),
             foreign_messages: s.foreign.load(Ordering::Relaxed),
             server,
             generator_cores: a
@@ -388,6 +399,15 @@ impl Report {
                 c.mode
             ),
         );
+        if c.zipf > 0.0 || c.active_threads_per_client > 0 {
+            row(
+                "threads",
+                format!(
+                    "zipf s={}, each client active in {} (0 = all)",
+                    c.zipf, c.active_threads_per_client
+                ),
+            );
+        }
         row(
             "server",
             format!("{} {}", c.server, c.server_args.join(" ")),
@@ -465,6 +485,15 @@ impl Report {
                 l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.count
             ),
         );
+        if let Some(l) = &self.own_thread_latency {
+            row(
+                "  on own threads ms",
+                format!(
+                    "p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}  (n={})",
+                    l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.count
+                ),
+            );
+        }
         let l = &self.send_latency;
         row(
             "send (scheduled->status) ms",

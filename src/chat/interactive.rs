@@ -203,6 +203,9 @@ struct App<'a> {
     link_state: String,
     /// Whether a connection was made before (to say "reconnected").
     was_connected: bool,
+    /// The server of the latest connection: a reconnect tries the next one
+    /// of the `--server` list first.
+    connected_to: Option<String>,
     /// Whether the last connection attempt failed (to report a run of
     /// failures once).
     failing: bool,
@@ -270,6 +273,7 @@ impl App<'_> {
 
     fn connect_in_background(&self) {
         let url = self.args.server.clone();
+        let after = self.connected_to.clone();
         let name = self.args.name.clone();
         let notes = self.notes.clone();
         // A CA file that cannot be read is reported like an unreachable
@@ -286,12 +290,18 @@ impl App<'_> {
                     return;
                 }
             };
-            let result = link::open_retrying(&url, name.as_deref(), &options, |e, wait| {
-                let _ = notes.send(Note::ConnectFailed {
-                    error: e.to_string(),
-                    retry_in: wait,
-                });
-            })
+            let result = link::open_retrying(
+                &url,
+                after.as_deref(),
+                name.as_deref(),
+                &options,
+                |e, wait| {
+                    let _ = notes.send(Note::ConnectFailed {
+                        error: e.to_string(),
+                        retry_in: wait,
+                    });
+                },
+            )
             .await;
             let _ = notes.send(match result {
                 Ok(link) => Note::Connected(Box::new(link)),
@@ -374,7 +384,7 @@ impl App<'_> {
         match note {
             Note::Connected(boxed) => {
                 let link = *boxed;
-                let url = sanitize(&self.args.server);
+                let url = sanitize(&link.url);
                 self.screen.line(&if self.was_connected {
                     format!("-- reconnected to {url} (as a new client)")
                 } else {
@@ -382,12 +392,13 @@ impl App<'_> {
                 });
                 self.was_connected = true;
                 self.failing = false;
-                let host = self.args.server.split("://").last().unwrap_or_default();
+                let host = link.url.split("://").last().unwrap_or_default();
                 self.link_state = format!(
                     "{}@{}",
                     sanitize(self.args.name.as_deref().unwrap_or("(anonymous)")),
                     sanitize(host)
                 );
+                self.connected_to = Some(link.url.clone());
                 self.client = Some(link.client);
                 self.show_status(true);
                 self.screen.prompt(&self.thread);
@@ -589,6 +600,7 @@ pub async fn run(args: &ChatArgs) -> u8 {
         last_rejection: None,
         link_state: "connecting".to_owned(),
         was_connected: false,
+        connected_to: None,
         failing: false,
         notes: notes_tx,
     };

@@ -3,9 +3,6 @@
 //! client whose stream ended, so a reconnect is a new client).
 
 use crate::client::{ChatClient, ClientError, ConnectOptions, Subscription};
-use crate::proto::ReceivedMessage;
-use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 /// A connected, subscribed client.
@@ -14,18 +11,49 @@ pub struct Link {
     pub client: ChatClient,
     /// Its update stream.
     pub sub: Subscription,
+    /// The server it is connected to (one of the `--server` list).
+    pub url: String,
 }
 
-/// Connects and subscribes once (over TLS for an `https://` URL; see
-/// [`ConnectOptions`]).
+/// Connects and subscribes once to the first server of `servers`
+/// (`URL,URL,...`) that answers, starting after `after` if it is one of
+/// them (over TLS for an `https://` URL; see [`ConnectOptions`]). A lost
+/// node refuses connections at once, so trying it costs little; one that
+/// does not answer at all costs the 5 s connect timeout.
 pub async fn open(
+    servers: &str,
+    after: Option<&str>,
+    name: Option<&str>,
+    options: &ConnectOptions,
+) -> Result<Link, ClientError> {
+    let urls = crate::client::server_list(servers)?;
+    let start = after
+        .and_then(|a| urls.iter().position(|u| u == a))
+        .map_or(0, |i| i + 1);
+    let mut last = None;
+    for k in 0..urls.len() {
+        let url = &urls[(start + k) % urls.len()];
+        match open_one(url, name, options).await {
+            Ok(link) => return Ok(link),
+            Err(e) if is_permanent(&e) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("server_list gives at least one URL"))
+}
+
+async fn open_one(
     url: &str,
     name: Option<&str>,
     options: &ConnectOptions,
 ) -> Result<Link, ClientError> {
     let client = ChatClient::connect_with(url, name, options).await?;
     let sub = client.subscribe().await?;
-    Ok(Link { client, sub })
+    Ok(Link {
+        client,
+        sub,
+        url: url.to_owned(),
+    })
 }
 
 /// First wait between reconnection attempts.
@@ -37,14 +65,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// for a reason retrying cannot fix (see [`is_permanent`]). `note` is told
 /// each failure and the wait before the next attempt.
 pub async fn open_retrying(
-    url: &str,
+    servers: &str,
+    after: Option<&str>,
     name: Option<&str>,
     options: &ConnectOptions,
     mut note: impl FnMut(&ClientError, Duration),
 ) -> Result<Link, ClientError> {
     let mut wait = FIRST_BACKOFF;
     loop {
-        match open(url, name, options).await {
+        match open(servers, after, name, options).await {
             Ok(link) => return Ok(link),
             Err(e) if is_permanent(&e) => return Err(e),
             Err(e) => {
@@ -68,38 +97,13 @@ pub fn is_permanent(e: &ClientError) -> bool {
 
 /// Remembers which messages were shown, so that the history a reconnect
 /// replays (a durable server sends its recent messages again) is not shown
-/// twice. Messages come in commit order, so it is enough to remember the
-/// latest commit time and the messages that had it.
-#[derive(Debug, Default)]
-pub struct Seen {
-    /// The latest commit time shown.
-    last_time: i64,
-    /// Fingerprints of the messages shown with commit time `last_time`.
-    at_last: HashSet<u64>,
-}
-
-impl Seen {
-    /// True the first time a message is offered, false for a replay.
-    pub fn fresh(&mut self, m: &ReceivedMessage) -> bool {
-        let t = m.server_time.as_ref().map_or(0, |t| t.timestamp);
-        if t < self.last_time {
-            return false;
-        }
-        let mut h = DefaultHasher::new();
-        (&m.sender, &m.contents, m.thread.as_ref().map(|t| &t.id)).hash(&mut h);
-        let fp = h.finish();
-        if t > self.last_time {
-            self.last_time = t;
-            self.at_last.clear();
-        }
-        self.at_last.insert(fp)
-    }
-}
+/// twice.
+pub use crate::client::failover::Seen;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{ServerTime, Thread};
+    use crate::proto::{ReceivedMessage, ServerTime, Thread};
 
     fn msg(t: i64, text: &str) -> ReceivedMessage {
         ReceivedMessage {

@@ -69,7 +69,8 @@ Exit codes of --send:
    \"history\":false}
 (\"history\" is true for messages that were already committed when the stream
 started). Connection notes go to stderr. Both interactive mode and --follow
-reconnect after a server restart (as a new client) and say so.";
+reconnect after a server restart (as a new client) and say so; with several
+--server URLs (chat nodes of one cluster) they reconnect to the next one.";
 
 /// Longest display name the server accepts, in characters.
 const MAX_NAME_CHARS: usize = 64;
@@ -101,7 +102,9 @@ fn parse_name(name: &str) -> Result<String, String> {
 #[command(after_help = AFTER_HELP)]
 pub struct ChatArgs {
     /// Server URL: http://HOST:PORT, or https://HOST:PORT for a server with
-    /// TLS
+    /// TLS. Several chat nodes of one cluster as URL,URL,...: a lost
+    /// connection goes on on the next one (as a new client, with the history
+    /// from the stream)
     #[arg(
         long,
         env = "DYCONIT_SERVER",

@@ -26,7 +26,7 @@ pub async fn send(args: &ChatArgs, text: &str) -> u8 {
     };
     // Subscribing first makes the client's seen position current, so an
     // ORDER_ERROR can clear on a retry once it has received the news.
-    let mut link = match link::open(&args.server, args.name.as_deref(), &options).await {
+    let mut link = match link::open(&args.server, None, args.name.as_deref(), &options).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -132,15 +132,18 @@ pub async fn follow(args: &ChatArgs) -> u8 {
             return exit::UNREACHABLE;
         }
     };
-    let url = &args.server;
+    let servers = &args.server;
+    let mut connected_to: Option<String> = None;
     let mut seen = Seen::default();
     let mut connected_before = false;
     let stdout = std::io::stdout();
     loop {
-        let link = link::open_retrying(url, args.name.as_deref(), &options, |e, wait| {
-            eprintln!("-- cannot reach {url}: {e}; retrying in {wait:?}");
-        })
-        .await;
+        let after = connected_to.as_deref();
+        let link =
+            link::open_retrying(servers, after, args.name.as_deref(), &options, |e, wait| {
+                eprintln!("-- cannot reach {servers}: {e}; retrying in {wait:?}");
+            })
+            .await;
         let mut link = match link {
             Ok(l) => l,
             Err(e) => {
@@ -148,11 +151,13 @@ pub async fn follow(args: &ChatArgs) -> u8 {
                 return exit::UNREACHABLE;
             }
         };
+        let url = &link.url;
         if connected_before {
             eprintln!("-- reconnected to {url} (as a new client)");
         } else {
             eprintln!("-- connected to {url}");
         }
+        connected_to = Some(url.clone());
         connected_before = true;
         let mut first = true;
         let ended = loop {

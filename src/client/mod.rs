@@ -4,10 +4,14 @@
 //!
 //! - [`clock`]: the server-clock offset estimate.
 //! - [`session`]: a connected client ([`ChatClient`]) and its update stream.
+//! - [`failover`]: a client of several chat nodes ([`FailoverClient`]) that
+//!   moves to the next node when its node is lost.
 
 pub mod clock;
+pub mod failover;
 pub mod session;
 
+pub use failover::{FailoverClient, FailoverPolicy, FailoverSubscription, server_list};
 pub use session::{
     ChatClient, ClientError, ConnectOptions, Received, RetryPolicy, SendOutcome, Subscription,
     UPDATE_QUEUE, endpoint,

@@ -1,6 +1,7 @@
 //! What the core remembers of one connected client.
 
 use super::Seq;
+use super::interest::{Class, Interest};
 use super::limits::ClientBuckets;
 use super::time::Micros;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -56,6 +57,15 @@ pub struct ClientState {
     /// for itself (reap while waiting; heartbeat or acknowledgement timeout
     /// while streaming). Flush deadlines are kept per cursor, not here.
     pub timer: Micros,
+    /// The threads it recently wrote to (the interest policy's input, and
+    /// the size policy's count of a thread's active readers).
+    pub interest: Interest,
+    /// Its interest class: part of its flush group's key while streaming.
+    pub class: Class,
+    /// The last commit assigned when its class last changed: messages up to
+    /// it were promised the bounds of the class before (never counted late
+    /// against a class that came to cover their thread after them).
+    pub class_since: Seq,
     /// Its message and new-thread token buckets (see [`super::limits`]).
     pub buckets: ClientBuckets,
 }
@@ -79,6 +89,9 @@ impl ClientState {
             retries: RetryCache::default(),
             own: HashMap::new(),
             timer: Micros::MAX,
+            interest: Interest::default(),
+            class: Class::All,
+            class_since: 0,
             buckets: ClientBuckets::default(),
         }
     }

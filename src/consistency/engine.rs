@@ -14,6 +14,8 @@
 //! saw is ever taken back.
 
 mod cluster;
+mod interest;
+mod refused;
 
 use super::Seq;
 use super::admission::{AckInfo, ClientFault, Decision, Rejection, Submission, Verdict};
@@ -23,7 +25,7 @@ use super::conit::ConitLog;
 pub use super::entry::{Entries, Entry};
 use super::limits::{Lag, Limit, ThreadRegistry, is_laggard};
 use super::parts::split;
-use super::schedule::{FlushSchedule, multiset_add, multiset_remove, staleness_deadline};
+use super::schedule::{FlushSchedule, GroupKey, multiset_add, multiset_remove, staleness_deadline};
 use super::settings::{Settings, flush_spread, safety_margin};
 use super::time::Micros;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -258,7 +260,7 @@ struct Round {
     /// The visible (durable) end of the log.
     visible: Seq,
     /// Each cursor group's size when the poll began.
-    group_size: HashMap<Seq, usize>,
+    group_size: HashMap<GroupKey, usize>,
     /// The Updates of each cursor's flush, shared by its group.
     parts: HashMap<Seq, Rc<[FlushPart]>>,
     /// What the poll asks the I/O edge to do, in order.
@@ -429,7 +431,7 @@ impl Engine {
         }
         multiset_remove(&mut self.waiting_acks, c.acked_pos);
         multiset_add(&mut self.active_acks, c.acked_pos);
-        self.schedule.insert(id, c.delivered);
+        self.schedule.insert(id, c.delivered, &c.class);
         let half = self.settings.lease / 2;
         let heartbeat = now.plus(half).minus(safety_margin(half));
         let personal = heartbeat.min(
@@ -631,6 +633,7 @@ impl Engine {
             None => thread.into(),
         };
         c.committed_own(&thread, seq);
+        c.interest.wrote(&thread, at);
         self.threads.touch(&thread, at);
         let log = self.conits.entry(thread.clone()).or_default();
         log.push(seq, at);
@@ -643,6 +646,7 @@ impl Engine {
         });
         self.window.push_back(entry.clone());
         self.head = seq;
+        self.refresh_class(id, at);
         // No flush is scheduled yet: the entry is not visible before it is
         // durable (see `mark_durable`).
         entry
@@ -714,7 +718,7 @@ impl Engine {
         match c.phase {
             Phase::Streaming => {
                 multiset_remove(&mut self.active_acks, c.acked_pos);
-                self.schedule.remove_cursor(id, c.delivered);
+                self.schedule.remove_cursor(id, c.delivered, &c.class);
             }
             Phase::Waiting => multiset_remove(&mut self.waiting_acks, c.acked_pos),
         }
@@ -797,6 +801,7 @@ impl Engine {
         let now = round.now;
         let heartbeat_after = self.heartbeat_after();
         let ack_timeout = self.settings.ack_timeout;
+        self.refresh_class(id, now);
         let c = self.clients.get_mut(&id)?;
         if c.phase == Phase::Waiting {
             let reap = c.connected_at.plus(ack_timeout);
@@ -812,10 +817,11 @@ impl Engine {
         let ack_deadline = c.ack_deadline(ack_timeout);
         let heartbeat = c.last_update_at.plus(heartbeat_after);
         let cursor = c.delivered;
+        let key = (cursor, c.class.clone());
         let flush = self
             .schedule
-            .due(cursor, &self.conits, &self.settings.bounds, round.visible);
-        let members = round.group_size.get(&cursor).copied().unwrap_or(1);
+            .due(&key, &self.conits, &self.settings.bounds, round.visible);
+        let members = round.group_size.get(&key).copied().unwrap_or(1);
         let flush_now = match flush {
             Some(_) if round.force => true,
             Some(due) => due.member_due(spread_rank(id, cursor), members, now),
@@ -848,7 +854,7 @@ impl Engine {
                 )
             })
             .clone();
-        self.schedule.move_cursor(id, cursor, round.visible);
+        self.schedule.move_cursor(id, cursor, round.visible, &key.1);
         let after_expiration = now > c.expiration;
         let expiration = now.plus(self.settings.lease);
         for (i, part) in parts.iter().enumerate() {
@@ -859,7 +865,13 @@ impl Engine {
                     current_time: now,
                     expiration,
                     entries: part.entries.clone(),
-                    late: part.late,
+                    late: interest::late(
+                        part,
+                        (&key.1, c.class_since),
+                        self.schedule.interest(),
+                        now,
+                        (&self.settings, self.bounds_changed_at_seq),
+                    ),
                     after_expiration: i == 0 && after_expiration,
                     part: i as u32,
                 },

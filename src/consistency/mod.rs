@@ -9,6 +9,7 @@
 //! - [`engine`]: the state machine that ties them together.
 //! - [`parts`]: cutting a flush into Updates of bounded size.
 //! - [`policy`]: bounds moved by policies, within operator-set limits.
+//! - [`interest`]: which threads a client takes part in (interest policy).
 //! - [`limits`]: the laggard rule, thread caps and message rate.
 //! - [`schedule`]: which streaming clients are due for a flush, and when.
 
@@ -18,6 +19,7 @@ pub mod client;
 pub mod conit;
 pub mod engine;
 pub mod entry;
+pub mod interest;
 pub mod limits;
 pub mod parts;
 pub mod policy;

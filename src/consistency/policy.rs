@@ -163,6 +163,9 @@ pub struct BoundsControl {
     pins: Pins,
     scale: Scale,
     ceiling: Ceiling,
+    /// The size policy's factor per thread (only those above 1), applied
+    /// on top of `scale`.
+    thread_scale: BTreeMap<String, f64>,
 }
 
 impl BoundsControl {
@@ -173,6 +176,7 @@ impl BoundsControl {
             pins: Pins::default(),
             scale: Scale::ONE,
             ceiling: LoadConfig::default().ceiling(),
+            thread_scale: BTreeMap::new(),
         }
     }
 
@@ -188,12 +192,56 @@ impl BoundsControl {
         self.scale
     }
 
+    /// The size policy's factor of each thread it widens.
+    pub fn thread_scale(&self) -> &BTreeMap<String, f64> {
+        &self.thread_scale
+    }
+
     /// The bounds in force.
     pub fn effective(&self) -> BoundsTable {
-        if self.scale == Scale::ONE {
+        if self.scale == Scale::ONE && self.thread_scale.is_empty() {
             return self.base.clone();
         }
-        effective(&self.base, &self.pins, self.scale, self.ceiling)
+        let mut table = effective(&self.base, &self.pins, self.scale, self.ceiling);
+        for (thread, &f) in &self.thread_scale {
+            let own = self.base.overrides().find(|(t, _, _)| *t == thread);
+            // A field the thread sets itself follows its own pins; one it
+            // inherits, the defaults' pins.
+            let pinned = match own {
+                Some(_) => self.pins.threads.get(thread).copied().unwrap_or_default(),
+                None => self.pins.default,
+            };
+            let scale = Scale {
+                staleness: self.scale.staleness * f,
+                numerical: self.scale.numerical * f,
+            };
+            let b = scaled(self.base.for_thread(thread), scale, self.ceiling, pinned);
+            let change = BoundsOverride {
+                staleness: Some(b.staleness),
+                numerical: Some(b.numerical),
+                order: own.and_then(|(_, o, _)| o.order),
+            };
+            table
+                .set_thread(thread, change)
+                .expect("scaled bounds stay in range");
+        }
+        table
+    }
+
+    /// The size policy's new factors (threads at 1 left out). Returns the
+    /// threads whose bounds in force changed.
+    pub fn set_thread_scale(&mut self, scales: BTreeMap<String, f64>) -> Vec<String> {
+        let before = self.effective();
+        let mut touched: Vec<String> = self.thread_scale.keys().cloned().collect();
+        touched.extend(scales.keys().cloned());
+        touched.sort_unstable();
+        touched.dedup();
+        self.thread_scale = scales;
+        let after = self.effective();
+        touched
+            .into_iter()
+            .filter(|t| before.for_thread(t) != after.for_thread(t))
+            .collect()
     }
 
     /// An operator's new table; `pinned` names the fields the change set
@@ -289,6 +337,82 @@ impl LoadConfig {
             staleness: self.max_staleness,
             numerical: self.max_numerical,
         }
+    }
+}
+
+/// Settings of the size policy: a thread's bounds grow with its active
+/// readers, by `per_decade` for every tenfold above `from`, at most
+/// `max_factor` times the operator's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SizeConfig {
+    /// Readers at (and below) which a thread keeps the operator's bounds.
+    pub from: u64,
+    /// The factor per tenfold more readers than `from`.
+    pub per_decade: f64,
+    /// The largest factor.
+    pub max_factor: f64,
+}
+
+impl Default for SizeConfig {
+    fn default() -> Self {
+        SizeConfig {
+            from: 10,
+            per_decade: 2.0,
+            max_factor: 8.0,
+        }
+    }
+}
+
+/// Why a size policy setting was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SizeError {
+    #[error("size from {0} is outside 1..=1000000 readers")]
+    From(u64),
+    #[error("size per_decade {0} is outside 1..=100")]
+    PerDecade(f64),
+    #[error("size max_factor {0} is outside 1..=1000")]
+    MaxFactor(f64),
+}
+
+impl SizeConfig {
+    pub fn validate(&self) -> Result<(), SizeError> {
+        if !(1..=1_000_000).contains(&self.from) {
+            return Err(SizeError::From(self.from));
+        }
+        if !(1.0..=100.0).contains(&self.per_decade) {
+            return Err(SizeError::PerDecade(self.per_decade));
+        }
+        if !(1.0..=1000.0).contains(&self.max_factor) {
+            return Err(SizeError::MaxFactor(self.max_factor));
+        }
+        Ok(())
+    }
+
+    /// The factor for a thread with `readers` active readers: 1 up to
+    /// `from`, then `per_decade ^ log10(readers / from)`, at most
+    /// `max_factor`. Non-decreasing in `readers`.
+    pub fn factor(&self, readers: u64) -> f64 {
+        if readers <= self.from {
+            return 1.0;
+        }
+        let decades = (readers as f64 / self.from as f64).log10();
+        // In quarter steps: a reader joining or leaving does not change the
+        // bounds (and log a change) every second.
+        let f = (self.per_decade.powf(decades) * 4.0).floor() / 4.0;
+        f.clamp(1.0, self.max_factor)
+    }
+
+    /// The factors of the threads above 1, from each thread's readers.
+    pub fn factors<'a>(
+        &self,
+        readers: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> BTreeMap<String, f64> {
+        readers
+            .into_iter()
+            .map(|(t, n)| (t, self.factor(n)))
+            .filter(|&(_, f)| f > 1.0)
+            .map(|(t, f)| (t.to_owned(), f))
+            .collect()
     }
 }
 

@@ -8,6 +8,7 @@ use super::Seq;
 use super::bounds::BoundsTable;
 use super::client::ClientState;
 use super::conit::ConitLog;
+use super::interest::{Class, InterestConfig};
 use super::settings::{flush_spread, safety_margin};
 use super::time::Micros;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -16,6 +17,10 @@ use std::time::Duration;
 
 /// The capability id a client got from `Connect`.
 pub type ClientId = i64;
+
+/// A flush group: the clients at one delivery cursor with the same
+/// interest [`Class`] share one flush deadline.
+pub(super) type GroupKey = (Seq, Class);
 
 pub(super) fn multiset_add(m: &mut BTreeMap<Seq, usize>, k: Seq) {
     *m.entry(k).or_default() += 1;
@@ -76,14 +81,18 @@ impl GroupDue {
     }
 }
 
-/// When a client whose cursor is `cursor` must be flushed, counting only
-/// visible commits (up to `visible`): `None` if nothing visible is pending.
+/// When a client whose cursor is `cursor` and whose interest class is
+/// `class` must be flushed, counting only visible commits (up to
+/// `visible`): `None` if nothing visible is pending. A conit `class` does
+/// not cover is due at its staleness loosened by the interest policy.
 fn flush_due(
     conits: &HashMap<Arc<str>, ConitLog>,
     bounds: &BoundsTable,
     visible: Seq,
-    cursor: Seq,
+    (cursor, class): &GroupKey,
+    interest: Option<&InterestConfig>,
 ) -> Option<GroupDue> {
+    let cursor = *cursor;
     if cursor >= visible {
         return None;
     }
@@ -105,12 +114,13 @@ fn flush_due(
                 staleness: Duration::ZERO,
             });
         }
-        let at = staleness_deadline(first_at, b.staleness);
+        let staleness = match interest {
+            Some(cfg) if !class.covers(thread) => cfg.loosen(b.staleness),
+            _ => b.staleness,
+        };
+        let at = staleness_deadline(first_at, staleness);
         if at < due.at {
-            due = GroupDue {
-                at,
-                staleness: b.staleness,
-            };
+            due = GroupDue { at, staleness };
         }
     }
     Some(due)
@@ -126,7 +136,7 @@ pub(super) fn staleness_deadline(at: Micros, staleness: Duration) -> Micros {
 /// (a member's place in the spread must not move while the group empties).
 pub(super) struct Visit {
     pub clients: Vec<ClientId>,
-    pub group_size: HashMap<Seq, usize>,
+    pub group_size: HashMap<GroupKey, usize>,
 }
 
 /// Cursor groups, client timers and the group deadline cache.
@@ -139,7 +149,8 @@ pub(super) struct FlushSchedule {
     /// Clients at one cursor share their flush deadline (each flushes ahead
     /// of it by its rank's share of [`flush_spread`]), so a poll finds the
     /// due flushes by looking at the few cursors instead of every client.
-    members: HashMap<Seq, BTreeSet<(u16, ClientId)>>,
+    /// Keyed by interest class too: members of one group share a deadline.
+    members: HashMap<GroupKey, BTreeSet<(u16, ClientId)>>,
     /// Each client's own deadline (reap, heartbeat or acknowledgement
     /// timeout; see [`ClientState::timer`]), so a poll visits only the
     /// clients whose time has come: one timer queue, not a scan of all
@@ -150,7 +161,9 @@ pub(super) struct FlushSchedule {
     /// `due_cache.0`: a deadline changes only when more commits become
     /// visible or the bounds change, while a group may be polled dozens of
     /// times as its members' shares of the spread come due.
-    due_cache: (Seq, HashMap<Seq, Option<GroupDue>>),
+    due_cache: (Seq, HashMap<GroupKey, Option<GroupDue>>),
+    /// The interest policy, if on: uncovered conits are due later.
+    interest: Option<InterestConfig>,
 }
 
 impl FlushSchedule {
@@ -169,30 +182,48 @@ impl FlushSchedule {
         self.timers.first().map(|&(at, _)| at)
     }
 
-    /// Client `id` starts streaming at `cursor`.
-    pub fn insert(&mut self, id: ClientId, cursor: Seq) {
+    /// Client `id` of interest class `class` starts streaming at `cursor`.
+    pub fn insert(&mut self, id: ClientId, cursor: Seq, class: &Class) {
         multiset_add(&mut self.cursors, cursor);
         self.members
-            .entry(cursor)
+            .entry((cursor, class.clone()))
             .or_default()
             .insert((spread_rank(id, cursor), id));
     }
 
     /// Client `id` was flushed from cursor `from` up to `to`.
-    pub fn move_cursor(&mut self, id: ClientId, from: Seq, to: Seq) {
-        self.remove_cursor(id, from);
-        self.insert(id, to);
+    pub fn move_cursor(&mut self, id: ClientId, from: Seq, to: Seq, class: &Class) {
+        self.remove_cursor(id, from, class);
+        self.insert(id, to, class);
+    }
+
+    /// Client `id` at `cursor` changed interest class.
+    pub fn reclass(&mut self, id: ClientId, cursor: Seq, from: &Class, to: &Class) {
+        self.remove_cursor(id, cursor, from);
+        self.insert(id, cursor, to);
     }
 
     /// Client `id` at `cursor` stops streaming.
-    pub fn remove_cursor(&mut self, id: ClientId, cursor: Seq) {
+    pub fn remove_cursor(&mut self, id: ClientId, cursor: Seq, class: &Class) {
         multiset_remove(&mut self.cursors, cursor);
-        if let Some(members) = self.members.get_mut(&cursor) {
+        let key = (cursor, class.clone());
+        if let Some(members) = self.members.get_mut(&key) {
             members.remove(&(spread_rank(id, cursor), id));
             if members.is_empty() {
-                self.members.remove(&cursor);
+                self.members.remove(&key);
             }
         }
+    }
+
+    /// Turns the interest policy on (`Some`) or off; every cached group
+    /// deadline is stale.
+    pub fn set_interest(&mut self, config: Option<InterestConfig>) {
+        self.interest = config;
+        self.forget_deadlines();
+    }
+
+    pub fn interest(&self) -> Option<&InterestConfig> {
+        self.interest.as_ref()
     }
 
     /// Moves client `id`'s timer to `at`.
@@ -212,11 +243,11 @@ impl FlushSchedule {
         self.due_cache.1.clear();
     }
 
-    /// The flush deadline of the group at `cursor` with commits up to
-    /// `visible` deliverable (memoised per visible end).
+    /// The flush deadline of the group `key` with commits up to `visible`
+    /// deliverable (memoised per visible end).
     pub fn due(
         &mut self,
-        cursor: Seq,
+        key: &GroupKey,
         conits: &HashMap<Arc<str>, ConitLog>,
         bounds: &BoundsTable,
         visible: Seq,
@@ -224,11 +255,12 @@ impl FlushSchedule {
         if self.due_cache.0 != visible {
             self.due_cache = (visible, HashMap::new());
         }
-        *self
-            .due_cache
-            .1
-            .entry(cursor)
-            .or_insert_with(|| flush_due(conits, bounds, visible, cursor))
+        if let Some(&due) = self.due_cache.1.get(key) {
+            return due;
+        }
+        let due = flush_due(conits, bounds, visible, key, self.interest.as_ref());
+        self.due_cache.1.insert(key.clone(), due);
+        due
     }
 
     /// The clients with something due at `now`: every member of a cursor
@@ -247,11 +279,11 @@ impl FlushSchedule {
     ) -> Visit {
         let mut clients = Vec::new();
         let mut group_size = HashMap::new();
-        let cursors: Vec<Seq> = self.members.keys().copied().collect();
-        for cursor in cursors {
-            let due = self.due(cursor, conits, bounds, visible);
-            let members = &self.members[&cursor];
-            group_size.insert(cursor, members.len());
+        let keys: Vec<GroupKey> = self.members.keys().cloned().collect();
+        for key in keys {
+            let due = self.due(&key, conits, bounds, visible);
+            let members = &self.members[&key];
+            group_size.insert(key, members.len());
             let Some(due) = due else { continue };
             clients.extend(
                 members
@@ -283,21 +315,19 @@ impl FlushSchedule {
         conits: &HashMap<Arc<str>, ConitLog>,
         bounds: &BoundsTable,
         visible: Seq,
-        group_size: &HashMap<Seq, usize>,
+        group_size: &HashMap<GroupKey, usize>,
     ) -> Micros {
         let mut next = self.first_timer().unwrap_or(Micros::MAX);
         let members = &self.members;
-        self.due_cache
-            .1
-            .retain(|cursor, _| members.contains_key(cursor));
-        let cursors: Vec<(Seq, u16, usize)> = self
+        self.due_cache.1.retain(|key, _| members.contains_key(key));
+        let groups: Vec<(GroupKey, u16, usize)> = self
             .members
             .iter()
-            .filter_map(|(&cursor, m)| m.last().map(|&(rank, _)| (cursor, rank, m.len())))
+            .filter_map(|(key, m)| m.last().map(|&(rank, _)| (key.clone(), rank, m.len())))
             .collect();
-        for (cursor, rank, len) in cursors {
-            if let Some(due) = self.due(cursor, conits, bounds, visible) {
-                let size = group_size.get(&cursor).copied().unwrap_or(len);
+        for (key, rank, len) in groups {
+            if let Some(due) = self.due(&key, conits, bounds, visible) {
+                let size = group_size.get(&key).copied().unwrap_or(len);
                 next = next.min(due.member(rank, size));
             }
         }

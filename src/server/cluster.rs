@@ -320,6 +320,17 @@ async fn consume_loop(shared: Arc<Shared>, mut messages: consumer::pull::Ordered
 /// Applies one commit; false if the node cannot go on.
 fn apply(shared: &Shared, m: &jetstream::Message, entry: Entry) -> bool {
     let seq = entry.seq;
+    let delay = shared
+        .hub
+        .now()
+        .0
+        .saturating_sub(entry.commit_time.0)
+        .max(0);
+    shared
+        .metrics
+        .cluster
+        .apply_delay_seconds
+        .observe(delay as f64 / 1e6);
     let own = m
         .headers
         .as_ref()
@@ -385,6 +396,8 @@ async fn commit(
     id: &str,
     deadline: tokio::time::Instant,
 ) -> Result<(Seq, Micros), String> {
+    let m = &shared.metrics.cluster;
+    let sent = tokio::time::Instant::now();
     let mut attempt = first;
     let seq = loop {
         let error = match attempt {
@@ -394,10 +407,12 @@ async fn commit(
             },
             Err(e) => e,
         };
+        m.publish_error(error_kind(error.kind()));
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() || !retryable(error.kind()) {
             return Err(format!("publishing to JetStream: {error}"));
         }
+        m.publish_retries.inc();
         if !matches!(error.kind(), PublishErrorKind::TimedOut) {
             // No responders during a leader election: do not spin.
             tokio::time::sleep(Duration::from_millis(100).min(left)).await;
@@ -407,6 +422,7 @@ async fn commit(
             .send_publish(subject.to_owned(), publish(payload, id))
             .await;
     };
+    m.publish_seconds.observe(sent.elapsed().as_secs_f64());
     let mut applied = shared.applied.subscribe();
     let soon = tokio::time::Instant::now() + STALL_AFTER;
     if tokio::time::timeout_at(soon.min(deadline), applied.wait_for(|&a| a >= seq))
@@ -430,6 +446,17 @@ async fn commit(
             .map_err(|e| format!("reading commit {seq}: {e}"))?,
     };
     Ok((seq, at))
+}
+
+/// The `kind` label of `chat_nats_publish_errors_total`.
+fn error_kind(kind: PublishErrorKind) -> &'static str {
+    match kind {
+        PublishErrorKind::TimedOut => "timeout",
+        PublishErrorKind::StreamNotFound => "no_stream",
+        PublishErrorKind::BrokenPipe => "connection",
+        PublishErrorKind::WrongLastSequence => "wrong_last_sequence",
+        _ => "other",
+    }
 }
 
 fn retryable(kind: PublishErrorKind) -> bool {
@@ -499,6 +526,8 @@ async fn probe_loop(shared: Arc<Shared>) {
             }
         };
         let applied = *shared.applied.borrow();
+        let lag = last.saturating_sub(applied);
+        shared.metrics.cluster.consumer_lag_messages.set(lag as i64);
         if applied >= last {
             behind_at = None;
             if shared.health.record_healthy() {

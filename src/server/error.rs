@@ -20,6 +20,9 @@ pub enum HubError {
     /// the Updates sent).
     #[error("{0}")]
     BadAcknowledgement(AckError),
+    /// The client's token does not allow writing to this thread (quoted).
+    #[error("your token does not allow writing to thread {0}")]
+    WriteForbidden(String),
     /// The server removed the client; its stream ends with this.
     #[error("{}", dropped_text(*.0))]
     Dropped(DropReason),

@@ -14,7 +14,9 @@
 
 use super::convert;
 use super::error::HubError;
+use super::grants::{self, Grants};
 use super::outbox::{Outbox, UpdateStream};
+use crate::access::ThreadAccess;
 use crate::clock::Clock;
 use crate::consistency::limits::Limit;
 use crate::consistency::policy::{BoundsControl, Ceiling, Pinned, Scale};
@@ -168,6 +170,8 @@ pub struct Hub {
     /// deadline, in microseconds, since the load policy last took them.
     /// Its own lock: written after the hub lock is dropped.
     lateness: Mutex<Vec<u32>>,
+    /// Thread permissions of the clients whose token restricts them.
+    grants: Grants,
 }
 
 /// Most lateness samples kept between two policy samples (a few thousand
@@ -215,6 +219,7 @@ impl Hub {
             max_outbound_bytes,
             metrics,
             lateness: Mutex::new(Vec::new()),
+            grants: Grants::default(),
         })
     }
 
@@ -255,6 +260,51 @@ impl Hub {
 
     /// `Connect`: a fresh random capability id and public id.
     pub fn connect(&self, name: Option<String>) -> Result<(ClientId, String, Micros), HubError> {
+        self.connect_with(name, None)
+    }
+
+    /// `Connect` of a client whose token grants `access` (`None`: every
+    /// thread).
+    pub fn connect_with(
+        &self,
+        name: Option<String>,
+        access: Option<Arc<ThreadAccess>>,
+    ) -> Result<(ClientId, String, Micros), HubError> {
+        let (id, name, now) = self.connect_new(name)?;
+        if let Some(access) = access
+            && self.grants.insert(id, access)
+        {
+            self.prune_grants();
+        }
+        Ok((id, name, now))
+    }
+
+    /// Forgets the permissions of clients the engine removed without a
+    /// stream to close (they never streamed): memory stays proportional to
+    /// the clients connected. Lock order: `inner`, then the grants.
+    fn prune_grants(&self) {
+        let g = self.lock();
+        self.grants.retain(|id| g.engine.client(id).is_some());
+    }
+
+    /// Refuses a message to a thread the sender's token may not write.
+    pub fn check_write(&self, sub: &Submission) -> Result<(), HubError> {
+        let Some(id) = sub.ack.and_then(|a| a.client) else {
+            return Ok(());
+        };
+        match self.grants.get(id) {
+            Some(access) if !access.may_write(&sub.thread) => {
+                let number = sub.ack.map_or(0, |a| a.messages_sent);
+                self.with_engine(|g| g.engine.note_refused(id, number));
+                let thread = grants::quoted(&sub.thread);
+                tracing::warn!(target: "audit", client = %redacted(id), %thread, "write refused: the token does not grant this thread");
+                Err(HubError::WriteForbidden(thread))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn connect_new(&self, name: Option<String>) -> Result<(ClientId, String, Micros), HubError> {
         let mut rng = rand::rng();
         let public_id: u64 = rng.random();
         let name = name.unwrap_or_else(|| handle(public_id));
@@ -281,6 +331,7 @@ impl Hub {
     pub fn start_stream(self: &Arc<Self>, id: ClientId) -> Result<UpdateStream, HubError> {
         let now = self.now();
         let outbox = Outbox::new(self.max_outbound_bytes);
+        let access = self.grants.get(id);
         self.with_engine(|g| {
             if g.draining {
                 return Err(HubError::ShuttingDown);
@@ -289,7 +340,11 @@ impl Hub {
             // The history may be split into several Updates; all of them
             // begin the stream, so none counts as an unread backlog.
             for batch in &batches {
-                outbox.push(convert::encoded_update(batch), false);
+                let own = access.as_ref().and_then(|a| grants::readable(batch, a));
+                outbox.push(
+                    convert::encoded_update(own.as_ref().unwrap_or(batch)),
+                    false,
+                );
             }
             g.outboxes.insert(id, outbox.clone());
             Ok(())
@@ -310,6 +365,7 @@ impl Hub {
         let public = g.engine.client(id).map(|c| c.public_id);
         let removed = g.engine.remove(id);
         drop(g);
+        self.grants.remove(id);
         if removed && let Some(p) = public {
             self.count_drop(DropReason::StreamClosed);
             tracing::info!(client = %handle(p), reason = DropReason::StreamClosed.as_str(), "client left");
@@ -613,20 +669,33 @@ impl Hub {
     fn deliver(&self, work: Deliveries) {
         // Clients at the same cursor share a batch: encode it once and share
         // the bytes (a reference count per client, not a copy).
-        let mut encoded: HashMap<*const (), bytes::Bytes> = HashMap::new();
+        // A client whose token limits what it reads gets the batch without
+        // the other threads' messages, encoded for it alone (its
+        // permissions are keyed by their `Arc`, one per `Connect`).
+        let mut encoded: HashMap<(*const (), *const ThreadAccess), bytes::Bytes> = HashMap::new();
         let mut overflow = Vec::new();
+        let grants = self.grants.read();
         for (client, outbox, batch) in work.updates {
             self.observe_update(client, &batch);
-            let key = Arc::as_ptr(&batch.entries) as *const ();
+            let access = grants.get(&client);
+            let key = (
+                Arc::as_ptr(&batch.entries) as *const (),
+                access.map_or(std::ptr::null(), Arc::as_ptr),
+            );
             let update = encoded
                 .entry(key)
-                .or_insert_with(|| convert::encoded_update(&batch))
+                .or_insert_with(|| {
+                    let own = access.and_then(|a| grants::readable(&batch, a));
+                    convert::encoded_update(own.as_ref().unwrap_or(&batch))
+                })
                 .clone();
             if !outbox.push(update, batch.part == 0) {
                 overflow.push(client);
             }
         }
+        drop(grants);
         for (client, outbox, reason) in work.dropped {
+            self.grants.remove(client);
             self.count_drop(reason);
             if let Some(outbox) = outbox {
                 outbox.close(HubError::Dropped(reason));
@@ -647,6 +716,7 @@ impl Hub {
                 .collect()
         };
         for (client, outbox) in closed {
+            self.grants.remove(client);
             self.count_drop(DropReason::SlowConsumer);
             if let Some(outbox) = outbox {
                 outbox.close(HubError::Dropped(DropReason::SlowConsumer));
@@ -1077,6 +1147,39 @@ impl Hub {
         })?;
         self.announce(&record);
         Some(record)
+    }
+
+    /// The size policy's new per-thread factors: applied like any bound
+    /// change, one record per thread whose bounds in force changed, with
+    /// `who = policy:<name>`.
+    pub fn apply_thread_scale(
+        &self,
+        name: &str,
+        scales: std::collections::BTreeMap<String, f64>,
+    ) -> Vec<ChangeRecord> {
+        let now = self.now();
+        let who = format!("policy:{name}");
+        let records = self.with_engine(|g| {
+            let before = g.engine.settings().bounds.clone();
+            let changed = g.control.set_thread_scale(scales);
+            if changed.is_empty() {
+                return Vec::new();
+            }
+            let after = g.control.effective();
+            g.engine.set_bounds(after.clone());
+            changed
+                .into_iter()
+                .map(|thread| {
+                    let (old, new) = (before.for_thread(&thread), after.for_thread(&thread));
+                    let target = BoundsTarget::Thread { thread };
+                    push_change(g, now, &who, target, Some(old), Some(new))
+                })
+                .collect()
+        });
+        for r in &records {
+            self.announce(r);
+        }
+        records
     }
 
     /// Lets policies move every bound again (the operator's explicit changes

@@ -12,6 +12,7 @@
 //!   NATS JetStream stream (`--storage nats`).
 //! - [`convert`]: wire types to and from core types.
 //! - [`error`]: why the hub refused a request, in its own terms.
+//! - `grants`: the thread permissions of clients whose token restricts them.
 //! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
 //! - [`propagation`]: W3C `traceparent` from gRPC metadata.
 //! - [`otlp`]: the OTLP/gRPC trace exporter.
@@ -19,6 +20,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod error;
+mod grants;
 mod grpc;
 pub mod hub;
 pub mod listener;
@@ -109,6 +111,12 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
     /// The load policy: off unless `--load-policy` or `[policy.load]`.
     pub load_policy: policies::LoadSetting,
+    /// The interest policy: off (`None`) unless `--interest-policy` or
+    /// `[policy.interest]`.
+    pub interest_policy: Option<crate::consistency::interest::InterestConfig>,
+    /// The size policy: off (`None`) unless `--size-policy` or
+    /// `[policy.size]`.
+    pub size_policy: Option<crate::consistency::policy::SizeConfig>,
     /// The server's clock: the system clock, unless a test brings its own.
     pub clock: crate::clock::Clock,
     /// Connects one peer address may make per second (bursts of five
@@ -153,6 +161,8 @@ impl Default for Config {
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             ready_file: None,
             load_policy: policies::LoadSetting::default(),
+            interest_policy: None,
+            size_policy: None,
             clock: crate::clock::Clock::system(),
             max_connects_per_second: crate::net::rate::DEFAULT_CONNECTS_PER_SECOND,
         }

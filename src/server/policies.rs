@@ -15,6 +15,8 @@
 //! widens the bounds, so widening does not change the yardstick).
 
 use super::hub::Hub;
+use crate::consistency::interest::InterestConfig;
+use crate::consistency::policy::SizeConfig;
 use crate::consistency::policy::{LoadConfig, LoadPolicy, Scale, Step};
 use crate::consistency::settings::safety_margin;
 use std::collections::VecDeque;
@@ -59,6 +61,53 @@ struct State {
     setting: LoadSetting,
     load: LoadPolicy,
     decisions: VecDeque<Decision>,
+    /// The interest policy (`None`: off); the engine applies it.
+    interest: Option<InterestConfig>,
+    /// The size policy (`None`: off).
+    size: Option<SizeConfig>,
+    /// Its recent changes, oldest first.
+    size_decisions: VecDeque<SizeDecision>,
+}
+
+/// One thread whose bounds the size policy changed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SizeDecision {
+    /// Microseconds since the epoch.
+    pub at: i64,
+    pub thread: String,
+    /// Its active readers then.
+    pub readers: u64,
+    /// The factor after the change (1 = the operator's bounds).
+    pub factor: f64,
+}
+
+/// What the admin API shows of the size policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SizeView {
+    pub enabled: bool,
+    pub from: u64,
+    pub per_decade: f64,
+    pub max_factor: f64,
+    /// The factor of each thread it widens now (at most 50, the widest).
+    pub threads: std::collections::BTreeMap<String, f64>,
+    /// Its last changes, newest first.
+    pub decisions: Vec<SizeDecision>,
+}
+
+/// What the admin API shows of the interest policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InterestView {
+    pub enabled: bool,
+    #[serde(with = "crate::consistency::bounds::humantime_serde_compat")]
+    pub window: Duration,
+    pub recent: usize,
+    pub factor: f64,
+    /// Streaming clients now.
+    pub streaming: usize,
+    /// Of them, those taking part in at least one thread.
+    pub taking_part: usize,
+    /// (client, thread) pairs flushed at the thread's own bounds.
+    pub pairs: usize,
 }
 
 /// What the admin API shows of the load policy.
@@ -83,6 +132,9 @@ impl Policies {
                 setting,
                 load: LoadPolicy::new(setting.config, base),
                 decisions: VecDeque::new(),
+                interest: None,
+                size: None,
+                size_decisions: VecDeque::new(),
             }),
         })
     }
@@ -102,6 +154,114 @@ impl Policies {
             max_numerical: s.setting.config.max_numerical,
             scale: s.load.scale().staleness,
             decisions: s.decisions.iter().rev().copied().collect(),
+        }
+    }
+
+    /// Turns the interest policy on (`Some`) or off: every client moves to
+    /// the flush deadlines of its interest at once.
+    pub fn set_interest(&self, config: Option<InterestConfig>, hub: &Hub, who: &str) {
+        self.lock().interest = config;
+        let now = hub.now();
+        hub.reconfigure(|e| e.set_interest(config, now));
+        let factor = config.map_or(1.0, |c| c.factor);
+        let m = &hub.metrics().policy;
+        m.scale.with_label_values(&["interest"]).set(factor);
+        tracing::info!(who, enabled = config.is_some(), config = ?config, "interest policy set");
+    }
+
+    pub fn interest_view(&self, hub: &Hub) -> InterestView {
+        let config = self.lock().interest;
+        let summary = hub.inspect(|e| e.interest_summary());
+        let shown = config.unwrap_or_default();
+        InterestView {
+            enabled: config.is_some(),
+            window: shown.window,
+            recent: shown.recent,
+            factor: shown.factor,
+            streaming: summary.streaming,
+            taking_part: summary.taking_part,
+            pairs: summary.pairs,
+        }
+    }
+
+    /// Turns the size policy on (`Some`) or off (the operator's bounds
+    /// back at once); it acts at the next sample.
+    pub fn set_size(&self, config: Option<SizeConfig>, hub: &Hub, who: &str) {
+        self.lock().size = config;
+        tracing::info!(who, enabled = config.is_some(), config = ?config, "size policy set");
+        if config.is_none() {
+            hub.apply_thread_scale("size", Default::default());
+            hub.metrics()
+                .policy
+                .scale
+                .with_label_values(&["size"])
+                .set(1.0);
+        }
+    }
+
+    pub fn size_view(&self, hub: &Hub) -> SizeView {
+        let (config, decisions) = {
+            let s = self.lock();
+            (s.size, s.size_decisions.iter().rev().cloned().collect())
+        };
+        let control = hub.bounds_control();
+        let mut widest: Vec<(&String, &f64)> = control.thread_scale().iter().collect();
+        widest.sort_by(|a, b| b.1.total_cmp(a.1));
+        let shown = config.unwrap_or_default();
+        SizeView {
+            enabled: config.is_some(),
+            from: shown.from,
+            per_decade: shown.per_decade,
+            max_factor: shown.max_factor,
+            threads: widest
+                .into_iter()
+                .take(50)
+                .map(|(t, f)| (t.clone(), *f))
+                .collect(),
+            decisions,
+        }
+    }
+
+    /// One sampling period of the size policy: count each thread's active
+    /// readers, and apply the factors that follow.
+    fn sample_size(&self, hub: &Hub) {
+        let (config, interest) = {
+            let s = self.lock();
+            (s.size, s.interest.unwrap_or_default())
+        };
+        let Some(config) = config else { return };
+        let now = hub.now();
+        let readers = hub.inspect(|e| e.readers(&interest, now));
+        let factors = config.factors(readers.iter().map(|(t, &n)| (t.as_ref(), n as u64)));
+        let widest = factors.values().copied().fold(1.0, f64::max);
+        let m = &hub.metrics().policy;
+        m.scale.with_label_values(&["size"]).set(widest);
+        let records = hub.apply_thread_scale("size", factors.clone());
+        if records.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        for r in records {
+            let super::hub::BoundsTarget::Thread { thread } = r.target else {
+                continue;
+            };
+            let factor = factors.get(&thread).copied().unwrap_or(1.0);
+            let raised = r
+                .new
+                .zip(r.old)
+                .is_some_and(|(n, o)| n.staleness > o.staleness);
+            let step = if raised { "raise" } else { "lower" };
+            m.steps.with_label_values(&["size", step]).inc();
+            let n = readers.get(thread.as_str()).copied().unwrap_or(0) as u64;
+            s.size_decisions.push_back(SizeDecision {
+                at: now.0,
+                thread,
+                readers: n,
+                factor,
+            });
+            if s.size_decisions.len() > DECISIONS_KEPT {
+                s.size_decisions.pop_front();
+            }
         }
     }
 
@@ -127,6 +287,13 @@ impl Policies {
 
     /// One sampling period: measure, step, apply.
     fn sample(&self, hub: &Hub) {
+        self.sample_size(hub);
+        if self.lock().interest.is_some() {
+            let summary = hub.inspect(|e| e.interest_summary());
+            let m = &hub.metrics().policy;
+            m.interest_clients.set(summary.taking_part as i64);
+            m.interest_pairs.set(summary.pairs as i64);
+        }
         let lateness = hub.take_lateness();
         let base = hub.bounds_control().base().default_bounds();
         let pressure = pressure(lateness, safety_margin(base.staleness));

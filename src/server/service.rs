@@ -6,7 +6,8 @@ use super::error::HubError;
 use super::hub::{Hub, Submitted};
 use super::outbox::UpdateStream;
 use super::propagation::parent_context;
-use crate::auth::{AuthMetrics, Verifier};
+use crate::access::ThreadAccess;
+use crate::auth::{AuthMetrics, Identity, Verifier};
 use crate::consistency::{Decision, DropReason, Rejection, Verdict};
 use crate::net::rate::ConnectLimiter;
 use crate::proto::chat_server_server::ChatServer;
@@ -128,15 +129,16 @@ impl ChatService {
         self
     }
 
-    /// The display name for `Connect`: from the token when authentication
-    /// is on (then `x-chat-name` is refused), else from `x-chat-name`.
+    /// The display name for `Connect`, and the threads it may use: from
+    /// the token when authentication is on (then `x-chat-name` is
+    /// refused), else the name from `x-chat-name` and every thread.
     fn connecting_name(
         &self,
         meta: &tonic::metadata::MetadataMap,
         peer: Option<std::net::SocketAddr>,
-    ) -> Result<Option<String>, Status> {
+    ) -> Result<(Option<String>, Option<Arc<ThreadAccess>>), Status> {
         let Some((verifier, metrics)) = &self.auth else {
-            return chosen_name(meta);
+            return Ok((chosen_name(meta)?, None));
         };
         let peer = peer.map(|p| p.ip().to_string()).unwrap_or_default();
         if meta.contains_key(NAME_HEADER) {
@@ -146,11 +148,16 @@ impl ChatService {
             ));
         }
         let bearer = meta.get("authorization").and_then(|v| v.to_str().ok());
-        match verifier.verify(bearer) {
-            Ok(name) => {
+        match verifier.identify(bearer) {
+            Ok(Identity { name, access }) => {
                 metrics.outcomes.with_label_values(&["ok"]).inc();
-                tracing::info!(target: "audit", user = %name, %peer, "Connect authenticated");
-                Ok(Some(name))
+                let threads = if access.is_some() {
+                    "as the token grants"
+                } else {
+                    "all"
+                };
+                tracing::info!(target: "audit", user = %name, %peer, threads, "Connect authenticated");
+                Ok((Some(name), access))
             }
             Err(e) => {
                 metrics.outcomes.with_label_values(&[e.label()]).inc();
@@ -250,6 +257,7 @@ impl From<HubError> for Status {
             HubError::UnknownClient => Status::not_found(message),
             HubError::AlreadyStreaming => Status::already_exists(message),
             HubError::BadAcknowledgement(_) => Status::invalid_argument(message),
+            HubError::WriteForbidden(_) => Status::permission_denied(message),
             HubError::Dropped(DropReason::SlowConsumer | DropReason::Laggard) => {
                 Status::resource_exhausted(message)
             }
@@ -334,8 +342,8 @@ impl ChatServer for ChatService {
         let span = self.span("ChatServer/Connect", "Connect", request.metadata());
         let result = span.in_scope(|| {
             self.check_connect_rate(request.remote_addr())?;
-            let name = self.connecting_name(request.metadata(), request.remote_addr())?;
-            let (id, _name, now) = self.hub.connect(name)?;
+            let (name, access) = self.connecting_name(request.metadata(), request.remote_addr())?;
+            let (id, _name, now) = self.hub.connect_with(name, access)?;
             Ok(Response::new(ServerInfo {
                 current_time: Some(convert::server_time(now)),
                 client: Some(Client { id }),
@@ -396,6 +404,11 @@ impl ChatServer for ChatService {
             return result;
         }
         let sub = convert::submission(request.into_inner());
+        if let Err(e) = self.hub.check_write(&sub) {
+            let result = Err(Status::from(e));
+            self.finish("SendMessage", started, &span, &result);
+            return result;
+        }
         let thread = sub.thread.clone();
         let sent_at = sub.timestamp;
         let submitted = span.in_scope(|| self.hub.submit(sub));
@@ -453,8 +466,17 @@ impl ChatServer for ChatService {
                         next = inbound.message() => next,
                         _ = shutdown.cancelled() => break,
                     };
+                    // A message to a thread the token may not write ends
+                    // the stream with PERMISSION_DENIED, as SendMessage
+                    // answers it, after the statuses of those before it.
                     let item = match next {
-                        Ok(Some(m)) => Ok(hub.submit(convert::submission(m))),
+                        Ok(Some(m)) => {
+                            let sub = convert::submission(m);
+                            match hub.check_write(&sub) {
+                                Ok(()) => Ok(hub.submit(sub)),
+                                Err(e) => Err(Status::from(e)),
+                            }
+                        }
                         Ok(None) => break,
                         Err(status) => Err(status),
                     };

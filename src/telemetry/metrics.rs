@@ -75,6 +75,8 @@ pub struct Metrics {
     pub storage: StorageMetrics,
     /// What the policies measure and decide.
     pub policy: PolicyMetrics,
+    /// A cluster node's publishes and consumer (`chat_nats_*`).
+    pub cluster: super::cluster_metrics::ClusterMetrics,
     /// Refusals by the resource limits, and the threads held.
     pub limits: super::limits::LimitMetrics,
 }
@@ -97,6 +99,12 @@ pub struct PolicyMetrics {
     pub at_ceiling: IntGaugeVec,
     /// Steps a policy took, by policy and direction (raise, lower).
     pub steps: IntCounterVec,
+    /// Streaming clients that take part in at least one thread (the
+    /// interest policy flushes them at its own bounds there).
+    pub interest_clients: IntGauge,
+    /// (client, thread) pairs flushed at the thread's own bounds by the
+    /// interest policy; every other pair gets the looser bounds.
+    pub interest_pairs: IntGauge,
 }
 
 impl PolicyMetrics {
@@ -146,12 +154,31 @@ impl PolicyMetrics {
                 &["policy"],
             ),
             steps,
+            interest_clients: gauge(
+                r,
+                (
+                    "chat_policy_interest_clients",
+                    "Streaming clients the interest policy sees taking part in at least one thread.",
+                ),
+            ),
+            interest_pairs: gauge(
+                r,
+                (
+                    "chat_policy_interest_pairs",
+                    "(client, thread) pairs the interest policy flushes at the thread's own bounds.",
+                ),
+            ),
         };
         // Exported from the start, so dashboards and alerts have a series
         // whether or not the policy is on.
         m.pressure.with_label_values(&["load"]).set(0.0);
         m.scale.with_label_values(&["load"]).set(1.0);
         m.at_ceiling.with_label_values(&["load"]).set(0);
+        m.scale.with_label_values(&["interest"]).set(1.0);
+        m.scale.with_label_values(&["size"]).set(1.0);
+        for step in ["raise", "lower"] {
+            m.steps.with_label_values(&["size", step]);
+        }
         m
     }
 }
@@ -478,6 +505,7 @@ impl Metrics {
             client_lag: gauge_vec(&r, CLIENT_LAG, &["client"]),
             storage: StorageMetrics::new(&r),
             policy: PolicyMetrics::new(&r),
+            cluster: super::cluster_metrics::ClusterMetrics::new(&r),
             limits: super::limits::LimitMetrics::new(&r),
             registry: r,
         }

@@ -6,7 +6,9 @@
 //! - [`tracing_setup`]: the log subscriber, its runtime-adjustable filter,
 //!   and the optional OTLP trace pipeline (its gRPC exporter is built in
 //!   `crate::server::otlp`).
+//! - [`cluster_metrics`]: a cluster node's `chat_nats_*` metrics.
 
+pub mod cluster_metrics;
 pub mod limits;
 pub mod metrics;
 pub mod tracing_setup;

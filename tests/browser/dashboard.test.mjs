@@ -206,6 +206,18 @@ test('the page loads under live traffic and draws every part without console err
   // Every chart is an image with a text description of its latest values.
   const desc = await page.locator('#chart-latency desc').textContent();
   assert.match(desc, /p99 .*ms.*staleness bound \(default\) 500 ms/);
+  // The client list needs the admin token (the server has one): the page
+  // says so and asks for it.
+  const unlock = page.getByRole('button', { name: 'Enter admin token' });
+  await unlock.waitFor();
+  assert.match(await page.locator('#clients tbody').textContent(), /needs the admin token/);
+  await unlock.click();
+  const dialog = page.getByRole('dialog');
+  await dialog.waitFor();
+  assert.match(await dialog.textContent(), /to list its clients/);
+  await page.getByLabel('Admin token', { exact: true }).fill(TOKEN);
+  await page.keyboard.press('Enter');
+  await dialog.waitFor({ state: 'hidden' });
   // The laggiest clients: the slow client leads, its markup-like name shown as text.
   const firstRow = page.locator('#clients tbody tr').first();
   await waitFor('the slow client at the top of the laggards', async () => (await firstRow.locator('td.name').textContent()) === '<i>slow</i>');
@@ -218,6 +230,32 @@ test('the page loads under live traffic and draws every part without console err
   assert.deepEqual(await defaultRow.locator('td').allTextContents(), ['500ms', String(LOOSE), String(LOOSE), 'Edit']);
   assert.deepEqual(consoleErrors, [], 'console errors while loading');
   assert.deepEqual(pageErrors, [], 'uncaught errors in the page');
+}));
+
+test('the policy panel shows each policy, its state and what it does now', () => explain(async () => {
+  phase = 'policies';
+  await page.goto(`${adminUrl()}/`);
+  await waitForLive(page);
+  assert.ok(await page.getByRole('heading', { name: 'Policies', exact: true }).isVisible());
+  const cells = async (key) => page.locator(`#policy-${key} td`).allTextContents();
+  // The server starts with every policy off.
+  assert.deepEqual(await cells('load'), ['Off', "operator's bounds", '–']);
+  assert.deepEqual(await cells('interest'), ['Off', 'every client gets every thread at its own bounds', '–']);
+  assert.deepEqual(await cells('size'), ['Off', "operator's bounds", '–']);
+  // The load policy switched on through the API: the panel follows, with
+  // the scale in force.
+  const on = await api('/api/v1/policies/load', { method: 'PUT', body: { enabled: true }, token: TOKEN });
+  assert.equal(on.status, 200);
+  try {
+    await waitFor('the panel to show the load policy on', async () => {
+      const [state, output] = await cells('load');
+      return state === 'On' && /^bounds ×\d/.test(output);
+    });
+  } finally {
+    const off = await api('/api/v1/policies/load', { method: 'PUT', body: { enabled: false }, token: TOKEN });
+    assert.equal(off.status, 200);
+  }
+  await waitFor('the panel to show it off again', async () => (await cells('load'))[0] === 'Off');
 }));
 
 test('the client counts it shows match /api/v1/stats as clients come and go', () => explain(async () => {
@@ -255,6 +293,8 @@ test('tightening a bound makes rejections per second appear on the page', () => 
 test('editing a bound in the page asks for the token, refuses a wrong one visibly, then applies', () => explain(async () => {
   phase = 'token';
   const ordersBefore = (await stats()).rejections.order;
+  // Start without the token the client list was shown with.
+  await page.getByRole('button', { name: 'Forget admin token' }).click();
   assert.equal(await page.evaluate(() => sessionStorage.getItem('dyconit-admin-token')), null);
   await page.getByRole('button', { name: 'Edit default bounds' }).click();
   const order = page.getByLabel('Order, default bounds', { exact: true });

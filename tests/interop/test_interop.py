@@ -189,10 +189,12 @@ class Session:
     """One chat client: Connect, optionally a ReceiveUpdates stream read by a
     background thread into a queue, and helpers to send and acknowledge."""
 
-    def __init__(self, srv: Server, name: str | None = None):
+    def __init__(self, srv: Server, name: str | None = None, token: str | None = None):
         self.srv = srv
         self.stub = srv.stub
         md = [("x-chat-name", name)] if name is not None else None
+        if token is not None:
+            md = [("authorization", f"Bearer {token}")]
         info = self.stub.Connect(pb.ConnectionStarter(), metadata=md, timeout=RPC_TIMEOUT)
         self.info = info
         self.id = info.client.id
@@ -926,3 +928,50 @@ def test_tls_and_a_bearer_token(start_server, tmp_path):
             assert upd.message[0].sender == "py-user"
             break
     assert first is not None
+
+
+def make_token(secret: Path, name: str, *flags: str) -> str:
+    return subprocess.run(
+        [str(BIN), "token", "--secret-file", str(secret), "--name", name, "--ttl", "5m", *flags],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def test_thread_permissions_from_the_token(start_server, tmp_path):
+    """grpcio over TLS with tokens from `dyconit-chat token --read/--write`:
+    a write the token does not grant is PERMISSION_DENIED with the thread
+    named, and Updates carry only the threads the token may read."""
+    cert, key = self_signed_cert(tmp_path)
+    secret = tmp_path / "jwt.secret"
+    secret.write_text(secrets.token_hex(32) + "\n")
+    srv = start_server(tls_cert=cert, tls_key=key, auth_jwt_secret_file=secret)
+    root = Session(srv, token=make_token(secret, "root"))
+    guest = Session(
+        srv, token=make_token(secret, "guest", "--read", "lobby", "--read", "team-*", "--write", "lobby")
+    ).stream(auto_ack=True)
+    guest.next_update()
+    with pytest.raises(grpc.RpcError) as e:
+        guest.send("let me in", thread="staff")
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "staff" in e.value.details()
+    # The refused number counts as arrived: the next write is OK.
+    assert_status(guest.send("hi", thread="lobby"), OK, "a granted write")
+    hidden, shown, last = uniq("hidden"), uniq("shown"), uniq("last")
+    assert_status(root.send(hidden, thread="staff"), OK, "root writes staff")
+    assert_status(root.send(shown, thread="team-x"), OK, "root writes team-x")
+    assert_status(root.send(last, thread="lobby"), OK, "root writes lobby")
+    guest.wait_for([shown, last])
+    assert hidden not in [m.contents for m in guest.messages]
+    # History on joining is filtered too.
+    late = Session(srv, token=make_token(secret, "late", "--read", "lobby")).stream()
+    late.wait_for([last])
+    assert {m.thread.id for m in late.messages} == {"lobby"}
+    # In a SendMessages stream the forbidden message ends the stream.
+    msgs = [guest.message("ok", thread="lobby"), guest.message("no", thread="staff")]
+    call = srv.stub.SendMessages(iter(msgs), timeout=RPC_TIMEOUT)
+    statuses = []
+    with pytest.raises(grpc.RpcError) as e:
+        for st in call:
+            statuses.append(st.statusCode)
+    assert statuses == [OK]
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -169,13 +169,20 @@
 
   let tokenResolve = null;
 
-  /** Opens the token dialog; resolves to the token, or null if cancelled. */
-  function askToken(refused) {
+  /**
+   * Opens the token dialog; resolves to the token, or null if cancelled.
+   * `forClients`: asked to show the client list rather than for a change.
+   */
+  function askToken(refused, forClients = false) {
     const dlg = $('token-dialog');
     const msg = $('token-msg');
-    msg.textContent = refused
-      ? 'The server refused that token (401 Unauthorized). Enter the admin token to apply the change.'
-      : 'This server needs the admin token to change bounds. Enter it to apply the change.';
+    if (forClients) {
+      msg.textContent = 'This server needs the admin token to list its clients. Enter it to show them.';
+    } else {
+      msg.textContent = refused
+        ? 'The server refused that token (401 Unauthorized). Enter the admin token to apply the change.'
+        : 'This server needs the admin token to change bounds. Enter it to apply the change.';
+    }
     msg.classList.toggle('refused', refused);
     $('token-title').textContent = refused ? 'Admin token refused' : 'Admin token needed';
     $('token-input').value = '';
@@ -535,9 +542,65 @@
     };
   }
 
+  /** Whether this server wants the admin token for its client list (null: not known yet). */
+  let clientsNeedToken = null;
+
+  /**
+   * The laggiest clients, or null when the server wants the admin token
+   * for them (it has one configured): who is connected is for operators.
+   * A stored token the server refuses is forgotten.
+   */
+  async function getClients() {
+    const headers = { Accept: 'application/json' };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (clientsNeedToken === null) {
+      // The OpenAPI document declares bearer security only when the server
+      // has a token: ask it once rather than provoke a 401 every second.
+      const doc = await getJSON('/api/v1/openapi.json');
+      clientsNeedToken = Boolean(doc.components && doc.components.securitySchemes);
+    }
+    if (clientsNeedToken && !token) return null;
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const r = await fetchWithTimeout('/api/v1/clients?limit=10', { headers });
+    if (r.status === 401) {
+      if (token) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        updateTokenButton();
+      }
+      return null;
+    }
+    if (!r.ok) throw new ApiError(`/api/v1/clients answered HTTP ${r.status}`, r.status);
+    return r.json();
+  }
+
+  async function unlockClients() {
+    const token = await askToken(false, true);
+    if (token === null) return;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    updateTokenButton();
+    announce('The admin token is kept for this tab; the client list shows at the next refresh.');
+  }
+
+  /** The client table without the token: a note and a way to give it. */
+  function renderClientsLocked() {
+    setText('clients-total', '–');
+    const tbody = $('clients').querySelector('tbody');
+    // Kept as it is between refreshes, so the button stays put under a click.
+    if (tbody.dataset.locked === 'yes') return;
+    tbody.dataset.locked = 'yes';
+    tbody.replaceChildren(h('tr', {}, h('td', { colspan: 6, class: 'empty' },
+      'The client list needs the admin token. ',
+      h('button', { type: 'button', class: 'quiet', onclick: unlockClients }, 'Enter admin token'))));
+  }
+
   function renderClients(data) {
+    if (data === null) {
+      renderClientsLocked();
+      return;
+    }
     setText('clients-total', fmtNumber(data.total));
     const tbody = $('clients').querySelector('tbody');
+    tbody.dataset.locked = 'no';
     if (!data.clients.length) {
       tbody.replaceChildren(h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'No clients connected.')));
       return;
@@ -842,6 +905,43 @@
     state.online = online;
   }
 
+  /** One row per policy: whether it is on, what it does now, what it last decided. */
+  function policyRows(p) {
+    const load = p.load || {};
+    const interest = p.interest || {};
+    const size = p.size || {};
+    const loadLast = (load.decisions || []).slice(0, 3).map((d) => (
+      `${fmtClock(d.at / 1000)} ${d.step} ×${fmtNumber(d.scale, 2)} (pressure ${fmtNumber(d.pressure, 2)})`));
+    const sizeThreads = Object.entries(size.threads || {});
+    const widest = sizeThreads.reduce((a, b) => (b[1] > a[1] ? b : a), ['', 1]);
+    const sizeLast = (size.decisions || []).slice(0, 3).map((d) => (
+      `${fmtClock(d.at / 1000)} ${d.thread === '' ? 'main room' : d.thread}: ${fmtNumber(d.readers)} readers → ×${fmtNumber(d.factor, 2)}`));
+    return [
+      ['load', 'Load', load.enabled,
+        load.enabled ? `bounds ×${fmtNumber(load.scale || 1, 2)} (target ${load.target}, up to ${load.max_staleness})` : 'operator\'s bounds',
+        loadLast],
+      ['interest', 'Interest', interest.enabled,
+        interest.enabled
+          ? `other threads ×${fmtNumber(interest.factor, 0)} staleness; ${fmtNumber(interest.taking_part)} of ${fmtNumber(interest.streaming)} clients take part somewhere`
+          : 'every client gets every thread at its own bounds',
+        []],
+      ['size', 'Size', size.enabled,
+        size.enabled
+          ? (sizeThreads.length ? `${sizeThreads.length} thread(s) widened, widest ×${fmtNumber(widest[1], 2)} (${widest[0] === '' ? 'main room' : widest[0]})` : 'no thread above its reader threshold')
+          : 'operator\'s bounds',
+        sizeLast],
+    ];
+  }
+
+  function renderPolicies(p) {
+    const tbody = $('policies').querySelector('tbody');
+    tbody.replaceChildren(...policyRows(p).map(([key, label, on, output, last]) => h('tr', { id: `policy-${key}` },
+      h('th', { scope: 'row' }, label),
+      h('td', { class: `state ${on ? 'on' : 'off'}` }, on ? 'On' : 'Off'),
+      h('td', { class: 'output' }, output),
+      h('td', { class: 'last' }, last.length ? last.join('; ') : '–'))));
+  }
+
   async function refreshBounds() {
     state.bounds = await getJSON('/api/v1/bounds');
     renderChanges(state.bounds);
@@ -867,10 +967,11 @@
 
   async function poll() {
     try {
-      const [stats, clients, bounds] = await Promise.all([
+      const [stats, clients, bounds, policies] = await Promise.all([
         getJSON('/api/v1/stats'),
-        getJSON('/api/v1/clients?limit=10'),
+        getClients(),
         getJSON('/api/v1/bounds'),
+        getJSON('/api/v1/policies'),
       ]);
       state.lastContact = Date.now();
       state.bounds = bounds;
@@ -884,6 +985,7 @@
       renderClients(clients);
       renderBounds(false);
       renderChanges(bounds);
+      renderPolicies(policies);
       renderCharts();
     } catch (e) {
       const reason = e instanceof ApiError ? e.message

@@ -1,0 +1,121 @@
+//! The cluster's metrics (`chat_nats_*`): what a chat node on a NATS
+//! JetStream stream measures of its publishes and of its consumer.
+//!
+//! They are registered in every storage mode (at zero outside `nats`), so a
+//! dashboard or rule that names them parses everywhere; they move only on a
+//! node with `--storage nats`.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Why a publish attempt failed, as the `kind` label says it. Bounded: the
+/// client library's error kinds, folded.
+pub const PUBLISH_ERROR_KINDS: [&str; 5] = [
+    "timeout",
+    "no_stream",
+    "connection",
+    "wrong_last_sequence",
+    "other",
+];
+
+/// A chat node's view of the stream. Cheap to clone (every field is a handle).
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// Publish → JetStream acknowledgement, per commit, resends included.
+    pub publish_seconds: Histogram,
+    /// Publish attempts that failed, by kind ([`PUBLISH_ERROR_KINDS`]).
+    pub publish_errors: IntCounterVec,
+    /// Publishes sent again with the same `Nats-Msg-Id` after a failed
+    /// attempt (JetStream stores such a message once).
+    pub publish_retries: IntCounter,
+    /// Publishes refused because the thread had a newer commit than the one
+    /// admission was decided on (optimistic concurrency on the thread's
+    /// subject), each followed by a new decision.
+    pub order_conflicts: IntCounter,
+    /// Stream commits this node has not applied yet (the stream's last
+    /// sequence minus this node's), at the latest probe.
+    pub consumer_lag_messages: IntGauge,
+    /// Commit (stored in the stream) → applied by this node, per commit: the
+    /// part of the staleness bound the cluster itself uses up.
+    pub apply_delay_seconds: Histogram,
+}
+
+impl ClusterMetrics {
+    pub fn new(r: &Registry) -> Self {
+        let publish_errors = IntCounterVec::new(
+            Opts::new(
+                "chat_nats_publish_errors_total",
+                "JetStream publish attempts that failed, by kind (timeout, no_stream, connection, wrong_last_sequence, other).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        for k in PUBLISH_ERROR_KINDS {
+            publish_errors.with_label_values(&[k]);
+        }
+        ClusterMetrics {
+            publish_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "chat_nats_publish_seconds",
+                        "Time from publishing a commit to JetStream's acknowledgement (stored on a quorum), resends included.",
+                    )
+                    .buckets(buckets()),
+                )
+                .expect("valid metric"),
+            ),
+            publish_errors: register(r, publish_errors),
+            publish_retries: register(
+                r,
+                IntCounter::new(
+                    "chat_nats_publish_retries_total",
+                    "Publishes sent again with the same Nats-Msg-Id after a failed or unanswered attempt.",
+                )
+                .expect("valid metric"),
+            ),
+            order_conflicts: register(
+                r,
+                IntCounter::new(
+                    "chat_nats_order_conflicts_total",
+                    "Publishes refused because their thread had a newer commit than admission saw; decided again.",
+                )
+                .expect("valid metric"),
+            ),
+            consumer_lag_messages: register(
+                r,
+                IntGauge::new(
+                    "chat_nats_consumer_lag_messages",
+                    "Stream commits this node has not applied yet, at the latest probe (every 500 ms).",
+                )
+                .expect("valid metric"),
+            ),
+            apply_delay_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "chat_nats_apply_delay_seconds",
+                        "Time from a commit being stored in the stream to this node applying it.",
+                    )
+                    .buckets(buckets()),
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+
+    /// Counts a failed publish attempt under its kind.
+    pub fn publish_error(&self, kind: &str) {
+        self.publish_errors.with_label_values(&[kind]).inc();
+    }
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+/// Seconds from 0.5 ms to ~8 s: a loopback publish takes about a
+/// millisecond, a leader election several seconds.
+fn buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0005, 2.0, 15).expect("valid buckets")
+}

@@ -1,0 +1,470 @@
+//! Faults of a cluster under load: a chat node killed (its clients fail
+//! over with the client library) and the stream's leader `nats-server`
+//! killed. Real `dyconit-chat serve` processes on a real 3-server NATS
+//! JetStream cluster (see `common/nats.rs`); ignored unless asked for
+//! (`--include-ignored` with `DYCONIT_NATS_SERVER` set, as `.ci/run` does).
+//!
+//! The bookkeeping is the crash test's: every write a client was told OK is
+//! remembered, and afterwards the stream (read as history through every
+//! surviving node) must hold each of them exactly once, in one order.
+
+mod common;
+
+use common::nats::NatsCluster;
+use dyconit_chat::bench::server::SpawnedServer;
+use dyconit_chat::client::{ConnectOptions, FailoverClient, FailoverSubscription};
+use dyconit_chat::proto::ReceivedMessage;
+use dyconit_chat::proto::message_status::StatusCode;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One message as a reader received it: (sender, thread, contents, commit time).
+type Seen = (String, String, String, i64);
+
+fn seen(m: &ReceivedMessage) -> Seen {
+    (
+        m.sender.clone(),
+        m.thread.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+        m.contents.clone(),
+        m.server_time.as_ref().map_or(0, |t| t.timestamp),
+    )
+}
+
+/// A chat node on the cluster keeping the whole stream as history, with
+/// bounds no test writer reaches.
+async fn node(cluster: &NatsCluster, name: &str, extra: &[&str]) -> SpawnedServer {
+    let mut args: Vec<String> = [
+        "--storage",
+        "nats",
+        "--nats-url",
+        &cluster.url_list(),
+        "--node-name",
+        name,
+        "--order",
+        "1000000",
+        "--numerical",
+        "1000000",
+        "--staleness",
+        "5s",
+        "--ack-timeout",
+        "1h",
+        "--lease",
+        "1h",
+        "--history",
+        "100000",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
+        .await
+        .expect("start a chat node")
+}
+
+/// The node URLs starting at node `first`: a client's preference.
+fn rotated(urls: &[String], first: usize) -> Vec<String> {
+    (0..urls.len())
+        .map(|k| urls[(first + k) % urls.len()].clone())
+        .collect()
+}
+
+/// What the writers were told, shared with the test.
+#[derive(Default)]
+struct Book {
+    /// Contents of every write answered OK.
+    acked: Mutex<Vec<String>>,
+    /// Writes answered something else (status, contents).
+    refused: Mutex<Vec<(StatusCode, String)>>,
+    /// When each OK came, in order.
+    ok_at: Mutex<Vec<Instant>>,
+    /// The longest a send took, in microseconds.
+    slowest_us: AtomicUsize,
+}
+
+impl Book {
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+/// A writer sending `w<i>-<k>` to 3 threads until `stop`, one at a time.
+fn writer(
+    urls: Vec<String>,
+    i: usize,
+    book: Arc<Book>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<FailoverClient> {
+    tokio::spawn(async move {
+        let name = format!("w{i}");
+        let c = FailoverClient::connect(&urls, Some(&name), &ConnectOptions::default())
+            .await
+            .expect("connect a writer");
+        let mut k = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let contents = format!("w{i}-{k}");
+            let started = Instant::now();
+            let outcome = c.send(&format!("t{}", k % 3), &contents).await;
+            let took = started.elapsed().as_micros() as usize;
+            book.slowest_us.fetch_max(took, Ordering::SeqCst);
+            match outcome {
+                Ok(o) if o.status == StatusCode::Ok => {
+                    book.acked.lock().unwrap().push(contents);
+                    book.ok_at.lock().unwrap().push(Instant::now());
+                }
+                Ok(o) => book.refused.lock().unwrap().push((o.status, contents)),
+                Err(e) => panic!("{name}: {e} (after {} failovers)", c.failovers()),
+            }
+            k += 1;
+        }
+        c
+    })
+}
+
+/// Messages a reader got so far.
+type Got = Arc<Mutex<Vec<Seen>>>;
+
+/// A reader collecting every message its subscription delivers into `got`
+/// until `stop`.
+fn reader(
+    urls: Vec<String>,
+    i: usize,
+    got: Got,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<FailoverClient> {
+    tokio::spawn(async move {
+        let c = FailoverClient::connect(&urls, Some(&format!("r{i}")), &ConnectOptions::default())
+            .await
+            .expect("connect a reader");
+        let mut sub: FailoverSubscription = c.subscribe().await.expect("subscribe");
+        while !stop.load(Ordering::SeqCst) {
+            match sub.next_within(Duration::from_millis(200)).await {
+                Some(Ok(r)) => got
+                    .lock()
+                    .unwrap()
+                    .extend(r.update.message.iter().map(seen)),
+                Some(Err(s)) => panic!("reader r{i}: {s}"),
+                None => {}
+            }
+        }
+        c
+    })
+}
+
+/// Waits until `done()` or panics with `what` after `limit`.
+async fn until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} (waited {limit:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The whole stream as history of a fresh client of `url`.
+async fn history(url: &str) -> Vec<Seen> {
+    let c = FailoverClient::connect(&[url.to_owned()], None, &ConnectOptions::default())
+        .await
+        .expect("connect");
+    let mut sub = c.subscribe().await.expect("subscribe");
+    let first = sub
+        .next_within(Duration::from_secs(10))
+        .await
+        .expect("first update")
+        .expect("stream ok");
+    first.update.message.iter().map(seen).collect()
+}
+
+/// Every acknowledged write present exactly once in `order`, and nothing
+/// twice at all.
+fn assert_each_once(order: &[Seen], acked: &[String], whose: &str) {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for s in order {
+        *count.entry(s.2.as_str()).or_default() += 1;
+    }
+    for a in acked {
+        assert_eq!(
+            count.get(a.as_str()),
+            Some(&1),
+            "{whose}: {a} acknowledged, found {:?} times",
+            count.get(a.as_str())
+        );
+    }
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "{whose}: twice: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_killed_chat_nodes_clients_fail_over_and_every_ok_is_there_once() {
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(node(&cluster, &format!("chat{i}"), &[]).await);
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let (book, stop) = (Arc::new(Book::default()), Arc::new(AtomicBool::new(false)));
+    let stop_readers = Arc::new(AtomicBool::new(false));
+    // A reader and two writers preferring each node.
+    let got: Vec<Got> = (0..3).map(|_| Got::default()).collect();
+    let readers: Vec<_> = (0..3)
+        .map(|i| reader(rotated(&urls, i), i, got[i].clone(), stop_readers.clone()))
+        .collect();
+    let writers: Vec<_> = (0..6)
+        .map(|i| writer(rotated(&urls, i % 3), i, book.clone(), stop.clone()))
+        .collect();
+    until(Duration::from_secs(30), "writes too slow", || {
+        book.acked() >= 150
+    })
+    .await;
+    nodes[0].kill().expect("kill -9 chat0");
+    let killed = Instant::now();
+    let at_kill = book.acked();
+    until(
+        Duration::from_secs(30),
+        "no progress after the kill",
+        || book.acked() >= at_kill + 150,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut moved = 0;
+    for (i, w) in writers.into_iter().enumerate() {
+        let c = w.await.expect("writer");
+        if i % 3 == 0 {
+            assert!(c.failovers() >= 1, "w{i} was on the killed node");
+            assert_ne!(c.server(), urls[0]);
+        }
+        moved += c.failovers();
+    }
+    let acked = book.acked.lock().unwrap().clone();
+    let refused = book.refused.lock().unwrap().clone();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    // Two fresh clients, one on each surviving node, read one identical
+    // history holding every OK once.
+    let h1 = history(&urls[1]).await;
+    let h2 = history(&urls[2]).await;
+    assert_eq!(h1, h2, "the surviving nodes disagree");
+    assert_each_once(&h1, &acked, "history");
+    // Every reader, including the one that failed over, got exactly that.
+    let total = h1.len();
+    until(
+        Duration::from_secs(20),
+        "a reader is missing messages",
+        || got.iter().all(|g| g.lock().unwrap().len() >= total),
+    )
+    .await;
+    stop_readers.store(true, Ordering::SeqCst);
+    let mut failed_over_readers = 0;
+    for (i, r) in readers.into_iter().enumerate() {
+        failed_over_readers += r.await.expect("reader").failovers();
+        assert_eq!(*got[i].lock().unwrap(), h1, "reader r{i} saw another order");
+    }
+    assert!(failed_over_readers >= 1, "the reader of chat0 failed over");
+    eprintln!(
+        "{} acknowledged ({at_kill} before the kill), {total} in the stream; {moved} writer failovers; slowest send {} ms; {:?} from the kill to the end",
+        acked.len(),
+        book.slowest_us.load(Ordering::SeqCst) / 1000,
+        killed.elapsed()
+    );
+}
+
+/// The stream's leader (its server name, `n<index>`), asked through any
+/// server; `None` while there is none or JetStream does not answer.
+async fn stream_leader(js: &async_nats::jetstream::Context) -> Option<String> {
+    let ask = async {
+        let mut stream = js.get_stream("CHAT").await.ok()?;
+        stream.info().await.ok()?.cluster.clone()?.leader
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Polls every node's `/readyz` until `stop`; counts the 503 answers.
+fn watch_readiness(
+    admins: Vec<std::net::SocketAddr>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut unready = 0;
+        while !stop.load(Ordering::SeqCst) {
+            for a in &admins {
+                if common::http(*a, "GET", "/readyz", None, None).await.0 == 503 {
+                    unready += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        unready
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn killing_the_streams_nats_leader_stalls_writes_briefly_and_loses_nothing() {
+    // The stated longest wait for a commit (`--nats-timeout`).
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let mut cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(node(&cluster, &format!("chat{i}"), &["--nats-timeout", "5s"]).await);
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let admins: Vec<std::net::SocketAddr> = nodes
+        .iter()
+        .map(|n| n.admin_url.trim_start_matches("http://").parse().unwrap())
+        .collect();
+    let admins_again = admins.clone();
+    let (book, stop) = (Arc::new(Book::default()), Arc::new(AtomicBool::new(false)));
+    let readiness = watch_readiness(admins, stop.clone());
+    let writers: Vec<_> = (0..6)
+        .map(|i| writer(rotated(&urls, i % 3), i, book.clone(), stop.clone()))
+        .collect();
+    until(Duration::from_secs(30), "writes too slow", || {
+        book.acked() >= 150
+    })
+    .await;
+    let js = cluster.jetstream().await;
+    let old = stream_leader(&js).await.expect("the stream has a leader");
+    let index: usize = old
+        .trim_start_matches('n')
+        .parse()
+        .expect("server name n<i>");
+    cluster.kill(index);
+    let killed = Instant::now();
+    // A new leader: asked through the servers still running.
+    let elected = loop {
+        match stream_leader(&js).await {
+            Some(l) if l != old => break Instant::now(),
+            _ => {
+                assert!(killed.elapsed() < Duration::from_secs(30), "no new leader");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let at_election = book.acked();
+    until(
+        Duration::from_secs(5),
+        "no OK within 5 s of the new leader",
+        || book.acked() > at_election,
+    )
+    .await;
+    let resumed = book.ok_at.lock().unwrap()[at_election];
+    until(
+        Duration::from_secs(30),
+        "no progress after the new leader",
+        || book.acked() >= at_election + 150,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let unready = readiness.await.expect("readiness watcher");
+    let acked = book.acked.lock().unwrap().clone();
+    let refused = book.refused.lock().unwrap().clone();
+    // Refused writes were answered in time, with a server error.
+    assert!(
+        refused.iter().all(|(s, _)| *s == StatusCode::InternalError),
+        "{refused:?}"
+    );
+    let slowest = Duration::from_micros(book.slowest_us.load(Ordering::SeqCst) as u64);
+    assert!(
+        slowest < TIMEOUT + Duration::from_secs(2),
+        "a send took {slowest:?}"
+    );
+    // The longest stall between two OKs after the kill.
+    let ok_at = book.ok_at.lock().unwrap().clone();
+    let stall = ok_at
+        .windows(2)
+        .filter(|w| w[1] > killed)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    // Every node timed its publishes and counted the failed attempts.
+    let (mut published, mut errors, mut retries) = (0.0, 0.0, 0.0);
+    for a in &admins_again {
+        let text = common::http(*a, "GET", "/metrics", None, None).await.1;
+        published += metric(&text, "chat_nats_publish_seconds_count");
+        errors += metric(&text, "chat_nats_publish_errors_total");
+        retries += metric(&text, "chat_nats_publish_retries_total");
+    }
+    assert!(
+        published >= acked.len() as f64,
+        "{published} publishes timed, {} OK",
+        acked.len()
+    );
+    let mut orders = Vec::new();
+    for u in &urls {
+        orders.push(history(u).await);
+    }
+    assert_eq!(orders[0], orders[1], "nodes 0 and 1 disagree");
+    assert_eq!(orders[0], orders[2], "nodes 0 and 2 disagree");
+    assert_each_once(&orders[0], &acked, "history");
+    eprintln!(
+        "leader {old} killed: new leader after {:?}, writes OK again {:?} after that; longest gap between OKs {stall:?}; slowest send {slowest:?}; {} OK, {} INTERNAL_ERROR, {} in the stream; /readyz 503 seen {unready} times; {errors} failed publish attempts, {retries} resent",
+        elected - killed,
+        resumed.saturating_duration_since(elected),
+        acked.len(),
+        refused.len(),
+        orders[0].len(),
+    );
+}
+
+/// The sum of every sample of `name` (all label sets) in a scrape.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn bench_spreads_its_clients_over_the_nodes_given() {
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(node(&cluster, &format!("chat{i}"), &[]).await);
+    }
+    let list = nodes
+        .iter()
+        .map(|n| n.url.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let admin = nodes[0].admin_url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
+            .args(["bench", "--quiet", "--server", &list, "--admin", &admin])
+            .args(["--clients", "6", "--connections", "6", "--rate", "60"])
+            .args(["--duration", "2s", "--ramp-up", "100ms", "--drain", "10s"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each node had its share of the clients.
+    for n in &nodes {
+        let addr: std::net::SocketAddr = n.admin_url.trim_start_matches("http://").parse().unwrap();
+        let text = common::http(addr, "GET", "/metrics", None, None).await.1;
+        assert!(
+            metric(
+                &text,
+                "chat_rpc_requests_total{code=\"OK\",method=\"Connect\"}"
+            ) >= 2.0,
+            "{}: {text}",
+            n.url
+        );
+    }
+}
