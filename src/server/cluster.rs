@@ -56,6 +56,10 @@ struct Proposal {
     entry: Arc<Entry>,
     origin: Origin,
     reply: oneshot::Sender<Result<(Seq, Micros), Rejection>>,
+    /// When the write was admitted: its answer is due within the publish
+    /// timeout of this, however long it waited behind earlier writes of
+    /// its thread.
+    admitted: tokio::time::Instant,
 }
 
 /// Why a write was not committed.
@@ -93,6 +97,7 @@ impl Committer for ClusterSink {
             entry,
             origin,
             reply,
+            admitted: tokio::time::Instant::now(),
         });
         rx
     }
@@ -473,7 +478,7 @@ async fn lane_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Proposal
 
 /// Commits one write and answers its writer.
 async fn propose_one(shared: &Arc<Shared>, p: Proposal) {
-    let deadline = tokio::time::Instant::now() + shared.timeout;
+    let deadline = p.admitted + shared.timeout;
     let e = &p.entry;
     let id = nats::message_id(&e.sender, &e.thread, &e.contents, p.origin.timestamp);
     lock(&shared.own).insert(id.clone(), (p.origin.client, p.origin.number));
@@ -584,19 +589,34 @@ async fn publish_acked(
     let m = &shared.metrics.cluster;
     let sent = tokio::time::Instant::now();
     loop {
-        let attempt = shared
-            .js
-            .send_publish(subject.to_owned(), publish(payload, id, expected))
-            .await;
+        if tokio::time::Instant::now() >= deadline {
+            // Not published at all: the answer is certain.
+            return Published::Failed(
+                "the publish timeout passed while the write waited for its turn".into(),
+            );
+        }
+        // The acknowledgement's own timeout (the client's) may end after
+        // the deadline: the deadline bounds the whole attempt.
+        let attempt = tokio::time::timeout_at(deadline, async {
+            shared
+                .js
+                .send_publish(subject.to_owned(), publish(payload, id, expected))
+                .await?
+                .await
+        })
+        .await;
         let error = match attempt {
-            Ok(ack) => match ack.await {
-                Ok(a) => {
-                    m.publish_seconds.observe(sent.elapsed().as_secs_f64());
-                    return Published::Stored(a.sequence);
-                }
-                Err(e) => e,
-            },
-            Err(e) => e,
+            Ok(Ok(a)) => {
+                m.publish_seconds.observe(sent.elapsed().as_secs_f64());
+                return Published::Stored(a.sequence);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => {
+                m.publish_error(error_kind(PublishErrorKind::TimedOut));
+                return Published::Failed(
+                    "publishing to JetStream: no acknowledgement before the timeout".into(),
+                );
+            }
         };
         m.publish_error(error_kind(error.kind()));
         if error.kind() == PublishErrorKind::WrongLastSequence {
