@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::nats::NatsCluster;
+use common::nats::{NatsCluster, Seen, chat_node, seen};
 use dyconit_chat::bench::server::SpawnedServer;
 use dyconit_chat::client::ChatClient;
 use dyconit_chat::log::nats::NatsOptions;
@@ -15,43 +15,16 @@ use dyconit_chat::proto::message_status::StatusCode;
 use dyconit_chat::proto::{ConnectionStarter, SentMessage, ServerTime, Thread};
 use dyconit_chat::server::{Config, Storage};
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Request;
 use tonic::transport::Channel;
 
-/// One message as a reader received it: (sender, thread, contents, commit time).
-type Seen = (String, String, String, i64);
-
 /// A chat node on the cluster, with bounds no test writer reaches unless
 /// `extra` sets them.
 async fn node(cluster: &NatsCluster, name: &str, extra: &[&str]) -> SpawnedServer {
-    let mut args: Vec<String> = [
-        "--storage",
-        "nats",
-        "--nats-url",
-        &cluster.url_list(),
-        "--node-name",
-        name,
-        "--order",
-        "1000000",
-        "--numerical",
-        "1000000",
-        "--staleness",
-        "5s",
-        "--ack-timeout",
-        "1h",
-        "--lease",
-        "1h",
-    ]
-    .map(str::to_owned)
-    .into();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
-        .await
-        .expect("start a chat node")
+    chat_node(cluster, name, (1_000_000, 1_000_000, "5s"), extra).await
 }
 
 /// Every message a subscription gets, until `n` arrived (10 s at most).
@@ -59,15 +32,7 @@ async fn read(sub: &mut dyconit_chat::client::Subscription, n: usize) -> Vec<See
     common::collect_messages(sub, n)
         .await
         .iter()
-        .flat_map(|r| r.update.message.clone())
-        .map(|m| {
-            (
-                m.sender,
-                m.thread.map(|t| t.id).unwrap_or_default(),
-                m.contents,
-                m.server_time.map_or(0, |t| t.timestamp),
-            )
-        })
+        .flat_map(|r| r.update.message.iter().map(seen))
         .collect()
 }
 
@@ -481,29 +446,7 @@ async fn bounded_node(
     order: u64,
     numerical: u64,
 ) -> SpawnedServer {
-    let args: Vec<String> = [
-        "--storage",
-        "nats",
-        "--nats-url",
-        &cluster.url_list(),
-        "--node-name",
-        name,
-        "--order",
-        &order.to_string(),
-        "--numerical",
-        &numerical.to_string(),
-        "--staleness",
-        "100ms",
-        "--ack-timeout",
-        "1h",
-        "--lease",
-        "1h",
-    ]
-    .map(str::to_owned)
-    .into();
-    SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
-        .await
-        .expect("start a chat node")
+    chat_node(cluster, name, (order, numerical, "100ms"), &[]).await
 }
 
 /// What a raw client has received: the contents of each Update's messages,

@@ -10,58 +10,21 @@
 
 mod common;
 
-use common::nats::NatsCluster;
+use common::nats::{NatsCluster, Seen, chat_node, seen};
 use dyconit_chat::bench::server::SpawnedServer;
 use dyconit_chat::client::{ConnectOptions, FailoverClient, FailoverSubscription};
-use dyconit_chat::proto::ReceivedMessage;
 use dyconit_chat::proto::message_status::StatusCode;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One message as a reader received it: (sender, thread, contents, commit time).
-type Seen = (String, String, String, i64);
-
-fn seen(m: &ReceivedMessage) -> Seen {
-    (
-        m.sender.clone(),
-        m.thread.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
-        m.contents.clone(),
-        m.server_time.as_ref().map_or(0, |t| t.timestamp),
-    )
-}
-
 /// A chat node on the cluster keeping the whole stream as history, with
 /// bounds no test writer reaches.
 async fn node(cluster: &NatsCluster, name: &str, extra: &[&str]) -> SpawnedServer {
-    let mut args: Vec<String> = [
-        "--storage",
-        "nats",
-        "--nats-url",
-        &cluster.url_list(),
-        "--node-name",
-        name,
-        "--order",
-        "1000000",
-        "--numerical",
-        "1000000",
-        "--staleness",
-        "5s",
-        "--ack-timeout",
-        "1h",
-        "--lease",
-        "1h",
-        "--history",
-        "100000",
-    ]
-    .map(str::to_owned)
-    .into();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    SpawnedServer::start(Path::new(env!("CARGO_BIN_EXE_dyconit-chat")), &args)
-        .await
-        .expect("start a chat node")
+    let extra = [&["--history", "100000"], extra].concat();
+    chat_node(cluster, name, (1_000_000, 1_000_000, "5s"), &extra).await
 }
 
 /// The node URLs starting at node `first`: a client's preference.

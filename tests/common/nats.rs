@@ -250,3 +250,53 @@ pub fn test_options() -> dyconit_chat::log::nats::NatsOptions {
         ..Default::default()
     }
 }
+
+/// One message as a reader received it: (sender, thread, contents, commit
+/// time).
+pub type Seen = (String, String, String, i64);
+
+/// What a reader saw of `m`.
+pub fn seen(m: &dyconit_chat::proto::ReceivedMessage) -> Seen {
+    (
+        m.sender.clone(),
+        m.thread.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+        m.contents.clone(),
+        m.server_time.as_ref().map_or(0, |t| t.timestamp),
+    )
+}
+
+/// Starts a chat node (this crate's binary) on `cluster` with the given
+/// order and numerical bounds and staleness, an acknowledgement timeout and
+/// lease no test reaches, and `extra` flags.
+pub async fn chat_node(
+    cluster: &NatsCluster,
+    name: &str,
+    (order, numerical, staleness): (u64, u64, &str),
+    extra: &[&str],
+) -> dyconit_chat::bench::server::SpawnedServer {
+    let mut args: Vec<String> = [
+        "--storage",
+        "nats",
+        "--nats-url",
+        &cluster.url_list(),
+        "--node-name",
+        name,
+        "--order",
+        &order.to_string(),
+        "--numerical",
+        &numerical.to_string(),
+        "--staleness",
+        staleness,
+        "--ack-timeout",
+        "1h",
+        "--lease",
+        "1h",
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_dyconit-chat"));
+    dyconit_chat::bench::server::SpawnedServer::start(binary, &args)
+        .await
+        .expect("start a chat node")
+}
