@@ -548,10 +548,11 @@ async fn a_recorded_bench_over_three_nodes_passes_the_checker_across_a_nats_lead
         "{report}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let recorded = rec.clone();
     let check = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
             .args(["check", "--allowance", CHECK_ALLOWANCE])
-            .arg(&rec)
+            .arg(&recorded)
             .output()
     })
     .await
