@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/dyconit-chat}
 OUT=${1:-bench-results}
 REPS=${REPS:-3}
-ROWS=${ROWS:-"w1 w1durable compare idle max r3 r3x110"}
+ROWS=${ROWS:-"w1 w1durable compare idle max r3 r3x110"}  # also: w1s50 nats
 mkdir -p "$OUT"
 # Each client has its own connection (the bench's default); CLIENTS_PER_CONNECTION=K
 # multiplexes K clients on each connection instead.
@@ -43,6 +43,13 @@ for r in $(seq 1 "$REPS"); do
     r3)  # 10,000 streaming clients, 100 msg/s aggregate, 60 s
       b "r3-$r" --spawn-server --clients 10000 --rate 100 --threads 10 --size 100 \
         --duration 60s --ramp-up 10s ;;
+    w1s50)  # W1 at staleness 50 ms (beside the NATS row)
+      b "w1s50-$r" --spawn-server --staleness 50ms --clients 1000 --rate 200 --threads 50 \
+        --size 100 --duration 30s --ramp-up 5s ;;
+    nats)  # the same fan-out over core NATS: 1,000 subscriber connections, 200 msg/s, 100 B
+      # (NATS_SERVER: a nats-server binary, e.g. target/nats-venv/bin/nats-server)
+      "$BIN" bench --quiet --spawn-nats "${NATS_SERVER:?set NATS_SERVER}" --clients 1000 \
+        --rate 200 --size 100 --duration 30s --json "$OUT/nats-$r.json" > "$OUT/nats-$r.txt" ;;
     r3x110)  # the same at 110 msg/s: headroom above 1,000,000 deliveries/s
       b "r3x110-$r" --spawn-server --clients 10000 --rate 110 --threads 10 --size 100 \
         --duration 60s --ramp-up 10s ;;

@@ -32,7 +32,7 @@ def loads(r):
 
 
 for name in sorted(runs):
-    if name.startswith("cmp"):
+    if name.startswith("cmp") or name.startswith("nats"):
         continue
     print(f"{name}:")
     row(name, "accepted/s", lambda r: r["accepted_per_s"], "{:.1f}")
@@ -77,3 +77,16 @@ if "cmp500" in runs and "cmp1" in runs:
     ratio("server CPU (1 ms / 500 ms)", lambda r: server(r, "cores"))
     ratio("Updates per accepted message", lambda r: r["updates_per_s"] / max(r["accepted_per_s"], 1e-9))
     ratio("server CPU per accepted message", lambda r: server(r, "cores") / max(r["accepted_per_s"], 1e-9))
+
+if "nats" in runs:
+    print("nats (core NATS fan-out, bench --spawn-nats):")
+    row("nats", "deliveries/s", lambda r: r["deliveries_per_s"], "{:.0f}")
+    row("nats", "deliveries of expected", lambda r: r["deliveries"] / max(r["expected_deliveries"], 1), "{:.4f}")
+    row("nats", "latency p50 ms", lambda r: r["latency"]["p50_ms"], "{:.1f}")
+    row("nats", "latency p99 ms", lambda r: r["latency"]["p99_ms"], "{:.1f}")
+    row("nats", "latency max ms", lambda r: r["latency"]["max_ms"], "{:.1f}")
+    row("nats", "server cores", lambda r: r["server_cores"] or 0.0)
+    row("nats", "server CPU us per delivery", lambda r: r["server_cpu_us_per_delivery"] or 0.0, "{:.2f}")
+    row("nats", "RSS per connection KiB", lambda r: (r["server_rss_per_connection_bytes"] or 0) / 1024, "{:.1f}")
+    row("nats", "generator cores", lambda r: r["generator_cores"] or 0.0)
+    row("nats", "load average (end)", lambda r: r["load_average"] or 0.0, "{:.2f}")

@@ -179,7 +179,12 @@ fn log_settings(file: Option<&std::path::Path>, config: &dyconit_chat::server::C
 async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut resolved = args.resolve()?;
-    let telemetry = tracing_setup::init(&log_filter(log), resolved.otlp_endpoint.as_deref())?;
+    let traces = resolved
+        .otlp_endpoint
+        .as_deref()
+        .map(dyconit_chat::server::otlp::trace_export)
+        .transpose()?;
+    let telemetry = tracing_setup::init(&log_filter(log), traces)?;
     resolved.config.log_filter = Some(telemetry.log_filter.clone());
     log_settings(args.config.as_deref(), &resolved.config);
     // Every client holds a connection (or shares one); the usual soft limit

@@ -5,10 +5,19 @@
 //! `DYCONIT_CRASH_ROUNDS` times (default 10) on one data directory, so each
 //! restart also recovers from the crashes before it. The random seed is
 //! printed; `DYCONIT_CRASH_SEED` replays it.
+//!
+//! Besides its own bookkeeping, the test records what every client did and
+//! saw (the recorder behind `bench --record`) and runs `dyconit-chat check`
+//! on the recording at the end: the history readers' Updates must carry every
+//! OK'd message once, in the one commit order, with its OK's commit time.
 
 mod common;
 
+use dyconit_chat::bench::record::{Delivery, EndKind, Event, Recorder};
+use dyconit_chat::bench::record_run::admin_get;
 use dyconit_chat::bench::server::SpawnedServer;
+use dyconit_chat::check::CheckArgs;
+use dyconit_chat::client::clock::local_micros;
 use dyconit_chat::consistency::Entry;
 use dyconit_chat::log::sqlite::{self, DB_FILE};
 use dyconit_chat::proto::chat_server_client::ChatServerClient;
@@ -17,7 +26,7 @@ use dyconit_chat::proto::{Acknowledgement, Client, ConnectionStarter, SentMessag
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -68,23 +77,115 @@ async fn channel(url: &str) -> Channel {
         .expect("connect to the server")
 }
 
+/// What the clients did and saw, in the format of `bench --record`.
+struct Recording {
+    rec: Recorder,
+    /// The next client's number in the recording (each connection is one).
+    clients: AtomicU32,
+}
+
+impl Recording {
+    /// Starts the file with the server's bounds (the same on every restart).
+    async fn start(path: &Path, admin_url: &str) -> Recording {
+        let rec = Recorder::create(path).expect("create the recording");
+        let bounds = admin_get(admin_url, "/api/v1/bounds").await.unwrap();
+        rec.push(&Event::Meta(serde_json::json!({
+            "kind": "start",
+            "at": local_micros(),
+            "params": {"test": "crash", "writers": WRITERS},
+            "bounds": bounds,
+        })));
+        // Every message goes to the default thread (no `thread` field).
+        rec.push(&Event::Thread {
+            index: 0,
+            name: String::new(),
+        });
+        Recording {
+            rec,
+            clients: AtomicU32::new(0),
+        }
+    }
+
+    /// A new client, connected now.
+    fn connected(&self) -> u32 {
+        let client = self.clients.fetch_add(1, Ordering::Relaxed);
+        let time = local_micros();
+        self.rec.push(&Event::Connect { client, time });
+        client
+    }
+
+    fn update(&self, client: u32, u: &dyconit_chat::proto::Update) {
+        let ts = |t: Option<ServerTime>| t.map_or(0, |t| t.timestamp);
+        let messages = u.message.iter().map(|m| Delivery {
+            id: bench_id(&m.contents),
+            server_time: ts(m.server_time),
+        });
+        let (now, current) = (local_micros(), ts(u.current_time));
+        (self.rec).update(client, now, current, ts(u.expiration_time), messages);
+    }
+
+    /// The client's stream ended: `lost` if the server went away under it.
+    fn end(&self, client: u32, lost: bool) {
+        self.rec.push(&Event::End {
+            client,
+            time: local_micros(),
+            kind: if lost {
+                EndKind::Lost
+            } else {
+                EndKind::Stopped
+            },
+            reason: if lost {
+                "server killed".into()
+            } else {
+                String::new()
+            },
+        });
+    }
+
+    /// Writes the footer (`bounds` as the server had them at the end) and
+    /// runs the checker on the file.
+    fn check(&self, path: &Path, bounds: serde_json::Value) {
+        let footer = serde_json::json!({"kind": "end", "at": local_micros(), "bounds": bounds});
+        self.rec.push(&Event::Meta(footer));
+        let (events, bytes) = self.rec.finish().expect("write the recording");
+        // On a loaded machine an Update can reach its reader well after the
+        // server sent it; the staleness bound here (5 s) is not under test.
+        let args = CheckArgs {
+            files: vec![path.to_owned()],
+            allowance: Duration::from_secs(2),
+        };
+        let checked = dyconit_chat::check::run(&args).expect("read the recording");
+        eprintln!(
+            "recorded {events} events ({bytes} bytes)\n{}",
+            checked.report
+        );
+        assert!(checked.passed(), "check failed: {:?}", checked.failures);
+    }
+}
+
+/// The bench id at the start of a message's contents (16 hex digits).
+fn bench_id(contents: &str) -> Option<u64> {
+    u64::from_str_radix(contents.get(..16)?, 16).ok()
+}
+
 /// One OK as the writer saw it.
 #[derive(Debug, Clone)]
 struct Acked {
-    /// The message, `r{round}-w{writer}-n{n}`: unique across the test.
+    /// The message, `{id}-r{round}-w{writer}-n{n}` (`id`: 16 hex digits, as
+    /// the bench writes them): unique across the test.
     contents: String,
     /// `MessageStatus.timestamp`: the commit time.
     at: i64,
 }
 
-/// Writes `r{round}-w{writer}-n{n}` messages until the stream breaks (the
-/// server was killed); records every OK in order.
+/// Writes `{id}-r{round}-w{writer}-n{n}` messages until the stream breaks
+/// (the server was killed); records every OK in order.
 async fn writer(
     url: String,
-    round: usize,
-    w: usize,
+    (round, w): (usize, usize),
     acked: Arc<Mutex<Vec<Acked>>>,
     oks: Arc<AtomicU64>,
+    record: Arc<Recording>,
 ) {
     let mut rpc = ChatServerClient::new(channel(&url).await);
     // On a loaded machine the kill can come before every writer connected:
@@ -93,25 +194,36 @@ async fn writer(
         return;
     };
     let id = info.into_inner().client.expect("client id").id;
+    let client = record.connected();
     let (tx, rx) = tokio::sync::mpsc::channel::<SentMessage>(WINDOW);
     let permits = Arc::new(Semaphore::new(WINDOW));
     let sent: Arc<Mutex<std::collections::VecDeque<String>>> = Default::default();
     let producer = {
-        let (permits, sent) = (permits.clone(), sent.clone());
+        let (permits, sent, record) = (permits.clone(), sent.clone(), record.clone());
         tokio::spawn(async move {
             for n in 1.. {
                 let Ok(p) = permits.acquire().await else {
                     return;
                 };
                 p.forget();
-                let contents = format!("r{round}-w{w}-n{n}");
+                let bench_id = (round as u64) << 48 | (w as u64) << 32 | n as u64;
+                let contents = format!("{bench_id:016x}-r{round}-w{w}-n{n}");
                 sent.lock().unwrap().push_back(contents.clone());
+                let timestamp = local_micros();
+                record.rec.push(&Event::Send {
+                    client,
+                    n,
+                    thread: 0,
+                    id: bench_id,
+                    timestamp,
+                    acked: 0,
+                    stream: 1,
+                    time: local_micros(),
+                });
                 let m = SentMessage {
                     thread: None,
                     contents,
-                    timestamp: Some(ServerTime {
-                        timestamp: dyconit_chat::client::clock::local_micros(),
-                    }),
+                    timestamp: Some(ServerTime { timestamp }),
                     acknowledgement: Some(Acknowledgement {
                         client: Some(Client { id }),
                         num_updates_received: 0,
@@ -126,6 +238,7 @@ async fn writer(
     };
     let Ok(resp) = rpc.send_messages(ReceiverStream::new(rx)).await else {
         producer.abort();
+        record.end(client, true);
         return;
     };
     let mut statuses = resp.into_inner();
@@ -135,6 +248,12 @@ async fn writer(
             .unwrap()
             .pop_front()
             .expect("a status per message");
+        record.rec.push(&Event::Status {
+            id: bench_id(&contents).expect("a bench id"),
+            code: s.status_code,
+            server_time: s.timestamp.map_or(0, |t| t.timestamp),
+            time: local_micros(),
+        });
         if s.status_code == StatusCode::Ok as i32 {
             let at = s.timestamp.map_or(0, |t| t.timestamp);
             acked.lock().unwrap().push(Acked { contents, at });
@@ -145,11 +264,12 @@ async fn writer(
         permits.add_permits(1);
     }
     producer.abort();
+    record.end(client, true);
 }
 
-/// `r{round}-w{writer}-n{n}` back into its parts.
+/// `{id}-r{round}-w{writer}-n{n}` back into its parts.
 fn parse(contents: &str) -> Option<(usize, usize, i64)> {
-    let mut it = contents.split('-');
+    let mut it = contents.split('-').skip(1);
     let r = it.next()?.strip_prefix('r')?.parse().ok()?;
     let w = it.next()?.strip_prefix('w')?.parse().ok()?;
     let n = it.next()?.strip_prefix('n')?.parse().ok()?;
@@ -212,10 +332,18 @@ fn verify(dir: &Path, acked: &HashMap<(usize, usize), Vec<Acked>>, round: usize)
 
 /// The history a new client gets from the restarted server must be the tail
 /// of the store, in order. It is split into Updates a client with gRPC's
-/// default 4 MiB receive limit reads.
-async fn verify_history(url: &str, all: &[Entry]) {
+/// default 4 MiB receive limit reads. The client then goes on reading (and
+/// recording) the next round's Updates until the server is killed (its
+/// stream is lost) or `stop` fires (it stayed active to the end).
+async fn verify_history(
+    url: &str,
+    all: &[Entry],
+    record: Arc<Recording>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
     let mut rpc = ChatServerClient::new(channel(url).await);
     let id = common::connect_raw(&mut rpc).await;
+    let client = record.connected();
     let mut stream = rpc
         .receive_updates(Client { id })
         .await
@@ -229,6 +357,7 @@ async fn verify_history(url: &str, all: &[Entry]) {
             .expect("history in time")
             .expect("the stream stays open")
             .expect("stream ok");
+        record.update(client, &update);
         got.extend(update.message);
     }
     assert_eq!(got.len(), tail.len(), "history length");
@@ -236,6 +365,17 @@ async fn verify_history(url: &str, all: &[Entry]) {
         assert_eq!(m.contents, e.contents);
         assert_eq!(m.server_time.map(|t| t.timestamp), Some(e.commit_time.0));
     }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stop => return record.end(client, false),
+                u = stream.next() => match u {
+                    Some(Ok(update)) => record.update(client, &update),
+                    _ => return record.end(client, true),
+                },
+            }
+        }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,6 +394,10 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
     let started = Instant::now();
     let mut acked: HashMap<(usize, usize), Vec<Acked>> = HashMap::new();
     let mut server = start(dir.path()).await;
+    let record_path = dir.path().join("clients.rec");
+    let record = Arc::new(Recording::start(&record_path, &server.admin_url).await);
+    let mut reader: Option<tokio::task::JoinHandle<()>> = None;
+    let mut stop_reader = None;
     for round in 1..=rounds {
         let oks = Arc::new(AtomicU64::new(0));
         let lists: Vec<Arc<Mutex<Vec<Acked>>>> = (0..WRITERS).map(|_| Default::default()).collect();
@@ -263,10 +407,10 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
             .map(|(w, list)| {
                 tokio::spawn(writer(
                     server.url.clone(),
-                    round,
-                    w,
+                    (round, w),
                     list.clone(),
                     oks.clone(),
+                    record.clone(),
                 ))
             })
             .collect();
@@ -286,6 +430,12 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
                 .expect("writer ends after the kill")
                 .expect("writer did not panic");
         }
+        if let Some(r) = reader.take() {
+            tokio::time::timeout(Duration::from_secs(30), r)
+                .await
+                .expect("the reader's stream ends after the kill")
+                .expect("reader did not panic");
+        }
         let round_oks: usize = lists.iter().map(|l| l.lock().unwrap().len()).sum();
         for (w, l) in lists.iter().enumerate() {
             acked.insert((round, w), std::mem::take(&mut *l.lock().unwrap()));
@@ -293,7 +443,9 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
 
         server = start(dir.path()).await;
         let all = verify(dir.path(), &acked, round);
-        verify_history(&server.url, &all).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        reader = Some(verify_history(&server.url, &all, record.clone(), stopped).await);
+        stop_reader = Some(stop);
         let acked_total: usize = acked.values().map(Vec::len).sum();
         eprintln!(
             "round {round}: killed ({status}) after {killed_at:?}: {round_oks} OKs; log holds {} \
@@ -304,7 +456,17 @@ async fn every_ok_survives_kill_9_exactly_once_in_commit_order() {
         assert!(round_oks >= 200);
     }
     // The last restart shuts down cleanly on SIGTERM.
+    let bounds = admin_get(&server.admin_url, "/api/v1/bounds")
+        .await
+        .unwrap();
+    if let Some(stop) = stop_reader.take() {
+        let _ = stop.send(());
+    }
+    if let Some(r) = reader.take() {
+        r.await.expect("reader did not panic");
+    }
     let status = server.stop(Duration::from_secs(30)).await.unwrap();
     assert!(status.success(), "clean shutdown: {status}");
+    record.check(&record_path, bounds);
     eprintln!("crash test done in {:?}", started.elapsed());
 }

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use dyconit_chat::proto::message_status::StatusCode;
+use dyconit_chat::server::otlp::trace_export;
 use dyconit_chat::telemetry::tracing_setup;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ async fn rpcs_and_shutdown_proceed_with_the_collector_down() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let telemetry = tracing_setup::init("warn", Some(&endpoint)).unwrap();
+    let telemetry = tracing_setup::init("warn", Some(trace_export(&endpoint).unwrap())).unwrap();
 
     let mut server = TestServer::start(config(100, 100_000, 100_000)).await;
     let c = server.client(None).await;

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use dyconit_chat::proto::ConnectionStarter;
 use dyconit_chat::proto::message_status::StatusCode;
+use dyconit_chat::server::otlp::trace_export;
 use dyconit_chat::telemetry::tracing_setup;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -76,7 +77,7 @@ async fn rpc_spans_reach_an_otlp_receiver_with_attributes_and_parent() {
             .add_service(TraceServiceServer::new(receiver.clone()))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    let telemetry = tracing_setup::init("warn", Some(&endpoint)).unwrap();
+    let telemetry = tracing_setup::init("warn", Some(trace_export(&endpoint).unwrap())).unwrap();
 
     let server = TestServer::start(config(100, 256, 0)).await;
     let mut raw = server.raw().await;

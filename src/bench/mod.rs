@@ -18,11 +18,13 @@
 //! - [`server`]: the server as a child process (`--spawn-server`).
 //! - [`report`]: the final table and the JSON report.
 //! - [`counters`]: the server's own counters for the run, from its `/metrics`.
+//! - [`nats`]: the same fan-out over core NATS (`--against nats://…`).
 
 pub mod advice;
 pub mod conn;
 pub mod counters;
 pub mod histogram;
+pub mod nats;
 pub mod record;
 pub mod record_run;
 pub mod report;
@@ -101,6 +103,13 @@ Each client has its own HTTP/2 connection, as real users do;
 --clients-per-connection K (or --connections N) multiplexes them, and the
 report's workload line says which.
 
+--against nats://HOST:PORT (or --spawn-nats BIN) runs the same fan-out over
+core NATS for comparison: --clients subscriber connections on one subject,
+one publisher at --rate with --size-byte messages, open loop; latency is
+publish->receive on the local clock (core NATS has no commit time).
+  dyconit-chat bench --spawn-nats ./nats-server --clients 1000 --rate 200 \\
+      --size 100 --duration 30s
+
 --record FILE writes what every client saw and did (sends, statuses,
 Updates, acknowledgements, and the server's bounds with their change log) as
 a compact binary stream; `dyconit-chat check FILE` verifies the run from it.";
@@ -113,7 +122,11 @@ pub struct BenchArgs {
     /// Several chat nodes of one cluster as URL,URL,...: the connections are
     /// spread over them in turn (the server counters, --admin and
     /// --server-pid are the first node's)
-    #[arg(long, value_name = "URL", required_unless_present = "spawn_server")]
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present_any = ["spawn_server", "against", "spawn_nats"]
+    )]
     pub server: Option<String>,
     /// With an https:// server: trust the CA certificates in FILE (PEM)
     /// instead of the system's
@@ -123,10 +136,21 @@ pub struct BenchArgs {
     /// run (its CPU and memory are then measured alone)
     #[arg(long, conflicts_with = "server")]
     pub spawn_server: bool,
-    /// With --server: the pid of that (local) server, to read its CPU time and
-    /// memory from /proc
-    #[arg(long, value_name = "PID", requires = "server")]
+    /// With --server (or --against): the pid of that (local) server, to read
+    /// its CPU time and memory from /proc
+    #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Instead of a chat server, run the same fan-out over core NATS against
+    /// the nats-server at URL (nats://HOST:PORT): --clients subscriber
+    /// connections on one subject, one publisher at --rate, --size bytes,
+    /// open loop; reports deliveries/s, publish->receive p50/p99, and with
+    /// --server-pid the server's CPU per delivery and RSS per connection
+    #[arg(long, value_name = "URL", conflicts_with_all = ["server", "spawn_server"])]
+    pub against: Option<String>,
+    /// Like --against, with a nats-server started from BIN on 127.0.0.1 for
+    /// the run (its CPU and memory are then measured)
+    #[arg(long, value_name = "BIN", conflicts_with_all = ["server", "spawn_server", "against"])]
+    pub spawn_nats: Option<std::path::PathBuf>,
     /// With --server: the server's admin address, to read its own counters
     /// (bound violations, dropped clients) and its client count from /metrics
     /// [default: the --server host, port 9090]
@@ -1174,6 +1198,9 @@ fn emit(report: &report::Report, args: &BenchArgs) -> anyhow::Result<bool> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     args.validate()?;
     check_fd_limit(&args);
+    if args.against.is_some() || args.spawn_nats.is_some() {
+        return nats::run(&args).await;
+    }
     let target = Target::start(&args).await?;
     let url = target.url.clone();
     let server_pid = target.spawned.as_ref().map(|s| s.pid()).or(args.server_pid);

@@ -92,7 +92,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &super::Histogram) -> Latency {
+    pub(super) fn of(h: &super::Histogram) -> Latency {
         let ms = |us: u64| us as f64 / 1000.0;
         Latency {
             count: h.count(),

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::Status;
 
 /// What background tasks tell the interface.
 enum Note {
@@ -42,7 +41,7 @@ enum Note {
 enum Event {
     Input(Option<String>),
     Note(Note),
-    Update(Option<Result<Received, Status>>),
+    Update(Option<Result<Received, ClientError>>),
     Tick,
     Interrupt,
 }
@@ -468,12 +467,12 @@ impl App<'_> {
     }
 
     /// Handles the update stream. Returns false if it ended.
-    fn update(&mut self, item: Option<Result<Received, Status>>) -> bool {
+    fn update(&mut self, item: Option<Result<Received, ClientError>>) -> bool {
         let r = match item {
             Some(Ok(r)) => r,
             other => {
                 let why = match other {
-                    Some(Err(s)) => format!("{}: {}", s.code(), s.message()),
+                    Some(Err(e)) => e.summary(),
                     _ => "the server ended the stream".to_owned(),
                 };
                 self.client = None;
@@ -561,9 +560,9 @@ fn describe(e: &ClientError) -> String {
 }
 
 /// The next item of the update stream, or never if there is none.
-async fn next_update(sub: &mut Option<Subscription>) -> Option<Result<Received, Status>> {
+async fn next_update(sub: &mut Option<Subscription>) -> Option<Result<Received, ClientError>> {
     match sub {
-        Some(s) => s.next().await,
+        Some(s) => s.next().await.map(|r| r.map_err(ClientError::from)),
         None => std::future::pending().await,
     }
 }

@@ -90,7 +90,7 @@ pub async fn open_retrying(
 pub fn is_permanent(e: &ClientError) -> bool {
     match e {
         ClientError::Address(_) | ClientError::Name(_) => true,
-        ClientError::Rpc(s) => s.code() == tonic::Code::InvalidArgument,
+        ClientError::Rpc(_) => e.is_invalid_argument(),
         ClientError::Transport(_) => false,
     }
 }

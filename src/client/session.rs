@@ -27,6 +27,23 @@ pub enum ClientError {
     Name(String),
 }
 
+impl ClientError {
+    /// Whether the server refused the request itself (`INVALID_ARGUMENT`):
+    /// sending it again cannot help.
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(self, ClientError::Rpc(s) if s.code() == Code::InvalidArgument)
+    }
+
+    /// `code: message` for an error the server answered, the whole error
+    /// otherwise (for one-line reports to a person).
+    pub fn summary(&self) -> String {
+        match self {
+            ClientError::Rpc(s) => format!("{}: {}", s.code(), s.message()),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// How sends are retried after `ORDER_ERROR`, `NUMERICAL_ERROR` or
 /// `STALENESS`: exponential backoff from `initial` up to `max`, at most
 /// `attempts` tries in all.

@@ -471,6 +471,13 @@ impl Hub {
                 tier,
             )
         });
+        self.count_decision(&submitted, tier, origin.client);
+        submitted
+    }
+
+    /// Counts a decision of `submit` in the metrics (a pending one is
+    /// counted when its batch is stored or fails).
+    fn count_decision(&self, submitted: &Submitted, tier: Option<String>, client: ClientId) {
         let m = &self.metrics;
         let decision = &submitted.decision;
         match decision.verdict {
@@ -485,7 +492,7 @@ impl Hub {
             Verdict::Rejected {
                 reason: Rejection::Limited(limit),
                 at,
-            } => self.count_limit(limit, at, origin.client),
+            } => self.count_limit(limit, at, client),
             Verdict::Rejected { reason, .. } => m
                 .messages_rejected
                 .with_label_values(&[reason.reason()])
@@ -498,7 +505,6 @@ impl Hub {
             m.order_error_observed.observe(e as f64);
         }
         self.observe_ack(decision.ack);
-        submitted
     }
 
     /// Counts (and logs, at most once a second) a message refused by a limit.

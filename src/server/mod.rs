@@ -14,6 +14,8 @@
 //! - [`error`]: why the hub refused a request, in its own terms.
 //! - `grants`: the thread permissions of clients whose token restricts them.
 //! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
+//! - [`propagation`]: W3C `traceparent` from gRPC metadata.
+//! - [`otlp`]: the OTLP/gRPC trace exporter.
 
 pub mod cluster;
 pub mod convert;
@@ -22,8 +24,10 @@ mod grants;
 mod grpc;
 pub mod hub;
 pub mod listener;
+pub mod otlp;
 pub mod outbox;
 pub mod policies;
+pub mod propagation;
 mod reflection;
 pub mod scheduler;
 pub mod service;

@@ -5,6 +5,7 @@ use super::convert;
 use super::error::HubError;
 use super::hub::{Hub, Submitted};
 use super::outbox::UpdateStream;
+use super::propagation::parent_context;
 use crate::access::ThreadAccess;
 use crate::auth::{AuthMetrics, Identity, Verifier};
 use crate::consistency::{Decision, DropReason, Rejection, Verdict};
@@ -14,7 +15,6 @@ use crate::proto::{
     Acknowledgement, Client, ConnectionStarter, MAX_NAME_CHARS, MessageStatus, NAME_HEADER,
     SentMessage, ServerInfo, ServerTime,
 };
-use crate::telemetry::propagation::parent_context;
 use crate::telemetry::tracing_setup::RPC_SPAN_TARGET;
 use std::pin::Pin;
 use std::sync::Arc;

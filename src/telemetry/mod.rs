@@ -4,12 +4,11 @@
 //!   registry is created per server and passed in; nothing is global).
 //! - [`limits`]: the resource limits' refusals and the threads held.
 //! - [`tracing_setup`]: the log subscriber, its runtime-adjustable filter,
-//!   and the optional OTLP trace exporter.
-//! - [`propagation`]: W3C `traceparent` from gRPC metadata.
+//!   and the optional OTLP trace pipeline (its gRPC exporter is built in
+//!   `crate::server::otlp`).
 //! - [`cluster_metrics`]: a cluster node's `chat_nats_*` metrics.
 
 pub mod cluster_metrics;
 pub mod limits;
 pub mod metrics;
-pub mod propagation;
 pub mod tracing_setup;

@@ -13,8 +13,6 @@
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -75,10 +73,16 @@ fn span_targets() -> Targets {
     Targets::new().with_target("dyconit_chat", tracing::Level::INFO)
 }
 
-/// Installs the global subscriber. `otlp_endpoint` turns trace export on.
-/// Must run inside a Tokio runtime when tracing is on (the exporter's
-/// channel lives there).
-pub fn init(filter: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
+/// A trace pipeline to export RPC spans through, built by the transport
+/// layer (`crate::server::otlp::trace_export`, OTLP over gRPC).
+pub struct TraceExport {
+    pub provider: SdkTracerProvider,
+    /// Where the spans go, for the log line that says so.
+    pub endpoint: String,
+}
+
+/// Installs the global subscriber. `traces` turns trace export on.
+pub fn init(filter: &str, traces: Option<TraceExport>) -> anyhow::Result<Telemetry> {
     let env =
         EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
     let (env, handle) = reload::Layer::new(env);
@@ -95,7 +99,10 @@ pub fn init(filter: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemet
                     .with_max_level_hint(LevelFilter::TRACE),
             ),
         );
-    let provider = otlp_endpoint.map(tracer_provider).transpose()?;
+    let (provider, endpoint) = match traces {
+        Some(t) => (Some(t.provider), Some(t.endpoint)),
+        None => (None, None),
+    };
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("dyconit-chat"))
@@ -106,8 +113,8 @@ pub fn init(filter: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemet
         .with(otel)
         .try_init()
         .context("installing the log subscriber")?;
-    if let Some(ep) = otlp_endpoint {
-        tracing::info!(endpoint = ep, "exporting traces over OTLP");
+    if let Some(ep) = endpoint {
+        tracing::info!(endpoint = ep.as_str(), "exporting traces over OTLP");
     }
     let log_filter = LogFilter {
         apply: Arc::new(move |f| {
@@ -120,24 +127,6 @@ pub fn init(filter: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemet
         provider,
         log_filter,
     })
-}
-
-/// An OTLP/gRPC trace pipeline to `endpoint` with a batch processor.
-pub fn tracer_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .with_timeout(Duration::from_secs(3))
-        .build()
-        .context("building the OTLP exporter")?;
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name("dyconit-chat")
-                .build(),
-        )
-        .build())
 }
 
 impl Telemetry {
