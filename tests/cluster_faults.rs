@@ -23,8 +23,19 @@ use std::time::{Duration, Instant};
 /// A chat node on the cluster keeping the whole stream as history, with
 /// bounds no test writer reaches.
 async fn node(cluster: &NatsCluster, name: &str, extra: &[&str]) -> SpawnedServer {
+    node_bounded(cluster, name, (1_000_000, 1_000_000, "5s"), extra).await
+}
+
+/// A chat node keeping the whole stream as history, with the given
+/// (order, numerical, staleness) bounds.
+async fn node_bounded(
+    cluster: &NatsCluster,
+    name: &str,
+    bounds: (u64, u64, &str),
+    extra: &[&str],
+) -> SpawnedServer {
     let extra = [&["--history", "100000"], extra].concat();
-    chat_node(cluster, name, (1_000_000, 1_000_000, "5s"), &extra).await
+    chat_node(cluster, name, bounds, &extra).await
 }
 
 /// The node URLs starting at node `first`: a client's preference.
@@ -430,4 +441,100 @@ async fn bench_spreads_its_clients_over_the_nodes_given() {
             n.url
         );
     }
+}
+
+/// Time allowed by the checker on top of the staleness bound and after an
+/// Update's expirationTime: network and scheduling delay between three
+/// debug-build nodes, a bench and a NATS cluster sharing two busy cores.
+const CHECK_ALLOWANCE: &str = "500ms";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_recorded_bench_over_three_nodes_passes_the_checker_across_a_nats_leader_kill() {
+    let mut cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        // Small order and numerical bounds, so that admission across the
+        // nodes is exercised and judged; the staleness bound of 1 s is what
+        // the checker holds every delivery to.
+        let bounds = (3, 8, "1s");
+        let name = format!("chat{i}");
+        nodes.push(node_bounded(&cluster, &name, bounds, &["--nats-timeout", "5s"]).await);
+    }
+    let list = nodes
+        .iter()
+        .map(|n| n.url.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let admin = nodes[0].admin_url.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rec = dir.path().join("cluster.rec");
+    let rec_arg = rec.to_str().expect("UTF-8 temp dir").to_owned();
+    let bench = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
+            .args(["bench", "--quiet", "--server", &list, "--admin", &admin])
+            .args(["--clients", "6", "--rate", "60", "--threads", "3"])
+            .args(["--duration", "12s", "--ramp-up", "300ms", "--drain", "10s"])
+            .args(["--record", &rec_arg])
+            .output()
+    });
+    // Kill the stream's leader once the bench's writes are committing.
+    let addr: std::net::SocketAddr = nodes[0]
+        .admin_url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let ok_sends = "chat_rpc_requests_total{code=\"OK\",method=\"SendMessage\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &common::http(addr, "GET", "/metrics", None, None).await.1,
+        ok_sends,
+    ) < 20.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bench's writes are not committing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let js = cluster.jetstream().await;
+    let old = stream_leader(&js).await.expect("the stream has a leader");
+    let index: usize = old
+        .trim_start_matches('n')
+        .parse()
+        .expect("server name n<i>");
+    cluster.kill(index);
+    let out = bench.await.unwrap().expect("run the bench");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let bench_errors = String::from_utf8_lossy(&out.stderr).into_owned();
+    // The checker judges the recording even when the bench's own delivery
+    // check failed: its counterexamples say what went wrong.
+    let recorded = rec.clone();
+    let check = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
+            .args(["check", "--allowance", CHECK_ALLOWANCE])
+            .arg(&recorded)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run the checker");
+    let verdict = String::from_utf8_lossy(&check.stdout);
+    if !check.status.success() {
+        // Keep the recording to replay with `dyconit-chat check FILE`.
+        let kept =
+            std::env::temp_dir().join(format!("cluster-leader-kill-{}.rec", std::process::id()));
+        let _ = std::fs::copy(&rec, &kept);
+        eprintln!("recording kept in {}", kept.display());
+    }
+    assert!(
+        check.status.success(),
+        "the checker failed (leader {old} killed):\n{verdict}\n{}\nbench report:\n{report}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the bench failed (leader {old} killed):\n{report}\n{bench_errors}"
+    );
+    eprintln!("leader {old} killed mid-run\n{report}\n{verdict}");
 }
