@@ -97,6 +97,7 @@ fn check(path: &Path) -> check::Checked {
     check::run(&CheckArgs {
         files: vec![path.to_owned()],
         allowance: Duration::from_micros(ALLOWANCE_MICROS as u64),
+        cluster: false,
     })
     .expect("the recording reads")
 }

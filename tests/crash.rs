@@ -153,6 +153,7 @@ impl Recording {
         let args = CheckArgs {
             files: vec![path.to_owned()],
             allowance: Duration::from_secs(2),
+            cluster: false,
         };
         let checked = dyconit_chat::check::run(&args).expect("read the recording");
         eprintln!(

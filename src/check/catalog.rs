@@ -69,6 +69,8 @@ pub struct Msg {
     /// Its writer's messages numbered before it that committed after it:
     /// they had not arrived when it was admitted.
     pub own_later: u32,
+    /// The same, counting only its writer's messages to its thread.
+    pub own_later_in_thread: u32,
 }
 
 impl Msg {
@@ -182,6 +184,7 @@ impl Catalog {
             first_seen: None,
             rank: NO_RANK,
             own_later: 0,
+            own_later_in_thread: 0,
         });
     }
 
@@ -307,30 +310,15 @@ fn rank(cat: &mut Catalog) {
 }
 
 /// For each committed message: how many of its writer's earlier-numbered
-/// messages committed after it (a Fenwick tree over ranks, reused per
-/// writer). A `SendMessages` stream must have none.
+/// messages committed after it, over all its threads and in its own thread.
+/// A `SendMessages` stream must have none.
 fn own_later(cat: &mut Catalog) {
-    let mut by_writer: HashMap<u32, Vec<u32>> = HashMap::new();
-    for &m in &cat.order {
-        by_writer
-            .entry(cat.msgs[m as usize].client)
-            .or_default()
-            .push(m);
-    }
-    let mut tree = vec![0u32; cat.order.len() + 1];
-    for (_, mut ms) in by_writer {
-        ms.sort_by_key(|&m| cat.msgs[m as usize].n);
-        for &m in &ms {
-            let r = cat.msgs[m as usize].rank as usize;
-            // Inserted so far: the earlier-numbered ones; count those above r.
-            let inserted_upto_r = prefix(&tree, r + 1);
-            let inserted = total_inserted(&ms, m, cat);
-            cat.msgs[m as usize].own_later = inserted - inserted_upto_r;
-            add(&mut tree, r + 1, 1);
-        }
-        for &m in &ms {
-            add(&mut tree, cat.msgs[m as usize].rank as usize + 1, u32::MAX);
-        }
+    let all = later_counts(cat, |msg| (msg.client, 0));
+    let in_thread = later_counts(cat, |msg| (msg.client, msg.thread));
+    for (&m, (all, in_thread)) in cat.order.iter().zip(all.into_iter().zip(in_thread)) {
+        let msg = &mut cat.msgs[m as usize];
+        msg.own_later = all;
+        msg.own_later_in_thread = in_thread;
     }
     for &m in &cat.order {
         let msg = &cat.msgs[m as usize];
@@ -342,6 +330,36 @@ fn own_later(cat: &mut Catalog) {
             cat.violations.push(v);
         }
     }
+}
+
+/// For each committed message, in rank order: how many messages of its
+/// group (`group`: writer, or writer and thread) numbered before it
+/// committed after it (a Fenwick tree over ranks, reused per group).
+fn later_counts(cat: &Catalog, group: impl Fn(&Msg) -> (u32, u32)) -> Vec<u32> {
+    let mut groups: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
+    for &m in &cat.order {
+        groups
+            .entry(group(&cat.msgs[m as usize]))
+            .or_default()
+            .push(m);
+    }
+    let mut counts = vec![0u32; cat.order.len()];
+    let mut tree = vec![0u32; cat.order.len() + 1];
+    for (_, mut ms) in groups {
+        ms.sort_by_key(|&m| cat.msgs[m as usize].n);
+        for &m in &ms {
+            let r = cat.msgs[m as usize].rank as usize;
+            // Inserted so far: the earlier-numbered ones; count those above r.
+            let inserted_upto_r = prefix(&tree, r + 1);
+            let inserted = total_inserted(&ms, m, cat);
+            counts[r] = inserted - inserted_upto_r;
+            add(&mut tree, r + 1, 1);
+        }
+        for &m in &ms {
+            add(&mut tree, cat.msgs[m as usize].rank as usize + 1, u32::MAX);
+        }
+    }
+    counts
 }
 
 /// How many of `ms` (sorted by number) come before `m`.

@@ -1,0 +1,178 @@
+//! `dyconit-chat check` on what a cluster may legitimately do and a single
+//! node never does: a client's writes to different threads committed out of
+//! their arrival order (each thread publishes on its own), and a write
+//! answered `INTERNAL_ERROR` (its outcome not known) that was stored after
+//! all. Small hand-made recordings, each next to the fault it must still
+//! find.
+
+use dyconit_chat::bench::record::{self, Delivery, EndKind, Event};
+use dyconit_chat::check::{self, CheckArgs};
+use std::path::Path;
+use std::time::Duration;
+
+const T: i64 = 1_795_000_000_000_000;
+
+fn check(path: &Path, cluster: bool) -> check::Checked {
+    check::run(&CheckArgs {
+        files: vec![path.to_owned()],
+        allowance: Duration::from_millis(100),
+        cluster,
+    })
+    .expect("the recording reads")
+}
+
+/// Two clients on threads "a" and "b", bounds order `order`; client 0's
+/// `sends` (number, thread, status code, server time) in that order, then
+/// one Update to both clients carrying `delivered` (message number, commit
+/// time) in that order.
+fn run(order: u64, sends: &[(i64, u32, i32, i64)], delivered: &[(i64, i64)]) -> Vec<Event> {
+    let bounds = serde_json::json!({"default": {"staleness_ms": 500.0, "numerical": 100, "order": order}, "threads": [], "changes": []});
+    let mut ev = vec![Event::Meta(
+        serde_json::json!({"kind": "start", "at": T, "bounds": bounds}),
+    )];
+    for (index, name) in ["a", "b"].into_iter().enumerate() {
+        let name = name.to_owned();
+        ev.push(Event::Thread {
+            index: index as u32,
+            name,
+        });
+    }
+    for c in 0..2 {
+        ev.push(Event::Connect { client: c, time: T });
+        ev.push(Event::Update {
+            client: c,
+            time: T + 10,
+            current_time: T + 5,
+            expiration: T + 10_000_005,
+            messages: vec![],
+        });
+    }
+    let id = |n: i64| (1u64 << 32) + n as u64;
+    for &(n, thread, _, _) in sends {
+        let time = T + 1000 + n;
+        ev.push(Event::Send {
+            client: 0,
+            n,
+            thread,
+            id: id(n),
+            timestamp: time,
+            acked: 1,
+            stream: 0,
+            time,
+        });
+    }
+    for &(n, _, code, at) in sends {
+        let (server_time, time) = (T + at, T + at + 50);
+        let id = id(n);
+        ev.push(Event::Status {
+            id,
+            code,
+            server_time,
+            time,
+        });
+    }
+    let messages: Vec<Delivery> = delivered
+        .iter()
+        .map(|&(n, at)| Delivery {
+            id: Some(id(n)),
+            server_time: T + at,
+        })
+        .collect();
+    for c in 0..2 {
+        ev.push(Event::Update {
+            client: c,
+            time: T + 100_000,
+            current_time: T + 99_000,
+            expiration: T + 10_099_000,
+            messages: messages.clone(),
+        });
+        ev.push(Event::End {
+            client: c,
+            time: T + 200_000,
+            kind: EndKind::Stopped,
+            reason: String::new(),
+        });
+    }
+    ev
+}
+
+fn write(dir: &Path, events: &[Event]) -> std::path::PathBuf {
+    let path = dir.join("run.rec");
+    record::write_all(&path, events).expect("write the recording");
+    path
+}
+
+#[test]
+fn on_a_cluster_writes_to_other_threads_committed_later_had_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    // Order bound 0. #1 to "a" committed after #2 to "b": on one node that
+    // means #1 had not arrived when #2 was admitted (order error 1); on a
+    // cluster "a" may simply have published later.
+    let path = write(
+        dir.path(),
+        &run(
+            0,
+            &[(1, 0, 0, 2100), (2, 1, 0, 2000)],
+            &[(2, 2000), (1, 2100)],
+        ),
+    );
+    let single = check(&path, false);
+    assert!(
+        single
+            .failures
+            .contains_key("write admitted over its order bound"),
+        "{}",
+        single.report
+    );
+    let cluster = check(&path, true);
+    assert!(cluster.passed(), "{}", cluster.report);
+    // In one thread, committed later still means arrived later.
+    let path = write(
+        dir.path(),
+        &run(
+            0,
+            &[(1, 0, 0, 2100), (2, 0, 0, 2000)],
+            &[(2, 2000), (1, 2100)],
+        ),
+    );
+    let cluster = check(&path, true);
+    assert!(
+        cluster
+            .failures
+            .contains_key("write admitted over its order bound"),
+        "{}",
+        cluster.report
+    );
+}
+
+#[test]
+fn a_write_answered_internal_error_may_be_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // #1 answered INTERNAL_ERROR (2) and stored all the same; #2 OK.
+    let sends = [(1, 0, 2, 2000), (2, 0, 0, 2100)];
+    let path = write(dir.path(), &run(100, &sends, &[(1, 2000), (2, 2100)]));
+    let c = check(&path, true);
+    assert!(c.passed(), "{}", c.report);
+    // Not stored: nobody gets it, and that is no loss either.
+    let path = write(dir.path(), &run(100, &sends, &[(2, 2100)]));
+    let c = check(&path, true);
+    assert!(c.passed(), "{}", c.report);
+    // At most once.
+    let twice = [(1, 2000), (2, 2100), (1, 2000)];
+    let path = write(dir.path(), &run(100, &sends, &twice));
+    let c = check(&path, true);
+    assert!(
+        c.failures.contains_key("duplicate delivery"),
+        "{}",
+        c.report
+    );
+    // A real rejection (ORDER_ERROR, 3) delivered is still a fault.
+    let rejected = [(1, 0, 3, 2000), (2, 0, 0, 2100)];
+    let path = write(dir.path(), &run(100, &rejected, &[(1, 2000), (2, 2100)]));
+    let c = check(&path, true);
+    assert!(
+        c.failures.contains_key("rejected message delivered"),
+        "{}",
+        c.report
+    );
+}
