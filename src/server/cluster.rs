@@ -437,29 +437,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// the view that includes the previous one, so a node's own writes never
 /// conflict with each other; threads publish in parallel.
 async fn publish_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
-    let mut lanes: HashMap<Arc<str>, mpsc::UnboundedSender<Proposal>> = HashMap::new();
+    let mut lanes: HashMap<Arc<str>, Lane> = HashMap::new();
     while let Some(p) = rx.recv().await {
         let thread = p.entry.thread.clone();
-        let p = match lanes.get(&thread) {
-            Some(tx) => match tx.send(p) {
-                Ok(()) => continue,
-                // That thread's task went idle and ended: start another.
-                Err(mpsc::error::SendError(p)) => p,
+        let (p, before) = match lanes.remove(&thread) {
+            Some(lane) => match lane.tx.send(p) {
+                Ok(()) => {
+                    lanes.insert(thread, lane);
+                    continue;
+                }
+                // That thread's task went idle: it may still be publishing
+                // what it drained, so the next one starts after it.
+                Err(mpsc::error::SendError(p)) => (p, Some(lane.task)),
             },
-            None => p,
+            None => (p, None),
         };
-        let (tx, lane) = mpsc::unbounded_channel();
+        let (tx, queue) = mpsc::unbounded_channel();
         let _ = tx.send(p);
         if lanes.len() >= 1024 {
-            lanes.retain(|_, tx| !tx.is_closed());
+            lanes.retain(|_, l| !l.task.is_finished());
         }
-        lanes.insert(thread, tx);
-        tokio::spawn(lane_loop(shared.clone(), lane));
+        let task = tokio::spawn(lane_loop(shared.clone(), queue, before));
+        lanes.insert(thread, Lane { tx, task });
     }
 }
 
-/// Publishes one thread's writes in order until the thread is idle.
-async fn lane_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+/// One thread's publisher task and its queue.
+struct Lane {
+    tx: mpsc::UnboundedSender<Proposal>,
+    task: JoinHandle<()>,
+}
+
+/// Publishes one thread's writes in order until the thread is idle, after
+/// the thread's `before` task ended: two tasks publishing one thread at
+/// once would publish its writes out of admission order, and the order
+/// check counts on that order.
+async fn lane_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    before: Option<JoinHandle<()>>,
+) {
+    if let Some(before) = before {
+        let _ = before.await;
+    }
     loop {
         match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
             Ok(Some(p)) => propose_one(&shared, p).await,
@@ -507,7 +527,7 @@ fn recheck(shared: &Shared, p: &Proposal, known: Option<Seq>) -> Result<Seq, Fai
         // The numerical error counting every node's active clients.
         let floors = lock(&shared.floors);
         let local = engine.lowest_active_ack();
-        if let Some(pos) = floors.lowest(local, std::time::Instant::now()) {
+        if let Some(pos) = floors.lowest(local) {
             let (error, bound) = (floors.count_after(&e.thread, pos), bounds.numerical);
             if error >= bound {
                 return Err(Failure::Refused(Rejection::Numerical { error, bound }));

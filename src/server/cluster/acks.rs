@@ -3,9 +3,11 @@
 //! key-value bucket `<stream>_acks` (one key per node process, put every
 //! [`REPORT_EVERY`]), and watches the other nodes' reports. A write is
 //! decided again, just before it is published, counting its thread's
-//! commits above the lowest position over this node and every report
-//! younger than [`LEASE`] (an older one, from a node that died or cannot
-//! reach NATS, is ignored).
+//! commits above the lowest position over this node and every report that
+//! has not expired. A report expires when the bucket has gone on for
+//! [`LEASE`] without its node: its node died or cannot reach NATS. Time the
+//! bucket was silent to this node (a NATS outage, a lost watch) does not
+//! count, so an outage never makes another node's clients look caught up.
 //!
 //! Acknowledged positions only grow, so a late report is at most the
 //! truth: it can only over-count. See `docs/cluster.md` for the one case
@@ -40,19 +42,25 @@ struct Report {
 /// consumer and the check) or alone; never across an await.
 #[derive(Debug, Default)]
 pub(crate) struct Floors {
-    /// By bucket key: the report and when it arrived here.
-    reports: HashMap<String, (Option<Seq>, Instant)>,
+    /// By bucket key: the report and the bucket time it arrived at.
+    reports: HashMap<String, (Option<Seq>, Duration)>,
+    /// The bucket's time, which reports expire by: it runs while this node
+    /// hears from the bucket (any report, its own included, every
+    /// [`REPORT_EVERY`]) and advances at most [`REPORT_EVERY`] over a
+    /// silence.
+    clock: Duration,
+    /// When this node last heard from the bucket.
+    heard: Option<Instant>,
     /// Per thread, its commits above the cluster's lowest position.
     commits: HashMap<Arc<str>, VecDeque<Seq>>,
 }
 
 impl Floors {
-    /// The lowest position over `local` and the reports younger than
-    /// [`LEASE`] at `now`.
-    pub fn lowest(&self, local: Option<Seq>, now: Instant) -> Option<Seq> {
+    /// The lowest position over `local` and the reports not expired.
+    pub fn lowest(&self, local: Option<Seq>) -> Option<Seq> {
         self.reports
             .values()
-            .filter(|(_, at)| now.saturating_duration_since(*at) < LEASE)
+            .filter(|(_, at)| self.live(*at))
             .filter_map(|(p, _)| *p)
             .chain(local)
             .min()
@@ -84,15 +92,43 @@ impl Floors {
         });
     }
 
-    fn report(&mut self, key: &str, lowest: Option<Seq>, now: Instant) {
-        self.reports.insert(key.to_owned(), (lowest, now));
+    /// A report that arrived at `at` still counts: the bucket has not gone
+    /// on for [`LEASE`] without it. Measured against the last time this
+    /// node heard from the bucket rather than the clock: while NATS has no
+    /// leader (measured 2-5 s on loopback) no report arrives, and expiring
+    /// them then let writes through at the numerical bound, counting only
+    /// this node's clients.
+    /// After a silence every node gets [`LEASE`] less one report interval
+    /// of bucket time to report again, whichever report comes back first.
+    fn live(&self, at: Duration) -> bool {
+        self.clock.saturating_sub(at) < LEASE
     }
 
-    /// Reports younger than [`LEASE`].
-    pub fn live_reports(&self, now: Instant) -> usize {
+    /// Another node's report arrived at `now`.
+    fn report(&mut self, key: &str, lowest: Option<Seq>, now: Instant) {
+        self.heard(now);
+        self.reports.insert(key.to_owned(), (lowest, self.clock));
+    }
+
+    /// This node heard from the bucket at `now` (its own report came back).
+    fn heard(&mut self, now: Instant) {
+        if let Some(h) = self.heard {
+            self.clock += now.saturating_duration_since(h).min(REPORT_EVERY);
+        }
+        self.heard = Some(self.heard.map_or(now, |h| h.max(now)));
+    }
+
+    /// A node removed its report (it stopped cleanly): its clients are gone.
+    fn removed(&mut self, key: &str, now: Instant) {
+        self.reports.remove(key);
+        self.heard(now);
+    }
+
+    /// Reports that still count.
+    pub fn live_reports(&self) -> usize {
         self.reports
             .values()
-            .filter(|(_, at)| now.saturating_duration_since(*at) < LEASE)
+            .filter(|(_, at)| self.live(*at))
             .count()
     }
 }
@@ -179,13 +215,12 @@ async fn report_loop(
     gauges: Gauges,
 ) {
     loop {
-        let now = Instant::now();
         let lowest = hub.inspect(|e| {
             let local = e.lowest_active_ack();
             let mut f = lock(&floors);
-            let floor = f.lowest(local, now);
+            let floor = f.lowest(local);
             f.trim(floor);
-            gauges.live.set(f.live_reports(now) as i64);
+            gauges.live.set(f.live_reports() as i64);
             gauges.lowest.set(floor.map_or(-1, |p| p as i64));
             local
         });
@@ -209,11 +244,17 @@ async fn watch_loop(store: kv::Store, own: String, floors: Arc<Mutex<Floors>>) {
             Ok(mut watch) => {
                 while let Some(entry) = watch.next().await {
                     let Ok(e) = entry else { continue };
-                    if e.key == own || e.operation != kv::Operation::Put {
+                    let now = Instant::now();
+                    if e.key == own {
+                        lock(&floors).heard(now);
+                        continue;
+                    }
+                    if e.operation != kv::Operation::Put {
+                        lock(&floors).removed(&e.key, now);
                         continue;
                     }
                     match serde_json::from_slice::<Report>(&e.value) {
-                        Ok(r) => lock(&floors).report(&e.key, r.lowest, Instant::now()),
+                        Ok(r) => lock(&floors).report(&e.key, r.lowest, now),
                         Err(err) => {
                             tracing::warn!(key = e.key, error = %err, "a report that is not ours: ignored")
                         }
@@ -230,19 +271,55 @@ async fn watch_loop(store: kv::Store, own: String, floors: Arc<Mutex<Floors>>) {
 mod tests {
     use super::*;
 
+    /// This node's own reports coming back every interval from `from`
+    /// for `span`.
+    fn own_reports(f: &mut Floors, from: Instant, span: Duration) -> Instant {
+        let mut t = from;
+        while t < from + span {
+            t += REPORT_EVERY;
+            f.heard(t);
+        }
+        t
+    }
+
     #[test]
-    fn the_lowest_position_ignores_reports_past_their_lease() {
+    fn a_report_expires_once_the_bucket_went_on_for_a_lease_without_it() {
         let t0 = Instant::now();
         let mut f = Floors::default();
-        assert_eq!(f.lowest(None, t0), None);
+        assert_eq!(f.lowest(None), None);
         f.report("a", Some(5), t0);
         f.report("b", None, t0);
-        assert_eq!(f.lowest(Some(9), t0), Some(5));
-        assert_eq!(f.lowest(Some(3), t0), Some(3));
-        assert_eq!(f.live_reports(t0), 2);
-        let later = t0 + LEASE;
-        assert_eq!(f.lowest(Some(9), later), Some(9));
-        assert_eq!(f.live_reports(later), 0);
+        assert_eq!(f.lowest(Some(9)), Some(5));
+        assert_eq!(f.lowest(Some(3)), Some(3));
+        assert_eq!(f.live_reports(), 2);
+        // The bucket goes on without "a" and "b": their nodes are gone.
+        let t = own_reports(&mut f, t0, LEASE);
+        assert_eq!(f.lowest(Some(9)), Some(9));
+        assert_eq!(f.live_reports(), 0);
+        f.report("a", Some(7), t);
+        assert_eq!(f.lowest(Some(9)), Some(7));
+        f.removed("a", t);
+        assert_eq!(f.lowest(Some(9)), Some(9));
+    }
+
+    #[test]
+    fn reports_do_not_expire_while_the_bucket_is_silent() {
+        // A NATS outage of 10 s: nothing arrives, not even this node's own
+        // reports. Another node's clients still count: expiring its report
+        // by the wall clock admitted writes at the numerical bound.
+        let t0 = Instant::now();
+        let mut f = Floors::default();
+        f.report("a", Some(5), t0);
+        let t = own_reports(&mut f, t0, REPORT_EVERY);
+        let back = t + Duration::from_secs(10);
+        // This node's own report comes back first after the outage.
+        f.heard(back);
+        assert_eq!(f.lowest(Some(9)), Some(5));
+        assert_eq!(f.live_reports(), 1);
+        // "a" reports again within the lease of bucket time.
+        let t = own_reports(&mut f, back, LEASE / 2);
+        f.report("a", Some(6), t);
+        assert_eq!(f.lowest(Some(9)), Some(6));
     }
 
     #[test]
