@@ -470,12 +470,14 @@ async fn a_recorded_bench_over_three_nodes_passes_the_checker_across_a_nats_lead
     let dir = tempfile::tempdir().expect("temp dir");
     let rec = dir.path().join("cluster.rec");
     let rec_arg = rec.to_str().expect("UTF-8 temp dir").to_owned();
+    let json = dir.path().join("report.json");
+    let json_arg = json.to_str().expect("UTF-8 temp dir").to_owned();
     let bench = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
             .args(["bench", "--quiet", "--server", &list, "--admin", &admin])
             .args(["--clients", "6", "--rate", "60", "--threads", "3"])
             .args(["--duration", "12s", "--ramp-up", "300ms", "--drain", "10s"])
-            .args(["--record", &rec_arg])
+            .args(["--record", &rec_arg, "--json", &json_arg])
             .output()
     });
     // Kill the stream's leader once the bench's writes are committing.
@@ -512,7 +514,7 @@ async fn a_recorded_bench_over_three_nodes_passes_the_checker_across_a_nats_lead
     let recorded = rec.clone();
     let check = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
-            .args(["check", "--allowance", CHECK_ALLOWANCE])
+            .args(["check", "--cluster", "--allowance", CHECK_ALLOWANCE])
             .arg(&recorded)
             .output()
     })
@@ -532,9 +534,28 @@ async fn a_recorded_bench_over_three_nodes_passes_the_checker_across_a_nats_lead
         "the checker failed (leader {old} killed):\n{verdict}\n{}\nbench report:\n{report}",
         String::from_utf8_lossy(&check.stderr)
     );
+    let delivery = std::fs::read_to_string(&json).expect("the bench's JSON report");
     assert!(
-        out.status.success(),
+        out.status.success() || only_unknown_outcomes(&delivery),
         "the bench failed (leader {old} killed):\n{report}\n{bench_errors}"
     );
     eprintln!("leader {old} killed mid-run\n{report}\n{verdict}");
+}
+
+/// The bench's delivery check failed only by messages received beyond the
+/// accepted ones, no more than the writes answered INTERNAL_ERROR could
+/// explain: a publish whose acknowledgement timed out may be stored all the
+/// same (docs/cluster.md). Duplicates are the checker's to find, with ids.
+fn only_unknown_outcomes(json: &str) -> bool {
+    let r: serde_json::Value = serde_json::from_str(json).expect("a JSON report");
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(u64::MAX);
+    let check = &r["check"];
+    let unknown = r["rejections"]["INTERNAL_ERROR"].as_u64().unwrap_or(0);
+    let clients = n(&check["clients"]);
+    n(&check["missing"]) == 0
+        && n(&check["clients_lost"]) == 0
+        && n(&check["send_errors"]) == 0
+        && n(&check["server_violations"]) == 0
+        && n(&check["clients_ready"]) == clients
+        && n(&check["extra"]) <= unknown.saturating_mul(clients)
 }
