@@ -237,33 +237,52 @@ async fn report_loop(
     }
 }
 
-/// Records every other node's reports as they arrive.
+/// Records every other node's reports as they arrive. A watch that errs,
+/// ends, or stays silent for a [`LEASE`] (this node's own report should come
+/// back every [`REPORT_EVERY`]) is replaced: reports kept by a dead watch
+/// would never expire and would hold the numerical bound at what the other
+/// nodes' clients had acknowledged when it died.
 async fn watch_loop(store: kv::Store, own: String, floors: Arc<Mutex<Floors>>) {
     loop {
         match store.watch(">").await {
-            Ok(mut watch) => {
-                while let Some(entry) = watch.next().await {
-                    let Ok(e) = entry else { continue };
-                    let now = Instant::now();
-                    if e.key == own {
-                        lock(&floors).heard(now);
-                        continue;
+            Ok(mut watch) => loop {
+                let entry = match tokio::time::timeout(LEASE, watch.next()).await {
+                    Ok(Some(Ok(e))) => e,
+                    Ok(Some(Err(e))) => {
+                        tracing::warn!(error = %e, "watching the acknowledgement reports: watching again");
+                        break;
                     }
-                    if e.operation != kv::Operation::Put {
-                        lock(&floors).removed(&e.key, now);
-                        continue;
+                    Ok(None) => {
+                        tracing::warn!("the acknowledgement reports watch ended: watching again");
+                        break;
                     }
-                    match serde_json::from_slice::<Report>(&e.value) {
-                        Ok(r) => lock(&floors).report(&e.key, r.lowest, now),
-                        Err(err) => {
-                            tracing::warn!(key = e.key, error = %err, "a report that is not ours: ignored")
-                        }
+                    Err(_) => {
+                        tracing::debug!("no acknowledgement report for a lease: watching again");
+                        break;
                     }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "watching the acknowledgement reports"),
+                };
+                record(&floors, &own, &entry);
+            },
+            Err(e) => tracing::debug!(error = %e, "watching the acknowledgement reports"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(REPORT_EVERY).await;
+    }
+}
+
+/// One entry of the reports bucket.
+fn record(floors: &Mutex<Floors>, own: &str, e: &kv::Entry) {
+    let now = Instant::now();
+    if e.key == own {
+        lock(floors).heard(now);
+        return;
+    }
+    if e.operation != kv::Operation::Put {
+        lock(floors).removed(&e.key, now);
+        return;
+    }
+    match serde_json::from_slice::<Report>(&e.value) {
+        Ok(r) => lock(floors).report(&e.key, r.lowest, now),
+        Err(err) => tracing::warn!(key = e.key, error = %err, "a report that is not ours: ignored"),
     }
 }
 
