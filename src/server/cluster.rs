@@ -86,8 +86,11 @@ struct ClusterSink {
     /// Threads publish in parallel, so without this a `SendMessages`
     /// stream's writes to two threads could commit out of input order.
     /// Locked only in `propose` (under the hub lock), never across an await.
-    latest: Mutex<HashMap<ClientId, (Arc<str>, watch::Receiver<bool>)>>,
+    latest: Mutex<HashMap<ClientId, LatestWrite>>,
 }
+
+/// A client's latest write: its thread, and whether it is finished.
+type LatestWrite = (Arc<str>, watch::Receiver<bool>);
 
 impl ClusterSink {
     fn new(tx: mpsc::UnboundedSender<Proposal>, lanes: &Arc<Mutex<lanes::Lanes>>) -> Self {
