@@ -15,6 +15,7 @@ Prints a Markdown table (medians over the runs of each arm) and writes an
 SVG plot of offered load, accepted fraction and chosen staleness over time.
 
   python3 scripts/bench-ramp.py --sustained 200 --out bench-results/ramp
+  python3 scripts/bench-ramp.py --calibrate 100,200,300,400 --out bench-results/ramp
   python3 scripts/bench-ramp.py --summarize bench-results/ramp   # again, no runs
 
 Python standard library only (the plot is SVG text written here).
@@ -33,11 +34,18 @@ from pathlib import Path
 ARMS = ("off", "on")  # without / with --load-policy
 
 
+class HelpFormat(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each flag's default."""
+
+
 def args_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormat)
     p.add_argument("--bin", default="target/release/dyconit-chat", help="the dyconit-chat binary")
     p.add_argument("--out", default="bench-results/ramp", help="directory for reports, table and plot")
     p.add_argument("--sustained", type=float, help="msg/s the machine sustains at the base bounds (1x)")
+    p.add_argument("--calibrate", metavar="RATES",
+                   help="instead of --sustained: try these msg/s (comma-separated, 15 s each, no policy) "
+                        "and take the highest with >= 99%% accepted and no bound violation")
     p.add_argument("--factors", default="0.5,1,2,3,2,1,0.5", help="offered load per step, times --sustained")
     p.add_argument("--step", type=float, default=20.0, help="seconds per step")
     p.add_argument("--reps", type=int, default=3, help="runs per arm (the table shows medians)")
@@ -326,15 +334,43 @@ def summarize(out):
     print(f"\nplot: {svg}")
 
 
+def calibrate(a):
+    """The highest of the rates tried that the server sustains at the base
+    bounds: >= 99% of writes accepted, no bound violation counted."""
+    best = None
+    for rate in [float(x) for x in a.calibrate.split(",")]:
+        out = Path(a.out) / f"calibrate-{rate:g}.json"
+        subprocess.run([a.bin, "bench", "--spawn-server", "--quiet", "--json", str(out),
+                        "--staleness", a.staleness, "--clients", str(a.clients),
+                        "--threads", str(a.threads), "--size", str(a.size), "--rate", f"{rate:g}",
+                        "--duration", "15s", "--ramp-up", f"{a.ramp_up:g}s"] +
+                       [f"--server-arg={x}" for x in a.server_arg],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        r = json.loads(out.read_text())
+        ok = r["accepted"] >= 0.99 * r["sent"] and r["check"]["server_violations"] == 0
+        print(f"calibration: {rate:g} msg/s: {100 * r['accepted'] / max(r['sent'], 1):.1f}% accepted, "
+              f"{r['check']['server_violations']} violations, p99 {r['latency']['p99_ms']:.0f} ms "
+              f"(load average {os.getloadavg()[0]:.2f}) -> {'sustained' if ok else 'not sustained'}",
+              file=sys.stderr)
+        if ok:
+            best = rate
+    if best is None:
+        sys.exit("none of the --calibrate rates is sustained: try lower ones")
+    return best
+
+
 def main():
     a = args_parser().parse_args()
     if a.summarize:
         summarize(a.summarize)
         return
-    if not a.sustained:
-        sys.exit("give --sustained MSG_PER_S: the rate the machine sustains at the base bounds")
-    factors = [float(x) for x in a.factors.split(",")]
     Path(a.out).mkdir(parents=True, exist_ok=True)
+    if a.calibrate:
+        a.sustained = calibrate(a)
+    if not a.sustained:
+        sys.exit("give --sustained MSG_PER_S (the rate the machine sustains at the base bounds) or --calibrate")
+    print(f"1x = {a.sustained:g} msg/s", file=sys.stderr)
+    factors = [float(x) for x in a.factors.split(",")]
     for rep in range(1, a.reps + 1):
         for arm in ARMS:  # alternate the arms, so slow drift in the machine hits both
             one_run(a, arm, rep, factors)

@@ -199,7 +199,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub active_threads_per_client: usize,
     /// Before the window, each writer sends one message to its own first
-    /// thread (with --active-threads-per-client; else to thread W mod T), and
+    /// thread (with --active-threads-per-client; else to thread W mod T;
+    /// again after 250 ms, up to 20 tries, while it is refused), and
     /// the window starts once every client has received them all: the
     /// server then knows what each client takes part in (the interest
     /// policy) from the first second. Counted in sent/accepted and the

@@ -1,5 +1,6 @@
 //! `--warm-up`: before the window, each writer sends one message to its own
-//! (first) thread, and the window starts once every client has it.
+//! (first) thread, again while it is refused, and the window starts once
+//! every client has them all.
 //!
 //! Why: the interest policy learns which threads a client takes part in
 //! from what it writes. Without a warm-up, a client with one thread of its
@@ -9,12 +10,16 @@
 //! anything, with the loose bounds on the client's own thread.
 
 use super::{BenchArgs, READY};
-use super::{Connection, Slot, Stats, bench_threads, message, plan_of, send_unary};
+use super::{Connection, Slot, Stats, bench_threads, message, plan_of, record_status};
+use crate::proto::Thread;
+use crate::proto::chat_server_client::ChatServerClient;
+use crate::proto::message_status::StatusCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Message ids from `id_base + WARM_UP_IDS` on are warm-up writes: far above
+/// Message ids from `id_base + WARM_UP_IDS` on are warm-up writes (writer
+/// index + try << 24): far above
 /// any window's (2^31 messages is hours at a million a second). They are
 /// delivered and checked like the others, but left out of the latencies.
 pub(super) const WARM_UP_IDS: u64 = 1 << 31;
@@ -53,19 +58,58 @@ pub(super) async fn warm_up(
         if slot.state.load(Ordering::Relaxed) != READY {
             continue;
         }
-        let thread = &threads[plan.first_own(w).unwrap_or(w % threads.len())];
+        let thread = threads[plan.first_own(w).unwrap_or(w % threads.len())].clone();
         let id = id_base.wrapping_add(WARM_UP_IDS + i as u64);
-        let m = message(slot, thread, id, args.size);
-        if let Some(r) = &stats.recording {
-            r.send(w, &m, id, false);
-        }
-        stats.dispatched.fetch_add(1, Ordering::Relaxed);
         let channel = channels[w % channels.len()].clone();
-        tasks.push(send_unary(channel, m, id, Instant::now(), stats.clone()));
+        let (slot, stats, size) = (slot.clone(), stats.clone(), args.size);
+        tasks.push(tokio::spawn(async move {
+            write_until_accepted(channel, &slot, &stats, (w, thread, id, size)).await
+        }));
     }
     let by = Instant::now() + args.drain.max(Duration::from_secs(1));
     for t in tasks {
         let _ = tokio::time::timeout_at(by.into(), t).await;
     }
     super::wait_delivered(slots, stats, by).await;
+}
+
+/// Tries of one warm-up write before giving up on it.
+const TRIES: u32 = 20;
+
+/// Sends writer `w`'s warm-up write, again after a pause while it is
+/// refused: many writes at once exceed the order bound for the writers
+/// that have not yet seen the others' (measured: 8 of 200 got
+/// `ORDER_ERROR`), and a writer whose write was refused would stay unknown
+/// to the interest policy. Every try is sent and counted.
+async fn write_until_accepted(
+    channel: Connection,
+    slot: &Slot,
+    stats: &Stats,
+    (w, thread, id, size): (usize, Option<Thread>, u64, usize),
+) {
+    let mut rpc = ChatServerClient::new(channel);
+    for try_ in 0..TRIES {
+        // A new id per try: a recording must never show one id sent twice.
+        let id = id + (u64::from(try_) << 24);
+        let m = message(slot, &thread, id, size);
+        if let Some(r) = &stats.recording {
+            r.send(w, &m, id, false);
+        }
+        stats.dispatched.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        match rpc.send_message(m).await {
+            Ok(s) => {
+                record_status(stats, s.get_ref(), id, sent);
+                if s.get_ref().status_code == StatusCode::Ok as i32 {
+                    return;
+                }
+            }
+            Err(e) => {
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                stats.error(format!("warm-up SendMessage: {e}"));
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
