@@ -200,7 +200,7 @@ pub struct BenchArgs {
     pub active_threads_per_client: usize,
     /// Before the window, each writer sends one message to its own first
     /// thread (with --active-threads-per-client; else to thread W mod T;
-    /// again after 250 ms, up to 20 tries, while it is refused), and
+    /// again every 250 ms while it is refused, up to --drain), and
     /// the window starts once every client has received them all: the
     /// server then knows what each client takes part in (the interest
     /// policy) from the first second. Counted in sent/accepted and the

@@ -41,8 +41,8 @@ pub(super) fn plan_run<'a>(
     (stats.id_base.load(Ordering::Relaxed), plan)
 }
 
-/// Sends the warm-up writes and waits (up to `--drain`) until every ready
-/// client received all of them.
+/// Sends the warm-up writes (trying for up to `--drain`) and waits (up to
+/// `--drain` more) until every ready client received all of them.
 pub(super) async fn warm_up(
     args: &BenchArgs,
     slots: &[Arc<Slot>],
@@ -52,6 +52,7 @@ pub(super) async fn warm_up(
     let (first_writer, writers) = super::writer_range(args);
     let (id_base, plan) = plan_run(args, stats);
     let threads = bench_threads(args);
+    let by = Instant::now() + args.drain.max(Duration::from_secs(1));
     let mut tasks = Vec::with_capacity(writers);
     for (i, w) in (first_writer..first_writer + writers).enumerate() {
         let slot = &slots[w];
@@ -63,34 +64,38 @@ pub(super) async fn warm_up(
         let channel = channels[w % channels.len()].clone();
         let (slot, stats, size) = (slot.clone(), stats.clone(), args.size);
         tasks.push(tokio::spawn(async move {
-            write_until_accepted(channel, &slot, &stats, (w, thread, id, size)).await
+            write_until_accepted(channel, &slot, &stats, (w, thread, id, size), by).await
         }));
     }
-    let by = Instant::now() + args.drain.max(Duration::from_secs(1));
     for t in tasks {
         let _ = tokio::time::timeout_at(by.into(), t).await;
     }
-    super::wait_delivered(slots, stats, by).await;
+    // The last accepted write may be on a thread others see only at the
+    // loosened staleness.
+    super::wait_delivered(slots, stats, Instant::now() + args.drain).await;
 }
 
-/// Tries of one warm-up write before giving up on it.
-const TRIES: u32 = 20;
+/// The pause before a refused warm-up write is sent again.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 /// Sends writer `w`'s warm-up write, again after a pause while it is
 /// refused: many writes at once exceed the order bound for the writers
 /// that have not yet seen the others' (measured: 8 of 200 got
 /// `ORDER_ERROR`), and a writer whose write was refused would stay unknown
-/// to the interest policy. Every try is sent and counted.
+/// to the interest policy. Tries until `by` (the warm-up's end, `--drain`
+/// after it began: a writer may see others' commits only at the interest
+/// policy's loosened staleness); every try is sent and counted.
 async fn write_until_accepted(
     channel: Connection,
     slot: &Slot,
     stats: &Stats,
     (w, thread, id, size): (usize, Option<Thread>, u64, usize),
+    by: Instant,
 ) {
     let mut rpc = ChatServerClient::new(channel);
-    for try_ in 0..TRIES {
+    for try_ in 0u64.. {
         // A new id per try: a recording must never show one id sent twice.
-        let id = id + (u64::from(try_) << 24);
+        let id = id + (try_ << 24);
         let m = message(slot, &thread, id, size);
         if let Some(r) = &stats.recording {
             r.send(w, &m, id, false);
@@ -110,6 +115,9 @@ async fn write_until_accepted(
                 return;
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        if Instant::now() + RETRY_AFTER >= by {
+            return;
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
     }
 }
