@@ -364,14 +364,7 @@ impl Report {
                 .generator
                 .zip(b.generator)
                 .map(|(x, y)| (x.cpu_seconds - y.cpu_seconds) / window),
-            other_cores: a.machine_busy.zip(b.machine_busy).map(|(x, y)| {
-                let busy = (x - y) / window;
-                let own = |p: Option<crate::sys::ProcStats>, q: Option<crate::sys::ProcStats>| {
-                    p.zip(q)
-                        .map_or(0.0, |(p, q)| (p.cpu_seconds - q.cpu_seconds) / window)
-                };
-                (busy - own(a.server, b.server) - own(a.generator, b.generator)).max(0.0)
-            }),
+            other_cores: other_cores(a, b, window),
             load_average: (b.load, a.load),
             server_exit: i.server_exit,
             server_counters_error: i.server_counters.as_ref().err().cloned(),
@@ -455,30 +448,7 @@ impl Report {
                     .join(", ")
             },
         );
-        row(
-            "deliveries/s",
-            format!(
-                "{:.0} in the window; all {} deliveries of its messages: {:.0} per window second",
-                self.deliveries_per_s, self.deliveries_total, self.deliveries_per_window_s
-            ),
-        );
-        row(
-            "Updates/s",
-            format!(
-                "{:.1} ({:.2} messages per Update, {:.1}% heartbeats)",
-                self.updates_per_s,
-                self.messages_per_update,
-                self.empty_update_share * 100.0
-            ),
-        );
-        row(
-            "Update bytes/s",
-            format!(
-                "{:.1} MB/s of encoded Updates ({:.0} B per Update)",
-                self.update_bytes_per_s / 1e6,
-                self.update_bytes_per_s / self.updates_per_s.max(1e-9)
-            ),
-        );
+        self.delivery_rows(&mut row);
         row("acknowledgement RPCs/s", format!("{:.1}", self.acks_per_s));
         self.cost_rows(&mut row);
         self.server_counter_rows(&mut row);
@@ -505,6 +475,34 @@ impl Report {
             row("first error", e.clone());
         }
         t
+    }
+
+    /// Deliveries, Updates and their bytes per second.
+    fn delivery_rows(&self, row: &mut impl FnMut(&str, String)) {
+        row(
+            "deliveries/s",
+            format!(
+                "{:.0} in the window; all {} deliveries of its messages: {:.0} per window second",
+                self.deliveries_per_s, self.deliveries_total, self.deliveries_per_window_s
+            ),
+        );
+        row(
+            "Updates/s",
+            format!(
+                "{:.1} ({:.2} messages per Update, {:.1}% heartbeats)",
+                self.updates_per_s,
+                self.messages_per_update,
+                self.empty_update_share * 100.0
+            ),
+        );
+        row(
+            "Update bytes/s",
+            format!(
+                "{:.1} MB/s of encoded Updates ({:.0} B per Update)",
+                self.update_bytes_per_s / 1e6,
+                self.update_bytes_per_s / self.updates_per_s.max(1e-9)
+            ),
+        );
     }
 
     /// Latencies, and what the run cost the server, the generator and the
@@ -606,6 +604,19 @@ impl Report {
             );
         }
     }
+}
+
+/// Cores that other processes on the machine used between `b` and `a`:
+/// busy CPU minus the server and the generator.
+fn other_cores(a: &Snapshot, b: &Snapshot, window: f64) -> Option<f64> {
+    a.machine_busy.zip(b.machine_busy).map(|(x, y)| {
+        let busy = (x - y) / window;
+        let own = |p: Option<crate::sys::ProcStats>, q: Option<crate::sys::ProcStats>| {
+            p.zip(q)
+                .map_or(0.0, |(p, q)| (p.cpu_seconds - q.cpu_seconds) / window)
+        };
+        (busy - own(a.server, b.server) - own(a.generator, b.generator)).max(0.0)
+    })
 }
 
 /// How the clients were connected, for the table.
