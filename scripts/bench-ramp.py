@@ -245,9 +245,10 @@ def verdicts(runs):
                           for r in runs[arm])
         shown = ", ".join("never" if x == float("inf") else "-" if x is None else f"{x:.0f}"
                           for x in floor)
+        back = f"{med(floor, '{:.0f}')} ({shown})" if arm == "on" else "-"
         out.append(
             f"| load policy {arm} | {med(peak, '{:.1f}%')} | {med(total_v, '{:.0f}')} "
-            f"| {med(floor, '{:.0f}') if arm == 'on' else '-'} ({shown}) | {len(runs[arm])} | {loads} |")
+            f"| {back} | {len(runs[arm])} | {loads} |")
     head = ["| arm | accepted at the peak (worst peak step) | bound violations, whole run "
             "| seconds back at the floor after the load drops (each run) | runs | load average (start->end) |",
             "|---|---:|---:|---:|---:|---|"]
