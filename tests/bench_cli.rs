@@ -305,6 +305,29 @@ fn bad_flags_are_refused_with_a_reason() {
     );
 }
 
+#[test]
+fn record_is_refused_with_the_core_nats_fan_out() {
+    // Parsing alone decides: no nats-server is reached (port 1 is closed).
+    for flag in [
+        ["--against", "nats://127.0.0.1:1"],
+        ["--spawn-nats", "/nonexistent/nats-server"],
+    ] {
+        let out = Command::new(EXE)
+            .args(["bench", "--record", "/tmp/never-written.rec"])
+            .args(flag)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--record <FILE>")
+                && err.contains("cannot be used with")
+                && err.contains(flag[0]),
+            "{flag:?}: {err}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_other_clients_is_warned_about_and_bench_threads_are_its_own() {
     let srv = dyconit_chat::bench::server::SpawnedServer::start(

@@ -359,7 +359,7 @@ async fn without_a_quorum_writes_fail_in_time_and_the_node_is_not_ready() {
         timeout: TIMEOUT,
         ..Default::default()
     };
-    let server = common::TestServer::start(config).await;
+    let server = common::TestServer::start_one(config).await;
     let readyz = |s: &common::TestServer| {
         let addr = s.admin;
         async move { common::http(addr, "GET", "/readyz", None, None).await.0 }

@@ -233,8 +233,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub check: bool,
     /// Record every send, status, Update and acknowledgement to FILE (a
-    /// compact binary stream) for `dyconit-chat check FILE`
-    #[arg(long, value_name = "FILE")]
+    /// compact binary stream) for `dyconit-chat check FILE`. Chat servers
+    /// only: the core NATS fan-out (--against, --spawn-nats) has no
+    /// statuses or acknowledgements to record
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["against", "spawn_nats"])]
     pub record: Option<std::path::PathBuf>,
     /// Print no progress line
     #[arg(long)]

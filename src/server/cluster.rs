@@ -38,10 +38,11 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the node compares the stream's last sequence with what it
 /// applied (and, while unhealthy, whether the stream answers at all).
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a commit JetStream acknowledged may stay unconsumed before the
-/// node takes its consumer for lost and recreates it. The client library's
-/// ordered consumer notices a lost consumer only after two missed 15 s
-/// heartbeats: measured 20-30 s of failed writes after a quorum came back.
+/// How long the stream may hold commits this node has not applied, with
+/// its consumer delivering nothing, before the node reads them directly
+/// and recreates the consumer. The client library's ordered consumer
+/// notices a lost consumer only after two missed 15 s heartbeats: measured
+/// 20-30 s of failed writes after a quorum came back.
 const STALL_AFTER: Duration = Duration::from_secs(1);
 /// How many times one write is decided again after another node committed
 /// to its thread first. Each conflict means some node made progress on the
@@ -111,9 +112,10 @@ struct Shared {
     own: Mutex<HashMap<String, (ClientId, i64)>>,
     /// The last stream sequence this node's engine applied.
     applied: watch::Sender<Seq>,
-    /// Told when the stream has commits the consumer has not delivered
-    /// within [`STALL_AFTER`]: the consumer recreates itself.
-    stalled: tokio::sync::Notify,
+    /// The highest stream sequence this node knows is stored (from its
+    /// publish acknowledgements and the probe): while it is ahead of
+    /// `applied`, the consumer owes commits.
+    stored: watch::Sender<Seq>,
     hub: Arc<Hub>,
     health: Arc<StorageHealth>,
     /// Set when the consumer stopped for good: the node stays not ready.
@@ -207,7 +209,7 @@ pub async fn open(
     let shared = Arc::new(Shared {
         own: Mutex::new(HashMap::new()),
         applied: watch::Sender::new(head),
-        stalled: tokio::sync::Notify::new(),
+        stored: watch::Sender::new(head),
         hub: hub.clone(),
         health: health.clone(),
         broken: Default::default(),
@@ -342,49 +344,153 @@ fn decode(m: &jetstream::Message, previous: Micros) -> Option<Entry> {
     ))
 }
 
-/// Applies every commit of the stream, in order, to this node's engine;
-/// recreates the consumer from the next seq when it stalls.
-async fn consume_loop(shared: Arc<Shared>, mut messages: consumer::pull::Ordered, last: Micros) {
+/// Applies every commit of the stream, in order, to this node's engine.
+///
+/// A consumer can stop delivering without an error: its server was killed,
+/// or a reconnect lost its pull request. While the stream holds commits this
+/// node has not applied and nothing arrived for [`STALL_AFTER`], the node
+/// reads them directly (any replica answers a direct get, with no stream or
+/// meta leader involved: measured on loopback, a consumer cannot be created
+/// for several seconds after the meta leader is killed) and opens a fresh
+/// consumer from the next sequence. Commits the old and new paths both
+/// deliver are applied once: the engine skips what it already has.
+async fn consume_loop(shared: Arc<Shared>, messages: consumer::pull::Ordered, last: Micros) {
     let mut previous = last;
+    let mut messages = Some(messages);
+    let mut stored = shared.stored.subscribe();
+    // When this node last applied a commit, or fell behind the stream.
+    let mut since = tokio::time::Instant::now();
     loop {
-        let m = tokio::select! {
-            m = messages.next() => m,
-            _ = shared.stalled.notified() => {
-                let next = *shared.applied.borrow() + 1;
-                tracing::warn!(next, "the stream consumer stalled: recreating it");
-                match open_consumer(&shared.stream, next).await {
-                    Ok(fresh) => messages = fresh,
-                    Err(e) => tracing::warn!(error = %e, "recreating the stream consumer"),
+        let behind = *stored.borrow_and_update() > *shared.applied.borrow();
+        let stuck = behind || messages.is_none();
+        tokio::select! {
+            m = next_message(&mut messages) => match m {
+                Some(m) => {
+                    let Some(entry) = decode(&m, previous) else { continue };
+                    previous = entry.commit_time;
+                    if !apply(&shared, m.headers.as_ref(), entry) {
+                        return;
+                    }
+                    since = tokio::time::Instant::now();
                 }
-                continue;
+                None => {
+                    tracing::warn!("the stream consumer ended: opening another");
+                    messages = reopen(&shared).await;
+                    since = tokio::time::Instant::now();
+                }
+            },
+            Ok(()) = stored.changed() => {
+                if !behind {
+                    since = tokio::time::Instant::now();
+                }
             }
-        };
-        let Some(m) = m else {
-            tracing::warn!("the stream consumer ended: recreating it");
-            shared.stalled.notify_one();
-            continue;
-        };
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => {
-                // The ordered consumer recreates itself after gaps and
-                // reconnects; the error is worth a line, not a stop.
-                tracing::warn!(error = %e, "reading the stream");
-                continue;
+            _ = tokio::time::sleep_until(since + STALL_AFTER), if stuck => {
+                let next = *shared.applied.borrow() + 1;
+                tracing::warn!(next, "the stream consumer delivers nothing: reading the stream directly and opening another consumer");
+                if !catch_up(&shared, &mut previous).await {
+                    return;
+                }
+                if let Some(fresh) = reopen(&shared).await {
+                    messages = Some(fresh);
+                }
+                since = tokio::time::Instant::now();
             }
-        };
-        let Some(entry) = decode(&m, previous) else {
-            continue;
-        };
-        previous = entry.commit_time;
-        if !apply(&shared, &m, entry) {
-            return;
         }
     }
 }
 
+/// The consumer's next message; `None` once it ended. Errors are logged:
+/// the ordered consumer recreates itself after gaps and reconnects.
+async fn next_message(
+    messages: &mut Option<consumer::pull::Ordered>,
+) -> Option<jetstream::Message> {
+    let Some(stream) = messages else {
+        return std::future::pending().await;
+    };
+    loop {
+        match stream.next().await? {
+            Ok(m) => return Some(m),
+            Err(e) => tracing::warn!(error = %e, "reading the stream"),
+        }
+    }
+}
+
+/// A fresh ordered consumer from the next sequence this node needs, or
+/// `None` if JetStream does not create one within [`ATTEMPT_TIMEOUT`].
+async fn reopen(shared: &Shared) -> Option<consumer::pull::Ordered> {
+    let next = *shared.applied.borrow() + 1;
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, open_consumer(&shared.stream, next)).await {
+        Ok(Ok(fresh)) => Some(fresh),
+        Ok(Err(e)) => {
+            tracing::warn!(next, error = %e, "opening a stream consumer failed: trying again");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(next, "opening a stream consumer timed out: trying again");
+            None
+        }
+    }
+}
+
+/// Applies, by direct gets, the commits between what this node applied and
+/// what it knows is stored; false if the node cannot go on. Stops at the
+/// first commit no replica returns in time (the next stall tries again).
+async fn catch_up(shared: &Shared, previous: &mut Micros) -> bool {
+    let target = *shared.stored.borrow();
+    let mut read = 0;
+    loop {
+        let next = *shared.applied.borrow() + 1;
+        if next > target {
+            break;
+        }
+        let m = match tokio::time::timeout(ATTEMPT_TIMEOUT, shared.stream.direct_get(next)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                tracing::warn!(next, error = %e, "reading a commit directly");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(next, "reading a commit directly timed out");
+                break;
+            }
+        };
+        let stored = nats::time_micros(m.time.unix_timestamp_nanos());
+        let entry = nats::entry(
+            m.sequence,
+            m.subject.as_str(),
+            &m.payload,
+            stored,
+            *previous,
+        );
+        *previous = entry.commit_time;
+        if !apply(shared, Some(&m.headers), entry) {
+            return false;
+        }
+        read += 1;
+    }
+    if read > 0 {
+        tracing::info!(
+            read,
+            applied = *shared.applied.borrow(),
+            "read commits directly from the stream"
+        );
+    }
+    true
+}
+
+/// Notes that the stream holds at least `seq`.
+fn note_stored(shared: &Shared, seq: Seq) {
+    shared.stored.send_if_modified(|s| {
+        let newer = seq > *s;
+        if newer {
+            *s = seq;
+        }
+        newer
+    });
+}
+
 /// Applies one commit; false if the node cannot go on.
-fn apply(shared: &Shared, m: &jetstream::Message, entry: Entry) -> bool {
+fn apply(shared: &Shared, headers: Option<&async_nats::HeaderMap>, entry: Entry) -> bool {
     let seq = entry.seq;
     let delay = shared
         .hub
@@ -397,9 +503,7 @@ fn apply(shared: &Shared, m: &jetstream::Message, entry: Entry) -> bool {
         .cluster
         .apply_delay_seconds
         .observe(delay as f64 / 1e6);
-    let own = m
-        .headers
-        .as_ref()
+    let own = headers
         .and_then(|h| h.get("Nats-Msg-Id"))
         .and_then(|id| lock(&shared.own).remove(id.as_str()));
     let thread = entry.thread.clone();
@@ -608,6 +712,7 @@ async fn publish_acked(
         let error = match attempt {
             Ok(Ok(a)) => {
                 m.publish_seconds.observe(sent.elapsed().as_secs_f64());
+                note_stored(shared, a.sequence);
                 return Published::Stored(a.sequence);
             }
             Ok(Err(e)) => e,
@@ -623,7 +728,10 @@ async fn publish_acked(
             m.order_conflicts.inc();
             let text = std::error::Error::source(&error).map(|s| s.to_string());
             return match text.as_deref().and_then(lanes::conflict_last) {
-                Some(last) => Published::Conflict(last),
+                Some(last) => {
+                    note_stored(shared, last);
+                    Published::Conflict(last)
+                }
                 None => Published::Failed(format!("publishing to JetStream: {error}")),
             };
         }
@@ -639,21 +747,14 @@ async fn publish_acked(
     }
 }
 
-/// Waits until this node's consumer applied `seq`; tells the consumer to
-/// recreate itself if that takes longer than [`STALL_AFTER`].
+/// Waits until this node's consumer applied `seq` (which the consumer
+/// knows is stored: it reads it directly if it is not delivered).
 async fn wait_applied(
     shared: &Shared,
     seq: Seq,
     deadline: tokio::time::Instant,
 ) -> Result<(), String> {
     let mut applied = shared.applied.subscribe();
-    let soon = tokio::time::Instant::now() + STALL_AFTER;
-    if tokio::time::timeout_at(soon.min(deadline), applied.wait_for(|&a| a >= seq))
-        .await
-        .is_err()
-    {
-        shared.stalled.notify_one();
-    }
     tokio::time::timeout_at(deadline, applied.wait_for(|&a| a >= seq))
         .await
         .map_err(|_| format!("seq {seq} was stored but not consumed in time"))?
@@ -756,21 +857,28 @@ fn finish(
     }
 }
 
-/// Compares the stream's last sequence with what this node applied: a
-/// consumer that has not moved while the stream is ahead is recreated (a
-/// node with only readers publishes nothing that would notice). While
+/// Tells the consumer the stream's last sequence (a node with only readers
+/// publishes nothing that would show the consumer is behind). While
 /// unhealthy, the node is ready again once the stream answers and the
 /// consumer has caught up with it.
 async fn probe_loop(shared: Arc<Shared>) {
     let mut stream = shared.stream.clone();
-    let mut behind_at: Option<Seq> = None;
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
         if shared.broken.load(std::sync::atomic::Ordering::SeqCst) {
             continue;
         }
-        let last = match stream.info().await {
-            Ok(info) => info.state.last_sequence,
+        // A request lost in a leader election is not answered at all: wait
+        // one attempt, not the whole commit timeout.
+        let info = tokio::time::timeout(ATTEMPT_TIMEOUT, stream.info()).await;
+        let last = match info.map_err(|_| "timed out".to_owned()) {
+            Ok(Ok(info)) => info.state.last_sequence,
+            Ok(Err(e)) => {
+                if !shared.health.is_healthy() {
+                    tracing::debug!(error = %e, "the stream does not answer yet");
+                }
+                continue;
+            }
             Err(e) => {
                 if !shared.health.is_healthy() {
                     tracing::debug!(error = %e, "the stream does not answer yet");
@@ -778,21 +886,15 @@ async fn probe_loop(shared: Arc<Shared>) {
                 continue;
             }
         };
+        note_stored(&shared, last);
         let applied = *shared.applied.borrow();
         let lag = last.saturating_sub(applied);
         shared.metrics.cluster.consumer_lag_messages.set(lag as i64);
-        if applied >= last {
-            behind_at = None;
-            if shared.health.record_healthy() {
-                tracing::info!(
-                    applied,
-                    "the stream answers and this node is caught up: ready"
-                );
-            }
-        } else if behind_at == Some(applied) {
-            shared.stalled.notify_one();
-        } else {
-            behind_at = Some(applied);
+        if applied >= last && shared.health.record_healthy() {
+            tracing::info!(
+                applied,
+                "the stream answers and this node is caught up: ready"
+            );
         }
     }
 }

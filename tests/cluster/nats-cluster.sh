@@ -6,6 +6,8 @@
 # Needs DYCONIT_NATS_SERVER (the nats-server binary, >= 2.12). Each server
 # keeps its store, log and pid under DIR. `start` returns once JetStream
 # answers with a meta leader (monitoring /healthz), or fails after 60 s.
+# The servers' output goes to their logs only: `urls=$(... start DIR)` would
+# otherwise wait for them to exit.
 set -euo pipefail
 cmd="${1:?start|stop}"
 dir="${2:?directory}"
@@ -29,7 +31,7 @@ case "$cmd" in
     for i in 0 1 2; do
       "$bin" -n "n$i" -a 127.0.0.1 -p $((base + i)) -m $((base + 20 + i)) -js -sd "$dir/n$i" \
         --cluster_name dyconit-ci --cluster "nats://127.0.0.1:$((base + 10 + i))" --routes "$routes" \
-        -l "$dir/n$i.log" &
+        -l "$dir/n$i.log" </dev/null >/dev/null 2>&1 &
       echo $! >"$dir/n$i.pid"
     done
     for _ in $(seq 600); do

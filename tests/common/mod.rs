@@ -8,6 +8,7 @@ use dyconit_chat::proto::chat_server_client::ChatServerClient;
 use dyconit_chat::proto::{Acknowledgement, Client, SentMessage, ServerTime, Thread};
 use dyconit_chat::server::{Config, Storage};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 pub mod nats;
@@ -16,27 +17,88 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+/// A server for a test: one node, or on NATS storage three nodes of one
+/// cluster (same stream) with the clients spread over them.
 pub struct TestServer {
+    /// The first node's gRPC URL.
     pub url: String,
+    /// The first node's admin address.
     pub admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Every node's gRPC URL: `client` and `raw` take them in turn, so
+    /// client i of a test talks to node i % 3.
+    pub urls: Vec<String>,
+    next: AtomicUsize,
+    nodes: Vec<RunningNode>,
     /// The data directory made for a durable config that named none; removed
     /// when the server is dropped.
     _data: Option<tempfile::TempDir>,
 }
 
+struct RunningNode {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Chat nodes per test on NATS storage (`DYCONIT_TEST_STORAGE=nats`).
+pub const CLUSTER_NODES: usize = 3;
+
 impl TestServer {
-    /// Starts a server. A durable config whose data dir is the default
-    /// `data` gets a fresh temporary directory instead: tests never write
-    /// outside a temp dir.
-    pub async fn start(mut config: Config) -> TestServer {
+    /// Starts a server: on NATS storage three chat nodes sharing one stream
+    /// (clients spread over them), else one node. A durable config whose
+    /// data dir is the default `data` gets a fresh temporary directory
+    /// instead: tests never write outside a temp dir.
+    pub async fn start(config: Config) -> TestServer {
+        let n = if config.storage == Storage::Nats {
+            CLUSTER_NODES
+        } else {
+            1
+        };
+        Self::start_nodes(config, n).await
+    }
+
+    /// Starts one node whatever the storage: for tests of one node's own
+    /// facts (its shutdown, its metrics, what it has applied when a client
+    /// joins).
+    pub async fn start_one(config: Config) -> TestServer {
+        Self::start_nodes(config, 1).await
+    }
+
+    async fn start_nodes(mut config: Config, n: usize) -> TestServer {
         let mut data = None;
         if config.storage == Storage::Durable && config.data_dir == Config::default().data_dir {
             let dir = tempfile::tempdir().expect("temp dir");
             config.data_dir = dir.path().to_owned();
             data = Some(dir);
         }
+        let mut server = TestServer {
+            url: String::new(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            urls: Vec::new(),
+            next: AtomicUsize::new(0),
+            nodes: Vec::new(),
+            _data: data,
+        };
+        for i in 0..n {
+            let mut c = config.clone();
+            c.nats.node_name = format!("chat{i}");
+            let (url, admin) = server.start_node(c).await;
+            if i == 0 {
+                server.url = url.clone();
+                server.admin = admin;
+                if n > 1 {
+                    // The first node creates the stream and its buckets;
+                    // the others start once it answers, so they find them
+                    // instead of racing to create them.
+                    let (status, body) = http(admin, "GET", "/readyz", None, None).await;
+                    assert_eq!(status, 200, "first chat node not ready: {body}");
+                }
+            }
+            server.urls.push(url);
+        }
+        server
+    }
+
+    async fn start_node(&mut self, config: Config) -> (String, SocketAddr) {
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", grpc.local_addr().unwrap());
@@ -45,39 +107,59 @@ impl TestServer {
         let task = tokio::spawn(node::run(Listeners { grpc, admin }, config, async {
             let _ = rx.await;
         }));
-        TestServer {
-            url,
-            admin: admin_addr,
+        self.nodes.push(RunningNode {
             stop: Some(tx),
             task: Some(task),
-            _data: data,
-        }
+        });
+        (url, admin_addr)
     }
 
-    /// Asks the server to shut down and waits for `run` to return.
+    /// The URL of the node the next client goes to (in turn).
+    pub fn next_url(&self) -> &str {
+        &self.urls[self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len()]
+    }
+
+    /// Asks every node to shut down and waits for each `run` to return.
     pub async fn shutdown(&mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+        for n in &mut self.nodes {
+            if let Some(tx) = n.stop.take() {
+                let _ = tx.send(());
+            }
         }
-        match self.task.take() {
-            Some(t) => t.await.expect("server task panicked"),
-            None => Ok(()),
+        for n in &mut self.nodes {
+            if let Some(t) = n.task.take() {
+                t.await.expect("server task panicked")?;
+            }
         }
+        Ok(())
     }
 
+    /// A client of the next node in turn.
     pub async fn client(&self, name: Option<&str>) -> ChatClient {
-        ChatClient::connect(&self.url, name).await.expect("connect")
+        ChatClient::connect(self.next_url(), name)
+            .await
+            .expect("connect")
     }
 
+    /// A client of node `i` (modulo the number of nodes).
+    pub async fn client_on(&self, i: usize, name: Option<&str>) -> ChatClient {
+        ChatClient::connect(&self.urls[i % self.urls.len()], name)
+            .await
+            .expect("connect")
+    }
+
+    /// A raw stub on the next node in turn.
     pub async fn raw(&self) -> ChatServerClient<Channel> {
-        ChatServerClient::connect_to(&self.url).await
+        ChatServerClient::connect_to(self.next_url()).await
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+        for n in &mut self.nodes {
+            if let Some(tx) = n.stop.take() {
+                let _ = tx.send(());
+            }
         }
     }
 }

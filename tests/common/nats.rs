@@ -31,6 +31,8 @@ pub struct NatsCluster {
     nodes: Vec<Node>,
     /// Client URLs, one per server.
     pub urls: Vec<String>,
+    /// Monitoring ports (`/jsz`), one per server.
+    monitor: Vec<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -67,6 +69,7 @@ impl NatsCluster {
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let monitor: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes = ports
             .iter()
             .map(|(_, c)| format!("nats://127.0.0.1:{c}"))
@@ -82,6 +85,8 @@ impl NatsCluster {
                 port.to_string(),
                 "-n".into(),
                 format!("n{i}"),
+                "-m".into(),
+                monitor[i].to_string(),
                 "-js".into(),
                 "-sd".into(),
                 store.display().to_string(),
@@ -107,6 +112,7 @@ impl NatsCluster {
                 .iter()
                 .map(|(p, _)| format!("nats://127.0.0.1:{p}"))
                 .collect(),
+            monitor,
             dir,
         };
         for i in 0..n {
@@ -174,6 +180,29 @@ impl NatsCluster {
             .await
             .expect("connect to NATS");
         async_nats::jetstream::new(client)
+    }
+
+    /// The server names (`n<i>`) the running servers' monitoring endpoints
+    /// give as the JetStream meta leader, once they agree on one.
+    pub async fn meta_leader(&self) -> Option<String> {
+        let mut leaders = std::collections::HashSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.monitor[i]));
+            let (_, body) = super::http(addr, "GET", "/jsz", None, None).await;
+            let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+            leaders.insert(jsz["meta_cluster"]["leader"].as_str()?.to_owned());
+        }
+        (leaders.len() == 1).then(|| leaders.into_iter().next().unwrap())
+    }
+
+    /// The client URLs of every server but `i`, as `--nats-url` takes them.
+    pub fn url_list_without(&self, i: usize) -> String {
+        let mut urls = self.urls.clone();
+        urls.remove(i);
+        urls.join(",")
     }
 
     /// Panics with the logs if a started server has exited.
@@ -271,6 +300,16 @@ pub fn seen(m: &dyconit_chat::proto::ReceivedMessage) -> Seen {
 pub async fn chat_node(
     cluster: &NatsCluster,
     name: &str,
+    bounds: (u64, u64, &str),
+    extra: &[&str],
+) -> dyconit_chat::bench::server::SpawnedServer {
+    chat_node_on(&cluster.url_list(), name, bounds, extra).await
+}
+
+/// [`chat_node`] connecting only to the NATS servers at `urls`.
+pub async fn chat_node_on(
+    urls: &str,
+    name: &str,
     (order, numerical, staleness): (u64, u64, &str),
     extra: &[&str],
 ) -> dyconit_chat::bench::server::SpawnedServer {
@@ -278,7 +317,7 @@ pub async fn chat_node(
         "--storage",
         "nats",
         "--nats-url",
-        &cluster.url_list(),
+        urls,
         "--node-name",
         name,
         "--order",

@@ -2,7 +2,16 @@
 # Interop suite: drives the real dyconit-chat server from a Python grpcio
 # client generated from proto/chat.proto. Run from the repo root:
 #   bash tests/interop/run.sh [extra pytest args]
+#   bash tests/interop/run.sh --cluster [extra pytest args]
+# --cluster starts 3 clustered NATS JetStream servers (tests/cluster/
+# nats-cluster.sh; needs DYCONIT_NATS_SERVER) and runs every test against
+# three `serve --storage nats` nodes with its clients spread over them.
 set -euo pipefail
+cluster=""
+if [[ "${1:-}" == "--cluster" ]]; then
+  cluster=1
+  shift
+fi
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo_root"
@@ -52,4 +61,14 @@ export DYCONIT_BIN
 export INTEROP_STUBS="$gen"
 export PYTHONDONTWRITEBYTECODE=1
 
+if [[ -n "$cluster" ]]; then
+  nats_dir="$target_dir/interop-nats"
+  rm -rf "$nats_dir"
+  INTEROP_NATS_URL=$(bash "$repo_root/tests/cluster/nats-cluster.sh" start "$nats_dir")
+  export INTEROP_NATS_URL
+  trap 'bash "$repo_root/tests/cluster/nats-cluster.sh" stop "$nats_dir"' EXIT
+  echo "interop: 3 chat nodes per test on the NATS cluster at $INTEROP_NATS_URL"
+  "$venv/bin/python" -m pytest -p no:cacheprovider "$repo_root/tests/interop" "$@"
+  exit
+fi
 exec "$venv/bin/python" -m pytest -p no:cacheprovider "$repo_root/tests/interop" "$@"
