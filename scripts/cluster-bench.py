@@ -28,6 +28,7 @@ At the end it prints finished Markdown table rows: medians of --reps runs
 
   scripts/cluster-bench.py                      # full scale, ~12 min on 2 cores
   scripts/cluster-bench.py --scale 0.05 --reps 1  # a quick check of the script
+  scripts/cluster-bench.py --summary cluster-bench-results/summary.json  # tables again
 
 Environment: DYCONIT_NATS_SERVER (default target/nats-venv/bin/nats-server),
 BIN (default target/release/dyconit-chat). Python 3 standard library only.
@@ -35,6 +36,7 @@ BIN (default target/release/dyconit-chat). Python 3 standard library only.
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -232,21 +234,21 @@ def bench_flags(args, row):
         rate = {"memory": args.rate_memory, "sqlite": args.rate_sqlite}.get(row, args.rate_nats)
         bench = ["--clients", "3", "--writers", "48", "--send-only-writers", "--mode", "stream",
                  "--rate", str(int(rate * s)), "--threads", "64", "--size", "100",
-                 "--duration", dur, "--ramp-up", "1s", "--drain", "20s"]
+                 "--duration", dur, "--ramp-up", "1s", "--drain", "15s"]
         serve = ["--order", "1000000", "--numerical", "1000000", "--ack-timeout", "1h",
                  "--max-outbound-bytes", "1073741824", "--history", "0"]
         return bench, serve
     if row == "hot":
         bench = ["--clients", "6", "--writers", "6", "--mode", "stream",
                  "--rate", str(int(args.rate_hot * s)), "--threads", "1", "--size", "100",
-                 "--duration", dur, "--ramp-up", "1s", "--drain", "20s"]
+                 "--duration", dur, "--ramp-up", "1s", "--drain", "15s"]
         serve = ["--order", "32", "--staleness", args.hot_staleness,
                  "--numerical", str(args.hot_numerical), "--history", "0"]
         return bench, serve
     clients = max(3, int(args.fanout_clients * s) // 3 * 3)
     bench = ["--clients", str(clients), "--rate", str(max(10, int(args.fanout_rate * s))),
              "--threads", "50", "--size", "100", "--duration", dur, "--ramp-up", "5s",
-             "--drain", "20s"]
+             "--drain", "15s"]
     serve = ["--staleness", args.fanout_staleness, "--history", "0"]
     return bench, serve
 
@@ -435,6 +437,42 @@ def model_inputs(results):
               "| fan-out row: sum of chat-node cores / deliveries/s |")
 
 
+# The capacity example of docs/cluster.md: nodes like the benchmark machine
+# run at half their capacity; memory and CPU per idle client are the
+# "10k idle, own connection" row of docs/benchmarks.md.
+NODE_CORES, NODE_MEMORY, UTILISATION = 2, 24 * 2**30, 0.5
+CLIENTS, MSGS, FANOUT = 1_000_000, 100_000, 100
+CLIENT_BYTES, CLIENT_CPU = 27.5 * 1024, 0.162 / 10_000
+
+
+def capacity(results):
+    """docs/cluster.md's model for CLIENTS clients and MSGS msg/s, from the medians."""
+    r3, fan = results.get("nats-r3"), results.get("fanout")
+    if not r3 or not fan:
+        return
+    c_w = median_of(r3, lambda r: sum_cores(r, "chat-") / 3 / r["report"]["accepted_per_s"])
+    c_l = median_of(r3, lambda r: max(v for n, v in r["cores"].items() if n.startswith("n"))
+                    / r["report"]["accepted_per_s"])
+    c_d = median_of(fan, lambda r: sum_cores(r, "chat-") / max(1, r["report"]["deliveries_per_s"]))
+    uk = UTILISATION * NODE_CORES
+    by_memory = CLIENTS * CLIENT_BYTES / (UTILISATION * NODE_MEMORY)
+    room = MSGS * c_w
+    print(f"| capacity, {CLIENTS:,} clients, {MSGS:,} msg/s, u = {UTILISATION}, "
+          f"nodes of {NODE_CORES} cores | value |")
+    print("|---|---|")
+    print(f"| c_l: busiest nats-server's CPU per message | {fmt(c_l * 1e6, 1)} µs |")
+    print(f"| nodes for the clients' memory | {math.ceil(by_memory)} |")
+    print(f"| stream on each node, W·c_w | {fmt(room, 2)} cores |")
+    print(f"| one stream's cap per node, u·K / c_w | {fmt(uk / c_w)} msg/s |")
+    print(f"| one stream's cap per leader, u·K / c_l | {fmt(uk / c_l)} msg/s |")
+    print(f"| deliveries, every client every message (F = C) | {fmt(MSGS * CLIENTS * c_d)} cores |")
+    need = CLIENTS * CLIENT_CPU + MSGS * FANOUT * c_d
+    nodes = (f"{max(math.ceil(by_memory), math.ceil(need / (uk - room)))}" if room < uk
+             else "none: W·c_w ≥ u·K, the stream alone exceeds a node")
+    print(f"| rooms of {FANOUT} (F = {FANOUT}): deliveries {fmt(MSGS * FANOUT * c_d, 1)} cores; "
+          f"nodes on one stream | {nodes} |")
+
+
 def per_run_lines(results):
     for row in ROWS:
         for i, r in enumerate(results.get(row, []), 1):
@@ -465,7 +503,7 @@ def parse_args():
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply rates and clients (and shorten runs below 0.25) to check "
                    "the script on a debug build")
-    p.add_argument("--duration", type=float, default=15, help="send window of each run, s")
+    p.add_argument("--duration", type=float, default=10, help="send window of each run, s")
     p.add_argument("--rate-memory", type=int, default=200000, help="offered msg/s, memory row")
     p.add_argument("--rate-sqlite", type=int, default=100000, help="offered msg/s, SQLite row")
     p.add_argument("--rate-nats", type=int, default=40000, help="offered msg/s, NATS rows")
@@ -476,6 +514,9 @@ def parse_args():
     p.add_argument("--fanout-clients", type=int, default=999, help="readers, fan-out row")
     p.add_argument("--fanout-rate", type=int, default=200, help="msg/s, fan-out row")
     p.add_argument("--fanout-staleness", default="100ms", help="staleness bound, fan-out row")
+    p.add_argument("--summary", metavar="FILE",
+                   help="print the tables again from a run's summary.json, running nothing "
+                   "(with the same --fanout-staleness)")
     p.add_argument("--keep", action="store_true", help="keep the processes' logs and stores")
     return p.parse_args()
 
@@ -486,6 +527,10 @@ def main():
     unknown = set(rows) - set(ROWS)
     if unknown:
         raise SystemExit(f"unknown rows {sorted(unknown)}; rows are {', '.join(ROWS)}")
+    if args.summary:
+        with open(args.summary) as f:
+            print_tables(args, json.load(f))
+        return
     for path, what in ((args.bin, "BIN / --bin"), (args.nats_server, "--nats-server")):
         if not os.access(path, os.X_OK):
             raise SystemExit(f"{path} is not an executable; set {what}")
@@ -505,18 +550,21 @@ def main():
     print(f"\ncommand: {' '.join(sys.argv)}")
     print(f"{args.reps} runs of each row in {time.time() - started:.0f} s; "
           f"nproc {os.cpu_count()}; {args.bin}\n")
-    table_throughput(results)
-    print()
-    table_hot(results)
-    print()
-    table_fanout(args, results)
-    print()
-    table_targets(args, results)
-    print()
+    print_tables(args, results)
+
+
+def print_tables(args, results):
+    for table in (table_throughput, table_hot):
+        table(results)
+        print()
+    for table in (table_fanout, table_targets):
+        table(args, results)
+        print()
     model_inputs(results)
     print()
+    capacity(results)
+    print()
     per_run_lines(results)
-
 
 if __name__ == "__main__":
     main()
