@@ -275,6 +275,9 @@ def run_row(args, row, rep, work):
             p.wait()
             sampler.stopped.set()
             sampler.join()
+        if not os.path.exists(out):
+            raise SystemExit(f"bench failed (exit {p.returncode}): see {txt.name}; "
+                             f"the processes' logs are in {setup.dir} (kept with --keep)")
         rss = {n: peak_rss_mib(pid) for n, pid in setup.pids()}
         conflicts = {t: setup.counter("chat_cluster_publish_conflicts_total", f'then="{t}"')
                      - conflicts0[t] for t in conflicts0}
