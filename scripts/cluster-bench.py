@@ -431,14 +431,14 @@ def model_inputs(results):
     if r3:
         node = median_of(r3, lambda r: sum_cores(r, "chat-") / 3 / r["report"]["accepted_per_s"])
         nats = median_of(r3, lambda r: sum_cores(r, "n") / r["report"]["accepted_per_s"])
-        print(f"| c_write: chat-node CPU per accepted message, per node | {fmt(node * 1e6, 1)} µs "
+        print(f"| c_w: chat-node CPU per accepted message, per node | {fmt(node * 1e6, 1)} µs "
               "| NATS R3 row: mean chat-node cores / accepted msg/s |")
-        print(f"| c_stream: nats-server CPU per message, all 3 servers | {fmt(nats * 1e6, 1)} µs "
+        print(f"| nats-server CPU per message, all 3 servers | {fmt(nats * 1e6, 1)} µs "
               "| NATS R3 row: sum of nats-server cores / accepted msg/s |")
     fan = results.get("fanout")
     if fan:
         d = median_of(fan, lambda r: sum_cores(r, "chat-") / max(1, r["report"]["deliveries_per_s"]))
-        print(f"| c_deliver: chat-node CPU per delivery | {fmt(d * 1e6, 2)} µs "
+        print(f"| c_d: chat-node CPU per delivery | {fmt(d * 1e6, 2)} µs "
               "| fan-out row: sum of chat-node cores / deliveries/s |")
 
 
