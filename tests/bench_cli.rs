@@ -176,6 +176,79 @@ fn zipf_traffic_with_one_active_thread_per_client_reaches_every_client() {
     assert!(own > 0 && own < n(&r, &["latency", "count"]), "{r}");
 }
 
+/// `--warm-up`: each writer writes once to its own thread before the
+/// window. The warm-up writes are delivered and checked like the others,
+/// but neither in the latencies nor in the window's rates; and the report
+/// has the encoded bytes of the Updates received.
+#[test]
+fn warm_up_writes_are_checked_but_not_measured_and_update_bytes_are_reported() {
+    let r = bench(
+        "warm-up",
+        &[
+            "--clients",
+            "20",
+            "--rate",
+            "100",
+            "--threads",
+            "5",
+            "--zipf",
+            "1",
+            "--active-threads-per-client",
+            "1",
+            "--warm-up",
+            "--duration",
+            "2s",
+            "--ramp-up",
+            "300ms",
+            // Uninterested threads flush at 10x this (the interest
+            // policy's default factor): within the warm-up's wait (--drain).
+            // 1 s like the other runs here: a loaded machine makes tighter
+            // bounds late, and the check counts that.
+            "--staleness",
+            "1s",
+            "--drain",
+            "15s",
+            // 20 writes at once: a tight order bound refuses some of them,
+            // and the warm-up must send those again until accepted.
+            "--order",
+            "4",
+            "--server-arg=--interest-policy",
+        ],
+    );
+    assert_eq!(r["config"]["warm_up"], true);
+    // The window's 200 and one per writer (again while refused).
+    assert!(n(&r, &["sent"]) >= 200 + 20, "{r}");
+    assert_eq!(n(&r, &["check", "clients_complete"]), 20, "{r}");
+    let accepted = n(&r, &["accepted"]);
+    assert_eq!(n(&r, &["deliveries_total"]), accepted * 20);
+    // Every client got the 20 warm-up writes (each accepted once, however
+    // many tries it took) before the window opened.
+    assert_eq!(
+        n(&r, &["latency", "count"]),
+        (accepted - 20) * 20,
+        "warm-up writes are not in the latencies: {r}"
+    );
+    let per_window_s = r["deliveries_per_window_s"].as_f64().unwrap();
+    let window = r["window_s"].as_f64().unwrap();
+    assert!(
+        (per_window_s * window - ((accepted - 20) * 20) as f64).abs() < 1.0,
+        "{r}"
+    );
+    // Each Update carries at least its messages' 100-byte contents.
+    let bytes = r["update_bytes_per_s"].as_f64().unwrap();
+    let per_update = bytes / r["updates_per_s"].as_f64().unwrap();
+    let messages = r["messages_per_update"].as_f64().unwrap();
+    assert!(
+        per_update > messages * 100.0,
+        "{per_update} B per Update: {r}"
+    );
+    let (start, end) = (
+        r["window_wall_micros"][0].as_i64().unwrap(),
+        r["window_wall_micros"][1].as_i64().unwrap(),
+    );
+    assert!(end - start >= 1_900_000, "{r}");
+}
+
 #[test]
 fn send_only_writers_do_not_stream_and_readers_get_everything() {
     let r = bench(

@@ -786,3 +786,49 @@ async fn the_numerical_bound_counts_a_slow_acknowledger_on_another_node() {
     let codes = plain_writes(&mut w, wid, next + 1, 2 * BOUND as i64).await;
     assert!(codes.iter().all(|&c| c == ok), "{codes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_send_messages_stream_over_three_threads_commits_in_input_order() {
+    const N: i64 = 60;
+    let cluster = NatsCluster::start(3).await;
+    let writer_node = node(&cluster, "chat0", &[]).await;
+    let reader_node = node(&cluster, "chat1", &[]).await;
+    let reader = ChatClient::connect(&reader_node.url, Some("reader"))
+        .await
+        .unwrap();
+    let mut sub = reader.subscribe().await.unwrap();
+    common::first_update(&mut sub).await;
+    let (mut rpc, id) = named(&writer_node.url, "writer").await;
+    let now = common::now_micros();
+    // Threads a, b, c in turn: each thread's writes are published by their
+    // own task, so only the per-writer rule keeps the stream's order.
+    let sent: Vec<SentMessage> = (1..=N)
+        .map(|i| {
+            let mut m = message(id, &format!("m{i}"), now, i);
+            m.thread = Some(Thread {
+                id: ["a", "b", "c"][(i % 3) as usize].into(),
+            });
+            m
+        })
+        .collect();
+    let mut out = rpc
+        .send_messages(tokio_stream::iter(sent))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut times = Vec::new();
+    while let Some(s) = out.message().await.unwrap() {
+        assert_eq!(s.status_code(), StatusCode::Ok);
+        times.push(s.timestamp.unwrap().timestamp);
+    }
+    assert_eq!(times.len(), N as usize);
+    assert!(times.is_sorted(), "OK commit times out of input order");
+    let got: Vec<String> = read(&mut sub, N as usize)
+        .await
+        .into_iter()
+        .map(|s| s.2)
+        .collect();
+    let want: Vec<String> = (1..=N).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want, "committed out of input order");
+}

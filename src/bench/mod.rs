@@ -30,6 +30,7 @@ pub mod record_run;
 pub mod report;
 pub mod server;
 pub mod threads;
+mod warmup;
 pub mod wire;
 
 use crate::client::clock::local_micros;
@@ -48,6 +49,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::consistency::time::parse_duration;
+use warmup::{WARM_UP_IDS, plan_run, warm_up};
 
 /// How messages are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -66,8 +68,10 @@ Examples:
       --rate 200 --threads 50 --size 100 --duration 30s --json w1.json
   # interest workload: 50 threads, Zipf traffic, each client active in 1,
   # against a server with the interest policy on
+  # (--warm-up: each client writes once to its thread before the window)
   dyconit-chat bench --spawn-server --clients 1000 --rate 200 --threads 50 \\
-      --zipf 1 --active-threads-per-client 1 --server-arg=--interest-policy
+      --zipf 1 --active-threads-per-client 1 --warm-up \\
+      --server-arg=--interest-policy
   # 10,000 idle streaming clients: server memory per client
   dyconit-chat bench --spawn-server --clients 10000 --rate 0 --duration 20s
   # against a running local server (and measure its CPU and memory via
@@ -82,7 +86,9 @@ they receive every bench message, and their traffic is in the figures.
 
 The report: accepted/s, deliveries/s (messages received by all clients:
 within the window, and all deliveries of the window's messages, drain
-included, per second of the window), Updates/s and messages per Update, commit->receive latency p50/p90/p99/max,
+included, per second of the window), Updates/s and messages per Update,
+Update bytes/s (the encoded protobuf size of each Update received, without
+gRPC and HTTP/2 framing), commit->receive latency p50/p90/p99/max,
 send latency (from the scheduled time to the status: open loop, so a slow
 server shows here instead of being hidden), rejections by reason,
 acknowledgement RPCs/s, server CPU seconds and cores (CPU s / window s) and RSS
@@ -192,6 +198,15 @@ pub struct BenchArgs {
     /// own threads. 0: every client writes anywhere
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub active_threads_per_client: usize,
+    /// Before the window, each writer sends one message to its own first
+    /// thread (with --active-threads-per-client; else to thread W mod T;
+    /// again every 250 ms while it is refused, up to --drain), and
+    /// the window starts once every client has received them all: the
+    /// server then knows what each client takes part in (the interest
+    /// policy) from the first second. Counted in sent/accepted and the
+    /// delivery check, left out of the latencies and the window's rates
+    #[arg(long)]
+    pub warm_up: bool,
     /// The threads are named PREFIX0, PREFIX1, ...; an empty prefix with one
     /// thread writes to the main room
     #[arg(long, default_value = "bench-", value_name = "PREFIX")]
@@ -374,6 +389,8 @@ struct Stats {
     updates: AtomicU64,
     /// Of those, Updates without messages (heartbeats).
     empty_updates: AtomicU64,
+    /// Encoded size of those Updates, bytes (see [`wire::UpdateSummary::wire_bytes`]).
+    update_bytes: AtomicU64,
     /// Acknowledgement RPCs answered.
     acks: AtomicU64,
     /// Acknowledgement RPCs that failed.
@@ -412,6 +429,7 @@ impl Default for Stats {
             foreign: AtomicU64::new(0),
             updates: AtomicU64::new(0),
             empty_updates: AtomicU64::new(0),
+            update_bytes: AtomicU64::new(0),
             acks: AtomicU64::new(0),
             ack_errors: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -466,6 +484,9 @@ fn mix(x: u64) -> u64 {
 /// latency, and messages of others.
 fn count_update(update: &wire::UpdateSummary, index: usize, slot: &Slot, stats: &Stats, now: i64) {
     stats.updates.fetch_add(1, Ordering::Relaxed);
+    stats
+        .update_bytes
+        .fetch_add(update.wire_bytes as u64, Ordering::Relaxed);
     if update.messages.is_empty() {
         stats.empty_updates.fetch_add(1, Ordering::Relaxed);
     }
@@ -480,19 +501,23 @@ fn count_update(update: &wire::UpdateSummary, index: usize, slot: &Slot, stats: 
     if foreign > 0 {
         stats.foreign.fetch_add(foreign, Ordering::Relaxed);
     }
+    // Latency is of the window's messages: warm-up writes are left out.
+    let base = stats.id_base.load(Ordering::Relaxed);
+    let measured =
+        |m: &&wire::Delivered| m.id.is_some_and(|id| id.wrapping_sub(base) < WARM_UP_IDS);
     stats.latency[index % LATENCY_SHARDS].record_all(
         update
             .messages
             .iter()
-            .filter(|m| m.id.is_some())
+            .filter(measured)
             .map(|m| (now - m.server_time).max(0) as u64),
     );
     if let Some(plan) = stats.plan.get().filter(|p| p.has_active()) {
-        let base = stats.id_base.load(Ordering::Relaxed);
         stats.own_latency.record_all(
             update
                 .messages
                 .iter()
+                .filter(measured)
                 .filter(|m| {
                     m.id.is_some_and(|id| plan.is_own(index, id.wrapping_sub(base)))
                 })
@@ -777,25 +802,9 @@ async fn dispatch(
     stats: &Arc<Stats>,
     start: Instant,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let writers = if args.writers == 0 {
-        args.clients
-    } else {
-        args.writers
-    };
-    // Send-only writers are the slots after the streaming clients.
-    let first_writer = if args.send_only_writers {
-        args.clients
-    } else {
-        0
-    };
+    let (first_writer, writers) = writer_range(args);
     let threads = bench_threads(args);
-    // Ids start at a random base, so runs against one server (and the
-    // recordings of several bench processes) never share an id.
-    let id_base = u64::from(rand::random::<u32>()) << 32;
-    stats.id_base.store(id_base, Ordering::Relaxed);
-    let plan = stats
-        .plan
-        .get_or_init(|| plan_of(args, first_writer, writers));
+    let (id_base, plan) = plan_run(args, stats);
     let mut tasks = Vec::new();
     let mut streams: Vec<Option<StreamWriter>> = Vec::new();
     if args.mode == SendMode::Stream {
@@ -873,6 +882,11 @@ async fn dispatch(
 struct Snapshot {
     /// When.
     at: Option<Instant>,
+    /// When, on the wall clock (µs since the epoch), so that a script can
+    /// line the window up with what it scraped from the server meanwhile.
+    wall_micros: i64,
+    /// Encoded bytes of the Updates received so far, first ones excluded.
+    update_bytes: u64,
     /// Bench messages received so far (all clients).
     deliveries: u64,
     /// Updates received so far, first ones excluded.
@@ -896,6 +910,8 @@ struct Snapshot {
 fn snapshot(stats: &Stats, server_pid: Option<u32>) -> Snapshot {
     Snapshot {
         at: Some(Instant::now()),
+        wall_micros: crate::clock::wall_micros().0,
+        update_bytes: stats.update_bytes.load(Ordering::Relaxed),
         deliveries: stats.deliveries.load(Ordering::Relaxed),
         updates: stats.updates.load(Ordering::Relaxed),
         empty_updates: stats.empty_updates.load(Ordering::Relaxed),
@@ -1075,6 +1091,22 @@ fn make_slots(args: &BenchArgs) -> Arc<Vec<Arc<Slot>>> {
     )
 }
 
+/// The slots that send: `(first, count)`. Send-only writers are the slots
+/// after the streaming clients.
+fn writer_range(args: &BenchArgs) -> (usize, usize) {
+    let writers = if args.writers == 0 {
+        args.clients
+    } else {
+        args.writers
+    };
+    let first_writer = if args.send_only_writers {
+        args.clients
+    } else {
+        0
+    };
+    (first_writer, writers)
+}
+
 /// The thread layout of the run (see [`threads`]).
 fn plan_of(args: &BenchArgs, first_writer: usize, writers: usize) -> threads::ThreadPlan {
     let send_only = if args.send_only_writers {
@@ -1241,6 +1273,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     // Every client must have its first Update before sending starts, so every
     // accepted message is after every client's baseline.
     let ready = wait_connected(&slots, args.clients).await;
+    plan_run(&args, &stats);
+    if args.warm_up {
+        warm_up(&args, &slots, &channels, &stats).await;
+    }
 
     // The measured window.
     phase.store(1, Ordering::Relaxed);

@@ -62,6 +62,8 @@ pub struct Config {
     pub zipf: f64,
     /// Threads each client takes part in (0: all).
     pub active_threads_per_client: usize,
+    /// Each writer wrote once before the window (`--warm-up`).
+    pub warm_up: bool,
     /// Bytes of contents per message.
     pub message_bytes: usize,
     /// Length of the send window asked for.
@@ -159,6 +161,9 @@ pub struct Report {
     pub config: Config,
     /// Length of the send window, seconds.
     pub window_s: f64,
+    /// Start and end of the send window on the wall clock, µs since the
+    /// epoch: for lining it up with what a script scraped meanwhile.
+    pub window_wall_micros: (i64, i64),
     /// Messages sent (handed to the transport).
     pub sent: u64,
     /// Messages accepted (status OK), the whole run.
@@ -178,6 +183,11 @@ pub struct Report {
     pub deliveries_per_window_s: f64,
     /// Updates received per second over the window (first ones excluded).
     pub updates_per_s: f64,
+    /// Encoded bytes of the Updates received per second over the window
+    /// (first ones excluded): the size of each protobuf `Update` as the
+    /// client decoded it, without the 5-byte gRPC frame header and the
+    /// HTTP/2 and TLS framing around it.
+    pub update_bytes_per_s: f64,
     /// Deliveries per Update in the window (heartbeats included).
     pub messages_per_update: f64,
     /// Share of Updates in the window that were empty heartbeats.
@@ -273,6 +283,7 @@ impl Config {
             threads: i.args.threads,
             zipf: i.args.zipf,
             active_threads_per_client: i.args.active_threads_per_client,
+            warm_up: i.args.warm_up,
             message_bytes: i.args.size,
             duration_s: i.args.duration.as_secs_f64(),
             ramp_up_s: i.args.ramp_up.as_secs_f64(),
@@ -315,14 +326,22 @@ impl Report {
         Report {
             config: Config::of(&i),
             window_s: window,
+            window_wall_micros: (b.wall_micros, a.wall_micros),
             sent: s.dispatched.load(Ordering::Relaxed),
             accepted,
             accepted_per_s: rate(a.accepted, b.accepted),
             rejections,
             deliveries_per_s: rate(a.deliveries, b.deliveries),
             deliveries_total: s.deliveries.load(Ordering::Relaxed),
-            deliveries_per_window_s: s.deliveries.load(Ordering::Relaxed) as f64 / window,
+            // Deliveries before the window (of --warm-up writes) are not
+            // the window's.
+            deliveries_per_window_s: s
+                .deliveries
+                .load(Ordering::Relaxed)
+                .saturating_sub(b.deliveries) as f64
+                / window,
             updates_per_s: rate(a.updates, b.updates),
+            update_bytes_per_s: rate(a.update_bytes, b.update_bytes),
             messages_per_update: if updates == 0 {
                 0.0
             } else {
@@ -345,14 +364,7 @@ impl Report {
                 .generator
                 .zip(b.generator)
                 .map(|(x, y)| (x.cpu_seconds - y.cpu_seconds) / window),
-            other_cores: a.machine_busy.zip(b.machine_busy).map(|(x, y)| {
-                let busy = (x - y) / window;
-                let own = |p: Option<crate::sys::ProcStats>, q: Option<crate::sys::ProcStats>| {
-                    p.zip(q)
-                        .map_or(0.0, |(p, q)| (p.cpu_seconds - q.cpu_seconds) / window)
-                };
-                (busy - own(a.server, b.server) - own(a.generator, b.generator)).max(0.0)
-            }),
+            other_cores: other_cores(a, b, window),
             load_average: (b.load, a.load),
             server_exit: i.server_exit,
             server_counters_error: i.server_counters.as_ref().err().cloned(),
@@ -403,8 +415,14 @@ impl Report {
             row(
                 "threads",
                 format!(
-                    "zipf s={}, each client active in {} (0 = all)",
-                    c.zipf, c.active_threads_per_client
+                    "zipf s={}, each client active in {} (0 = all){}",
+                    c.zipf,
+                    c.active_threads_per_client,
+                    if c.warm_up {
+                        ", each writer wrote once before the window"
+                    } else {
+                        ""
+                    }
                 ),
             );
         }
@@ -430,22 +448,7 @@ impl Report {
                     .join(", ")
             },
         );
-        row(
-            "deliveries/s",
-            format!(
-                "{:.0} in the window; all {} deliveries of its messages: {:.0} per window second",
-                self.deliveries_per_s, self.deliveries_total, self.deliveries_per_window_s
-            ),
-        );
-        row(
-            "Updates/s",
-            format!(
-                "{:.1} ({:.2} messages per Update, {:.1}% heartbeats)",
-                self.updates_per_s,
-                self.messages_per_update,
-                self.empty_update_share * 100.0
-            ),
-        );
+        self.delivery_rows(&mut row);
         row("acknowledgement RPCs/s", format!("{:.1}", self.acks_per_s));
         self.cost_rows(&mut row);
         self.server_counter_rows(&mut row);
@@ -472,6 +475,34 @@ impl Report {
             row("first error", e.clone());
         }
         t
+    }
+
+    /// Deliveries, Updates and their bytes per second.
+    fn delivery_rows(&self, row: &mut impl FnMut(&str, String)) {
+        row(
+            "deliveries/s",
+            format!(
+                "{:.0} in the window; all {} deliveries of its messages: {:.0} per window second",
+                self.deliveries_per_s, self.deliveries_total, self.deliveries_per_window_s
+            ),
+        );
+        row(
+            "Updates/s",
+            format!(
+                "{:.1} ({:.2} messages per Update, {:.1}% heartbeats)",
+                self.updates_per_s,
+                self.messages_per_update,
+                self.empty_update_share * 100.0
+            ),
+        );
+        row(
+            "Update bytes/s",
+            format!(
+                "{:.1} MB/s of encoded Updates ({:.0} B per Update)",
+                self.update_bytes_per_s / 1e6,
+                self.update_bytes_per_s / self.updates_per_s.max(1e-9)
+            ),
+        );
     }
 
     /// Latencies, and what the run cost the server, the generator and the
@@ -573,6 +604,19 @@ impl Report {
             );
         }
     }
+}
+
+/// Cores that other processes on the machine used between `b` and `a`:
+/// busy CPU minus the server and the generator.
+fn other_cores(a: &Snapshot, b: &Snapshot, window: f64) -> Option<f64> {
+    a.machine_busy.zip(b.machine_busy).map(|(x, y)| {
+        let busy = (x - y) / window;
+        let own = |p: Option<crate::sys::ProcStats>, q: Option<crate::sys::ProcStats>| {
+            p.zip(q)
+                .map_or(0.0, |(p, q)| (p.cpu_seconds - q.cpu_seconds) / window)
+        };
+        (busy - own(a.server, b.server) - own(a.generator, b.generator)).max(0.0)
+    })
 }
 
 /// How the clients were connected, for the table.

@@ -113,6 +113,11 @@ impl ThreadPlan {
         }
     }
 
+    /// Client `c`'s first own thread, if clients have threads of their own.
+    pub fn first_own(&self, c: usize) -> Option<usize> {
+        self.active.get(c)?.first().map(|&t| t as usize)
+    }
+
     /// Whether clients have threads of their own.
     pub fn has_active(&self) -> bool {
         !self.active.is_empty()

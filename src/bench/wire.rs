@@ -28,6 +28,9 @@ pub struct UpdateSummary {
     pub current_time: i64,
     /// `Update.expirationTime` (0 if absent).
     pub expiration_time: i64,
+    /// Size of the encoded `Update` as received: the protobuf message,
+    /// without the 5-byte gRPC frame header and HTTP/2 framing.
+    pub wire_bytes: usize,
 }
 
 /// The `timestamp` of an encoded `ServerTime`.
@@ -117,6 +120,7 @@ pub fn parse_update(mut buf: &[u8]) -> Result<UpdateSummary, WireError> {
     // doubling series.
     let mut out = UpdateSummary {
         messages: Vec::with_capacity(buf.len() / 128 + 1),
+        wire_bytes: buf.len(),
         ..UpdateSummary::default()
     };
     while !buf.is_empty() {
@@ -199,6 +203,7 @@ mod tests {
         };
         let s = parse_update(&u.encode_to_vec()).unwrap();
         assert_eq!((s.current_time, s.expiration_time), (5, 6));
+        assert_eq!(s.wire_bytes, u.encoded_len());
         assert_eq!(
             s.messages,
             vec![

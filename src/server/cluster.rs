@@ -61,6 +61,11 @@ struct Proposal {
     /// timeout of this, however long it waited behind earlier writes of
     /// its thread.
     admitted: tokio::time::Instant,
+    /// The writer's previous write, if it went to another thread and was
+    /// not finished at admission: this one is published after it.
+    after: Option<watch::Receiver<bool>>,
+    /// Set to true when this write is finished (committed or not).
+    done: watch::Sender<bool>,
 }
 
 /// Why a write was not committed.
@@ -77,12 +82,39 @@ enum Failure {
 struct ClusterSink {
     tx: mpsc::UnboundedSender<Proposal>,
     lanes: Arc<Mutex<lanes::Lanes>>,
+    /// Each client's latest write: its thread, and whether it is finished.
+    /// Threads publish in parallel, so without this a `SendMessages`
+    /// stream's writes to two threads could commit out of input order.
+    /// Locked only in `propose` (under the hub lock), never across an await.
+    latest: Mutex<HashMap<ClientId, LatestWrite>>,
 }
+
+/// A client's latest write: its thread, and whether it is finished.
+type LatestWrite = (Arc<str>, watch::Receiver<bool>);
 
 impl ClusterSink {
     fn new(tx: mpsc::UnboundedSender<Proposal>, lanes: &Arc<Mutex<lanes::Lanes>>) -> Self {
         let lanes = lanes.clone();
-        ClusterSink { tx, lanes }
+        let latest = Mutex::default();
+        ClusterSink { tx, lanes, latest }
+    }
+
+    /// Records `client`'s new write to `thread`; returns its previous write
+    /// if that went to another thread and is not finished yet. A write
+    /// waits only for earlier admissions, and every lane takes its writes
+    /// in admission order, so the earliest unfinished write never waits.
+    fn follow(
+        &self,
+        client: ClientId,
+        thread: &Arc<str>,
+        finished: watch::Receiver<bool>,
+    ) -> Option<watch::Receiver<bool>> {
+        let mut latest = lock(&self.latest);
+        if latest.len() >= 1024 && latest.len().is_power_of_two() {
+            latest.retain(|_, (_, done)| !*done.borrow());
+        }
+        let (previous, done) = latest.insert(client, (thread.clone(), finished))?;
+        (previous != *thread && !*done.borrow()).then_some(done)
     }
 }
 
@@ -92,6 +124,8 @@ impl Committer for ClusterSink {
         // Under the hub lock: every commit of the thread applied from now on
         // is recorded for this write's check.
         lock(&self.lanes).admitted(&entry.thread);
+        let (done, finished) = watch::channel(false);
+        let after = self.follow(origin.client, &entry.thread, finished);
         // If the publisher is gone (shutdown) the reply is dropped: the
         // writer gets INTERNAL_ERROR.
         let _ = self.tx.send(Proposal {
@@ -99,6 +133,8 @@ impl Committer for ClusterSink {
             origin,
             reply,
             admitted: tokio::time::Instant::now(),
+            after,
+            done,
         });
         rx
     }
@@ -601,8 +637,13 @@ async fn lane_loop(
 }
 
 /// Commits one write and answers its writer.
-async fn propose_one(shared: &Arc<Shared>, p: Proposal) {
+async fn propose_one(shared: &Arc<Shared>, mut p: Proposal) {
     let deadline = p.admitted + shared.timeout;
+    if let Some(mut previous) = p.after.take() {
+        // Accepted writes of one stream commit in input order. Past the
+        // deadline the publish below answers for itself.
+        let _ = tokio::time::timeout_at(deadline, previous.wait_for(|&d| d)).await;
+    }
     let e = &p.entry;
     let id = nats::message_id(&e.sender, &e.thread, &e.contents, p.origin.timestamp);
     lock(&shared.own).insert(id.clone(), (p.origin.client, p.origin.number));
@@ -611,6 +652,7 @@ async fn propose_one(shared: &Arc<Shared>, p: Proposal) {
     shared
         .hub
         .inspect(|_| lock(&shared.lanes).finished(&p.entry.thread));
+    p.done.send_replace(true);
     finish(shared, p.reply, &id, outcome);
 }
 

@@ -783,17 +783,8 @@ def test_send_messages_statuses_in_order_and_delivery_in_order(server):
     delivered = [m.contents for m in reader.messages if m.contents in got]
     ok_times = [s.timestamp.timestamp for s in statuses if s.statusCode == OK]
     assert [got[c].serverTime.timestamp for c in accepted] == ok_times
-    # On a cluster a node publishes each thread's writes on their own, so a
-    # stream's writes to different threads may commit in another order than
-    # sent; to one thread they keep it (docs/cluster.md). One thread at a
-    # time there, the whole stream on one node.
-    thread_of = {m.contents: m.thread.id for m in msgs}
-    for thread in ("even", "odd") if NATS_URL else (None,):
-        want = [c for c in accepted if thread in (None, thread_of[c])]
-        mine = [c for c in delivered if thread in (None, thread_of[c])]
-        assert mine == want, f"accepted messages (thread {thread}) delivered in input order"
-        times = [got[c].serverTime.timestamp for c in want]
-        assert times == sorted(times)
+    assert delivered == accepted, "accepted messages are delivered in input order"
+    assert ok_times == sorted(ok_times)
 
 
 def test_send_messages_many(server):
