@@ -81,10 +81,11 @@ const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// Sends writer `w`'s warm-up write, again after a pause while it is
 /// refused: many writes at once exceed the order bound for the writers
 /// that have not yet seen the others' (measured: 8 of 200 got
-/// `ORDER_ERROR`), and a writer whose write was refused would stay unknown
-/// to the interest policy. Tries until `by` (the warm-up's end, `--drain`
-/// after it began: a writer may see others' commits only at the interest
-/// policy's loosened staleness); every try is sent and counted.
+/// `ORDER_ERROR`; the server counts a refused write as taking part too,
+/// but each writer should have one accepted). Tries until `by` (the
+/// warm-up's end, `--drain` after it began: a writer may see others'
+/// commits only at the interest policy's loosened staleness); every try
+/// is sent and counted.
 async fn write_until_accepted(
     channel: Connection,
     slot: &Slot,

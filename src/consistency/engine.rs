@@ -509,6 +509,8 @@ impl Engine {
             decision.verdict = verdict;
             return (decision, None);
         }
+        self.sent_to(id, &sub.thread, now);
+        let c = self.clients.get(&id).expect("checked");
         let bounds = self.settings.bounds.for_thread(&sub.thread);
         let timestamp = sub.timestamp.expect("checked");
         if timestamp < now.minus(bounds.staleness) {

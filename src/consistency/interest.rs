@@ -3,7 +3,9 @@
 //!
 //! A client takes part in a thread it wrote to within [`InterestConfig::window`],
 //! or that one of its last [`InterestConfig::recent`] messages went to
-//! (however old). With the policy on, a client is flushed on those threads'
+//! (however old). A write counts whether it was accepted or refused by a
+//! bound: a writer refused for the order bound must catch up on the thread
+//! it tried. With the policy on, a client is flushed on those threads'
 //! own staleness, and on every other thread's staleness multiplied by
 //! [`InterestConfig::factor`]. Clients with the same cursor and the same
 //! set of threads share one flush deadline (the schedule keys its groups
@@ -118,7 +120,7 @@ pub struct Interest {
 }
 
 impl Interest {
-    /// The client wrote to `thread` at `now`.
+    /// The client wrote (or tried to write) to `thread` at `now`.
     pub fn wrote(&mut self, thread: &Arc<str>, now: Micros) {
         self.writes.retain(|(t, _)| t != thread);
         self.writes.push_back((thread.clone(), now));

@@ -62,6 +62,26 @@ impl Engine {
         c.class_since = self.head;
     }
 
+    /// Client `id` sent a message to `thread` at `now` (well-formed, within
+    /// its message rate), before the bounds decide on it: it takes part in
+    /// the thread whether the write is accepted or refused. A refused
+    /// writer must catch up on that thread to get in: were it flushed there
+    /// only at the loosened staleness, the order bound would refuse its
+    /// every retry in a busy thread, and it would never be known to take
+    /// part (its own thread at ten times the bound, for good).
+    pub(super) fn sent_to(&mut self, id: ClientId, thread: &str, now: Micros) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        // The conit's key if it has one: every entry shares one string.
+        let thread: Arc<str> = match self.conits.get_key_value(thread) {
+            Some((k, _)) => k.clone(),
+            None => thread.into(),
+        };
+        c.interest.wrote(&thread, now);
+        self.refresh_class(id, now);
+    }
+
     /// Counts of the interest policy's effect.
     pub fn interest_summary(&self) -> InterestSummary {
         let mut s = InterestSummary::default();
