@@ -15,7 +15,13 @@ mkdir -p "$OUT"
 # multiplexes K clients on each connection instead.
 MUX=()
 if [[ -n "${CLIENTS_PER_CONNECTION:-}" ]]; then MUX=(--clients-per-connection "$CLIENTS_PER_CONNECTION"); fi
-b() { local name=$1; shift; echo "== $name: $BIN bench ${MUX[*]} $*" >&2; "$BIN" bench --quiet --json "$OUT/$name.json" "${MUX[@]}" "$@" > "$OUT/$name.txt"; }
+# A run whose delivery check fails (exit 1) still wrote its report: note it
+# and go on to the next row.
+b() {
+  local name=$1; shift; echo "== $name: $BIN bench ${MUX[*]} $*" >&2
+  "$BIN" bench --quiet --json "$OUT/$name.json" "${MUX[@]}" "$@" > "$OUT/$name.txt" \
+    || echo "== $name: bench exited $? (see $OUT/$name.txt)" >&2
+}
 
 for r in $(seq 1 "$REPS"); do
   for row in $ROWS; do
