@@ -9,6 +9,7 @@ mod common;
 use common::{TestServer, config, first_update, http, http_json};
 use dyconit_chat::client::{ChatClient, Subscription};
 use dyconit_chat::consistency::interest::InterestConfig;
+use dyconit_chat::proto::message_status::StatusCode;
 use std::time::Duration;
 
 const STALENESS_MS: u64 = 100;
@@ -143,4 +144,66 @@ async fn without_the_policy_everyone_is_flushed_at_the_threads_staleness() {
     assert!(outsider.updates >= 8, "{outsider:?}");
     let (_, p) = http_json(server.admin, "GET", "/api/v1/policies", None, None).await;
     assert_eq!(p["interest"]["enabled"], false, "{p}");
+}
+
+/// A client that never wrote is refused with `ORDER_ERROR` on a busy
+/// thread (it sees that thread only at the loosened staleness): from that
+/// refused write on it takes part, so the thread's next messages reach it
+/// at the thread's own staleness, and its retry gets in.
+#[tokio::test]
+async fn a_refused_write_makes_a_member_at_once() {
+    let mut cfg = config(STALENESS_MS, 100_000, 4);
+    cfg.interest_policy = Some(InterestConfig {
+        factor: 20.0,
+        ..InterestConfig::default()
+    });
+    let server = TestServer::start(cfg).await;
+    let newcomer = server.client(Some("newcomer")).await;
+    let mut sub = newcomer.subscribe().await.unwrap();
+    first_update(&mut sub).await;
+    let reader = tokio::spawn(async move {
+        // (commit time, receive time) of each busy-thread message.
+        let mut got = Vec::new();
+        while got.len() < MESSAGES {
+            let r = sub
+                .next_within(Duration::from_secs(20))
+                .await
+                .expect("an Update within 20 s")
+                .expect("stream ok");
+            for m in &r.update.message {
+                if m.thread.as_ref().is_some_and(|t| t.id == "busy") {
+                    got.push((m.server_time.as_ref().unwrap().timestamp, r.received_at));
+                }
+            }
+        }
+        got
+    });
+    let writer = server.client(Some("writer")).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut refused_at = None;
+    for i in 0..MESSAGES {
+        tick.tick().await;
+        writer.send("busy", &format!("m{i}")).await.expect("send");
+        if i == 40 {
+            // One try, 0.8 s in: dozens of busy messages it has not seen.
+            let m = newcomer.message("busy", "hi", newcomer.next_number());
+            let s = newcomer.rpc().send_message(m).await.unwrap().into_inner();
+            assert_eq!(s.status_code, StatusCode::OrderError as i32, "{s:?}");
+            refused_at = Some(s.timestamp.unwrap().timestamp);
+        }
+    }
+    let refused_at = refused_at.unwrap();
+    let got = reader.await.unwrap();
+    let worst_ms = got
+        .iter()
+        .filter(|&&(committed, _)| committed > refused_at)
+        .map(|&(committed, received)| (received - committed) as f64 / 1000.0)
+        .fold(0.0, f64::max);
+    // Before the fix: about the loosened 2 s.
+    assert!(
+        worst_ms < STALENESS_MS as f64 + ALLOWANCE_MS,
+        "worst {worst_ms} ms"
+    );
+    let retry = newcomer.send("busy", "hi").await.unwrap();
+    assert_eq!(retry.status, StatusCode::Ok, "{retry:?}");
 }
