@@ -245,6 +245,19 @@ async fn a_killed_chat_nodes_clients_fail_over_and_every_ok_is_there_once() {
 
 /// The stream's leader (its server name, `n<index>`), asked through any
 /// server; `None` while there is none or JetStream does not answer.
+/// Kills the `nats-server` leading the stream; returns a JetStream context
+/// on the cluster and the killed server's name.
+async fn kill_stream_leader(cluster: &mut NatsCluster) -> (async_nats::jetstream::Context, String) {
+    let js = cluster.jetstream().await;
+    let old = stream_leader(&js).await.expect("the stream has a leader");
+    let index: usize = old
+        .trim_start_matches('n')
+        .parse()
+        .expect("server name n<i>");
+    cluster.kill(index);
+    (js, old)
+}
+
 async fn stream_leader(js: &async_nats::jetstream::Context) -> Option<String> {
     let ask = async {
         let mut stream = js.get_stream("CHAT").await.ok()?;
@@ -300,13 +313,7 @@ async fn killing_the_streams_nats_leader_stalls_writes_briefly_and_loses_nothing
         book.acked() >= 150
     })
     .await;
-    let js = cluster.jetstream().await;
-    let old = stream_leader(&js).await.expect("the stream has a leader");
-    let index: usize = old
-        .trim_start_matches('n')
-        .parse()
-        .expect("server name n<i>");
-    cluster.kill(index);
+    let (js, old) = kill_stream_leader(&mut cluster).await;
     let killed = Instant::now();
     // A new leader: asked through the servers still running.
     let elected = loop {
@@ -499,13 +506,7 @@ async fn a_recorded_bench_over_three_nodes_passes_the_checker_across_a_nats_lead
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let js = cluster.jetstream().await;
-    let old = stream_leader(&js).await.expect("the stream has a leader");
-    let index: usize = old
-        .trim_start_matches('n')
-        .parse()
-        .expect("server name n<i>");
-    cluster.kill(index);
+    let (_, old) = kill_stream_leader(&mut cluster).await;
     let out = bench.await.unwrap().expect("run the bench");
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     let bench_errors = String::from_utf8_lossy(&out.stderr).into_owned();
