@@ -349,9 +349,14 @@ async fn rejections_show_in_the_status_line_and_in_exit_codes() {
     term.type_line("blocked");
     let screen = term.wait_text("rejected NUMERICAL_ERROR at");
     assert!(status_line(&screen).contains("NUMERICAL_ERROR"), "{screen}");
-    let screen = term.wait_text("-- message not sent: NUMERICAL_ERROR after 8 attempt(s)");
-    let status = status_line(&screen);
-    assert!(status.contains("(try 8/8), gave up"), "{status}");
+    // The line and the status line are two screen updates: wait for both.
+    let screen = term.wait_for(
+        "the message given up, in the log and the status line",
+        |s| {
+            s.contains("-- message not sent: NUMERICAL_ERROR after 8 attempt(s)")
+                && status_line(s).contains("(try 8/8), gave up")
+        },
+    );
     assert!(
         !screen.contains("alice: blocked"),
         "a rejected message was shown"
