@@ -174,6 +174,7 @@ def step_figures(run, k):
         "offered": r["config"]["rate_per_s"],
         "accepted_fraction": r["accepted"] / max(r["sent"], 1),
         "staleness_rejections": r["rejections"].get("STALENESS", 0),
+        "order_rejections": r["rejections"].get("ORDER_ERROR", 0),
         "violations": v1 - v0,
         "p99_ms": r["latency"]["p99_ms"],
         "staleness_median_ms": statistics.median(stal),
@@ -204,9 +205,10 @@ def med(xs, fmt):
 
 
 def table(runs):
-    lines = ["| step | offered | load policy | accepted | STALENESS rejections | bound violations "
+    lines = ["| step | offered | load policy | accepted | STALENESS rejections "
+             "| ORDER_ERROR rejections | bound violations "
              "| commit→receive p99 ms | staleness in force ms (median / max) |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     any_run = next(r for arm in ARMS for r in runs[arm])
     factors, sustained = any_run["meta"]["factors"], any_run["meta"]["sustained"]
     for k, f in enumerate(factors):
@@ -219,7 +221,8 @@ def table(runs):
             lines.append(
                 f"| {k + 1} | {f:g}× = {f * sustained:g} msg/s | {arm} "
                 f"| {med([x['accepted_fraction'] * 100 for x in figs], '{:.1f}%')} "
-                f"| {col('staleness_rejections', '{:.0f}')} | {col('violations', '{:.0f}')} "
+                f"| {col('staleness_rejections', '{:.0f}')} | {col('order_rejections', '{:.0f}')} "
+                f"| {col('violations', '{:.0f}')} "
                 f"| {col('p99_ms', '{:.0f}')} "
                 f"| {col('staleness_median_ms', '{:.0f}')} / {col('staleness_max_ms', '{:.0f}')} |")
     return "\n".join(lines)

@@ -173,9 +173,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DYCONIT_AUTH_JWKS_FILE", value_name = "FILE")]
     pub auth_jwks_file: Option<PathBuf>,
     /// Turn the load policy on: under pressure (the flush scheduler running
-    /// late) it widens staleness and numerical, up to 5s and 4096 by default
-    /// ([policy.load] in the config file sets target, max_staleness,
-    /// max_numerical), and narrows them back when the pressure passes
+    /// late) it widens staleness, numerical and order together, up to 5s,
+    /// 4096 and 4096 by default ([policy.load] in the config file sets
+    /// target, max_staleness, max_numerical, max_order), and narrows them
+    /// back when the pressure passes
     #[arg(long, env = "DYCONIT_LOAD_POLICY")]
     pub load_policy: bool,
     /// Turn the interest policy on: a client is flushed at a thread's own
@@ -411,6 +412,7 @@ pub struct LoadPolicyFile {
     )]
     pub max_staleness: Option<Duration>,
     pub max_numerical: Option<u64>,
+    pub max_order: Option<u64>,
 }
 
 impl LoadPolicyFile {
@@ -421,6 +423,7 @@ impl LoadPolicyFile {
             target: self.target.unwrap_or(d.target),
             max_staleness: self.max_staleness.unwrap_or(d.max_staleness),
             max_numerical: self.max_numerical.unwrap_or(d.max_numerical),
+            max_order: self.max_order.unwrap_or(d.max_order),
             ..d
         };
         config.validate().context("invalid [policy.load]")?;

@@ -144,6 +144,7 @@ fn key() -> impl Strategy<Value = String> {
             "target",
             "max_staleness",
             "max_numerical",
+            "max_order",
             "enabled",
         ])
         .prop_map(str::to_owned),
@@ -266,6 +267,7 @@ fn config_text() -> impl Strategy<Value = String> {
                     "target",
                     "max_staleness",
                     "max_numerical",
+                    "max_order",
                     "x",
                 ]),
                 toml_value(),

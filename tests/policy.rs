@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::{TestServer, config, first_update, http_json};
+use common::{TestServer, config, first_update, http_json, sent, status_of};
 use dyconit_chat::consistency::policy::LoadConfig;
+use dyconit_chat::proto::message_status::StatusCode;
 use dyconit_chat::server::policies::LoadSetting;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -28,7 +29,11 @@ fn effective_staleness(v: &Value) -> f64 {
 /// safety margin (5 ms at 40 ms staleness): a timer's usual millisecond of
 /// delay already counts as pressure, so real traffic moves the bounds.
 async fn server() -> TestServer {
-    let mut cfg = config(BASE_MS as u64, 256, 1_000_000);
+    server_with_order(1_000_000).await
+}
+
+async fn server_with_order(order: u64) -> TestServer {
+    let mut cfg = config(BASE_MS as u64, 256, order);
     cfg.load_policy = LoadSetting {
         enabled: true,
         config: LoadConfig {
@@ -168,6 +173,7 @@ async fn policy_settings_are_validated() {
         r#"{"target": 0}"#,
         r#"{"max_staleness": "2h"}"#,
         r#"{"max_numerical": 0}"#,
+        r#"{"max_order": 2000000}"#,
         r#"{"speed": 1}"#,
         "not json",
     ] {
@@ -187,10 +193,60 @@ async fn policy_settings_are_validated() {
         "PUT",
         "/api/v1/policies/load",
         None,
-        Some(r#"{"target": 0.8, "max_staleness": "2s"}"#),
+        Some(r#"{"target": 0.8, "max_staleness": "2s", "max_order": 64}"#),
     )
     .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["load"]["target"], 0.8);
     assert_eq!(v["load"]["max_staleness"], "2s");
+    assert_eq!(v["load"]["max_order"], 64);
+}
+
+/// A client that has seen its first Update, then another client's five
+/// commits on `thread`: returns the status of its write made with only that
+/// first Update acknowledged (five commits unseen).
+async fn write_after_missing_five(server: &TestServer, thread: &str) -> StatusCode {
+    let late = server.client(Some("late")).await;
+    let mut sub = late.subscribe().await.unwrap();
+    first_update(&mut sub).await;
+    late.ack_now().await.unwrap();
+    let other = server.client(Some("other")).await;
+    for i in 0..5 {
+        let s = other.send(thread, &format!("m{i}")).await.unwrap();
+        assert_eq!(s.status, StatusCode::Ok);
+    }
+    status_of(late.rpc(), sent(late.id(), thread, "late", 1, 1)).await
+}
+
+/// Sends on thread `load` every 5 ms until aborted: keeps the pressure up.
+async fn keep_writing(server: &TestServer) -> tokio::task::JoinHandle<()> {
+    let client = server.client(Some("pressure")).await;
+    tokio::spawn(async move {
+        loop {
+            let _ = client.send("load", "tick").await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// A writer batched over a wider staleness misses more commits between its
+/// Updates: the policy widens the order bound with the staleness, or it
+/// would only turn `STALENESS` rejections into `ORDER_ERROR`s.
+#[tokio::test]
+async fn the_load_policy_widens_the_order_bound_with_the_staleness() {
+    let server = server_with_order(2).await;
+    // The operator's order bound: 5 unseen commits are too many.
+    let before = write_after_missing_five(&server, "before").await;
+    assert_eq!(before, StatusCode::OrderError);
+
+    let pressure = keep_writing(&server).await;
+    let (v, _) = write_until(&server, |v| {
+        v["effective_default"]["order"].as_u64().unwrap_or(0) >= 8
+    })
+    .await;
+    assert_eq!(v["default"]["order"], 2, "the operator's bound stays: {v}");
+    let after = write_after_missing_five(&server, "after").await;
+    pressure.abort();
+    let v = bounds(server.admin).await;
+    assert_eq!(after, StatusCode::Ok, "bounds in force {v}");
 }

@@ -56,7 +56,7 @@ proptest! {
         }
         let mut control = BoundsControl::new(base.clone());
         if pin {
-            let pinned = Pinned { staleness: true, numerical: false };
+            let pinned = Pinned { staleness: true, numerical: false, order: false };
             let target = own.map(|_| "big");
             control.set_base(base.clone(), target, pinned);
         }

@@ -16,7 +16,7 @@
 //! - `GET /api/v1/policies` — each policy's settings, the scale it applies
 //!   and its recent decisions; the fields an operator pinned.
 //! - `PUT /api/v1/policies/load` — turn the load policy on or off, or change
-//!   its `target`, `max_staleness`, `max_numerical`.
+//!   its `target`, `max_staleness`, `max_numerical`, `max_order`.
 //! - `DELETE /api/v1/policies/pins` — let policies move every bound again
 //!   (bounds an operator set at runtime are pinned until then).
 //! - `GET /api/v1/clients` — connected clients, laggiest first, a page at a

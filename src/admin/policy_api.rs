@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 fn pinned_json(p: Pinned) -> Value {
-    json!({ "staleness": p.staleness, "numerical": p.numerical })
+    json!({ "staleness": p.staleness, "numerical": p.numerical, "order": p.order })
 }
 
 /// Each policy's settings, scale and recent decisions, and the pins.
@@ -47,6 +47,7 @@ struct LoadChange {
     )]
     max_staleness: Option<Duration>,
     max_numerical: Option<u64>,
+    max_order: Option<u64>,
 }
 
 impl LoadChange {
@@ -56,6 +57,7 @@ impl LoadChange {
         c.target = self.target.unwrap_or(c.target);
         c.max_staleness = self.max_staleness.unwrap_or(c.max_staleness);
         c.max_numerical = self.max_numerical.unwrap_or(c.max_numerical);
+        c.max_order = self.max_order.unwrap_or(c.max_order);
         c.validate().map_err(|e| e.to_string())?;
         Ok(s)
     }

@@ -6,34 +6,54 @@
 //! them (logging, counting, re-arming deadlines) is the server's one place
 //! for bound changes, the same as for an operator's change.
 //!
-//! **The load policy** holds a pressure target by scaling staleness and
-//! numerical: under overload, bigger batches cost less per message (the
-//! per-Update cost is spread over more messages, and fewer acknowledgements
-//! come back), so widening the bounds turns overload into a little more delay
-//! instead of a flood of `STALENESS` rejections and late deliveries.
+//! **The load policy** holds a pressure target by scaling staleness,
+//! numerical and order bounds together: under overload, bigger batches cost
+//! less per message (the per-Update cost is spread over more messages, and
+//! fewer acknowledgements come back), so widening the bounds turns overload
+//! into a little more delay instead of a flood of `STALENESS` rejections and
+//! late deliveries. (Why the order bound moves too: see [`scaled`].)
 //!
-//! The controller is multiplicative both ways, proportional, with a dead
-//! band, chosen so that it cannot oscillate. Let pressure `p(s)` be
-//! non-increasing in the scale `s` and at most inversely proportional to it
-//! (`p(s) / p(k s) <= k`: doubling the batches can at best halve the work;
-//! that is the case where all work is per Update). Then:
+//! The controller takes two signals each sample: the *pressure* (how late
+//! the flush scheduler runs, see the server's policy task) decides whether
+//! to move, and the server's *work* (CPU cores used) bounds how far down.
+//! It is multiplicative both ways, with a dead band of `BAND` around the
+//! target. Work `w(s)` is non-increasing in the scale `s` and falls at most
+//! as fast as the scale grows (`w(s) / w(k s) <= k`: doubling the batches
+//! can at best halve the work, when all of it is per Update). Lateness does
+//! not behave like that: it is a queue's signal, near zero below the
+//! machine's capacity and steep above it, so a step sized by lateness alone
+//! (divide by `target / p` when `p` is near zero) jumps from a wide scale
+//! straight back into overload; measured at 3x overload, the staleness in
+//! force swung between 1.5 s and 5 s from one sample to the next. So:
 //! - above the band (`p > target * (1 + BAND)`) the scale is multiplied by
-//!   `k = p / target` (at most [`MAX_STEP`]): the pressure falls at most `k`
-//!   times, so to at least `target`: it lands in the band or still above it,
-//!   never below;
-//! - below the band (`p < target * (1 - BAND)`) the scale is divided by
-//!   `k = target / p` (at most [`MAX_STEP`], never below 1): the pressure
-//!   rises at most `k` times, to at most `target`, never above the band.
+//!   `k = p / target` (at most [`MAX_STEP`]), and the least work of such a
+//!   sample since the bounds left the operator's is remembered as the
+//!   overload work `W`: the load at which deliveries ran late;
+//! - below the band the scale is divided by the smaller of `target / p` and
+//!   `(1 - BAND) W / w`, so the work predicted after the step is at most
+//!   `(1 - BAND) W`: below the work at which lateness appeared. A steady
+//!   load therefore never lowers the scale back into overload: from above
+//!   the scale rises until the pressure is in the band or at the ceiling,
+//!   then falls until the band, the operator's own bounds, or the point
+//!   where the work is `(1 - BAND) W`, and stays there.
 //!
-//! So no step crosses the band: from above, the scale rises until the
-//! pressure is in the band or the ceiling is reached; from below it falls
-//! until the band or the operator's own bounds, and a steady load then
-//! leaves it where it is. Each step waits [`LoadConfig::settle`] samples, so
-//! the effect of one step is measured before the next. With no load left,
-//! each step divides by 4: from 50× (100 ms raised to 5 s) back to the
-//! operator's bounds in three steps, 6 s at the default sampling.
+//! If the load or the machine changes, a lowering step can still land above
+//! the band; then the next step goes back to the factor before it, which
+//! was calm, and `W` falls to the work just measured: at most `(1 - BAND)`
+//! of the old one, so such reversals shrink geometrically and each is one
+//! small step. A `W` measured in a transient (a burst of connections)
+//! would keep the bounds wide for good, so after [`CAP_PATIENCE`] calm
+//! samples in which it alone holds the bounds it is loosened by
+//! [`CAP_CREEP`]: a slow probe, at most one small step down (and, if that
+//! overloads, back) per [`CAP_PATIENCE`] samples, never a swing. Each step waits [`LoadConfig::settle`] samples,
+//! so the effect of one step is measured before the next. When the load is
+//! gone the work falls with it and each step divides by 4: from 50x (100 ms
+//! raised to 5 s) back to the operator's bounds in three steps, 6 s at the
+//! default sampling.
 
-use super::bounds::{Bounds, BoundsOverride, BoundsTable, MAX_STALENESS, NUMERICAL_RANGE};
+use super::bounds::{
+    Bounds, BoundsOverride, BoundsTable, MAX_STALENESS, NUMERICAL_RANGE, ORDER_RANGE,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -66,6 +86,7 @@ impl Scale {
 pub struct Ceiling {
     pub staleness: Duration,
     pub numerical: u64,
+    pub order: u64,
 }
 
 /// Fields an operator set explicitly at runtime: policies leave them alone
@@ -83,6 +104,7 @@ pub struct Pins {
 pub struct Pinned {
     pub staleness: bool,
     pub numerical: bool,
+    pub order: bool,
 }
 
 impl Pinned {
@@ -91,6 +113,7 @@ impl Pinned {
         Pinned {
             staleness: change.staleness.is_some(),
             numerical: change.numerical.is_some(),
+            order: change.order.is_some(),
         }
     }
 
@@ -99,13 +122,23 @@ impl Pinned {
         Pinned {
             staleness: self.staleness || other.staleness,
             numerical: self.numerical || other.numerical,
+            order: self.order || other.order,
         }
     }
 }
 
 /// `base` scaled by `scale`, except the pinned fields; never above
-/// `ceiling` nor below `base`. The order bound is never scaled: it is about
-/// what a writer has seen, which batching does not change.
+/// `ceiling` nor below `base`.
+///
+/// The order bound follows the staleness scale. A writer sees the other
+/// writers' commits only when its next Update comes, so on a thread taking
+/// `r` msg/s it writes with about `r * staleness` commits it has not seen:
+/// widening the staleness alone turns `STALENESS` rejections into
+/// `ORDER_ERROR`s (measured: at 3x overload with staleness raised to 5 s and
+/// the order bound left at 32, 37% of writes were refused `ORDER_ERROR`).
+/// Scaling both keeps the order a writer may miss in proportion to the
+/// batches it is sent. An order bound of 0 (writers must have seen
+/// everything) stays 0.
 pub fn scaled(base: Bounds, scale: Scale, ceiling: Ceiling, pinned: Pinned) -> Bounds {
     let staleness = if pinned.staleness {
         base.staleness
@@ -121,10 +154,16 @@ pub fn scaled(base: Bounds, scale: Scale, ceiling: Ceiling, pinned: Pinned) -> B
         want.min(ceiling.numerical.min(NUMERICAL_RANGE.1))
             .max(base.numerical)
     };
+    let order = if pinned.order {
+        base.order
+    } else {
+        let want = (base.order as f64 * scale.staleness.max(1.0)).round() as u64;
+        want.min(ceiling.order.min(ORDER_RANGE.1)).max(base.order)
+    };
     Bounds {
         staleness,
         numerical,
-        order: base.order,
+        order,
     }
 }
 
@@ -141,7 +180,7 @@ pub fn effective(base: &BoundsTable, pins: &Pins, scale: Scale, ceiling: Ceiling
         let own = BoundsOverride {
             staleness: o.staleness.map(|_| b.staleness),
             numerical: o.numerical.map(|_| b.numerical),
-            order: o.order,
+            order: o.order.map(|_| b.order),
         };
         table
             .set_thread(thread, own)
@@ -219,7 +258,7 @@ impl BoundsControl {
             let change = BoundsOverride {
                 staleness: Some(b.staleness),
                 numerical: Some(b.numerical),
-                order: own.and_then(|(_, o, _)| o.order),
+                order: Some(b.order),
             };
             table
                 .set_thread(thread, change)
@@ -287,6 +326,8 @@ pub struct LoadConfig {
     pub max_staleness: Duration,
     /// Highest numerical bound the policy sets.
     pub max_numerical: u64,
+    /// Highest order bound the policy sets.
+    pub max_order: u64,
     /// Samples to wait after a step before the next one.
     pub settle: u32,
 }
@@ -297,6 +338,7 @@ impl Default for LoadConfig {
             target: 0.5,
             max_staleness: Duration::from_secs(5),
             max_numerical: 4096,
+            max_order: 4096,
             settle: 2,
         }
     }
@@ -311,6 +353,8 @@ pub enum PolicyError {
     MaxStaleness(Duration),
     #[error("max numerical {0} is outside 1..=1000000")]
     MaxNumerical(u64),
+    #[error("max order {0} is outside 0..=1000000")]
+    MaxOrder(u64),
     #[error("settle {0} is outside 1..=60 samples")]
     Settle(u32),
 }
@@ -326,6 +370,9 @@ impl LoadConfig {
         if !(NUMERICAL_RANGE.0..=NUMERICAL_RANGE.1).contains(&self.max_numerical) {
             return Err(PolicyError::MaxNumerical(self.max_numerical));
         }
+        if !(ORDER_RANGE.0..=ORDER_RANGE.1).contains(&self.max_order) {
+            return Err(PolicyError::MaxOrder(self.max_order));
+        }
         if !(1..=60).contains(&self.settle) {
             return Err(PolicyError::Settle(self.settle));
         }
@@ -336,6 +383,7 @@ impl LoadConfig {
         Ceiling {
             staleness: self.max_staleness,
             numerical: self.max_numerical,
+            order: self.max_order,
         }
     }
 }
@@ -429,6 +477,17 @@ pub enum Step {
     AtCeiling,
 }
 
+/// Calm samples in a row during which only [`LoadPolicy`]'s remembered
+/// overload work holds the bounds wide, before that memory is loosened by
+/// [`CAP_CREEP`].
+pub const CAP_PATIENCE: u32 = 10;
+/// How much the remembered overload work grows after [`CAP_PATIENCE`] calm
+/// samples: the next lowering step may then predict up to this much more
+/// work than the last one allowed.
+pub const CAP_CREEP: f64 = 1.1;
+/// The smallest lowering step worth a bound change (and its log record).
+pub const MIN_LOWER: f64 = 1.1;
+
 /// The load controller: one scale for every bound it may move.
 #[derive(Debug, Clone)]
 pub struct LoadPolicy {
@@ -440,6 +499,16 @@ pub struct LoadPolicy {
     max_factor: f64,
     /// Samples since the last step.
     since_step: u32,
+    /// The least work (server cores) measured in a sample above the band
+    /// since the bounds last left the operator's, loosened by [`CAP_CREEP`]
+    /// while it alone holds the bounds wide: lowering never predicts more
+    /// than `1 - BAND` of it.
+    overload_work: Option<f64>,
+    /// Calm samples in a row in which `overload_work` held the bounds.
+    held: u32,
+    /// The factor before the last step, if that step lowered the bounds:
+    /// one known to be calm, to go back to if the lowering overloaded.
+    before_lowering: Option<f64>,
 }
 
 impl LoadPolicy {
@@ -450,6 +519,9 @@ impl LoadPolicy {
             factor: 1.0,
             max_factor: 1.0,
             since_step: config.settle,
+            overload_work: None,
+            held: 0,
+            before_lowering: None,
         };
         p.rebase(base);
         p
@@ -463,7 +535,11 @@ impl LoadPolicy {
     pub fn rebase(&mut self, base: Bounds) {
         let s = self.config.max_staleness.as_secs_f64() / base.staleness.as_secs_f64().max(1e-6);
         let n = self.config.max_numerical as f64 / base.numerical.max(1) as f64;
-        self.max_factor = s.max(n).max(1.0);
+        let o = match base.order {
+            0 => 1.0,
+            order => self.config.max_order as f64 / order as f64,
+        };
+        self.max_factor = s.max(n).max(o).max(1.0);
         self.factor = self.factor.min(self.max_factor);
     }
 
@@ -475,30 +551,83 @@ impl LoadPolicy {
         }
     }
 
-    /// Takes one pressure sample (one per sampling period) and moves the
-    /// scale if the pressure is outside the band around the target.
-    pub fn observe(&mut self, pressure: f64) -> Step {
+    /// Takes one sample (one per sampling period): the `pressure`, and the
+    /// `work` the server did over the period in cores (`None` where it
+    /// cannot be measured), and moves the scale if the pressure is outside
+    /// the band around the target.
+    pub fn observe(&mut self, pressure: f64, work: Option<f64>) -> Step {
         self.since_step = self.since_step.saturating_add(1);
-        if self.since_step < self.config.settle || !pressure.is_finite() {
+        let work = work.filter(|w| w.is_finite() && *w >= 0.0);
+        let target = self.config.target;
+        if !pressure.is_finite() {
             return Step::Hold;
         }
-        let target = self.config.target;
-        let step = if pressure > target * (1.0 + BAND) {
+        let over = pressure > target * (1.0 + BAND);
+        if over {
+            self.remember_overload(work);
+        }
+        if self.since_step < self.config.settle {
+            return Step::Hold;
+        }
+        let step = if over {
             if self.factor >= self.max_factor {
                 return Step::AtCeiling;
             }
+            // Back to where it was calm, if the last step lowered the
+            // bounds; else widen by the pressure's ratio.
             let k = (pressure / target).min(MAX_STEP);
-            self.factor = (self.factor * k).min(self.max_factor);
+            let raised = self.before_lowering.unwrap_or(self.factor * k);
+            self.factor = raised.min(self.max_factor);
+            self.before_lowering = None;
             Step::Raise
         } else if pressure < target * (1.0 - BAND) && self.factor > 1.0 {
-            let k = (target / pressure.max(f64::MIN_POSITIVE)).min(MAX_STEP);
+            let by_lateness = target / pressure.max(f64::MIN_POSITIVE);
+            let k = by_lateness.min(self.work_limit(work)).min(MAX_STEP);
+            if k < MIN_LOWER && self.factor / k > 1.0 {
+                return Step::Hold;
+            }
+            self.before_lowering = Some(self.factor);
             self.factor = (self.factor / k).max(1.0);
+            if self.factor == 1.0 {
+                // The episode is over: the next one measures afresh.
+                self.overload_work = None;
+            }
             Step::Lower
         } else {
             return Step::Hold;
         };
         self.since_step = 0;
         step
+    }
+
+    fn remember_overload(&mut self, work: Option<f64>) {
+        self.held = 0;
+        if let Some(w) = work {
+            let least = self.overload_work.map_or(w, |o| o.min(w));
+            self.overload_work = Some(least);
+        }
+    }
+
+    /// The most the scale may be divided by now without predicting more
+    /// work than `1 - BAND` of the remembered overload work (work grows at
+    /// most `k` times when the batches shrink `k` times). Counts the calm
+    /// samples it holds the bounds for, and loosens the memory after
+    /// [`CAP_PATIENCE`] of them.
+    fn work_limit(&mut self, work: Option<f64>) -> f64 {
+        let (Some(cap), Some(w)) = (self.overload_work, work) else {
+            return MAX_STEP;
+        };
+        let k = cap * (1.0 - BAND) / w.max(f64::MIN_POSITIVE);
+        if k >= MIN_LOWER {
+            self.held = 0;
+            return k;
+        }
+        self.held += 1;
+        if self.held >= CAP_PATIENCE {
+            self.overload_work = Some(cap * CAP_CREEP);
+            self.held = 0;
+        }
+        k.max(1.0)
     }
 }
 
@@ -518,18 +647,21 @@ mod tests {
         let ceiling = Ceiling {
             staleness: 2000 * MS,
             numerical: 1000,
+            order: 100,
         };
         let s = Scale {
             staleness: 10.0,
             numerical: 10.0,
         };
         let b = scaled(base, s, ceiling, Pinned::default());
-        assert_eq!((b.staleness, b.numerical, b.order), (2000 * MS, 1000, 32));
+        assert_eq!((b.staleness, b.numerical, b.order), (2000 * MS, 1000, 100));
         let pinned = Pinned {
             staleness: true,
             numerical: false,
+            order: true,
         };
-        assert_eq!(scaled(base, s, ceiling, pinned).staleness, 500 * MS);
+        let b = scaled(base, s, ceiling, pinned);
+        assert_eq!((b.staleness, b.order), (500 * MS, 32));
         // An operator's bound above the ceiling is not lowered.
         let wide = Bounds {
             staleness: 9000 * MS,

@@ -13,6 +13,12 @@
 //! pressure is the 90th percentile of a second's lateness samples divided by
 //! the margin of the operator's default staleness (fixed while the policy
 //! widens the bounds, so widening does not change the yardstick).
+//!
+//! Its second signal is the server's work: the process's CPU time over the
+//! period (`/proc/self/stat`), in cores. The controller lowers the bounds
+//! only as far as the work it predicts stays below the work at which the
+//! lateness last rose (see `consistency::policy`). Where `/proc` cannot be
+//! read, the controller goes by the lateness alone.
 
 use super::hub::Hub;
 use crate::consistency::interest::InterestConfig;
@@ -46,6 +52,9 @@ pub struct Decision {
     pub pressure: f64,
     /// `raise`, `lower`, `hold` or `at_ceiling`.
     pub step: &'static str,
+    /// The server's CPU use over the sample, in cores (absent where it
+    /// cannot be measured).
+    pub work: Option<f64>,
     /// The scale after the step.
     pub scale: f64,
 }
@@ -67,6 +76,8 @@ struct State {
     size: Option<SizeConfig>,
     /// Its recent changes, oldest first.
     size_decisions: VecDeque<SizeDecision>,
+    /// The process's CPU seconds at the previous sample, and when.
+    cpu: Option<(std::time::Instant, f64)>,
 }
 
 /// One thread whose bounds the size policy changed.
@@ -118,6 +129,7 @@ pub struct LoadView {
     #[serde(with = "crate::consistency::bounds::humantime_serde_compat")]
     pub max_staleness: Duration,
     pub max_numerical: u64,
+    pub max_order: u64,
     /// The factor in force (1 = the operator's bounds).
     pub scale: f64,
     /// The newest decision first.
@@ -135,6 +147,7 @@ impl Policies {
                 interest: None,
                 size: None,
                 size_decisions: VecDeque::new(),
+                cpu: None,
             }),
         })
     }
@@ -152,6 +165,7 @@ impl Policies {
             target: s.setting.config.target,
             max_staleness: s.setting.config.max_staleness,
             max_numerical: s.setting.config.max_numerical,
+            max_order: s.setting.config.max_order,
             scale: s.load.scale().staleness,
             decisions: s.decisions.iter().rev().copied().collect(),
         }
@@ -305,10 +319,12 @@ impl Policies {
                 return;
             }
             s.load.rebase(base);
-            let step = s.load.observe(pressure);
+            let work = s.work();
+            let step = s.load.observe(pressure, work);
             let decision = Decision {
                 at: hub.now().0,
                 pressure,
+                work,
                 step: step_name(step),
                 scale: s.load.scale().staleness,
             };
@@ -344,6 +360,17 @@ impl Policies {
             .with_label_values(&["load"])
             .set(scale.staleness);
         hub.apply_policy("load", scale, ceiling);
+    }
+}
+
+impl State {
+    /// The process's CPU use since the previous call, in cores.
+    fn work(&mut self) -> Option<f64> {
+        let now = std::time::Instant::now();
+        let cpu = crate::sys::proc_stats(std::process::id())?.cpu_seconds;
+        let (then, before) = self.cpu.replace((now, cpu))?;
+        let elapsed = now.duration_since(then).as_secs_f64();
+        (elapsed > 0.0).then(|| (cpu - before).max(0.0) / elapsed)
     }
 }
 

@@ -289,6 +289,7 @@ mod tests {
         let pinned = Pinned {
             numerical: true,
             staleness: false,
+            order: false,
         };
         control.set_base(table, None, pinned);
         let shared = bounds_of(&BoundsTarget::Default, &control).unwrap();
