@@ -66,7 +66,9 @@ proptest! {
         let (b, e) = (base.for_thread("big"), eff.for_thread("big"));
         prop_assert!(e.staleness >= b.staleness && e.numerical >= b.numerical);
         prop_assert!(e.staleness <= b.staleness.max(Duration::from_secs(5)));
-        prop_assert_eq!(e.order, b.order);
+        // The order bound follows the staleness (a writer on a widened
+        // thread misses more commits between Updates), under the ceiling.
+        prop_assert!(e.order >= b.order && e.order <= b.order.max(4096));
         if pin {
             prop_assert_eq!(e.staleness, b.staleness);
         }
