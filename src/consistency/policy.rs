@@ -45,11 +45,11 @@
 //! would keep the bounds wide for good, so after [`CAP_PATIENCE`] calm
 //! samples in which it alone holds the bounds it is loosened by
 //! [`CAP_CREEP`]: a slow probe, at most one small step down (and, if that
-//! overloads, back) per [`CAP_PATIENCE`] samples, never a swing. Each step waits [`LoadConfig::settle`] samples,
-//! so the effect of one step is measured before the next. When the load is
-//! gone the work falls with it and each step divides by 4: from 50x (100 ms
-//! raised to 5 s) back to the operator's bounds in three steps, 6 s at the
-//! default sampling.
+//! overloads, back) per [`CAP_PATIENCE`] samples, never a swing. Each step
+//! waits [`LoadConfig::settle`] samples, so the effect of one step is
+//! measured before the next. When the load is gone the work falls with it
+//! and each step divides by 4: from 50x (100 ms raised to 5 s) back to the
+//! operator's bounds in three steps, 6 s at the default sampling.
 
 use super::bounds::{
     Bounds, BoundsOverride, BoundsTable, MAX_STALENESS, NUMERICAL_RANGE, ORDER_RANGE,

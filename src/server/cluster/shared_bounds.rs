@@ -78,7 +78,7 @@ fn bounds_of(target: &BoundsTarget, control: &BoundsControl) -> Option<BoundsOve
             Some(BoundsOverride {
                 staleness: pinned.staleness.then_some(d.staleness),
                 numerical: pinned.numerical.then_some(d.numerical),
-                order: Some(d.order),
+                order: pinned.order.then_some(d.order),
             })
         }
         BoundsTarget::Thread { thread } => control
@@ -273,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn the_defaults_share_the_fields_operators_set_and_the_order_bound() {
+    fn the_defaults_share_only_the_fields_operators_set() {
         let mut control = BoundsControl::new(BoundsTable::new(Bounds::default()).unwrap());
         let mut table = control.base().clone();
         let numerical = Bounds::default().numerical + 1;
@@ -295,6 +295,8 @@ mod tests {
         let shared = bounds_of(&BoundsTarget::Default, &control).unwrap();
         assert_eq!(shared.numerical, Some(numerical));
         assert_eq!(shared.staleness, None);
-        assert_eq!(shared.order, Some(Bounds::default().order));
+        // Policies scale the order bound too: an operator's change that did
+        // not set it must not pin it on the other nodes.
+        assert_eq!(shared.order, None);
     }
 }
