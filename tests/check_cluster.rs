@@ -264,7 +264,11 @@ fn a_send_made_again_through_the_next_node_is_the_successors_retry() {
     let path = write(dir.path(), &failed_over(true));
     let c = check(&path, true);
     assert!(c.passed(), "{}", c.report);
-    assert!(c.report.contains("1 continued on another node"), "{}", c.report);
+    assert!(
+        c.report.contains("1 continued on another node"),
+        "{}",
+        c.report
+    );
     // Without the record linking the two clients, one id sent by two
     // clients is two messages under one id.
     let path = write(dir.path(), &failed_over(false));

@@ -969,7 +969,10 @@ fn send_one(
     }
     match stream {
         Some(s) if s.messages.send(m).is_ok() => {
-            let _ = s.meta.send((id, due));
+            if s.meta.send((id, due)).is_err() {
+                // Its stream failed just now: the outcome is not known.
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
         _ => {
             // Its stream failed: the message is lost.
@@ -1397,6 +1400,23 @@ fn emit(report: &report::Report, args: &BenchArgs) -> anyhow::Result<bool> {
     Ok(report.check.passed)
 }
 
+/// Opens the run's connections, spread over the `--server` nodes, and
+/// keeps the node list for the clients' failovers.
+async fn open_connections(
+    args: &BenchArgs,
+    url: &str,
+) -> anyhow::Result<(Vec<Connection>, Arc<Nodes>)> {
+    let urls = crate::client::server_list(url)?;
+    let tls = conn::tls_for(&urls[0], args.ca_cert.as_deref())?;
+    let channels = conn::connect_spread(&urls, args.connection_count(), tls.clone()).await?;
+    let nodes = Arc::new(Nodes {
+        urls,
+        tls,
+        next_recorded: std::sync::atomic::AtomicU32::new(slot_count(args) as u32),
+    });
+    Ok((channels, nodes))
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     args.validate()?;
     check_fd_limit(&args);
@@ -1407,14 +1427,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let url = target.url.clone();
     let server_pid = target.spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
     let connections = args.connection_count();
-    let urls = crate::client::server_list(&url)?;
-    let tls = conn::tls_for(&urls[0], args.ca_cert.as_deref())?;
-    let channels = conn::connect_spread(&urls, connections, tls.clone()).await?;
-    let nodes = Arc::new(Nodes {
-        urls,
-        tls,
-        next_recorded: std::sync::atomic::AtomicU32::new(slot_count(&args) as u32),
-    });
+    let (channels, nodes) = open_connections(&args, &url).await?;
     let baseline = server_pid.and_then(crate::sys::proc_stats);
     let admin = target.admin_url(&args);
     let counters_start = counters::start(&admin).await;
@@ -1442,15 +1455,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         )
     });
 
-    let client_tasks = ramp_up(
-        &args,
-        &slots,
-        (&channels, &nodes),
-        &stats,
-        &stop_clients,
-        begun,
-    )
-    .await;
+    let conns = (&channels[..], &nodes);
+    let client_tasks = ramp_up(&args, &slots, conns, &stats, &stop_clients, begun).await;
     // Every client must have its first Update before sending starts, so every
     // accepted message is after every client's baseline.
     let ready = wait_connected(&slots, args.clients).await;
