@@ -29,6 +29,10 @@ use tokio_rustls::TlsConnector;
 /// Rounds over the nodes a failover makes before it gives up.
 const ROUNDS: u32 = 4;
 
+/// The longest a node may take to accept a connection and answer its
+/// `Connect` before the next one is tried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The pause after a round in which no node took a `Connect` (doubling).
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -131,7 +135,8 @@ pub(super) async fn move_on(
                 let id = connect_rpc(index, conn.clone()).await?;
                 anyhow::Ok((conn, id))
             };
-            match attempt.await {
+            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await;
+            match attempt.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 5 s"))) {
                 Ok((conn, id)) => {
                     return Ok(Incarnation {
                         conn,

@@ -127,8 +127,9 @@ to 4 rounds over the list with a short backoff, else the client is lost. A
 unary send whose answer was lost with the node is sent again through the
 next node unchanged (same name, thread, contents and timestamp), so the
 cluster commits it at most once; with --mode stream the messages in flight
-on the lost stream are send errors. Send-only writers do not fail over. The
-report counts failovers and resends.
+on the lost stream are send errors. Send-only writers do not fail over, and
+with one server a client whose stream fails is lost. The report counts
+failovers and resends.
 
 --record FILE writes what every client saw and did (sends, statuses,
 Updates, acknowledgements, and the server's bounds with their change log) as
@@ -719,8 +720,8 @@ fn took_update(
 }
 
 /// Runs client `index` until `stop`: on its first node, and whenever its
-/// node is lost, on the next one that takes it (giving up after
-/// `3 x nodes` failovers in a row that never got an Update).
+/// node is lost, on the next one that takes it (with several nodes; giving
+/// up after `3 x nodes` failovers without an Update between them).
 async fn run_client(
     index: usize,
     slot: Arc<Slot>,
@@ -729,7 +730,13 @@ async fn run_client(
     stop: CancellationToken,
 ) {
     let mut seen = failover::Seen::default();
-    let mut moves_left = 0;
+    // One server: no other node to go to, a lost client is lost.
+    let budget = if nodes.urls.len() > 1 {
+        3 * nodes.urls.len()
+    } else {
+        0
+    };
+    let mut moves_left = budget;
     let error = loop {
         let Some(inc) = slot.incarnation() else {
             return;
@@ -745,14 +752,18 @@ async fn run_client(
             r.end(inc.recorded as usize, Some(format!("{e:#}")));
         }
         if inc.updates.load(Ordering::Relaxed) > 0 {
-            moves_left = 3 * nodes.urls.len();
+            moves_left = budget;
         }
         if !failover::is_loss(&e) || moves_left == 0 {
             break e;
         }
         moves_left -= 1;
         slot.state.store(MOVING, Ordering::Relaxed);
-        match failover::move_on(index, &nodes, &inc).await {
+        let moved = tokio::select! {
+            moved = failover::move_on(index, &nodes, &inc) => moved,
+            _ = stop.cancelled() => return,
+        };
+        match moved {
             Ok(next) => {
                 if let Some(r) = &stats.recording {
                     r.failover(inc.recorded as usize, next.recorded as usize);
