@@ -176,3 +176,107 @@ fn a_write_answered_internal_error_may_be_delivered_once() {
         c.report
     );
 }
+
+/// Client 0 sends #1 to "a" and loses its node before the status; client 1
+/// commits two writes to "a"; client 2 (`continues`: linked to client 0 by
+/// a `Failover` record) joins another node with them as history and sends
+/// #1 again unchanged, which commits after them. Order bound 1.
+fn failed_over(continues: bool) -> Vec<Event> {
+    let bounds = serde_json::json!({"default": {"staleness_ms": 500.0, "numerical": 100, "order": 1}, "threads": [], "changes": []});
+    let mut ev = vec![
+        Event::Meta(serde_json::json!({"kind": "start", "at": T, "bounds": bounds})),
+        Event::Thread {
+            index: 0,
+            name: "a".into(),
+        },
+    ];
+    let update = |client, at: i64, messages: &[(u64, i64)]| Event::Update {
+        client,
+        time: T + at,
+        current_time: T + at - 10,
+        expiration: T + at + 10_000_000,
+        messages: (messages.iter())
+            .map(|&(id, t)| Delivery {
+                id: Some(id),
+                server_time: T + t,
+            })
+            .collect(),
+    };
+    let send = |client, n, id, timestamp: i64, at: i64| Event::Send {
+        client,
+        n,
+        thread: 0,
+        id,
+        timestamp: T + timestamp,
+        acked: 1,
+        stream: 0,
+        time: T + at,
+    };
+    let ok = |id, t: i64| Event::Status {
+        id,
+        code: 0,
+        server_time: T + t,
+        time: T + t + 50,
+    };
+    for c in 0..2 {
+        ev.push(Event::Connect { client: c, time: T });
+        ev.push(update(c, 10, &[]));
+    }
+    ev.extend([send(0, 1, 100, 1000, 1000), send(1, 1, 11, 1100, 1100)]);
+    ev.extend([ok(11, 2000), send(1, 2, 12, 2050, 2050), ok(12, 2100)]);
+    ev.push(update(1, 2200, &[(11, 2000), (12, 2100)]));
+    ev.push(Event::End {
+        client: 0,
+        time: T + 3000,
+        kind: EndKind::Lost,
+        reason: "h2 protocol error".into(),
+    });
+    if continues {
+        ev.push(Event::Failover {
+            from: 0,
+            to: 2,
+            time: T + 3050,
+        });
+    }
+    ev.push(Event::Connect {
+        client: 2,
+        time: T + 3100,
+    });
+    ev.push(update(2, 3200, &[(11, 2000), (12, 2100)]));
+    ev.extend([send(2, 1, 100, 1000, 3300), ok(100, 3400)]);
+    for c in 1..3 {
+        ev.push(update(c, 3500, &[(100, 3400)]));
+        ev.push(Event::End {
+            client: c,
+            time: T + 4000,
+            kind: EndKind::Stopped,
+            reason: String::new(),
+        });
+    }
+    ev
+}
+
+#[test]
+fn a_send_made_again_through_the_next_node_is_the_successors_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    // Judged as client 2's write: it had seen both commits of "a" (its
+    // history), so its order error is 0. As client 0's, it would be 2.
+    let path = write(dir.path(), &failed_over(true));
+    let c = check(&path, true);
+    assert!(c.passed(), "{}", c.report);
+    assert!(
+        c.report.contains("1 continued on another node"),
+        "{}",
+        c.report
+    );
+    // Without the record linking the two clients, one id sent by two
+    // clients is two messages under one id.
+    let path = write(dir.path(), &failed_over(false));
+    let c = check(&path, true);
+    assert!(
+        c.failures
+            .contains_key("one contents id sent as two messages"),
+        "{}",
+        c.report
+    );
+}

@@ -587,3 +587,111 @@ fn judged_by_the_checker(json: &str) -> bool {
         && n(&check["clients_ready"]) == clients
         && n(&check["extra"]) <= unknown.saturating_mul(clients)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_recorded_bench_fails_over_from_a_killed_chat_node_and_passes_the_checker() {
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        // The bounds of the leader-kill test above.
+        let name = format!("chat{i}");
+        nodes.push(node_bounded(&cluster, &name, (3, 8, "1s"), &[]).await);
+    }
+    let list = nodes
+        .iter()
+        .map(|n| n.url.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let admin = nodes[0].admin_url.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rec = dir.path().join("failover.rec");
+    let rec_arg = rec.to_str().expect("UTF-8 temp dir").to_owned();
+    let json = dir.path().join("report.json");
+    let json_arg = json.to_str().expect("UTF-8 temp dir").to_owned();
+    // Client i on node i mod 3: clients 2 and 5 on chat2.
+    let bench = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
+            .args(["bench", "--quiet", "--server", &list, "--admin", &admin])
+            .args(["--clients", "6", "--rate", "60", "--threads", "3"])
+            .args(["--duration", "6s", "--ramp-up", "300ms", "--drain", "10s"])
+            .args(["--record", &rec_arg, "--json", &json_arg])
+            .output()
+    });
+    // Kill chat2 once the bench's writes through it are committing.
+    let addr: std::net::SocketAddr = nodes[2]
+        .admin_url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let ok_sends = "chat_rpc_requests_total{code=\"OK\",method=\"SendMessage\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(
+        &common::http(addr, "GET", "/metrics", None, None).await.1,
+        ok_sends,
+    ) < 10.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the bench's writes through chat2 are not committing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nodes[2].kill().expect("kill -9 chat2");
+    let out = bench.await.unwrap().expect("run the bench");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let bench_errors = String::from_utf8_lossy(&out.stderr).into_owned();
+    let recorded = rec.clone();
+    let check = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
+            .args(["check", "--cluster", "--allowance", CHECK_ALLOWANCE])
+            .arg(&recorded)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run the checker");
+    let verdict = String::from_utf8_lossy(&check.stdout);
+    if !check.status.success() {
+        let kept = std::env::temp_dir().join(format!("chat-node-kill-{}.rec", std::process::id()));
+        let _ = std::fs::copy(&rec, &kept);
+        eprintln!("recording kept in {}", kept.display());
+    }
+    assert!(
+        check.status.success(),
+        "the checker failed (chat2 killed):\n{verdict}\n{}\nbench report:\n{report}\n{bench_errors}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the bench's JSON report"))
+            .expect("a JSON report");
+    let failovers = r["failovers"].as_u64().unwrap_or(0);
+    assert!(
+        failovers >= 2,
+        "chat2's two clients did not fail over:\n{report}\n{bench_errors}"
+    );
+    assert_eq!(
+        (
+            r["check"]["clients_lost"].as_u64(),
+            r["check"]["missing"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "a client was lost, or missed accepted messages:\n{report}\n{bench_errors}"
+    );
+    // In the recording, each of chat2's clients continued as a new client
+    // on another node, which received Updates there.
+    use dyconit_chat::bench::record::{Event, read_all};
+    let events = read_all(&rec).expect("read the recording");
+    for was in [2, 5] {
+        let to = events.iter().find_map(|e| match e {
+            Event::Failover { from, to, .. } if *from == was => Some(*to),
+            _ => None,
+        });
+        let to = to.unwrap_or_else(|| panic!("client {was} did not fail over"));
+        assert!(
+            (events.iter()).any(|e| matches!(e, Event::Update { client, .. } if *client == to)),
+            "client {was} moved on as {to}, which received nothing"
+        );
+    }
+    eprintln!("chat2 killed mid-run\n{report}\n{verdict}");
+}

@@ -6,8 +6,9 @@
 //! worker task and its response future handed back. At 20,000
 //! acknowledgements a second that hand-off cost the generator about a tenth
 //! of its CPU, all of it measuring the generator instead of the server. A
-//! bench connection that breaks is not reconnected: the clients on it fail
-//! and are reported.
+//! bench connection that breaks is not reconnected: each client on it
+//! opens a connection of its own to the next node (`super::failover`), or
+//! fails and is reported.
 
 use anyhow::{Context, bail};
 use http::uri::{Authority, Scheme};

@@ -19,10 +19,12 @@
 //! - [`report`]: the final table and the JSON report.
 //! - [`counters`]: the server's own counters for the run, from its `/metrics`.
 //! - [`nats`]: the same fan-out over core NATS (`--against nats://…`).
+//! - [`failover`]: a client whose chat node is lost moves to the next one.
 
 pub mod advice;
 pub mod conn;
 pub mod counters;
+mod failover;
 pub mod histogram;
 pub mod nats;
 pub mod record;
@@ -41,9 +43,10 @@ use crate::proto::{
 };
 use anyhow::{Context, bail};
 use conn::Connection;
+use failover::{Incarnation, Nodes};
 use histogram::Histogram;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -116,6 +119,18 @@ publish->receive on the local clock (core NATS has no commit time).
   dyconit-chat bench --spawn-nats ./nats-server --clients 1000 --rate 200 \\
       --size 100 --duration 30s
 
+With several --server URLs (chat nodes of one cluster), a client whose node
+is lost (connection refused or reset, UNAVAILABLE, its stream ended) moves
+to the next node of the list: a new connection and a new client there, whose
+first Update is the node's history (less what the client already had); up
+to 4 rounds over the list with a short backoff, else the client is lost. A
+unary send whose answer was lost with the node is sent again through the
+next node unchanged (same name, thread, contents and timestamp), so the
+cluster commits it at most once; with --mode stream the messages in flight
+on the lost stream are send errors. Send-only writers do not fail over, and
+with one server a client whose stream fails is lost. The report counts
+failovers and resends.
+
 --record FILE writes what every client saw and did (sends, statuses,
 Updates, acknowledgements, and the server's bounds with their change log) as
 a compact binary stream; `dyconit-chat check FILE` verifies the run from it.";
@@ -126,8 +141,9 @@ a compact binary stream; `dyconit-chat check FILE` verifies the run from it.";
 pub struct BenchArgs {
     /// URL of a running server (http://, or https:// for one with TLS).
     /// Several chat nodes of one cluster as URL,URL,...: the connections are
-    /// spread over them in turn (the server counters, --admin and
-    /// --server-pid are the first node's)
+    /// spread over them in turn, and a client whose node is lost fails over
+    /// to the next one (the server counters, --admin and --server-pid are
+    /// the first node's)
     #[arg(
         long,
         value_name = "URL",
@@ -353,22 +369,37 @@ impl BenchArgs {
 const CONNECTING: u8 = 0;
 const READY: u8 = 1;
 const FAILED: u8 = 2;
+/// Its node was lost: connecting to the next one.
+const MOVING: u8 = 3;
 
 /// One bench client, shared by its task, the dispatcher and the checker.
 #[derive(Default)]
 struct Slot {
-    /// Its capability id (0 until connected).
-    id: AtomicI64,
-    /// Updates received, including the first.
-    updates: AtomicI64,
-    /// Bench messages received after the first Update.
+    /// Its node, connection and numbering now (set at ramp-up, replaced by
+    /// a failover). Lock rule: held only to clone or replace it.
+    current: std::sync::Mutex<Option<Arc<Incarnation>>>,
+    /// Signalled when the client is streaming on a new node, or failed.
+    moved: tokio::sync::Notify,
+    /// Bench messages received after the first Update (on any node).
     delivered: AtomicU64,
     /// Wrapping sum of `mix(id)` of those: an order-free checksum.
     checksum: AtomicU64,
-    /// Messages numbered so far (`numMessagesSent` of the last one).
-    sent: AtomicI64,
-    /// CONNECTING, READY or FAILED.
+    /// CONNECTING, READY, MOVING or FAILED.
     state: AtomicU8,
+}
+
+impl Slot {
+    /// The client's incarnation now (`None` before ramp-up reached it).
+    fn incarnation(&self) -> Option<Arc<Incarnation>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_incarnation(&self, inc: Arc<Incarnation>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(inc);
+    }
 }
 
 /// Counters shared by every task.
@@ -395,8 +426,13 @@ struct Stats {
     acks: AtomicU64,
     /// Acknowledgement RPCs that failed.
     ack_errors: AtomicU64,
-    /// Clients whose stream ended or failed before the end.
+    /// Clients whose stream ended or failed before the end, and that no
+    /// other node took.
     lost: AtomicU64,
+    /// Clients that moved to another node after theirs was lost.
+    failovers: AtomicU64,
+    /// Sends whose answer was lost with a node, sent again through the next.
+    resends: AtomicU64,
     /// Commit -> receive, microseconds; one shard per group of clients so
     /// that a million records a second do not all hit the same counters.
     latency: Vec<Histogram>,
@@ -433,6 +469,8 @@ impl Default for Stats {
             acks: AtomicU64::new(0),
             ack_errors: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            resends: AtomicU64::new(0),
             latency: (0..LATENCY_SHARDS).map(|_| Histogram::default()).collect(),
             send_latency: Histogram::default(),
             own_latency: Histogram::default(),
@@ -478,7 +516,6 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Runs one client: connect, stream, acknowledge, count, until `stop`.
 /// Counts one Update after the first (the history) in the client's slot
 /// and the totals: messages of this run (with an id), their checksum and
 /// latency, and messages of others.
@@ -529,31 +566,30 @@ fn count_update(update: &wire::UpdateSummary, index: usize, slot: &Slot, stats: 
     stats.deliveries.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Connects client `index` and opens its update stream (decoded into
-/// summaries); returns its id and the stream.
-async fn open_updates(
-    index: usize,
-    channel: Connection,
-    rpc: &ChatServerClient<Connection>,
-    slot: &Slot,
-    stats: &Stats,
-) -> anyhow::Result<(i64, tonic::Streaming<wire::UpdateSummary>)> {
-    let mut request = tonic::Request::new(ConnectionStarter {});
-    request
-        .metadata_mut()
-        .insert(crate::proto::NAME_HEADER, format!("bench-{index}").parse()?);
-    let info = rpc.clone().connect(request).await?.into_inner();
-    let id = info
-        .client
-        .map(|c| c.id)
-        .context("ServerInfo without client")?;
-    slot.id.store(id, Ordering::Relaxed);
-    if let Some(r) = &stats.recording {
-        r.connected(index);
+/// Counts the first Update on a node the client moved to: the messages of
+/// its history that the client had not received on its earlier nodes.
+fn count_history(update: &wire::UpdateSummary, slot: &Slot, stats: &Stats, seen: &failover::Seen) {
+    let (mut n, mut sum) = (0u64, 0u64);
+    for m in update.messages.iter().filter(|m| seen.fresh(m)) {
+        if let Some(id) = m.id {
+            n += 1;
+            sum = sum.wrapping_add(mix(id));
+        }
     }
+    slot.delivered.fetch_add(n, Ordering::Relaxed);
+    slot.checksum.fetch_add(sum, Ordering::Relaxed);
+    stats.deliveries.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Opens the update stream of client `id` on `conn` (decoded into
+/// summaries).
+async fn open_stream(
+    conn: Connection,
+    id: i64,
+) -> anyhow::Result<tonic::Streaming<wire::UpdateSummary>> {
     // A server with a high numerical bound may batch megabytes into one
     // Update; the bench must not be the limit.
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 30);
+    let mut grpc = tonic::client::Grpc::new(conn).max_decoding_message_size(1 << 30);
     grpc.ready().await?;
     let stream = grpc
         .server_streaming(
@@ -565,102 +601,194 @@ async fn open_updates(
         )
         .await?
         .into_inner();
-    Ok((id, stream))
+    Ok(stream)
 }
 
+/// An acknowledgement RPC in flight.
+type AckCall = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>;
+
+/// Acknowledges `count` Updates of client `id` (recorded as client
+/// `recorded`).
+fn start_ack(conn: &Connection, stats: &Arc<Stats>, recorded: u32, id: i64, count: i64) -> AckCall {
+    let mut rpc = ChatServerClient::new(conn.clone());
+    let stats = stats.clone();
+    if let Some(r) = &stats.recording {
+        r.ack_sent(recorded as usize, count);
+    }
+    Box::pin(async move {
+        let reply = rpc
+            .acknowlegde(Acknowledgement {
+                client: Some(Client { id }),
+                num_updates_received: count,
+                num_messages_sent: 0,
+            })
+            .await;
+        if let Some(r) = &stats.recording {
+            let at = reply.as_ref().ok().map(|t| t.get_ref().timestamp);
+            r.ack_reply(recorded as usize, count, at);
+        }
+        reply.map(|_| ())
+    })
+}
+
+/// Client `index` on one node: connects (on its first node; a failover
+/// connected already), then streams and acknowledges until `stop` (`Ok`)
+/// or an error. An acknowledgement that finds the node lost is an error
+/// too: the client moves on.
+async fn on_node(
+    index: usize,
+    inc: &Incarnation,
+    slot: &Slot,
+    stats: &Arc<Stats>,
+    stop: &CancellationToken,
+    seen: &mut failover::Seen,
+) -> anyhow::Result<()> {
+    if inc.generation == 0 {
+        let id = failover::connect_rpc(index, inc.conn.clone()).await?;
+        inc.id.store(id, Ordering::Relaxed);
+        if let Some(r) = &stats.recording {
+            r.connected(inc.recorded as usize);
+        }
+    }
+    let id = inc.id.load(Ordering::Relaxed);
+    let mut stream = open_stream(inc.conn.clone(), id).await?;
+    let mut received: i64 = 0;
+    let mut acked: i64 = 0;
+    let mut ack: Option<AckCall> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                if let Some(r) = &stats.recording {
+                    r.end(inc.recorded as usize, None);
+                }
+                return Ok(());
+            }
+            reply = async { ack.as_mut().expect("guarded").await }, if ack.is_some() => {
+                ack = None;
+                match reply {
+                    Ok(()) => stats.acks.fetch_add(1, Ordering::Relaxed),
+                    Err(s) if crate::client::failover::status_is_connection_loss(&s) => {
+                        return Err(s.into());
+                    }
+                    Err(_) => stats.ack_errors.fetch_add(1, Ordering::Relaxed),
+                };
+                if received > acked {
+                    acked = received;
+                    ack = Some(start_ack(&inc.conn, stats, inc.recorded, id, received));
+                }
+            }
+            item = stream.message() => {
+                let Some(update) = item? else {
+                    bail!("the server ended the stream");
+                };
+                received += 1;
+                took_update(index, inc, slot, stats, seen, &update, received);
+                if ack.is_none() {
+                    acked = received;
+                    ack = Some(start_ack(&inc.conn, stats, inc.recorded, id, received));
+                }
+            }
+        }
+    }
+}
+
+/// Records and counts Update number `received` of `inc`.
+fn took_update(
+    index: usize,
+    inc: &Incarnation,
+    slot: &Slot,
+    stats: &Stats,
+    seen: &mut failover::Seen,
+    update: &wire::UpdateSummary,
+    received: i64,
+) {
+    let now = local_micros();
+    if let Some(r) = &stats.recording {
+        r.update(inc.recorded as usize, now, update);
+    }
+    inc.updates.store(received, Ordering::Relaxed);
+    if received == 1 {
+        if inc.generation > 0 {
+            count_history(update, slot, stats, seen);
+        }
+        slot.state.store(READY, Ordering::Relaxed);
+        slot.moved.notify_waiters();
+    } else {
+        count_update(update, index, slot, stats, now);
+    }
+    seen.note(&update.messages);
+}
+
+/// Runs client `index` until `stop`: on its first node, and whenever its
+/// node is lost, on the next one that takes it (with several nodes; giving
+/// up after `3 x nodes` failovers without an Update between them).
 async fn run_client(
     index: usize,
-    channel: Connection,
     slot: Arc<Slot>,
     stats: Arc<Stats>,
+    nodes: Arc<Nodes>,
     stop: CancellationToken,
 ) {
-    let rpc = ChatServerClient::new(channel.clone());
-    let result: anyhow::Result<()> = async {
-        let (id, mut stream) = open_updates(index, channel, &rpc, &slot, &stats).await?;
-        let mut received: i64 = 0;
-        let mut acked: i64 = 0;
-        let mut ack: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send>>> = None;
-        let start_ack = |count: i64| {
-            let mut rpc = rpc.clone();
-            let stats = stats.clone();
-            if let Some(r) = &stats.recording {
-                r.ack_sent(index, count);
-            }
-            Box::pin(async move {
-                let reply = rpc
-                    .acknowlegde(Acknowledgement {
-                        client: Some(Client { id }),
-                        num_updates_received: count,
-                        num_messages_sent: 0,
-                    })
-                    .await;
-                if let Some(r) = &stats.recording {
-                    let at = reply.as_ref().ok().map(|t| t.get_ref().timestamp);
-                    r.ack_reply(index, count, at);
-                }
-                reply.is_ok()
-            }) as std::pin::Pin<Box<dyn Future<Output = bool> + Send>>
+    let mut seen = failover::Seen::default();
+    // One server: no other node to go to, a lost client is lost.
+    let budget = if nodes.urls.len() > 1 {
+        3 * nodes.urls.len()
+    } else {
+        0
+    };
+    let mut moves_left = budget;
+    let error = loop {
+        let Some(inc) = slot.incarnation() else {
+            return;
         };
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    if let Some(r) = &stats.recording {
-                        r.end(index, None);
-                    }
-                    return Ok(());
-                }
-                ok = async { ack.as_mut().expect("guarded").await }, if ack.is_some() => {
-                    ack = None;
-                    if ok {
-                        stats.acks.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        stats.ack_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if received > acked {
-                        acked = received;
-                        ack = Some(start_ack(received));
-                    }
-                }
-                item = stream.message() => {
-                    let Some(update) = item? else {
-                        bail!("the server ended the stream");
-                    };
-                    let now = local_micros();
-                    if let Some(r) = &stats.recording {
-                        r.update(index, now, &update);
-                    }
-                    received += 1;
-                    slot.updates.store(received, Ordering::Relaxed);
-                    if received == 1 {
-                        slot.state.store(READY, Ordering::Relaxed);
-                    } else {
-                        count_update(&update, index, &slot, &stats, now);
-                    }
-                    if ack.is_none() {
-                        acked = received;
-                        ack = Some(start_ack(received));
-                    }
-                }
-            }
+        let Err(e) = on_node(index, &inc, &slot, &stats, &stop, &mut seen).await else {
+            return;
+        };
+        if stop.is_cancelled() {
+            slot.state.store(FAILED, Ordering::Relaxed);
+            return;
         }
-    }
-    .await;
-    if let Err(e) = result
-        && slot.state.swap(FAILED, Ordering::Relaxed) != FAILED
-        && !stop.is_cancelled()
-    {
-        stats.lost.fetch_add(1, Ordering::Relaxed);
-        stats.error(format!("client {index}: {e:#}"));
         if let Some(r) = &stats.recording {
-            r.end(index, Some(format!("{e:#}")));
+            r.end(inc.recorded as usize, Some(format!("{e:#}")));
         }
-    }
+        if inc.updates.load(Ordering::Relaxed) > 0 {
+            moves_left = budget;
+        }
+        if !failover::is_loss(&e) || moves_left == 0 {
+            break e;
+        }
+        moves_left -= 1;
+        slot.state.store(MOVING, Ordering::Relaxed);
+        let moved = tokio::select! {
+            moved = failover::move_on(index, &nodes, &inc) => moved,
+            _ = stop.cancelled() => return,
+        };
+        match moved {
+            Ok(next) => {
+                if let Some(r) = &stats.recording {
+                    r.failover(inc.recorded as usize, next.recorded as usize);
+                    r.connected(next.recorded as usize);
+                }
+                tracing::debug!(client = index, to = %nodes.urls[next.node], "failed over");
+                slot.set_incarnation(Arc::new(next));
+                stats.failovers.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => break e,
+        }
+    };
+    slot.state.store(FAILED, Ordering::Relaxed);
+    slot.moved.notify_waiters();
+    stats.lost.fetch_add(1, Ordering::Relaxed);
+    stats.error(format!("client {index}: {error:#}"));
 }
 
-/// A send-only writer: connects, and never opens its update stream.
-async fn connect_only(index: usize, channel: Connection, slot: Arc<Slot>, stats: Arc<Stats>) {
-    let mut rpc = ChatServerClient::new(channel);
+/// A send-only writer: connects, and never opens its update stream (nor
+/// fails over: nothing would tell it its node was lost).
+async fn connect_only(index: usize, slot: Arc<Slot>, stats: Arc<Stats>) {
+    let Some(inc) = slot.incarnation() else {
+        return;
+    };
+    let mut rpc = ChatServerClient::new(inc.conn.clone());
     let mut request = tonic::Request::new(ConnectionStarter {});
     if let Ok(name) = format!("writer-{index}").parse() {
         request
@@ -670,10 +798,10 @@ async fn connect_only(index: usize, channel: Connection, slot: Arc<Slot>, stats:
     match rpc.connect(request).await {
         Ok(info) => {
             let id = info.into_inner().client.map_or(0, |c| c.id);
-            slot.id.store(id, Ordering::Relaxed);
+            inc.id.store(id, Ordering::Relaxed);
             slot.state.store(READY, Ordering::Relaxed);
             if let Some(r) = &stats.recording {
-                r.connected(index);
+                r.connected(inc.recorded as usize);
             }
         }
         Err(e) => {
@@ -708,11 +836,13 @@ struct StreamWriter {
     messages: mpsc::UnboundedSender<SentMessage>,
     /// `(id, scheduled time)` of each message, in order.
     meta: mpsc::UnboundedSender<(u64, Instant)>,
+    /// The generation of the client's node it was opened on.
+    generation: u64,
 }
 
-/// Builds message `id` from `slot`'s client.
-fn message(slot: &Slot, thread: &Option<Thread>, id: u64, size: usize) -> SentMessage {
-    let number = slot.sent.fetch_add(1, Ordering::Relaxed) + 1;
+/// Builds message `id` from the client's incarnation `inc`.
+fn message(inc: &Incarnation, thread: &Option<Thread>, id: u64, size: usize) -> SentMessage {
+    let number = inc.sent.fetch_add(1, Ordering::Relaxed) + 1;
     SentMessage {
         thread: thread.clone(),
         contents: wire::contents(id, size),
@@ -722,25 +852,26 @@ fn message(slot: &Slot, thread: &Option<Thread>, id: u64, size: usize) -> SentMe
         }),
         acknowledgement: Some(Acknowledgement {
             client: Some(Client {
-                id: slot.id.load(Ordering::Relaxed),
+                id: inc.id.load(Ordering::Relaxed),
             }),
-            num_updates_received: slot.updates.load(Ordering::Relaxed),
+            num_updates_received: inc.updates.load(Ordering::Relaxed),
             num_messages_sent: number,
         }),
     }
 }
 
-/// Sends on schedule from `start` until `start + duration`. Returns the
-/// tasks that are still waiting for statuses.
-/// One writer's `SendMessages` stream: what `dispatch` feeds, and the task
-/// that records each status as it comes back.
+/// One writer's `SendMessages` stream on the node of `inc`: what
+/// `dispatch` feeds, and the task that records each status as it comes
+/// back. If the node is lost, the messages whose statuses did not come
+/// count as send errors (their outcome is not known); the writer's next
+/// message opens a stream on its next node.
 fn stream_writer(
-    channel: Connection,
+    inc: &Incarnation,
     stats: &Arc<Stats>,
 ) -> (StreamWriter, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (meta_tx, mut meta_rx) = mpsc::unbounded_channel::<(u64, Instant)>();
-    let mut rpc = ChatServerClient::new(channel);
+    let mut rpc = ChatServerClient::new(inc.conn.clone());
     let stats = stats.clone();
     let task = tokio::spawn(async move {
         let reqs = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
@@ -771,34 +902,101 @@ fn stream_writer(
     let writer = StreamWriter {
         messages: tx,
         meta: meta_tx,
+        generation: inc.generation,
     };
     (writer, task)
 }
 
-/// Sends message `id` (due at `due`) with one `SendMessage` call.
+/// Sends message `id` (due at `due`) with one `SendMessage` call through
+/// the node of `inc`. If the node is lost before the status comes, the
+/// message goes again, unchanged, through the client's next node once the
+/// client is streaming there (at most [`failover::RESENDS`] times).
 fn send_unary(
-    channel: Connection,
+    slot: Arc<Slot>,
+    inc: Arc<Incarnation>,
     m: SentMessage,
-    id: u64,
-    due: Instant,
+    (id, due): (u64, Instant),
     stats: Arc<Stats>,
 ) -> tokio::task::JoinHandle<()> {
-    let mut rpc = ChatServerClient::new(channel);
     tokio::spawn(async move {
-        match rpc.send_message(m).await {
-            Ok(s) => record_status(&stats, s.get_ref(), id, due),
-            Err(e) => {
+        let (mut inc, mut m) = (inc, m);
+        for resends in 0.. {
+            let mut rpc = ChatServerClient::new(inc.conn.clone());
+            let e = match rpc.send_message(m.clone()).await {
+                Ok(s) => return record_status(&stats, s.get_ref(), id, due),
+                Err(e) => e,
+            };
+            let lost = crate::client::failover::status_is_connection_loss(&e);
+            let next = if lost && resends < failover::RESENDS {
+                let by = Instant::now() + failover::RESEND_WAIT;
+                failover::next_incarnation(&slot, inc.generation, by).await
+            } else {
+                None
+            };
+            let Some(next) = next else {
                 stats.send_errors.fetch_add(1, Ordering::Relaxed);
                 stats.error(format!("SendMessage: {e}"));
+                return;
+            };
+            m = failover::resent(&m, &next);
+            if let Some(r) = &stats.recording {
+                r.send(next.recorded as usize, &m, id, false);
             }
+            stats.resends.fetch_add(1, Ordering::Relaxed);
+            inc = next;
         }
     })
 }
 
+/// Sends message `id` of writer `slot` (due at `due`) through its node
+/// now: unary, or on its stream (`stream`, replaced after a failover).
+fn send_one(
+    args: &BenchArgs,
+    slot: &Arc<Slot>,
+    stream: &mut Option<StreamWriter>,
+    (thread, id, due): (&Option<Thread>, u64, Instant),
+    stats: &Arc<Stats>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let Some(inc) = slot.incarnation() else {
+        return;
+    };
+    let m = message(&inc, thread, id, args.size);
+    if let Some(r) = &stats.recording {
+        r.send(inc.recorded as usize, &m, id, args.mode == SendMode::Stream);
+    }
+    stats.dispatched.fetch_add(1, Ordering::Relaxed);
+    if args.mode == SendMode::Unary {
+        tasks.push(send_unary(slot.clone(), inc, m, (id, due), stats.clone()));
+        return;
+    }
+    if stream
+        .as_ref()
+        .is_none_or(|s| s.generation != inc.generation)
+    {
+        let (writer, task) = stream_writer(&inc, stats);
+        tasks.push(task);
+        *stream = Some(writer);
+    }
+    match stream {
+        Some(s) if s.messages.send(m).is_ok() => {
+            if s.meta.send((id, due)).is_err() {
+                // Its stream failed just now: the outcome is not known.
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        _ => {
+            // Its stream failed: the message is lost.
+            stats.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends on schedule from `start` until `start + duration`. Returns the
+/// tasks that are still waiting for statuses.
 async fn dispatch(
     args: &BenchArgs,
     slots: &[Arc<Slot>],
-    channels: &[Connection],
     stats: &Arc<Stats>,
     start: Instant,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -808,14 +1006,16 @@ async fn dispatch(
     let mut tasks = Vec::new();
     let mut streams: Vec<Option<StreamWriter>> = Vec::new();
     if args.mode == SendMode::Stream {
-        for w in first_writer..first_writer + writers {
-            if slots[w].state.load(Ordering::Relaxed) != READY {
-                streams.push(None);
-                continue;
+        for slot in &slots[first_writer..first_writer + writers] {
+            let inc = slot.incarnation();
+            match inc.filter(|_| slot.state.load(Ordering::Relaxed) == READY) {
+                Some(inc) => {
+                    let (writer, task) = stream_writer(&inc, stats);
+                    tasks.push(task);
+                    streams.push(Some(writer));
+                }
+                None => streams.push(None),
             }
-            let (writer, task) = stream_writer(channels[w % channels.len()].clone(), stats);
-            tasks.push(task);
-            streams.push(Some(writer));
         }
     }
     if args.rate == 0.0 {
@@ -827,6 +1027,7 @@ async fn dispatch(
     // after the end still sends the ones that fell due before it.
     let total = (args.duration.as_secs_f64() * args.rate).ceil() as u64;
     let mut k: u64 = 0;
+    let mut no_stream = None;
     loop {
         let now = Instant::now().min(end);
         // Message k is due at k / rate: by now, messages 0..=floor(t * rate).
@@ -840,30 +1041,10 @@ async fn dispatch(
             let id = id_base.wrapping_add(k);
             k += 1;
             if slot.state.load(Ordering::Relaxed) != READY {
-                continue; // a lost client does not send
+                continue; // a lost client (or one moving to another node) does not send
             }
-            let m = message(slot, thread, id, args.size);
-            if let Some(r) = &stats.recording {
-                r.send(w, &m, id, args.mode == SendMode::Stream);
-            }
-            stats.dispatched.fetch_add(1, Ordering::Relaxed);
-            match args.mode {
-                SendMode::Unary => {
-                    let channel = channels[w % channels.len()].clone();
-                    tasks.push(send_unary(channel, m, id, due, stats.clone()));
-                }
-                SendMode::Stream => {
-                    match streams.get(w - first_writer) {
-                        Some(Some(s)) if s.messages.send(m).is_ok() => {
-                            let _ = s.meta.send((id, due));
-                        }
-                        _ => {
-                            // Its stream failed: the message is lost.
-                            stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
+            let stream = streams.get_mut(w - first_writer).unwrap_or(&mut no_stream);
+            send_one(args, slot, stream, (thread, id, due), stats, &mut tasks);
         }
         if tasks.len() > 4096 {
             tasks.retain(|t| !t.is_finished());
@@ -1079,16 +1260,17 @@ impl Target {
 
 /// One slot per client, then one per send-only writer.
 fn make_slots(args: &BenchArgs) -> Arc<Vec<Arc<Slot>>> {
+    Arc::new((0..slot_count(args)).map(|_| Arc::default()).collect())
+}
+
+/// The clients, send-only writers included.
+fn slot_count(args: &BenchArgs) -> usize {
     let send_only = if args.send_only_writers {
         args.writers
     } else {
         0
     };
-    Arc::new(
-        (0..args.clients + send_only)
-            .map(|_| Arc::default())
-            .collect(),
-    )
+    args.clients + send_only
 }
 
 /// The slots that send: `(first, count)`. Send-only writers are the slots
@@ -1141,7 +1323,7 @@ fn bench_threads(args: &BenchArgs) -> Vec<Option<Thread>> {
 async fn ramp_up(
     args: &BenchArgs,
     slots: &[Arc<Slot>],
-    channels: &[Connection],
+    (channels, nodes): (&[Connection], &Arc<Nodes>),
     stats: &Arc<Stats>,
     stop: &CancellationToken,
     begun: Instant,
@@ -1150,17 +1332,16 @@ async fn ramp_up(
     for (i, slot) in slots.iter().enumerate() {
         let at = begun + args.ramp_up.mul_f64(i as f64 / slots.len() as f64);
         tokio::time::sleep_until(at.into()).await;
-        let channel = channels[i % channels.len()].clone();
+        // Connection c is to node c mod nodes (conn::connect_spread).
+        let c = i % channels.len();
+        let node = c % nodes.urls.len();
+        let inc = Incarnation::first(channels[c].clone(), node, i);
+        slot.set_incarnation(Arc::new(inc));
+        let (slot, stats) = (slot.clone(), stats.clone());
         tasks.push(if i < args.clients {
-            tokio::spawn(run_client(
-                i,
-                channel,
-                slot.clone(),
-                stats.clone(),
-                stop.clone(),
-            ))
+            tokio::spawn(run_client(i, slot, stats, nodes.clone(), stop.clone()))
         } else {
-            tokio::spawn(connect_only(i, channel, slot.clone(), stats.clone()))
+            tokio::spawn(connect_only(i, slot, stats))
         });
     }
     tasks
@@ -1172,7 +1353,7 @@ async fn wait_connected(slots: &[Arc<Slot>], clients: usize) -> usize {
     let ready_by = Instant::now() + Duration::from_secs(30);
     while slots
         .iter()
-        .any(|s| s.state.load(Ordering::Relaxed) == CONNECTING)
+        .any(|s| matches!(s.state.load(Ordering::Relaxed), CONNECTING | MOVING))
         && Instant::now() < ready_by
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1184,12 +1365,13 @@ async fn wait_connected(slots: &[Arc<Slot>], clients: usize) -> usize {
         .count()
 }
 
-/// Waits until every ready client got every accepted message, or `by`.
+/// Waits until every ready client (and every one moving to another node)
+/// got every accepted message, or `by`.
 async fn wait_delivered(slots: &[Arc<Slot>], stats: &Stats, by: Instant) {
     let accepted = stats.accepted();
     while Instant::now() < by
         && slots.iter().any(|s| {
-            s.state.load(Ordering::Relaxed) == READY
+            matches!(s.state.load(Ordering::Relaxed), READY | MOVING)
                 && s.delivered.load(Ordering::Relaxed) < accepted
         })
     {
@@ -1229,6 +1411,23 @@ fn emit(report: &report::Report, args: &BenchArgs) -> anyhow::Result<bool> {
     Ok(report.check.passed)
 }
 
+/// Opens the run's connections, spread over the `--server` nodes, and
+/// keeps the node list for the clients' failovers.
+async fn open_connections(
+    args: &BenchArgs,
+    url: &str,
+) -> anyhow::Result<(Vec<Connection>, Arc<Nodes>)> {
+    let urls = crate::client::server_list(url)?;
+    let tls = conn::tls_for(&urls[0], args.ca_cert.as_deref())?;
+    let channels = conn::connect_spread(&urls, args.connection_count(), tls.clone()).await?;
+    let nodes = Arc::new(Nodes {
+        urls,
+        tls,
+        next_recorded: std::sync::atomic::AtomicU32::new(slot_count(args) as u32),
+    });
+    Ok((channels, nodes))
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     args.validate()?;
     check_fd_limit(&args);
@@ -1239,9 +1438,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     let url = target.url.clone();
     let server_pid = target.spawned.as_ref().map(|s| s.pid()).or(args.server_pid);
     let connections = args.connection_count();
-    let urls = crate::client::server_list(&url)?;
-    let tls = conn::tls_for(&urls[0], args.ca_cert.as_deref())?;
-    let channels = conn::connect_spread(&urls, connections, tls).await?;
+    let (channels, nodes) = open_connections(&args, &url).await?;
     let baseline = server_pid.and_then(crate::sys::proc_stats);
     let admin = target.admin_url(&args);
     let counters_start = counters::start(&admin).await;
@@ -1269,20 +1466,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         )
     });
 
-    let client_tasks = ramp_up(&args, &slots, &channels, &stats, &stop_clients, begun).await;
+    let conns = (&channels[..], &nodes);
+    let client_tasks = ramp_up(&args, &slots, conns, &stats, &stop_clients, begun).await;
     // Every client must have its first Update before sending starts, so every
     // accepted message is after every client's baseline.
     let ready = wait_connected(&slots, args.clients).await;
     plan_run(&args, &stats);
     if args.warm_up {
-        warm_up(&args, &slots, &channels, &stats).await;
+        warm_up(&args, &slots, &stats).await;
     }
 
     // The measured window.
     phase.store(1, Ordering::Relaxed);
     let start = Instant::now();
     let before = snapshot(&stats, server_pid);
-    let send_tasks = dispatch(&args, &slots, &channels, &stats, start).await;
+    let send_tasks = dispatch(&args, &slots, &stats, start).await;
     let after = snapshot(&stats, server_pid);
     phase.store(2, Ordering::Relaxed);
 

@@ -43,6 +43,7 @@ const TAG_UPDATE: u8 = 6;
 const TAG_ACK_SENT: u8 = 7;
 const TAG_ACK_REPLY: u8 = 8;
 const TAG_END: u8 = 9;
+const TAG_FAILOVER: u8 = 10;
 
 /// One message of a received Update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +124,10 @@ pub enum Event {
         kind: EndKind,
         reason: String,
     },
+    /// Client `to` (a new client on another node) continues client `from`,
+    /// whose node was lost: it sends again, unchanged, those of `from`'s
+    /// messages whose statuses were lost with the node.
+    Failover { from: u32, to: u32, time: i64 },
 }
 
 fn put_u(buf: &mut Vec<u8>, mut v: u64) {
@@ -224,6 +229,12 @@ impl Encoder {
                 self.time(buf, *time);
             }
             Event::AckReply { .. } | Event::End { .. } => self.other(buf, e),
+            Event::Failover { from, to, time } => {
+                buf.push(TAG_FAILOVER);
+                put_u(buf, u64::from(*from));
+                put_u(buf, u64::from(*to));
+                self.time(buf, *time);
+            }
         }
     }
 
@@ -652,6 +663,11 @@ impl<R: Read> Reader<R> {
                 time: self.time()?,
             },
             TAG_ACK_REPLY | TAG_END => self.read_other(tag)?,
+            TAG_FAILOVER => Event::Failover {
+                from: self.u32()?,
+                to: self.u32()?,
+                time: self.time()?,
+            },
             _ => return Err(self.corrupt()),
         };
         Ok(Some(e))
@@ -827,6 +843,11 @@ mod tests {
                 time: t + 200,
                 kind: EndKind::Lost,
                 reason: "the server ended the stream".into(),
+            },
+            Event::Failover {
+                from: 0,
+                to: 7,
+                time: t + 210,
             },
         ]
     }

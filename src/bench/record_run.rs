@@ -184,6 +184,15 @@ impl RunRecording {
         });
     }
 
+    /// Client `to` continues client `from`, whose node was lost.
+    pub fn failover(&self, from: usize, to: usize) {
+        self.recorder.push(&Event::Failover {
+            from: from as u32,
+            to: to as u32,
+            time: local_micros(),
+        });
+    }
+
     pub fn end(&self, client: usize, lost: Option<String>) {
         self.recorder.push(&Event::End {
             client: client as u32,

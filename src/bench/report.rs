@@ -196,6 +196,12 @@ pub struct Report {
     pub acks_per_s: f64,
     /// Acknowledgement RPCs that failed.
     pub ack_errors: u64,
+    /// Clients that moved to another node of `--server` after theirs was
+    /// lost (each move counted).
+    pub failovers: u64,
+    /// Sends whose answer was lost with a node, sent again unchanged
+    /// through the client's next node.
+    pub resends: u64,
     /// Commit -> receive (same-host clock).
     pub latency: Latency,
     /// Scheduled send time -> status received.
@@ -354,6 +360,8 @@ impl Report {
             },
             acks_per_s: rate(a.acks, b.acks),
             ack_errors: s.ack_errors.load(Ordering::Relaxed),
+            failovers: s.failovers.load(Ordering::Relaxed),
+            resends: s.resends.load(Ordering::Relaxed),
             latency: Latency::of(&s.latency()),
             send_latency: Latency::of(&s.send_latency),
             own_thread_latency: (i.args.active_threads_per_client > 0)
@@ -450,6 +458,15 @@ impl Report {
         );
         self.delivery_rows(&mut row);
         row("acknowledgement RPCs/s", format!("{:.1}", self.acks_per_s));
+        if self.failovers > 0 {
+            row(
+                "failovers",
+                format!(
+                    "{} (clients that moved to another node), {} sends resent there",
+                    self.failovers, self.resends
+                ),
+            );
+        }
         self.cost_rows(&mut row);
         self.server_counter_rows(&mut row);
         for note in &self.notes {

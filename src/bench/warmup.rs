@@ -10,7 +10,7 @@
 //! anything, with the loose bounds on the client's own thread.
 
 use super::{BenchArgs, READY};
-use super::{Connection, Slot, Stats, bench_threads, message, plan_of, record_status};
+use super::{Slot, Stats, bench_threads, message, plan_of, record_status};
 use crate::proto::Thread;
 use crate::proto::chat_server_client::ChatServerClient;
 use crate::proto::message_status::StatusCode;
@@ -43,12 +43,7 @@ pub(super) fn plan_run<'a>(
 
 /// Sends the warm-up writes (trying for up to `--drain`) and waits (up to
 /// `--drain` more) until every ready client received all of them.
-pub(super) async fn warm_up(
-    args: &BenchArgs,
-    slots: &[Arc<Slot>],
-    channels: &[Connection],
-    stats: &Arc<Stats>,
-) {
+pub(super) async fn warm_up(args: &BenchArgs, slots: &[Arc<Slot>], stats: &Arc<Stats>) {
     let (first_writer, writers) = super::writer_range(args);
     let (id_base, plan) = plan_run(args, stats);
     let threads = bench_threads(args);
@@ -61,10 +56,9 @@ pub(super) async fn warm_up(
         }
         let thread = threads[plan.first_own(w).unwrap_or(w % threads.len())].clone();
         let id = id_base.wrapping_add(WARM_UP_IDS + i as u64);
-        let channel = channels[w % channels.len()].clone();
         let (slot, stats, size) = (slot.clone(), stats.clone(), args.size);
         tasks.push(tokio::spawn(async move {
-            write_until_accepted(channel, &slot, &stats, (w, thread, id, size), by).await
+            write_until_accepted(&slot, &stats, (thread, id, size), by).await
         }));
     }
     for t in tasks {
@@ -85,21 +79,23 @@ const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// but each writer should have one accepted). Tries until `by` (the
 /// warm-up's end, `--drain` after it began: a writer may see others'
 /// commits only at the interest policy's loosened staleness); every try
-/// is sent and counted.
+/// is sent and counted, through the writer's node at the time.
 async fn write_until_accepted(
-    channel: Connection,
     slot: &Slot,
     stats: &Stats,
-    (w, thread, id, size): (usize, Option<Thread>, u64, usize),
+    (thread, id, size): (Option<Thread>, u64, usize),
     by: Instant,
 ) {
-    let mut rpc = ChatServerClient::new(channel);
     for try_ in 0u64.. {
+        let Some(inc) = slot.incarnation() else {
+            return;
+        };
+        let mut rpc = ChatServerClient::new(inc.conn.clone());
         // A new id per try: a recording must never show one id sent twice.
         let id = id + (try_ << 24);
-        let m = message(slot, &thread, id, size);
+        let m = message(&inc, &thread, id, size);
         if let Some(r) = &stats.recording {
-            r.send(w, &m, id, false);
+            r.send(inc.recorded as usize, &m, id, false);
         }
         stats.dispatched.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();

@@ -97,6 +97,8 @@ pub struct ClientInfo {
     pub updates: u64,
     /// How it ended: kind, local time, reason.
     pub end: Option<(EndKind, i64, String)>,
+    /// The client it continues on another node (a failover), if any.
+    pub continues: Option<u32>,
 }
 
 /// Everything the first pass collects.
@@ -117,6 +119,8 @@ pub struct Catalog {
     /// The earliest event time (reports give times relative to it).
     pub t0: i64,
     pub violations: Vec<Violation>,
+    /// Clients that continued another on another node.
+    pub failovers: u64,
 }
 
 impl Catalog {
@@ -160,6 +164,16 @@ impl Catalog {
         if let Some(&m) = self.by_id.get(&id) {
             let prev = &mut self.msgs[m as usize];
             prev.sends += 1;
+            let writer = prev.client;
+            if prev.thread == thread && prev.client != client && self.continues(client, writer) {
+                // Sent again through the next node by the client that
+                // continues its writer there: from now on it is that
+                // client's message, numbered and acknowledged as its own.
+                let prev = &mut self.msgs[m as usize];
+                (prev.client, prev.n) = (client, n);
+                return;
+            }
+            let prev = &self.msgs[m as usize];
             if (prev.client, prev.n, prev.thread) != (client, n, thread) {
                 let v = Violation::IdReused {
                     first: self.msg_ref(m),
@@ -186,6 +200,19 @@ impl Catalog {
             own_later: 0,
             own_later_in_thread: 0,
         });
+    }
+
+    /// Whether `client` continues `earlier` (through one failover or more).
+    fn continues(&self, client: u32, earlier: u32) -> bool {
+        let mut c = client;
+        for _ in 0..self.clients.len() {
+            match self.clients.get(c as usize).and_then(|i| i.continues) {
+                Some(p) if p == earlier => return true,
+                Some(p) => c = p,
+                None => return false,
+            }
+        }
+        false
     }
 
     fn status(&mut self, pos: u64, id: u64, code: i32, server_time: i64) {
@@ -264,6 +291,11 @@ impl Catalog {
             } => self.client(client).end = Some((kind, time, reason)),
             Ev::Connect { client, .. } => {
                 self.client(client);
+            }
+            Ev::Failover { from, to, .. } => {
+                self.client(from);
+                self.client(to).continues = Some(from);
+                self.failovers += 1;
             }
             _ => {}
         }

@@ -62,6 +62,10 @@ impl Names {
             | Event::AckSent { client, .. }
             | Event::AckReply { client, .. }
             | Event::End { client, .. } => *client = self.client(file, *client),
+            Event::Failover { from, to, .. } => {
+                *from = self.client(file, *from);
+                *to = self.client(file, *to);
+            }
             Event::Meta(_) | Event::Status { .. } => {}
         }
         Some(e)
@@ -78,7 +82,8 @@ fn merge_time(e: &Event) -> i64 {
         | Event::Update { time, .. }
         | Event::AckSent { time, .. }
         | Event::AckReply { time, .. }
-        | Event::End { time, .. } => *time,
+        | Event::End { time, .. }
+        | Event::Failover { time, .. } => *time,
     }
 }
 

@@ -42,6 +42,10 @@ What is checked (DESIGN.md sections 2-4):
     rejected message is never delivered (INTERNAL_ERROR is no rejection: the
     outcome is not known, so such a message may be delivered, once), and a
     delivery carries its OK's commit time.
+A client that failed over is two clients: the one on the lost node lost
+its stream; the one on the next node starts with the history it joined
+with, and a message it sends again unchanged (its answer was lost with the
+node) is a retry of the same message, from then on its own.
 The bounds in force come from the recording (the server's bounds at the
 start and its change log at the end). What the checker cannot see is taken
 in the server's favour: acknowledgements count from when they were sent,
@@ -228,11 +232,12 @@ fn figures(
         .count();
     let _ = writeln!(
         s,
-        "check: {} file(s), {} events, {} clients ({} lost their stream), {} messages sent, {} OK, {} committed; {} deliveries ({} of messages from outside the recording); {:.1} s",
+        "check: {} file(s), {} events, {} clients ({} lost their stream, {} continued on another node), {} messages sent, {} OK, {} committed; {} deliveries ({} of messages from outside the recording); {:.1} s",
         args.files.len(),
         cat.events,
         cat.clients.len(),
         lost,
+        cat.failovers,
         cat.msgs.len(),
         ok,
         committed,

@@ -56,7 +56,8 @@ pub fn is_connection_loss(e: &ClientError) -> bool {
     }
 }
 
-fn status_is_connection_loss(s: &Status) -> bool {
+/// [`is_connection_loss`] for a status.
+pub fn status_is_connection_loss(s: &Status) -> bool {
     matches!(
         s.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::NotFound
