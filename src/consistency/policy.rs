@@ -27,29 +27,31 @@
 //! force swung between 1.5 s and 5 s from one sample to the next. So:
 //! - above the band (`p > target * (1 + BAND)`) the scale is multiplied by
 //!   `k = p / target` (at most [`MAX_STEP`]), and the least work of such a
-//!   sample since the bounds left the operator's is remembered as the
-//!   overload work `W`: the load at which deliveries ran late;
-//! - below the band the scale is divided by the smaller of `target / p` and
-//!   `(1 - BAND) W / w`, so the work predicted after the step is at most
-//!   `(1 - BAND) W`: below the work at which lateness appeared. A steady
-//!   load therefore never lowers the scale back into overload: from above
-//!   the scale rises until the pressure is in the band or at the ceiling,
-//!   then falls until the band, the operator's own bounds, or the point
-//!   where the work is `(1 - BAND) W`, and stays there.
+//!   sample in this episode (since the bounds left the operator's) is
+//!   remembered as the overload work `W`: the load at which deliveries ran
+//!   late;
+//! - below the band (`p < target * (1 - BAND)`) the scale is divided by
+//!   `target / p`, but by no more than `(1 - BAND) W / w` (so the work
+//!   predicted after the step stays under `(1 - BAND) W`, below the work at
+//!   which lateness appeared) or [`PROBE_STEP`], whichever is larger. The
+//!   work rule makes the way down fast when the load has clearly fallen;
+//!   the probe finds out whether it has when the prediction, an upper bound
+//!   that assumes all work is per Update, is too cautious.
+//! - A probe that lands above the band is undone at the next step (back to
+//!   the factor before it, known calm), and no probe follows for
+//!   [`FIRST_HOLD`] calm samples, doubling after each such probe in the
+//!   episode up to [`MAX_HOLD`]; lowering by the work rule alone goes on
+//!   meanwhile.
 //!
-//! If the load or the machine changes, a lowering step can still land above
-//! the band; then the next step goes back to the factor before it, which
-//! was calm, and `W` falls to the work just measured: at most `(1 - BAND)`
-//! of the old one, so such reversals shrink geometrically and each is one
-//! small step. A `W` measured in a transient (a burst of connections)
-//! would keep the bounds wide for good, so after [`CAP_PATIENCE`] calm
-//! samples in which it alone holds the bounds it is loosened by
-//! [`CAP_CREEP`]: a slow probe, at most one small step down (and, if that
-//! overloads, back) per [`CAP_PATIENCE`] samples, never a swing. Each step
+//! So under a steady load the scale rises until the pressure is in the band
+//! or at the ceiling, then falls until the band or the operator's bounds or
+//! the first probe that overloads, returns one step, and stays there but for
+//! a probe (one step of [`PROBE_STEP`] and back) every minute at most: a
+//! swing of at most [`PROBE_STEP`], never the lateness rule's 4x. Each step
 //! waits [`LoadConfig::settle`] samples, so the effect of one step is
 //! measured before the next. When the load is gone the work falls with it
-//! and each step divides by 4: from 50x (100 ms raised to 5 s) back to the
-//! operator's bounds in three steps, 6 s at the default sampling.
+//! and each step divides by up to 4: from 50x (100 ms raised to 5 s) back to
+//! the operator's bounds in three steps, 6 s at the default sampling.
 
 use super::bounds::{
     Bounds, BoundsOverride, BoundsTable, MAX_STALENESS, NUMERICAL_RANGE, ORDER_RANGE,
@@ -477,14 +479,14 @@ pub enum Step {
     AtCeiling,
 }
 
-/// Calm samples in a row during which only [`LoadPolicy`]'s remembered
-/// overload work holds the bounds wide, before that memory is loosened by
-/// [`CAP_CREEP`].
-pub const CAP_PATIENCE: u32 = 10;
-/// How much the remembered overload work grows after [`CAP_PATIENCE`] calm
-/// samples: the next lowering step may then predict up to this much more
-/// work than the last one allowed.
-pub const CAP_CREEP: f64 = 1.1;
+/// The step down a lowering may take beyond what the remembered overload
+/// work allows: the probe that finds out whether the load has fallen.
+pub const PROBE_STEP: f64 = 1.5;
+/// Calm samples to wait before probing again after a probe overloaded;
+/// doubled after each such probe in one episode, up to [`MAX_HOLD`].
+pub const FIRST_HOLD: u32 = 10;
+/// The longest wait between probes.
+pub const MAX_HOLD: u32 = 60;
 /// The smallest lowering step worth a bound change (and its log record).
 pub const MIN_LOWER: f64 = 1.1;
 
@@ -500,15 +502,16 @@ pub struct LoadPolicy {
     /// Samples since the last step.
     since_step: u32,
     /// The least work (server cores) measured in a sample above the band
-    /// since the bounds last left the operator's, loosened by [`CAP_CREEP`]
-    /// while it alone holds the bounds wide: lowering never predicts more
-    /// than `1 - BAND` of it.
+    /// since the bounds last left the operator's (this episode).
     overload_work: Option<f64>,
-    /// Calm samples in a row in which `overload_work` held the bounds.
-    held: u32,
-    /// The factor before the last step, if that step lowered the bounds:
-    /// one known to be calm, to go back to if the lowering overloaded.
+    /// The factor before the last step, if that step lowered the bounds and
+    /// no sample has judged it yet: known calm, to go back to if the
+    /// lowering overloaded.
     before_lowering: Option<f64>,
+    /// Calm samples left before the next probe.
+    hold: u32,
+    /// The wait after the next probe that overloads.
+    backoff: u32,
 }
 
 impl LoadPolicy {
@@ -520,8 +523,9 @@ impl LoadPolicy {
             max_factor: 1.0,
             since_step: config.settle,
             overload_work: None,
-            held: 0,
             before_lowering: None,
+            hold: 0,
+            backoff: FIRST_HOLD,
         };
         p.rebase(base);
         p
@@ -563,35 +567,34 @@ impl LoadPolicy {
             return Step::Hold;
         }
         let over = pressure > target * (1.0 + BAND);
-        if over {
-            self.remember_overload(work);
+        if let (true, Some(w)) = (over, work) {
+            let least = self.overload_work.map_or(w, |o| o.min(w));
+            self.overload_work = Some(least);
         }
         if self.since_step < self.config.settle {
             return Step::Hold;
+        }
+        // The last lowering (if any) is judged by this sample.
+        let probe = self.before_lowering.take().filter(|_| over);
+        if !over && self.factor == 1.0 {
+            self.end_episode();
         }
         let step = if over {
             if self.factor >= self.max_factor {
                 return Step::AtCeiling;
             }
-            // Back to where it was calm, if the last step lowered the
-            // bounds; else widen by the pressure's ratio.
-            let k = (pressure / target).min(MAX_STEP);
-            let raised = self.before_lowering.unwrap_or(self.factor * k);
-            self.factor = raised.min(self.max_factor);
-            self.before_lowering = None;
+            self.factor = match probe {
+                Some(calm) => self.back_off(calm),
+                None => self.factor * (pressure / target).min(MAX_STEP),
+            }
+            .min(self.max_factor);
             Step::Raise
         } else if pressure < target * (1.0 - BAND) && self.factor > 1.0 {
-            let by_lateness = target / pressure.max(f64::MIN_POSITIVE);
-            let k = by_lateness.min(self.work_limit(work)).min(MAX_STEP);
-            if k < MIN_LOWER && self.factor / k > 1.0 {
+            let Some(k) = self.lowering(pressure, work) else {
                 return Step::Hold;
-            }
+            };
             self.before_lowering = Some(self.factor);
             self.factor = (self.factor / k).max(1.0);
-            if self.factor == 1.0 {
-                // The episode is over: the next one measures afresh.
-                self.overload_work = None;
-            }
             Step::Lower
         } else {
             return Step::Hold;
@@ -600,34 +603,39 @@ impl LoadPolicy {
         step
     }
 
-    fn remember_overload(&mut self, work: Option<f64>) {
-        self.held = 0;
-        if let Some(w) = work {
-            let least = self.overload_work.map_or(w, |o| o.min(w));
-            self.overload_work = Some(least);
-        }
+    /// A lowering overloaded: back to the calm factor `calm`, and no probe
+    /// for a while (longer after each such probe).
+    fn back_off(&mut self, calm: f64) -> f64 {
+        self.hold = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_HOLD);
+        calm
     }
 
-    /// The most the scale may be divided by now without predicting more
-    /// work than `1 - BAND` of the remembered overload work (work grows at
-    /// most `k` times when the batches shrink `k` times). Counts the calm
-    /// samples it holds the bounds for, and loosens the memory after
-    /// [`CAP_PATIENCE`] of them.
-    fn work_limit(&mut self, work: Option<f64>) -> f64 {
-        let (Some(cap), Some(w)) = (self.overload_work, work) else {
-            return MAX_STEP;
+    /// Calm at the operator's bounds: the next overload is a new episode.
+    fn end_episode(&mut self) {
+        self.overload_work = None;
+        self.hold = 0;
+        self.backoff = FIRST_HOLD;
+    }
+
+    /// How far to divide the scale now, if at all: by the lateness ratio,
+    /// but no further than keeps the predicted work under `1 - BAND` of
+    /// the overload work (work grows at most `k` times when the batches
+    /// shrink `k` times), except for a probe of [`PROBE_STEP`] when none is
+    /// on hold.
+    fn lowering(&mut self, pressure: f64, work: Option<f64>) -> Option<f64> {
+        let target = self.config.target;
+        let by_lateness = (target / pressure.max(f64::MIN_POSITIVE)).min(MAX_STEP);
+        let by_work = match (self.overload_work, work) {
+            (Some(over), Some(w)) => Some(over * (1.0 - BAND) / w.max(f64::MIN_POSITIVE)),
+            _ => None,
         };
-        let k = cap * (1.0 - BAND) / w.max(f64::MIN_POSITIVE);
-        if k >= MIN_LOWER {
-            self.held = 0;
-            return k;
+        if self.hold > 0 {
+            self.hold -= 1;
+            let safe = by_work.filter(|&k| k >= MIN_LOWER)?;
+            return Some(safe.min(by_lateness));
         }
-        self.held += 1;
-        if self.held >= CAP_PATIENCE {
-            self.overload_work = Some(cap * CAP_CREEP);
-            self.held = 0;
-        }
-        k.max(1.0)
+        Some(by_lateness.min(by_work.unwrap_or(PROBE_STEP).max(PROBE_STEP)))
     }
 }
 
