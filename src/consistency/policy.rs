@@ -26,9 +26,8 @@
 //! straight back into overload; measured at 3x overload, the staleness in
 //! force swung between 1.5 s and 5 s from one sample to the next. So:
 //! - above the band (`p > target * (1 + BAND)`) the scale is multiplied by
-//!   `k = p / target` (at most [`MAX_STEP`]), and the least work of such a
-//!   sample in this episode (since the bounds left the operator's) is
-//!   remembered as the overload work `W`: the load at which deliveries ran
+//!   `k = p / target` (at most [`MAX_STEP`]), and the work of that sample is
+//!   remembered as the overload work `W`: a load at which deliveries ran
 //!   late;
 //! - below the band (`p < target * (1 - BAND)`) the scale is divided by
 //!   `target / p`, but by no more than `(1 - BAND) W / w` (so the work
@@ -40,13 +39,13 @@
 //! - A probe that lands above the band is undone at the next step (back to
 //!   the factor before it, known calm), and no probe follows for
 //!   [`FIRST_HOLD`] calm samples, doubling after each such probe in the
-//!   episode up to [`MAX_HOLD`]; lowering by the work rule alone goes on
-//!   meanwhile.
+//!   episode up to [`MAX_HOLD`]; meanwhile it lowers only where the work
+//!   rule allows more than a probe (the load clearly fell).
 //!
 //! So under a steady load the scale rises until the pressure is in the band
 //! or at the ceiling, then falls until the band or the operator's bounds or
 //! the first probe that overloads, returns one step, and stays there but for
-//! a probe (one step of [`PROBE_STEP`] and back) every minute at most: a
+//! a probe (one step of [`PROBE_STEP`] and back) every 30 s at most: a
 //! swing of at most [`PROBE_STEP`], never the lateness rule's 4x. Each step
 //! waits [`LoadConfig::settle`] samples, so the effect of one step is
 //! measured before the next. When the load is gone the work falls with it
@@ -485,10 +484,9 @@ pub const PROBE_STEP: f64 = 1.5;
 /// Calm samples to wait before probing again after a probe overloaded;
 /// doubled after each such probe in one episode, up to [`MAX_HOLD`].
 pub const FIRST_HOLD: u32 = 10;
-/// The longest wait between probes.
-pub const MAX_HOLD: u32 = 60;
-/// The smallest lowering step worth a bound change (and its log record).
-pub const MIN_LOWER: f64 = 1.1;
+/// The longest wait between probes: also the longest the bounds can stay
+/// wide after the load fell, if the work rule cannot tell that it did.
+pub const MAX_HOLD: u32 = 30;
 
 /// The load controller: one scale for every bound it may move.
 #[derive(Debug, Clone)]
@@ -501,8 +499,8 @@ pub struct LoadPolicy {
     max_factor: f64,
     /// Samples since the last step.
     since_step: u32,
-    /// The least work (server cores) measured in a sample above the band
-    /// since the bounds last left the operator's (this episode).
+    /// The work (server cores) of the latest sample above the band in this
+    /// episode (since the bounds last left the operator's).
     overload_work: Option<f64>,
     /// The factor before the last step, if that step lowered the bounds and
     /// no sample has judged it yet: known calm, to go back to if the
@@ -567,9 +565,8 @@ impl LoadPolicy {
             return Step::Hold;
         }
         let over = pressure > target * (1.0 + BAND);
-        if let (true, Some(w)) = (over, work) {
-            let least = self.overload_work.map_or(w, |o| o.min(w));
-            self.overload_work = Some(least);
+        if over && work.is_some() {
+            self.overload_work = work;
         }
         if self.since_step < self.config.settle {
             return Step::Hold;
@@ -632,8 +629,10 @@ impl LoadPolicy {
         };
         if self.hold > 0 {
             self.hold -= 1;
-            let safe = by_work.filter(|&k| k >= MIN_LOWER)?;
-            return Some(safe.min(by_lateness));
+            // Only a clear fall of the load: a step the work rule allows
+            // beyond a probe's.
+            let fallen = by_work.filter(|&k| k >= PROBE_STEP)?;
+            return Some(fallen.min(by_lateness));
         }
         Some(by_lateness.min(by_work.unwrap_or(PROBE_STEP).max(PROBE_STEP)))
     }
