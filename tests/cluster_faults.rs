@@ -474,64 +474,89 @@ async fn bench_spreads_its_clients_over_the_nodes_given() {
 /// debug-build nodes, a bench and a NATS cluster sharing two busy cores.
 const CHECK_ALLOWANCE: &str = "500ms";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
-async fn a_recorded_bench_over_three_nodes_passes_the_checker_across_a_nats_leader_kill() {
-    let mut cluster = NatsCluster::start(3).await;
+/// Three chat nodes with small order and numerical bounds, so that
+/// admission across the nodes is exercised and judged; the staleness bound
+/// of 1 s is what the checker holds every delivery to. Returns the nodes
+/// and their URLs as one `--server` list.
+async fn recorded_nodes(cluster: &NatsCluster, extra: &[&str]) -> (Vec<SpawnedServer>, String) {
     let mut nodes = Vec::new();
     for i in 0..3 {
-        // Small order and numerical bounds, so that admission across the
-        // nodes is exercised and judged; the staleness bound of 1 s is what
-        // the checker holds every delivery to.
-        let bounds = (3, 8, "1s");
         let name = format!("chat{i}");
-        nodes.push(node_bounded(&cluster, &name, bounds, &["--nats-timeout", "5s"]).await);
+        nodes.push(node_bounded(cluster, &name, (3, 8, "1s"), extra).await);
     }
-    let list = nodes
-        .iter()
-        .map(|n| n.url.clone())
-        .collect::<Vec<_>>()
-        .join(",");
-    let admin = nodes[0].admin_url.clone();
+    let list = nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>();
+    (nodes, list.join(","))
+}
+
+/// A recorded bench running as a child process: 6 clients at 60 msg/s over
+/// 3 threads, spread over the nodes of `list` (client i on node i mod 3).
+struct RecordedBench {
+    _dir: tempfile::TempDir,
+    rec: std::path::PathBuf,
+    json: std::path::PathBuf,
+    run: tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
+}
+
+fn recorded_bench(list: String, admin: String, duration: &str) -> RecordedBench {
     let dir = tempfile::tempdir().expect("temp dir");
-    let rec = dir.path().join("cluster.rec");
-    let rec_arg = rec.to_str().expect("UTF-8 temp dir").to_owned();
+    let rec = dir.path().join("run.rec");
     let json = dir.path().join("report.json");
-    let json_arg = json.to_str().expect("UTF-8 temp dir").to_owned();
-    let bench = tokio::task::spawn_blocking(move || {
+    let (rec_arg, json_arg) = (rec.clone(), json.clone());
+    let duration = duration.to_owned();
+    let run = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
             .args(["bench", "--quiet", "--server", &list, "--admin", &admin])
             .args(["--clients", "6", "--rate", "60", "--threads", "3"])
-            .args(["--duration", "12s", "--ramp-up", "300ms", "--drain", "10s"])
-            .args(["--record", &rec_arg, "--json", &json_arg])
+            .args([
+                "--duration",
+                &duration,
+                "--ramp-up",
+                "300ms",
+                "--drain",
+                "10s",
+            ])
+            .arg("--record")
+            .arg(&rec_arg)
+            .arg("--json")
+            .arg(&json_arg)
             .output()
     });
-    // Kill the stream's leader once the bench's writes are committing.
-    let addr: std::net::SocketAddr = nodes[0]
+    RecordedBench {
+        _dir: dir,
+        rec,
+        json,
+        run,
+    }
+}
+
+/// Waits (at most `limit`) until `node` has answered `n` SendMessages OK.
+async fn committed_through(node: &SpawnedServer, n: f64, limit: Duration) {
+    let addr: std::net::SocketAddr = node
         .admin_url
         .trim_start_matches("http://")
         .parse()
         .unwrap();
     let ok_sends = "chat_rpc_requests_total{code=\"OK\",method=\"SendMessage\"}";
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + limit;
     while metric(
         &common::http(addr, "GET", "/metrics", None, None).await.1,
         ok_sends,
-    ) < 20.0
+    ) < n
     {
         assert!(
             Instant::now() < deadline,
-            "the bench's writes are not committing"
+            "the bench's writes through {} are not committing",
+            node.url
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, old) = kill_stream_leader(&mut cluster).await;
-    let out = bench.await.unwrap().expect("run the bench");
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    let bench_errors = String::from_utf8_lossy(&out.stderr).into_owned();
-    // The checker judges the recording even when the bench's own delivery
-    // check failed: its counterexamples say what went wrong.
-    let recorded = rec.clone();
+}
+
+/// Runs `check --cluster` on the recording; a failed one is kept under
+/// `keep` in the temp dir, to replay with `dyconit-chat check FILE`.
+/// Returns whether it passed, and its output.
+async fn checked(rec: &std::path::Path, keep: &str) -> (bool, String) {
+    let recorded = rec.to_owned();
     let check = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
             .args(["check", "--cluster", "--allowance", CHECK_ALLOWANCE])
@@ -541,20 +566,36 @@ async fn a_recorded_bench_over_three_nodes_passes_the_checker_across_a_nats_lead
     .await
     .unwrap()
     .expect("run the checker");
-    let verdict = String::from_utf8_lossy(&check.stdout);
     if !check.status.success() {
-        // Keep the recording to replay with `dyconit-chat check FILE`.
-        let kept =
-            std::env::temp_dir().join(format!("cluster-leader-kill-{}.rec", std::process::id()));
-        let _ = std::fs::copy(&rec, &kept);
+        let kept = std::env::temp_dir().join(format!("{keep}-{}.rec", std::process::id()));
+        let _ = std::fs::copy(rec, &kept);
         eprintln!("recording kept in {}", kept.display());
     }
+    let verdict = String::from_utf8_lossy(&check.stdout).into_owned();
+    let verdict = verdict + &String::from_utf8_lossy(&check.stderr);
+    (check.status.success(), verdict)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_recorded_bench_over_three_nodes_passes_the_checker_across_a_nats_leader_kill() {
+    let mut cluster = NatsCluster::start(3).await;
+    let (nodes, list) = recorded_nodes(&cluster, &["--nats-timeout", "5s"]).await;
+    let bench = recorded_bench(list, nodes[0].admin_url.clone(), "12s");
+    // Kill the stream's leader once the bench's writes are committing.
+    committed_through(&nodes[0], 20.0, Duration::from_secs(30)).await;
+    let (_, old) = kill_stream_leader(&mut cluster).await;
+    let out = bench.run.await.unwrap().expect("run the bench");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let bench_errors = String::from_utf8_lossy(&out.stderr).into_owned();
+    // The checker judges the recording even when the bench's own delivery
+    // check failed: its counterexamples say what went wrong.
+    let (passed, verdict) = checked(&bench.rec, "cluster-leader-kill").await;
     assert!(
-        check.status.success(),
-        "the checker failed (leader {old} killed):\n{verdict}\n{}\nbench report:\n{report}",
-        String::from_utf8_lossy(&check.stderr)
+        passed,
+        "the checker failed (leader {old} killed):\n{verdict}\nbench report:\n{report}"
     );
-    let delivery = std::fs::read_to_string(&json).expect("the bench's JSON report");
+    let delivery = std::fs::read_to_string(&bench.json).expect("the bench's JSON report");
     assert!(
         out.status.success() || judged_by_the_checker(&delivery),
         "the bench failed (leader {old} killed):\n{report}\n{bench_errors}"
@@ -592,79 +633,22 @@ fn judged_by_the_checker(json: &str) -> bool {
 #[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
 async fn a_recorded_bench_fails_over_from_a_killed_chat_node_and_passes_the_checker() {
     let cluster = NatsCluster::start(3).await;
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        // The bounds of the leader-kill test above.
-        let name = format!("chat{i}");
-        nodes.push(node_bounded(&cluster, &name, (3, 8, "1s"), &[]).await);
-    }
-    let list = nodes
-        .iter()
-        .map(|n| n.url.clone())
-        .collect::<Vec<_>>()
-        .join(",");
-    let admin = nodes[0].admin_url.clone();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let rec = dir.path().join("failover.rec");
-    let rec_arg = rec.to_str().expect("UTF-8 temp dir").to_owned();
-    let json = dir.path().join("report.json");
-    let json_arg = json.to_str().expect("UTF-8 temp dir").to_owned();
+    let (mut nodes, list) = recorded_nodes(&cluster, &[]).await;
     // Client i on node i mod 3: clients 2 and 5 on chat2.
-    let bench = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
-            .args(["bench", "--quiet", "--server", &list, "--admin", &admin])
-            .args(["--clients", "6", "--rate", "60", "--threads", "3"])
-            .args(["--duration", "6s", "--ramp-up", "300ms", "--drain", "10s"])
-            .args(["--record", &rec_arg, "--json", &json_arg])
-            .output()
-    });
+    let bench = recorded_bench(list, nodes[0].admin_url.clone(), "6s");
     // Kill chat2 once the bench's writes through it are committing.
-    let addr: std::net::SocketAddr = nodes[2]
-        .admin_url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let ok_sends = "chat_rpc_requests_total{code=\"OK\",method=\"SendMessage\"}";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(
-        &common::http(addr, "GET", "/metrics", None, None).await.1,
-        ok_sends,
-    ) < 10.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the bench's writes through chat2 are not committing"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    committed_through(&nodes[2], 10.0, Duration::from_secs(20)).await;
     nodes[2].kill().expect("kill -9 chat2");
-    let out = bench.await.unwrap().expect("run the bench");
+    let out = bench.run.await.unwrap().expect("run the bench");
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     let bench_errors = String::from_utf8_lossy(&out.stderr).into_owned();
-    let recorded = rec.clone();
-    let check = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dyconit-chat"))
-            .args(["check", "--cluster", "--allowance", CHECK_ALLOWANCE])
-            .arg(&recorded)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run the checker");
-    let verdict = String::from_utf8_lossy(&check.stdout);
-    if !check.status.success() {
-        let kept = std::env::temp_dir().join(format!("chat-node-kill-{}.rec", std::process::id()));
-        let _ = std::fs::copy(&rec, &kept);
-        eprintln!("recording kept in {}", kept.display());
-    }
+    let (passed, verdict) = checked(&bench.rec, "chat-node-kill").await;
     assert!(
-        check.status.success(),
-        "the checker failed (chat2 killed):\n{verdict}\n{}\nbench report:\n{report}\n{bench_errors}",
-        String::from_utf8_lossy(&check.stderr)
+        passed,
+        "the checker failed (chat2 killed):\n{verdict}\nbench report:\n{report}\n{bench_errors}"
     );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the bench's JSON report"))
-            .expect("a JSON report");
+    let json = std::fs::read_to_string(&bench.json).expect("the bench's JSON report");
+    let r: serde_json::Value = serde_json::from_str(&json).expect("a JSON report");
     let failovers = r["failovers"].as_u64().unwrap_or(0);
     assert!(
         failovers >= 2,
@@ -678,11 +662,16 @@ async fn a_recorded_bench_fails_over_from_a_killed_chat_node_and_passes_the_chec
         (Some(0), Some(0)),
         "a client was lost, or missed accepted messages:\n{report}\n{bench_errors}"
     );
-    // In the recording, each of chat2's clients continued as a new client
-    // on another node, which received Updates there.
+    assert_moved_on(&bench.rec, &[2, 5]);
+    eprintln!("chat2 killed mid-run\n{report}\n{verdict}");
+}
+
+/// In the recording, each of the clients `moved` continued as a new client
+/// on another node, which received Updates there.
+fn assert_moved_on(rec: &std::path::Path, moved: &[u32]) {
     use dyconit_chat::bench::record::{Event, read_all};
-    let events = read_all(&rec).expect("read the recording");
-    for was in [2, 5] {
+    let events = read_all(rec).expect("read the recording");
+    for &was in moved {
         let to = events.iter().find_map(|e| match e {
             Event::Failover { from, to, .. } if *from == was => Some(*to),
             _ => None,
@@ -693,5 +682,4 @@ async fn a_recorded_bench_fails_over_from_a_killed_chat_node_and_passes_the_chec
             "client {was} moved on as {to}, which received nothing"
         );
     }
-    eprintln!("chat2 killed mid-run\n{report}\n{verdict}");
 }
