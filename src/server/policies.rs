@@ -16,9 +16,9 @@
 //!
 //! Its second signal is the server's work: the process's CPU time over the
 //! period (`/proc/self/stat`), in cores. The controller lowers the bounds
-//! only as far as the work it predicts stays below the work at which the
-//! lateness last rose (see `consistency::policy`). Where `/proc` cannot be
-//! read, the controller goes by the lateness alone.
+//! fast where the work shows that the load fell, and otherwise in probing
+//! steps it undoes if they overload (see `consistency::policy`). Where
+//! `/proc` cannot be read, it lowers by probing steps alone.
 
 use super::hub::Hub;
 use crate::consistency::interest::InterestConfig;
