@@ -194,6 +194,17 @@ impl Sim {
         self.now = target;
         Ok(())
     }
+
+    /// Runs long enough for every loosened deadline (or a heartbeat), then
+    /// checks that every client has every commit.
+    fn settle(&mut self) -> Result<(), TestCaseError> {
+        self.advance(20_000)?;
+        let head = self.commits.len() as u64;
+        for c in &self.clients {
+            prop_assert_eq!(c.next_seq, head + 1, "client {} missed commits", c.id);
+        }
+        Ok(())
+    }
 }
 
 proptest! {
@@ -219,12 +230,7 @@ proptest! {
             }
             sim.advance(gap)?;
         }
-        // Long enough for every loosened deadline (or a heartbeat).
-        sim.advance(20_000)?;
-        let head = sim.commits.len() as u64;
-        for c in &sim.clients {
-            prop_assert_eq!(c.next_seq, head + 1, "client {} missed commits", c.id);
-        }
+        sim.settle()?;
     }
 
     /// Two writers on each thread and a small order bound, so writes are
@@ -250,11 +256,7 @@ proptest! {
             sim.try_write(who);
             sim.advance(gap)?;
         }
-        sim.advance(20_000)?;
-        let head = sim.commits.len() as u64;
-        for c in &sim.clients {
-            prop_assert_eq!(c.next_seq, head + 1, "client {} missed commits", c.id);
-        }
+        sim.settle()?;
     }
 }
 
@@ -282,12 +284,10 @@ fn a_member_refused_for_the_order_bound_catches_up_and_gets_in() {
         }
         sim.advance(20).unwrap();
     }
-    sim.advance(20_000).unwrap();
+    sim.settle().unwrap();
     // Refused once (dozens unseen), then in: it was sent the thread at
     // its own staleness since.
     assert_eq!(tries, [false, true]);
-    let head = sim.commits.len() as u64;
-    assert!(sim.clients.iter().all(|c| c.next_seq == head + 1));
 }
 
 /// On a busy thread a reader who takes part gets many Updates, one who does
