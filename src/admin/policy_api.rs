@@ -90,3 +90,21 @@ pub async fn delete_pins(
     s.hub.clear_pins(&who(addr, &s));
     StatusCode::NO_CONTENT.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JSON numbers are read exactly: the double just below the smallest
+    /// target is refused, as the OpenAPI document's `minimum` says (found
+    /// by schemathesis: `0.049999999999999996` was read as 0.05).
+    #[test]
+    fn a_target_just_below_the_minimum_is_refused() {
+        let change = |body: &str| -> LoadChange { serde_json::from_str(body).unwrap() };
+        let below = change(r#"{"target": 0.049999999999999996}"#);
+        assert_eq!(below.target, Some(0.05f64.next_down()));
+        assert!(below.apply(LoadSetting::default()).is_err());
+        let at = change(r#"{"target": 0.05}"#);
+        assert!(at.apply(LoadSetting::default()).is_ok());
+    }
+}
