@@ -259,6 +259,12 @@ pub struct NatsArgs {
     /// INTERNAL_ERROR (and for connecting at start-up) [default: 5s]
     #[arg(long, env = "DYCONIT_NATS_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
     pub nats_timeout: Option<Duration>,
+    /// Most writes of one thread published together as one atomic
+    /// JetStream batch (one round trip and one order check for all of
+    /// them; needs nats-server 2.12+ and a stream that allows atomic
+    /// publishing); 1 publishes one write at a time [default: 100]
+    #[arg(long, env = "DYCONIT_NATS_BATCH", value_name = "N")]
+    pub nats_batch: Option<usize>,
 }
 
 /// The config file. Every key is optional.
@@ -714,6 +720,13 @@ impl NatsArgs {
         if timeout < Duration::from_millis(100) {
             bail!("--nats-timeout is below 100ms");
         }
+        let max_batch = self.nats_batch.unwrap_or(d.max_batch);
+        if !(1..=crate::log::nats::MAX_BATCH).contains(&max_batch) {
+            bail!(
+                "--nats-batch must be 1 to {} (JetStream's largest atomic batch)",
+                crate::log::nats::MAX_BATCH
+            );
+        }
         Ok(NatsOptions {
             urls: if urls.is_empty() { d.urls } else { urls },
             stream: self.nats_stream.clone().unwrap_or(d.stream),
@@ -729,6 +742,7 @@ impl NatsArgs {
             client_key: self.nats_key.clone(),
             replicas: self.nats_replicas,
             timeout,
+            max_batch,
         })
     }
 }

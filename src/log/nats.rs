@@ -28,6 +28,12 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long a commit may take (publish acknowledged and consumed) before
 /// its writer is answered `INTERNAL_ERROR`, unless `--nats-timeout` says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most writes of one thread a node publishes as one atomic batch
+/// unless `--nats-batch` says: enough that a busy thread's queue goes out
+/// in one round trip, far below JetStream's limit of 1,000 per batch.
+pub const DEFAULT_BATCH: usize = 100;
+/// JetStream's default limit on the messages of one atomic batch.
+pub const MAX_BATCH: usize = 1000;
 
 /// How to reach the NATS cluster and which stream to use.
 #[derive(Clone)]
@@ -54,6 +60,8 @@ pub struct NatsOptions {
     pub replicas: Option<usize>,
     /// Longest wait for a commit (and for connecting at start-up).
     pub timeout: Duration,
+    /// Most writes of one thread published as one atomic batch (1: none).
+    pub max_batch: usize,
 }
 
 impl Default for NatsOptions {
@@ -70,6 +78,7 @@ impl Default for NatsOptions {
             client_key: None,
             replicas: None,
             timeout: DEFAULT_TIMEOUT,
+            max_batch: DEFAULT_BATCH,
         }
     }
 }
@@ -86,6 +95,7 @@ impl std::fmt::Debug for NatsOptions {
             .field("ca", &self.ca)
             .field("replicas", &self.replicas)
             .field("timeout", &self.timeout)
+            .field("max_batch", &self.max_batch)
             .finish()
     }
 }
@@ -254,6 +264,7 @@ pub fn wanted_config(
         max_messages: retention.messages.map_or(-1, |n| n as i64),
         max_age: retention.age.unwrap_or(Duration::ZERO),
         allow_direct: true,
+        allow_atomic_publish: true,
         ..Default::default()
     }
 }

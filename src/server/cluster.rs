@@ -12,6 +12,7 @@
 //! `--nats-timeout`, never hanging.
 
 mod acks;
+mod batch;
 mod lanes;
 mod shared_bounds;
 
@@ -140,12 +141,21 @@ impl Committer for ClusterSink {
     }
 }
 
+/// A write this node is publishing, from its first attempt until its
+/// writer is answered.
+struct OwnWrite {
+    client: ClientId,
+    number: i64,
+    /// The stream sequence it was committed at, once this node applied it:
+    /// whichever attempt stored it, the write is done.
+    committed: Option<Seq>,
+}
+
 /// What the publisher and the consumer share.
 struct Shared {
-    /// Messages this node published and has not applied yet, by
-    /// `Nats-Msg-Id`: which local client and message number wrote them.
-    /// Lock held only to insert or remove, never across an await.
-    own: Mutex<HashMap<String, (ClientId, i64)>>,
+    /// Writes this node is publishing, by `Nats-Msg-Id`. Lock held only to
+    /// read or change one entry, never across an await.
+    own: Mutex<HashMap<String, OwnWrite>>,
     /// The last stream sequence this node's engine applied.
     applied: watch::Sender<Seq>,
     /// The highest stream sequence this node knows is stored (from its
@@ -171,6 +181,8 @@ struct Shared {
     js: jetstream::Context,
     name: String,
     timeout: Duration,
+    /// Most writes of one thread published as one atomic batch (1: none).
+    max_batch: usize,
 }
 
 /// The cluster's background tasks; stopped at shutdown.
@@ -259,6 +271,7 @@ pub async fn open(
             .build(client),
         name: o.stream.clone(),
         timeout: o.timeout,
+        max_batch: batch_size(o, &info.config),
     });
     let shared_tasks = share(&admin_js, o, replicas, &shared, metrics).await?;
     let stop = CancellationToken::new();
@@ -269,6 +282,19 @@ pub async fn open(
     ];
     handles.extend(shared_tasks.into_iter().map(|t| spawn_until(&stop, t)));
     Ok((hub, Tasks { stop, handles }))
+}
+
+/// How many writes of a thread this node publishes at once: atomic batches
+/// need a stream that allows them (nats-server 2.12+).
+fn batch_size(o: &nats::NatsOptions, stream: &jetstream::stream::Config) -> usize {
+    if o.max_batch > 1 && !stream.allow_atomic_publish {
+        tracing::warn!(
+            stream = %o.stream,
+            "the stream does not allow atomic publishing (allow_atomic; nats-server 2.12+): publishing one write at a time"
+        );
+        return 1;
+    }
+    o.max_batch
 }
 
 /// The tasks that share bound changes and acknowledgement reports with the
@@ -539,9 +565,13 @@ fn apply(shared: &Shared, headers: Option<&async_nats::HeaderMap>, entry: Entry)
         .cluster
         .apply_delay_seconds
         .observe(delay as f64 / 1e6);
-    let own = headers
-        .and_then(|h| h.get("Nats-Msg-Id"))
-        .and_then(|id| lock(&shared.own).remove(id.as_str()));
+    let own = headers.and_then(|h| h.get("Nats-Msg-Id")).and_then(|id| {
+        let mut own = lock(&shared.own);
+        let w = own.get_mut(id.as_str())?;
+        // The stream stores one id once (its duplicate window).
+        w.committed.get_or_insert(seq);
+        Some((w.client, w.number))
+    });
     let thread = entry.thread.clone();
     let applied = shared.hub.reconfigure(|e| {
         let writer = own.map(|(c, _)| c);
@@ -620,19 +650,26 @@ async fn lane_loop(
     if let Some(before) = before {
         let _ = before.await;
     }
+    let mut next = None;
     loop {
-        match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
-            Ok(Some(p)) => propose_one(&shared, p).await,
-            Ok(None) => return,
-            Err(_) => {
-                // Refuse new sends first, then finish what already came.
-                rx.close();
-                while let Ok(p) = rx.try_recv() {
-                    propose_one(&shared, p).await;
+        let first = match next.take() {
+            Some(p) => p,
+            None => match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(_) => {
+                    // Refuse new sends first, then finish what already came.
+                    rx.close();
+                    match rx.try_recv() {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    }
                 }
-                return;
-            }
-        }
+            },
+        };
+        let writes;
+        (writes, next) = batch::gather(first, &mut rx, shared.max_batch);
+        batch::propose(&shared, writes).await;
     }
 }
 
@@ -644,9 +681,7 @@ async fn propose_one(shared: &Arc<Shared>, mut p: Proposal) {
         // deadline the publish below answers for itself.
         let _ = tokio::time::timeout_at(deadline, previous.wait_for(|&d| d)).await;
     }
-    let e = &p.entry;
-    let id = nats::message_id(&e.sender, &e.thread, &e.contents, p.origin.timestamp);
-    lock(&shared.own).insert(id.clone(), (p.origin.client, p.origin.number));
+    let id = own_write(shared, &p);
     let outcome = commit_checked(shared, &p, &id, deadline).await;
     // Inside the hub lock, like every other change to the lanes.
     shared
@@ -654,6 +689,26 @@ async fn propose_one(shared: &Arc<Shared>, mut p: Proposal) {
         .inspect(|_| lock(&shared.lanes).finished(&p.entry.thread));
     p.done.send_replace(true);
     finish(shared, p.reply, &id, outcome);
+}
+
+/// Notes that this node is publishing `p`; returns its `Nats-Msg-Id`.
+fn own_write(shared: &Shared, p: &Proposal) -> String {
+    let e = &p.entry;
+    let id = nats::message_id(&e.sender, &e.thread, &e.contents, p.origin.timestamp);
+    let (client, number) = (p.origin.client, p.origin.number);
+    let committed = None;
+    let write = OwnWrite {
+        client,
+        number,
+        committed,
+    };
+    lock(&shared.own).insert(id.clone(), write);
+    id
+}
+
+/// Where the write `id` was committed, if this node applied it already.
+fn committed(shared: &Shared, id: &str) -> Option<Seq> {
+    lock(&shared.own).get(id).and_then(|w| w.committed)
 }
 
 /// Decides the write's order bound again on this node's current view and
@@ -705,6 +760,12 @@ async fn commit_checked(
     let mut known = None;
     let mut conflicts = 0;
     let seq = loop {
+        // An earlier attempt (this one's, or a batch's that timed out) may
+        // have been stored: the write is done, and deciding it again
+        // would count its own batch against it.
+        if let Some(seq) = committed(shared, id) {
+            break seq;
+        }
         let expected = recheck(shared, p, known).inspect_err(|_| {
             if conflicts > 0 {
                 shared.conflicts.with_label_values(&["refused"]).inc();
@@ -883,6 +944,7 @@ fn finish(
     id: &str,
     outcome: Result<(Seq, Micros), Failure>,
 ) {
+    lock(&shared.own).remove(id);
     match outcome {
         Ok(done) => {
             if shared.health.record_healthy() {
@@ -892,7 +954,6 @@ fn finish(
             let _ = reply.send(Ok(done));
         }
         Err(Failure::Refused(reason)) => {
-            lock(&shared.own).remove(id);
             shared
                 .metrics
                 .messages_rejected
@@ -901,7 +962,6 @@ fn finish(
             let _ = reply.send(Err(reason));
         }
         Err(Failure::Failed(error)) => {
-            lock(&shared.own).remove(id);
             if !shared.health.record_error(&error) {
                 // Logged once per outage; the rest only counted.
                 tracing::debug!(%error, "commit failed");

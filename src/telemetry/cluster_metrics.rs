@@ -22,6 +22,9 @@ pub const PUBLISH_ERROR_KINDS: [&str; 5] = [
 pub struct ClusterMetrics {
     /// Publish → JetStream acknowledgement, per commit, resends included.
     pub publish_seconds: Histogram,
+    /// Writes per atomic batch JetStream stored (a thread's queued writes
+    /// published in one round trip).
+    pub batch_writes: Histogram,
     /// Publish attempts that failed, by kind ([`PUBLISH_ERROR_KINDS`]).
     pub publish_errors: IntCounterVec,
     /// Publishes sent again with the same `Nats-Msg-Id` after a failed
@@ -61,6 +64,17 @@ impl ClusterMetrics {
                         "Time from publishing a commit to JetStream's acknowledgement (stored on a quorum), resends included.",
                     )
                     .buckets(buckets()),
+                )
+                .expect("valid metric"),
+            ),
+            batch_writes: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "chat_nats_batch_writes",
+                        "Writes per atomic batch JetStream stored: one thread's queued writes published in one round trip.",
+                    )
+                    .buckets(vec![2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0]),
                 )
                 .expect("valid metric"),
             ),

@@ -83,16 +83,29 @@ impl Lanes {
     /// `admitted_at`. Writes of a thread are checked in admission order, so
     /// commits at or below `admitted_at` are no longer needed.
     pub fn check(&mut self, thread: &str, admitted_at: Seq, client: ClientId) -> Check {
-        let Some(l) = self.threads.get_mut(thread) else {
+        if let Some(l) = self.threads.get_mut(thread) {
+            while l.recent.front().is_some_and(|&(s, _)| s <= admitted_at) {
+                l.recent.pop_front();
+            }
+        }
+        self.peek(thread, admitted_at, client)
+    }
+
+    /// The same check without forgetting anything: for the writes of a
+    /// batch behind its first, which may be checked again (after a
+    /// conflict) along with writes admitted before them.
+    pub fn peek(&self, thread: &str, admitted_at: Seq, client: ClientId) -> Check {
+        let Some(l) = self.threads.get(thread) else {
             return Check {
                 unseen_since: 0,
                 last: 0,
             };
         };
-        while l.recent.front().is_some_and(|&(s, _)| s <= admitted_at) {
-            l.recent.pop_front();
-        }
-        let unseen_since = l.recent.iter().filter(|&&(_, w)| w != Some(client)).count() as u64;
+        let unseen_since = l
+            .recent
+            .iter()
+            .filter(|&&(s, w)| s > admitted_at && w != Some(client))
+            .count() as u64;
         Check {
             unseen_since,
             last: l.last,
@@ -137,6 +150,23 @@ mod tests {
         l.applied(&t, 10, None);
         assert_eq!(l.check("t", 0, 7).unseen_since, 0);
         assert_eq!(l.check("u", 0, 7).last, 0);
+    }
+
+    #[test]
+    fn a_peek_counts_like_a_check_and_forgets_nothing() {
+        let t: Arc<str> = "t".into();
+        let mut l = Lanes::default();
+        l.admitted(&t);
+        l.admitted(&t);
+        l.applied(&t, 5, None);
+        l.applied(&t, 6, Some(7));
+        // A batch's later write (admitted at 5) is peeked...
+        assert_eq!(l.peek("t", 5, 7).unseen_since, 0);
+        assert_eq!(l.peek("t", 5, 8).unseen_since, 1);
+        // ...and its first write (admitted at 4), checked again after a
+        // conflict, still counts both commits.
+        assert_eq!(l.check("t", 4, 8).unseen_since, 2);
+        assert_eq!(l.check("t", 4, 8), l.peek("t", 4, 8));
     }
 
     #[test]
