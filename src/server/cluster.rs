@@ -696,11 +696,10 @@ fn own_write(shared: &Shared, p: &Proposal) -> String {
     let e = &p.entry;
     let id = nats::message_id(&e.sender, &e.thread, &e.contents, p.origin.timestamp);
     let (client, number) = (p.origin.client, p.origin.number);
-    let committed = None;
     let write = OwnWrite {
         client,
         number,
-        committed,
+        committed: None,
     };
     lock(&shared.own).insert(id.clone(), write);
     id
@@ -848,15 +847,7 @@ async fn publish_acked(
         };
         m.publish_error(error_kind(error.kind()));
         if error.kind() == PublishErrorKind::WrongLastSequence {
-            m.order_conflicts.inc();
-            let text = std::error::Error::source(&error).map(|s| s.to_string());
-            return match text.as_deref().and_then(lanes::conflict_last) {
-                Some(last) => {
-                    note_stored(shared, last);
-                    Published::Conflict(last)
-                }
-                None => Published::Failed(format!("publishing to JetStream: {error}")),
-            };
+            return conflict(shared, &error, "publishing to JetStream");
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() || !retryable(error.kind()) {
@@ -867,6 +858,21 @@ async fn publish_acked(
             // No responders during a leader election: do not spin.
             tokio::time::sleep(Duration::from_millis(100).min(left)).await;
         }
+    }
+}
+
+/// A `wrong last sequence` answer: a conflict with the thread's last
+/// sequence it names (counted, and noted as stored), or a failure if it
+/// names none.
+fn conflict(shared: &Shared, error: &jetstream::context::PublishError, what: &str) -> Published {
+    shared.metrics.cluster.order_conflicts.inc();
+    let text = std::error::Error::source(error).map(|s| s.to_string());
+    match text.as_deref().and_then(lanes::conflict_last) {
+        Some(last) => {
+            note_stored(shared, last);
+            Published::Conflict(last)
+        }
+        None => Published::Failed(format!("{what}: {error}")),
     }
 }
 

@@ -32,7 +32,7 @@
 
 use super::{
     Failure, MAX_CONFLICTS, Proposal, Published, Shared, commit_checked, commit_time, committed,
-    error_kind, finish, lanes, lock, note_stored, own_write, propose_one, wait_applied,
+    conflict, error_kind, finish, lock, note_stored, own_write, propose_one, wait_applied,
 };
 use crate::consistency::{ClientId, Micros, Rejection, Seq};
 use crate::log::nats;
@@ -306,12 +306,7 @@ async fn publish(
     };
     m.publish_error(error_kind(error.kind()));
     if error.kind() == PublishErrorKind::WrongLastSequence {
-        m.order_conflicts.inc();
-        let text = std::error::Error::source(&error).map(|s| s.to_string());
-        if let Some(last) = text.as_deref().and_then(lanes::conflict_last) {
-            note_stored(shared, last);
-            return Published::Conflict(last);
-        }
+        return conflict(shared, &error, "publishing a batch");
     }
     Published::Failed(format!("publishing a batch: {error}"))
 }
