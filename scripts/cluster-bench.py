@@ -104,6 +104,19 @@ def metric_sum(admin, family, label=None):
     return total
 
 
+def keep_metrics(setup, prefix):
+    """Saves each chat node's /metrics after a run, as PREFIX-NODE.metrics."""
+    for name, _, _, admin in setup.chat:
+        try:
+            with urllib.request.urlopen(f"http://{admin}/metrics", timeout=2) as r:
+                text = r.read()
+        except OSError as e:
+            print(f"   could not read {name}'s metrics: {e}", file=sys.stderr)
+            continue
+        with open(f"{prefix}-{name}.metrics", "wb") as f:
+            f.write(text)
+
+
 def load_average():
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -279,6 +292,7 @@ def run_row(args, row, rep, work):
             raise SystemExit(f"bench failed (exit {p.returncode}): see {txt.name}; "
                              f"the processes' logs are in {setup.dir} (kept with --keep)")
         rss = {n: peak_rss_mib(pid) for n, pid in setup.pids()}
+        keep_metrics(setup, os.path.join(args.out, f"{row}-{rep}"))
         conflicts = {t: setup.counter("chat_cluster_publish_conflicts_total", f'then="{t}"')
                      - conflicts0[t] for t in conflicts0}
         with open(out) as f:
