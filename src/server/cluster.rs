@@ -63,9 +63,12 @@ struct Proposal {
     /// its thread.
     admitted: tokio::time::Instant,
     /// The writer's previous write, if it went to another thread and was
-    /// not finished at admission: this one is published after it.
+    /// not yet stored or finished at admission: this one is published
+    /// after it.
     after: Option<watch::Receiver<bool>>,
-    /// Set to true when this write is finished (committed or not).
+    /// Set to true once no later publish can commit ahead of this write:
+    /// it is stored (its stream sequence is fixed, though this node may
+    /// not have applied it yet), or it is finished without a commit.
     done: watch::Sender<bool>,
 }
 
@@ -83,14 +86,16 @@ enum Failure {
 struct ClusterSink {
     tx: mpsc::UnboundedSender<Proposal>,
     lanes: Arc<Mutex<lanes::Lanes>>,
-    /// Each client's latest write: its thread, and whether it is finished.
+    /// Each client's latest write: its thread, and whether it is stored
+    /// or finished.
     /// Threads publish in parallel, so without this a `SendMessages`
     /// stream's writes to two threads could commit out of input order.
     /// Locked only in `propose` (under the hub lock), never across an await.
     latest: Mutex<HashMap<ClientId, LatestWrite>>,
 }
 
-/// A client's latest write: its thread, and whether it is finished.
+/// A client's latest write: its thread, and whether it is stored or
+/// finished.
 type LatestWrite = (Arc<str>, watch::Receiver<bool>);
 
 impl ClusterSink {
@@ -101,9 +106,10 @@ impl ClusterSink {
     }
 
     /// Records `client`'s new write to `thread`; returns its previous write
-    /// if that went to another thread and is not finished yet. A write
-    /// waits only for earlier admissions, and every lane takes its writes
-    /// in admission order, so the earliest unfinished write never waits.
+    /// if that went to another thread and is neither stored nor finished
+    /// yet. A write waits only for earlier admissions, and every lane takes
+    /// its writes in admission order, so the earliest write not yet stored
+    /// or finished never waits for another write.
     fn follow(
         &self,
         client: ClientId,
@@ -682,6 +688,7 @@ async fn propose_one(shared: &Arc<Shared>, mut p: Proposal) {
         let _ = tokio::time::timeout_at(deadline, previous.wait_for(|&d| d)).await;
     }
     let id = own_write(shared, &p);
+    observe_queued(shared, &p);
     let outcome = commit_checked(shared, &p, &id, deadline).await;
     // Inside the hub lock, like every other change to the lanes.
     shared
@@ -689,6 +696,12 @@ async fn propose_one(shared: &Arc<Shared>, mut p: Proposal) {
         .inspect(|_| lock(&shared.lanes).finished(&p.entry.thread));
     p.done.send_replace(true);
     finish(shared, p.reply, &id, outcome);
+}
+
+/// Notes how long `p` waited from its admission to its first publish.
+fn observe_queued(shared: &Shared, p: &Proposal) {
+    let waited = p.admitted.elapsed().as_secs_f64();
+    shared.metrics.cluster.queue_seconds.observe(waited);
 }
 
 /// Notes that this node is publishing `p`; returns its `Nats-Msg-Id`.
@@ -771,7 +784,12 @@ async fn commit_checked(
             }
         })?;
         match publish_acked(shared, &subject, &payload, id, expected, deadline).await {
-            Published::Stored(seq) => break seq,
+            Published::Stored(seq) => {
+                // The writer's next write may go now: the stream orders
+                // it after this one.
+                p.done.send_replace(true);
+                break seq;
+            }
             Published::Failed(error) => return Err(Failure::Failed(error)),
             Published::Conflict(last) => {
                 conflicts += 1;

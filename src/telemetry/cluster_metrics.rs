@@ -22,6 +22,9 @@ pub const PUBLISH_ERROR_KINDS: [&str; 5] = [
 pub struct ClusterMetrics {
     /// Publish → JetStream acknowledgement, per commit, resends included.
     pub publish_seconds: Histogram,
+    /// Admission → a write's first publish: the time it waited behind its
+    /// thread's earlier writes on this node and its writer's previous write.
+    pub queue_seconds: Histogram,
     /// Writes per atomic batch JetStream stored (a thread's queued writes
     /// published in one round trip).
     pub batch_writes: Histogram,
@@ -62,6 +65,17 @@ impl ClusterMetrics {
                     HistogramOpts::new(
                         "chat_nats_publish_seconds",
                         "Time from publishing a commit to JetStream's acknowledgement (stored on a quorum), resends included.",
+                    )
+                    .buckets(buckets()),
+                )
+                .expect("valid metric"),
+            ),
+            queue_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "chat_nats_queue_seconds",
+                        "Time from a write's admission to its first publish: waiting behind its thread's earlier writes on this node and behind its writer's previous write to another thread.",
                     )
                     .buckets(buckets()),
                 )

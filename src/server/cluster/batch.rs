@@ -32,7 +32,8 @@
 
 use super::{
     Failure, MAX_CONFLICTS, Proposal, Published, Shared, commit_checked, commit_time, committed,
-    conflict, error_kind, finish, lock, note_stored, own_write, propose_one, wait_applied,
+    conflict, error_kind, finish, lock, note_stored, observe_queued, own_write, propose_one,
+    wait_applied,
 };
 use crate::consistency::{ClientId, Micros, Rejection, Seq};
 use crate::log::nats;
@@ -78,7 +79,13 @@ pub(super) async fn propose(shared: &Arc<Shared>, mut writes: Vec<Proposal>) {
     if let Some(mut previous) = writes[0].after.take() {
         let _ = tokio::time::timeout_at(deadline, previous.wait_for(|&d| d)).await;
     }
-    let ids: Vec<String> = writes.iter().map(|p| own_write(shared, p)).collect();
+    let ids: Vec<String> = writes
+        .iter()
+        .map(|p| {
+            observe_queued(shared, p);
+            own_write(shared, p)
+        })
+        .collect();
     let mut outcomes: Vec<Outcome> = writes.iter().map(|_| None).collect();
     commit_batch(shared, &writes, &ids, deadline, &mut outcomes).await;
     // What the batch left undecided goes one at a time, in order.
@@ -134,6 +141,11 @@ async fn commit_batch(
         match publish(shared, &subject, &items, expected, deadline).await {
             // Each write learns its sequence when this node applies it.
             Published::Stored(last) => {
+                // Every write of the batch is stored or refused: their
+                // writers' next writes may go.
+                for p in writes {
+                    p.done.send_replace(true);
+                }
                 if let Err(e) = wait_applied(shared, last, deadline).await {
                     return fail(outcomes, e);
                 }
