@@ -90,7 +90,8 @@ struct ClusterSink {
     /// or finished.
     /// Threads publish in parallel, so without this a `SendMessages`
     /// stream's writes to two threads could commit out of input order.
-    /// Locked only in `propose` (under the hub lock), never across an await.
+    /// Locked in `propose` (under the hub lock) and in `previous_write`
+    /// (alone), never across an await.
     latest: Mutex<HashMap<ClientId, LatestWrite>>,
 }
 
@@ -144,6 +145,12 @@ impl Committer for ClusterSink {
             done,
         });
         rx
+    }
+
+    fn previous_write(&self, client: ClientId, thread: &str) -> Option<watch::Receiver<bool>> {
+        let latest = lock(&self.latest);
+        let (previous, done) = latest.get(&client)?;
+        (**previous != *thread && !*done.borrow()).then(|| done.clone())
     }
 }
 
@@ -583,8 +590,7 @@ fn apply(shared: &Shared, headers: Option<&async_nats::HeaderMap>, entry: Entry)
         let writer = own.map(|(c, _)| c);
         let done = e.apply_committed(entry, own);
         if let Ok(true) = done {
-            lock(&shared.lanes).applied(&thread, seq, writer);
-            lock(&shared.floors).applied(&thread, seq);
+            record_commit(shared, &thread, seq, writer);
         }
         done
     });
@@ -679,7 +685,9 @@ async fn lane_loop(
     }
 }
 
-/// Commits one write and answers its writer.
+/// Publishes one write until it is stored or refused; a task of its own
+/// then waits for the consumer and answers the writer, so the thread's
+/// next write is published meanwhile.
 async fn propose_one(shared: &Arc<Shared>, mut p: Proposal) {
     let deadline = p.admitted + shared.timeout;
     if let Some(mut previous) = p.after.take() {
@@ -689,13 +697,60 @@ async fn propose_one(shared: &Arc<Shared>, mut p: Proposal) {
     }
     let id = own_write(shared, &p);
     observe_queued(shared, &p);
-    let outcome = commit_checked(shared, &p, &id, deadline).await;
+    let stored = publish_checked(shared, &p, &id, deadline).await;
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let outcome = match stored {
+            Ok(seq) => settle(&shared, &id, seq, deadline).await,
+            Err(failure) => Err(failure),
+        };
+        answer(&shared, p, &id, outcome);
+    });
+}
+
+/// Once this node applied a stored write (at `seq` or, for a write of a
+/// batch, at most `seq`): its commit and commit time.
+async fn settle(
+    shared: &Shared,
+    id: &str,
+    seq: Seq,
+    deadline: tokio::time::Instant,
+) -> Result<(Seq, Micros), Failure> {
+    wait_applied(shared, seq, deadline)
+        .await
+        .map_err(Failure::Failed)?;
+    let seq = committed(shared, id).unwrap_or(seq);
+    commit_time(shared, seq).await.map_err(Failure::Failed)
+}
+
+/// Answers the writer of a finished write.
+fn answer(shared: &Shared, p: Proposal, id: &str, outcome: Result<(Seq, Micros), Failure>) {
     // Inside the hub lock, like every other change to the lanes.
     shared
         .hub
         .inspect(|_| lock(&shared.lanes).finished(&p.entry.thread));
     p.done.send_replace(true);
-    finish(shared, p.reply, &id, outcome);
+    finish(shared, p.reply, id, outcome);
+}
+
+/// Records this node's writes to `thread` that JetStream acknowledged at
+/// the given sequences, before the consumer applies them: the thread's
+/// next write is decided and published on a view that includes them.
+fn note_own_stored(shared: &Shared, thread: &Arc<str>, stored: &[(Seq, ClientId)]) {
+    shared.hub.inspect(|_| {
+        for &(seq, client) in stored {
+            record_commit(shared, thread, seq, Some(client));
+        }
+    });
+}
+
+/// Records a commit of `thread` in the lanes and the floors, once: a write
+/// recorded when it was stored is not counted again when it is applied.
+/// Inside the hub lock.
+fn record_commit(shared: &Shared, thread: &Arc<str>, seq: Seq, writer: Option<ClientId>) {
+    if lock(&shared.lanes).recorded(thread, seq, writer) {
+        lock(&shared.floors).applied(thread, seq);
+    }
 }
 
 /// Notes how long `p` waited from its admission to its first publish.
@@ -759,14 +814,14 @@ enum Published {
 }
 
 /// Publishes with the thread's expected last sequence, deciding again after
-/// each conflict (at most [`MAX_CONFLICTS`] times), then waits for this
-/// node's consumer to apply the commit.
-async fn commit_checked(
+/// each conflict (at most [`MAX_CONFLICTS`] times), until it is stored:
+/// its sequence.
+async fn publish_checked(
     shared: &Shared,
     p: &Proposal,
     id: &str,
     deadline: tokio::time::Instant,
-) -> Result<(Seq, Micros), Failure> {
+) -> Result<Seq, Failure> {
     let subject = nats::subject(&shared.name, &p.entry.thread);
     let payload = nats::payload(&p.entry.sender, &p.entry.contents);
     let mut known = None;
@@ -785,6 +840,7 @@ async fn commit_checked(
         })?;
         match publish_acked(shared, &subject, &payload, id, expected, deadline).await {
             Published::Stored(seq) => {
+                note_own_stored(shared, &p.entry.thread, &[(seq, p.origin.client)]);
                 // The writer's next write may go now: the stream orders
                 // it after this one.
                 p.done.send_replace(true);
@@ -807,10 +863,7 @@ async fn commit_checked(
             }
         }
     };
-    wait_applied(shared, seq, deadline)
-        .await
-        .map_err(Failure::Failed)?;
-    commit_time(shared, seq).await.map_err(Failure::Failed)
+    Ok(seq)
 }
 
 fn publish(payload: &bytes::Bytes, id: &str, expected: Seq) -> jetstream::message::PublishMessage {

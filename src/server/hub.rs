@@ -31,7 +31,7 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 
 /// Where accepted messages go to become durable.
 pub enum Sink {
@@ -58,6 +58,11 @@ pub trait Committer: Send + Sync + 'static {
     /// provisional ones), written by message `number` of local client
     /// `client`. Called under the hub lock: must not block or call the hub.
     fn propose(&self, entry: Arc<Entry>, origin: Origin) -> Committed;
+
+    /// The latest write of local client `client`, if it went to another
+    /// thread than `thread` and a write to `thread` could still commit
+    /// ahead of it: set to true once that can no longer happen.
+    fn previous_write(&self, client: ClientId, thread: &str) -> Option<watch::Receiver<bool>>;
 }
 
 /// Who wrote a proposed message, and the timestamp it carried (a resend of
@@ -180,6 +185,9 @@ pub struct Hub {
     /// Told of every operator's bound change, under the hub lock, when the
     /// bounds are shared with other nodes (`--storage nats`).
     share_changes: std::sync::OnceLock<ShareChanges>,
+    /// The shared log (`--storage nats`), also held here to be asked
+    /// without the hub lock.
+    shared_log: Option<Arc<dyn Committer>>,
 }
 
 /// Hears an operator's applied bound change: its target, who asked, and the
@@ -211,6 +219,10 @@ impl Hub {
         clock: Clock,
     ) -> Arc<Self> {
         let engine_bounds = engine.settings().bounds.clone();
+        let shared_log = match &sink {
+            Sink::Shared(log) => Some(log.clone()),
+            _ => None,
+        };
         Arc::new(Hub {
             inner: Mutex::new(Inner {
                 engine,
@@ -234,6 +246,7 @@ impl Hub {
             lateness: Mutex::new(Vec::new()),
             grants: Grants::default(),
             share_changes: std::sync::OnceLock::new(),
+            shared_log,
         })
     }
 
@@ -394,6 +407,21 @@ impl Hub {
         // acknowledgement-lag histograms like those inside a SentMessage.
         self.observe_ack(info);
         Ok(now)
+    }
+
+    /// `SendMessages`: waits until a write of `sub`'s client to its thread
+    /// can no longer commit ahead of the client's previous write. A shared
+    /// log publishes threads in parallel, so a stream's write to another
+    /// thread waits here, before its admission, until the previous one is
+    /// stored; admitted, it would hold up its thread's other writes. At
+    /// once on a single node.
+    pub async fn write_turn(&self, sub: &Submission) {
+        let Some(log) = &self.shared_log else { return };
+        let client = sub.ack.and_then(|a| a.client).unwrap_or(0);
+        if let Some(mut previous) = log.previous_write(client, &sub.thread) {
+            // An error: the write was dropped unanswered (shutdown).
+            let _ = previous.wait_for(|&done| done).await;
+        }
     }
 
     /// `SendMessage`: decide, and hand what was committed to the log. No

@@ -481,7 +481,13 @@ impl ChatServer for ChatService {
                         Ok(Some(m)) => {
                             let sub = convert::submission(m);
                             match hub.check_write(&sub) {
-                                Ok(()) => Ok(hub.submit(sub)),
+                                Ok(()) => {
+                                    tokio::select! {
+                                        _ = hub.write_turn(&sub) => {}
+                                        _ = shutdown.cancelled() => break,
+                                    }
+                                    Ok(hub.submit(sub))
+                                }
                                 Err(e) => Err(Status::from(e)),
                             }
                         }

@@ -31,11 +31,11 @@
 //! which first looks whether an earlier attempt was stored.
 
 use super::{
-    Failure, MAX_CONFLICTS, Proposal, Published, Shared, commit_checked, commit_time, committed,
-    conflict, error_kind, finish, lock, note_stored, observe_queued, own_write, propose_one,
-    wait_applied,
+    Failure, MAX_CONFLICTS, Proposal, Published, Shared, answer, committed, conflict, error_kind,
+    lock, note_own_stored, note_stored, observe_queued, own_write, propose_one, publish_checked,
+    settle, wait_applied,
 };
-use crate::consistency::{ClientId, Micros, Rejection, Seq};
+use crate::consistency::{ClientId, Rejection, Seq};
 use crate::log::nats;
 use async_nats::HeaderMap;
 use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
@@ -45,8 +45,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
-/// A write's outcome, once it has one.
-type Outcome = Option<Result<(Seq, Micros), Failure>>;
+/// A write's outcome, once it has one: stored at (at most) a sequence, or
+/// not committed.
+type Outcome = Option<Result<Seq, Failure>>;
 
 /// `first` and the writes queued behind it, up to `max`; and the next write
 /// if it has to wait for its writer's previous write to another thread
@@ -67,7 +68,9 @@ pub(super) fn gather(
     (writes, None)
 }
 
-/// Commits one thread's writes, in order, and answers each writer.
+/// Publishes one thread's writes, in order, until each is stored or
+/// refused; a task of their own then waits for the consumer and answers
+/// each writer, so the thread's next writes are published meanwhile.
 pub(super) async fn propose(shared: &Arc<Shared>, mut writes: Vec<Proposal>) {
     if writes.len() == 1 {
         if let Some(p) = writes.pop() {
@@ -92,17 +95,21 @@ pub(super) async fn propose(shared: &Arc<Shared>, mut writes: Vec<Proposal>) {
     for ((p, id), outcome) in writes.iter().zip(&ids).zip(outcomes.iter_mut()) {
         if outcome.is_none() {
             let deadline = p.admitted + shared.timeout;
-            *outcome = Some(commit_checked(shared, p, id, deadline).await);
+            *outcome = Some(publish_checked(shared, p, id, deadline).await);
         }
     }
-    for ((p, id), outcome) in writes.into_iter().zip(ids).zip(outcomes) {
-        shared
-            .hub
-            .inspect(|_| lock(&shared.lanes).finished(&p.entry.thread));
-        p.done.send_replace(true);
-        let outcome = outcome.unwrap_or_else(|| Err(Failure::Failed("not decided".into())));
-        finish(shared, p.reply, &id, outcome);
-    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        for ((p, id), outcome) in writes.into_iter().zip(ids).zip(outcomes) {
+            let deadline = p.admitted + shared.timeout;
+            let outcome = match outcome {
+                Some(Ok(seq)) => settle(&shared, &id, seq, deadline).await,
+                Some(Err(failure)) => Err(failure),
+                None => Err(Failure::Failed("not decided".into())),
+            };
+            answer(&shared, p, &id, outcome);
+        }
+    });
 }
 
 /// Publishes the undecided writes as batches until each is committed or
@@ -118,7 +125,7 @@ async fn commit_batch(
     let mut known = None;
     let mut conflicts = 0;
     loop {
-        settle_committed(shared, ids, outcomes).await;
+        settle_committed(shared, ids, outcomes);
         let expected = recheck(shared, writes, known, conflicts > 0, outcomes);
         let open: Vec<usize> = (0..writes.len())
             .filter(|&i| outcomes[i].is_none())
@@ -139,16 +146,24 @@ async fn commit_batch(
             }
         };
         match publish(shared, &subject, &items, expected, deadline).await {
-            // Each write learns its sequence when this node applies it.
             Published::Stored(last) => {
+                // JetStream stores a batch at consecutive sequences. Each
+                // write learns its exact one when this node applies it.
+                let first = last + 1 - open.len() as Seq;
+                let stored: Vec<(Seq, ClientId)> = (first..=last)
+                    .zip(&open)
+                    .map(|(seq, &i)| (seq, writes[i].origin.client))
+                    .collect();
+                note_own_stored(shared, &writes[0].entry.thread, &stored);
+                for (&i, &(seq, _)) in open.iter().zip(&stored) {
+                    outcomes[i] = Some(Ok(seq));
+                }
                 // Every write of the batch is stored or refused: their
                 // writers' next writes may go.
                 for p in writes {
                     p.done.send_replace(true);
                 }
-                if let Err(e) = wait_applied(shared, last, deadline).await {
-                    return fail(outcomes, e);
-                }
+                return;
             }
             Published::Conflict(last) => {
                 conflicts += 1;
@@ -171,14 +186,12 @@ async fn commit_batch(
     }
 }
 
-/// Marks done the writes this node has applied (stored by an attempt).
-async fn settle_committed(shared: &Shared, ids: &[String], outcomes: &mut [Outcome]) {
+/// Marks stored the writes this node has applied (stored by an earlier
+/// attempt).
+fn settle_committed(shared: &Shared, ids: &[String], outcomes: &mut [Outcome]) {
     for (id, outcome) in ids.iter().zip(outcomes.iter_mut()) {
-        if outcome.is_some() {
-            continue;
-        }
-        if let Some(seq) = committed(shared, id) {
-            *outcome = Some(commit_time(shared, seq).await.map_err(Failure::Failed));
+        if outcome.is_none() {
+            *outcome = committed(shared, id).map(Ok);
         }
     }
 }

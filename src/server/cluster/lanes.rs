@@ -10,6 +10,14 @@
 //! commit in that same view, so JetStream stores it only if no commit of
 //! the thread came in between (see `docs/cluster.md`).
 //!
+//! A thread's next write is published as soon as this node's previous one
+//! is *stored*, before the consumer applies it back: the stored write is
+//! recorded here at once (as the thread's last commit, and as a commit the
+//! next writers have not seen), and its later apply is recognised and not
+//! counted twice. No other node's commit of the thread can come below a
+//! stored write without being recorded first: the write was stored only
+//! because the thread's last commit was the one this node expected.
+//!
 //! Updated only under the hub lock (lock order: hub, then this), so a
 //! check reads the engine's view and this bookkeeping at one instant.
 
@@ -66,17 +74,23 @@ impl Lanes {
         }
     }
 
-    /// The node applied commit `seq` of `thread`, written by local client
-    /// `writer` (if this node published it).
-    pub fn applied(&mut self, thread: &Arc<str>, seq: Seq, writer: Option<ClientId>) {
+    /// Commit `seq` of `thread`, written by local client `writer` (if this
+    /// node published it), is known: applied by the node, or acknowledged
+    /// as stored to this node's publish. False if it was known already
+    /// (a stored write applied later): nothing to count again.
+    pub fn recorded(&mut self, thread: &Arc<str>, seq: Seq, writer: Option<ClientId>) -> bool {
         if self.threads.len() >= REMEMBERED_THREADS && !self.threads.contains_key(thread) {
             self.threads.retain(|_, l| l.waiting > 0);
         }
         let l = self.threads.entry(thread.clone()).or_default();
+        if seq <= l.last {
+            return false;
+        }
         l.last = seq;
         if l.waiting > 0 {
             l.recent.push_back((seq, writer));
         }
+        true
     }
 
     /// The check for a write of `client` to `thread` admitted at head
@@ -130,12 +144,12 @@ mod tests {
     fn a_check_counts_other_writers_commits_since_admission() {
         let t: Arc<str> = "t".into();
         let mut l = Lanes::default();
-        l.applied(&t, 3, None);
+        l.recorded(&t, 3, None);
         l.admitted(&t);
         l.admitted(&t);
-        l.applied(&t, 5, None);
-        l.applied(&t, 6, Some(7));
-        l.applied(&t, 8, Some(9));
+        l.recorded(&t, 5, None);
+        l.recorded(&t, 6, Some(7));
+        l.recorded(&t, 8, Some(9));
         assert_eq!(
             l.check("t", 4, 7),
             Check {
@@ -147,7 +161,7 @@ mod tests {
         assert_eq!(l.check("t", 6, 7).unseen_since, 1);
         l.finished("t");
         l.finished("t");
-        l.applied(&t, 10, None);
+        l.recorded(&t, 10, None);
         assert_eq!(l.check("t", 0, 7).unseen_since, 0);
         assert_eq!(l.check("u", 0, 7).last, 0);
     }
@@ -158,8 +172,8 @@ mod tests {
         let mut l = Lanes::default();
         l.admitted(&t);
         l.admitted(&t);
-        l.applied(&t, 5, None);
-        l.applied(&t, 6, Some(7));
+        l.recorded(&t, 5, None);
+        l.recorded(&t, 6, Some(7));
         // A batch's later write (admitted at 5) is peeked...
         assert_eq!(l.peek("t", 5, 7).unseen_since, 0);
         assert_eq!(l.peek("t", 5, 8).unseen_since, 1);
@@ -167,6 +181,38 @@ mod tests {
         // conflict, still counts both commits.
         assert_eq!(l.check("t", 4, 8).unseen_since, 2);
         assert_eq!(l.check("t", 4, 8), l.peek("t", 4, 8));
+    }
+
+    #[test]
+    fn a_stored_write_counts_once_when_it_is_applied_later() {
+        let t: Arc<str> = "t".into();
+        let mut l = Lanes::default();
+        l.recorded(&t, 3, None);
+        l.admitted(&t);
+        l.admitted(&t);
+        // Another node's commit 4 is applied; then client 7's write,
+        // published expecting 4, is acknowledged at 5.
+        assert!(l.recorded(&t, 4, None));
+        assert!(l.recorded(&t, 5, Some(7)));
+        assert_eq!(
+            l.check("t", 3, 8),
+            Check {
+                unseen_since: 2,
+                last: 5
+            }
+        );
+        // The consumer now applies 4 and 5: known already.
+        assert!(!l.recorded(&t, 4, None));
+        assert!(!l.recorded(&t, 5, Some(7)));
+        assert_eq!(
+            l.check("t", 3, 8),
+            Check {
+                unseen_since: 2,
+                last: 5
+            }
+        );
+        assert!(l.recorded(&t, 6, None));
+        assert_eq!(l.check("t", 3, 7).unseen_since, 2);
     }
 
     #[test]
