@@ -170,11 +170,13 @@ class Setup:
             cmd += ["--nats-url", ",".join(urls), "--node-name", name]
         if storage == "durable":
             cmd += ["--data-dir", os.path.join(self.dir, name + "-data")]
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log(name))
+        # The node logs to stdout: keep it, for a node that does not start.
+        p = subprocess.Popen(cmd, stdout=self._log(name), stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while not os.path.exists(ready):
             if p.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"{name} did not start; log in {self.dir}/{name}.log")
+                how = "timed out" if p.returncode is None else f"exit status {p.returncode}"
+                raise SystemExit(f"{name} did not start ({how}); log in {self.dir}/{name}.log")
             time.sleep(0.05)
         with open(ready) as f:
             info = json.load(f)
