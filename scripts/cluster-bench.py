@@ -176,7 +176,9 @@ class Setup:
         while not os.path.exists(ready):
             if p.poll() is not None or time.time() > deadline:
                 how = "timed out" if p.returncode is None else f"exit status {p.returncode}"
-                raise SystemExit(f"{name} did not start ({how}); log in {self.dir}/{name}.log")
+                with open(os.path.join(self.dir, name + ".log"), errors="replace") as f:
+                    tail = "".join(f.readlines()[-5:])
+                raise SystemExit(f"{name} did not start ({how}); its log ends:\n{tail}")
             time.sleep(0.05)
         with open(ready) as f:
             info = json.load(f)
