@@ -452,7 +452,7 @@ impl ChatServer for ChatService {
             "SendMessages",
             request.metadata(),
         );
-        let mut inbound = request.into_inner();
+        let inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Submitted, Status>>(PIPELINE_DEPTH);
         let hub = self.hub.clone();
         let hub_for_statuses = self.hub.clone();
@@ -467,45 +467,7 @@ impl ChatServer for ChatService {
         // their batch at once; the statuses go out in input order as each
         // becomes final. The span stays open for the life of the stream and
         // counts the final statuses.
-        tokio::spawn(
-            async move {
-                loop {
-                    let next = tokio::select! {
-                        next = inbound.message() => next,
-                        _ = shutdown.cancelled() => break,
-                    };
-                    // A message to a thread the token may not write ends
-                    // the stream with PERMISSION_DENIED, as SendMessage
-                    // answers it, after the statuses of those before it.
-                    let item = match next {
-                        Ok(Some(m)) => {
-                            let sub = convert::submission(m);
-                            match hub.check_write(&sub) {
-                                Ok(()) => {
-                                    tokio::select! {
-                                        _ = hub.write_turn(&sub) => {}
-                                        _ = shutdown.cancelled() => break,
-                                    }
-                                    Ok(hub.submit(sub))
-                                }
-                                Err(e) => Err(Status::from(e)),
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(status) => Err(status),
-                    };
-                    // A limit ends the stream: nothing after it is decided.
-                    let failed = match &item {
-                        Ok(s) => limit_status(&s.decision).is_some(),
-                        Err(_) => true,
-                    };
-                    if tx.send(item).await.is_err() || failed {
-                        break;
-                    }
-                }
-            }
-            .instrument(span.clone()),
-        );
+        tokio::spawn(admit_stream(hub, inbound, tx, shutdown).instrument(span.clone()));
         let statuses = ReceiverStream::new(rx).then(move |item| {
             let totals = totals.clone();
             let hub = hub_for_statuses.clone();
@@ -526,6 +488,51 @@ impl ChatServer for ChatService {
             Ok(Response::new(Box::pin(statuses)));
         self.finish("SendMessages", started, &span, &result);
         result
+    }
+}
+
+/// Decides a `SendMessages` stream's messages one at a time, in input
+/// order, handing each to `tx`, until the stream ends, a limit or an error
+/// ends it, or the server shuts down.
+async fn admit_stream(
+    hub: Arc<Hub>,
+    mut inbound: Streaming<SentMessage>,
+    tx: tokio::sync::mpsc::Sender<Result<Submitted, Status>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            next = inbound.message() => next,
+            _ = shutdown.cancelled() => break,
+        };
+        // A message to a thread the token may not write ends the stream
+        // with PERMISSION_DENIED, as SendMessage answers it, after the
+        // statuses of those before it.
+        let item = match next {
+            Ok(Some(m)) => {
+                let sub = convert::submission(m);
+                match hub.check_write(&sub) {
+                    Ok(()) => {
+                        tokio::select! {
+                            _ = hub.write_turn(&sub) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                        Ok(hub.submit(sub))
+                    }
+                    Err(e) => Err(Status::from(e)),
+                }
+            }
+            Ok(None) => break,
+            Err(status) => Err(status),
+        };
+        // A limit ends the stream: nothing after it is decided.
+        let failed = match &item {
+            Ok(s) => limit_status(&s.decision).is_some(),
+            Err(_) => true,
+        };
+        if tx.send(item).await.is_err() || failed {
+            break;
+        }
     }
 }
 
