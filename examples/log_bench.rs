@@ -1,4 +1,4 @@
-//! Storage benchmark (issue 5): accepted messages per second through the real
+//! Storage benchmark: accepted messages per second through the real
 //! gRPC server on loopback, memory versus durable storage, with 1 and 64
 //! concurrent writers, each writer a client with its own connection and one
 //! `SendMessages` stream (on its own thread) that keeps up to `--window`

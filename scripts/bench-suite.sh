@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every row of the load table in docs/benchmarks.md ("Load (issue 6)")
+# Runs every row of the load table in docs/benchmarks.md ("Load")
 # REPS times (default 3) and writes one JSON report per run into OUT
 # (default bench-results/). Summarise with: python3 scripts/bench-summary.py OUT
 # Needs a release build: cargo build --release. Spawned servers keep messages

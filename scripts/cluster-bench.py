@@ -417,7 +417,7 @@ def median_of(runs, f):
 
 
 def table_targets(args, results):
-    """The issue's targets, each against its median."""
+    """The cluster targets of docs/benchmarks.md, each against its median."""
     r3 = median_of(results.get("nats-r3"), lambda r: r["report"]["accepted_per_s"])
     hot = median_of(results.get("hot"), lambda r: r["report"]["accepted_per_s"])
     p99 = median_of(results.get("fanout"), lambda r: r["report"]["latency"]["p99_ms"])

@@ -1,8 +1,7 @@
 //! Property tests of the pure dyconit core: random interleavings of connects,
 //! streams, writes, acknowledgements, the passing of time, and the storage
 //! reporting commits durable or failed, checked against an independent model
-//! of the definitions in DESIGN.md §2–§4 and of durability before visibility
-//! (issue 5).
+//! of the definitions in DESIGN.md §2–§4 and of durability before visibility.
 
 use dyconit_chat::consistency::parts::entry_bytes;
 use dyconit_chat::consistency::{

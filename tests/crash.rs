@@ -1,4 +1,4 @@
-//! Crash test (issue 5): the real `dyconit-chat serve` process, 64 writers on
+//! Crash test: the real `dyconit-chat serve` process, 64 writers on
 //! `SendMessages` streams recording every OK, `kill -9` at a random moment,
 //! restart on the same data directory, and then every OK'd message must be in
 //! the log exactly once, in commit order, with nothing duplicated. Repeated

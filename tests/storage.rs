@@ -1,4 +1,4 @@
-//! The durable message log (issue 5) through a real server on 127.0.0.1:0:
+//! The durable message log through a real server on 127.0.0.1:0:
 //! restart with history and continued sequence numbers, OK only once on
 //! disk, no delivery before durability, retention, and the storage faults
 //! (locked, read-only, full, corrupted) with their statuses, readiness and
