@@ -62,13 +62,11 @@ struct Proposal {
     /// timeout of this, however long it waited behind earlier writes of
     /// its thread.
     admitted: tokio::time::Instant,
-    /// The writer's previous write, if it went to another thread and was
-    /// not yet stored or finished at admission: this one is published
-    /// after it.
-    after: Option<watch::Receiver<bool>>,
     /// Set to true once no later publish can commit ahead of this write:
     /// it is stored (its stream sequence is fixed, though this node may
-    /// not have applied it yet), or it is finished without a commit.
+    /// not have applied it yet), or it is finished without a commit. A
+    /// `SendMessages` stream admits its next write to another thread only
+    /// then (see [`hub::Submitted::stored`]).
     done: watch::Sender<bool>,
 }
 
@@ -81,59 +79,20 @@ enum Failure {
 }
 
 /// The hub's side of the cluster: queues proposals for the publisher in
-/// admission order (so a `SendMessages` stream's writes are published in
-/// input order).
+/// admission order (so a `SendMessages` stream's writes to one thread are
+/// published in input order).
 struct ClusterSink {
     tx: mpsc::UnboundedSender<Proposal>,
     lanes: Arc<Mutex<lanes::Lanes>>,
-    /// Each client's latest write: its thread, and whether it is stored
-    /// or finished.
-    /// Threads publish in parallel, so without this a `SendMessages`
-    /// stream's writes to two threads could commit out of input order.
-    /// Locked in `propose` (under the hub lock) and in `previous_write`
-    /// (alone), never across an await.
-    latest: Mutex<HashMap<ClientId, LatestWrite>>,
-}
-
-/// A client's latest write: its thread, and whether it is stored or
-/// finished.
-type LatestWrite = (Arc<str>, watch::Receiver<bool>);
-
-impl ClusterSink {
-    fn new(tx: mpsc::UnboundedSender<Proposal>, lanes: &Arc<Mutex<lanes::Lanes>>) -> Self {
-        let lanes = lanes.clone();
-        let latest = Mutex::default();
-        ClusterSink { tx, lanes, latest }
-    }
-
-    /// Records `client`'s new write to `thread`; returns its previous write
-    /// if that went to another thread and is neither stored nor finished
-    /// yet. A write waits only for earlier admissions, and every lane takes
-    /// its writes in admission order, so the earliest write not yet stored
-    /// or finished never waits for another write.
-    fn follow(
-        &self,
-        client: ClientId,
-        thread: &Arc<str>,
-        finished: watch::Receiver<bool>,
-    ) -> Option<watch::Receiver<bool>> {
-        let mut latest = lock(&self.latest);
-        if latest.len() >= 1024 && latest.len().is_power_of_two() {
-            latest.retain(|_, (_, done)| !*done.borrow());
-        }
-        let (previous, done) = latest.insert(client, (thread.clone(), finished))?;
-        (previous != *thread && !*done.borrow()).then_some(done)
-    }
 }
 
 impl Committer for ClusterSink {
-    fn propose(&self, entry: Arc<Entry>, origin: Origin) -> Committed {
+    fn propose(&self, entry: Arc<Entry>, origin: Origin) -> (Committed, watch::Receiver<bool>) {
         let (reply, rx) = oneshot::channel();
         // Under the hub lock: every commit of the thread applied from now on
         // is recorded for this write's check.
         lock(&self.lanes).admitted(&entry.thread);
-        let (done, finished) = watch::channel(false);
-        let after = self.follow(origin.client, &entry.thread, finished);
+        let (done, stored) = watch::channel(false);
         // If the publisher is gone (shutdown) the reply is dropped: the
         // writer gets INTERNAL_ERROR.
         let _ = self.tx.send(Proposal {
@@ -141,16 +100,9 @@ impl Committer for ClusterSink {
             origin,
             reply,
             admitted: tokio::time::Instant::now(),
-            after,
             done,
         });
-        rx
-    }
-
-    fn previous_write(&self, client: ClientId, thread: &str) -> Option<watch::Receiver<bool>> {
-        let latest = lock(&self.latest);
-        let (previous, done) = latest.get(&client)?;
-        (**previous != *thread && !*done.borrow()).then(|| done.clone())
+        (rx, stored)
     }
 }
 
@@ -259,7 +211,10 @@ pub async fn open(
     let engine = Engine::new(config.settings.clone(), head, recent);
     let (tx, rx) = mpsc::unbounded_channel();
     let lanes = Arc::new(Mutex::new(lanes::Lanes::default()));
-    let sink = Arc::new(ClusterSink::new(tx, &lanes));
+    let sink = Arc::new(ClusterSink {
+        tx,
+        lanes: lanes.clone(),
+    });
     let hub = Hub::new(
         engine,
         hub::Sink::Shared(sink),
@@ -662,25 +617,20 @@ async fn lane_loop(
     if let Some(before) = before {
         let _ = before.await;
     }
-    let mut next = None;
     loop {
-        let first = match next.take() {
-            Some(p) => p,
-            None => match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
-                Ok(Some(p)) => p,
-                Ok(None) => return,
-                Err(_) => {
-                    // Refuse new sends first, then finish what already came.
-                    rx.close();
-                    match rx.try_recv() {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    }
+        let first = match tokio::time::timeout(LANE_IDLE, rx.recv()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(_) => {
+                // Refuse new sends first, then finish what already came.
+                rx.close();
+                match rx.try_recv() {
+                    Ok(p) => p,
+                    Err(_) => return,
                 }
-            },
+            }
         };
-        let writes;
-        (writes, next) = batch::gather(first, &mut rx, shared.max_batch);
+        let writes = batch::gather(first, &mut rx, shared.max_batch);
         batch::propose(&shared, writes).await;
     }
 }
@@ -688,13 +638,8 @@ async fn lane_loop(
 /// Publishes one write until it is stored or refused; a task of its own
 /// then waits for the consumer and answers the writer, so the thread's
 /// next write is published meanwhile.
-async fn propose_one(shared: &Arc<Shared>, mut p: Proposal) {
+async fn propose_one(shared: &Arc<Shared>, p: Proposal) {
     let deadline = p.admitted + shared.timeout;
-    if let Some(mut previous) = p.after.take() {
-        // Accepted writes of one stream commit in input order. Past the
-        // deadline the publish below answers for itself.
-        let _ = tokio::time::timeout_at(deadline, previous.wait_for(|&d| d)).await;
-    }
     let id = own_write(shared, &p);
     observe_queued(shared, &p);
     let stored = publish_checked(shared, &p, &id, deadline).await;

@@ -57,12 +57,9 @@ pub trait Committer: Send + Sync + 'static {
     /// Starts committing `entry` (its seq and commit time are the engine's
     /// provisional ones), written by message `number` of local client
     /// `client`. Called under the hub lock: must not block or call the hub.
-    fn propose(&self, entry: Arc<Entry>, origin: Origin) -> Committed;
-
-    /// The latest write of local client `client`, if it went to another
-    /// thread than `thread` and a write to `thread` could still commit
-    /// ahead of it: set to true once that can no longer happen.
-    fn previous_write(&self, client: ClientId, thread: &str) -> Option<watch::Receiver<bool>>;
+    /// Also returns a flag set to true once no later publish can commit
+    /// ahead of this one (see [`Submitted::stored`]).
+    fn propose(&self, entry: Arc<Entry>, origin: Origin) -> (Committed, watch::Receiver<bool>);
 }
 
 /// Who wrote a proposed message, and the timestamp it carried (a resend of
@@ -94,6 +91,12 @@ pub struct Submitted {
     /// `Some` while a shared log commits the message (`Sink::Shared`): the
     /// OK carries the seq and commit time it answers.
     pub committed: Option<Committed>,
+    /// `Some` while a shared log commits the message: true once no message
+    /// admitted later can commit ahead of it (it is stored, or it is
+    /// finished without a commit). A shared log publishes threads in
+    /// parallel, so a `SendMessages` stream admits its next message to
+    /// another thread only then, to commit its messages in input order.
+    pub stored: Option<watch::Receiver<bool>>,
 }
 
 /// Accepted messages waiting for the writer, in seq order.
@@ -185,9 +188,6 @@ pub struct Hub {
     /// Told of every operator's bound change, under the hub lock, when the
     /// bounds are shared with other nodes (`--storage nats`).
     share_changes: std::sync::OnceLock<ShareChanges>,
-    /// The shared log (`--storage nats`), also held here to be asked
-    /// without the hub lock.
-    shared_log: Option<Arc<dyn Committer>>,
 }
 
 /// Hears an operator's applied bound change: its target, who asked, and the
@@ -219,10 +219,6 @@ impl Hub {
         clock: Clock,
     ) -> Arc<Self> {
         let engine_bounds = engine.settings().bounds.clone();
-        let shared_log = match &sink {
-            Sink::Shared(log) => Some(log.clone()),
-            _ => None,
-        };
         Arc::new(Hub {
             inner: Mutex::new(Inner {
                 engine,
@@ -246,7 +242,6 @@ impl Hub {
             lateness: Mutex::new(Vec::new()),
             grants: Grants::default(),
             share_changes: std::sync::OnceLock::new(),
-            shared_log,
         })
     }
 
@@ -409,21 +404,6 @@ impl Hub {
         Ok(now)
     }
 
-    /// `SendMessages`: waits until a write of `sub`'s client to its thread
-    /// can no longer commit ahead of the client's previous write. A shared
-    /// log publishes threads in parallel, so a stream's write to another
-    /// thread waits here, before its admission, until the previous one is
-    /// stored; admitted, it would hold up its thread's other writes. At
-    /// once on a single node.
-    pub async fn write_turn(&self, sub: &Submission) {
-        let Some(log) = &self.shared_log else { return };
-        let client = sub.ack.and_then(|a| a.client).unwrap_or(0);
-        if let Some(mut previous) = log.previous_write(client, &sub.thread) {
-            // An error: the write was dropped unanswered (shutdown).
-            let _ = previous.wait_for(|&done| done).await;
-        }
-    }
-
     /// `SendMessage`: decide, and hand what was committed to the log. No
     /// disk I/O happens here: with the writer sink the entry is only queued.
     pub fn submit(&self, sub: Submission) -> Submitted {
@@ -436,7 +416,7 @@ impl Hub {
             order_error: 0,
         };
         let (submitted, tier) = self.with_engine(|g| {
-            let mut committed = None;
+            let (mut committed, mut stored) = (None, None);
             let (mut decision, entry) = g.engine.submit(sub, now);
             let tier = decision
                 .order_error
@@ -485,7 +465,8 @@ impl Hub {
                             order_error: decision.order_error.unwrap_or(0),
                             ..origin
                         };
-                        committed = Some(log.propose(e, origin));
+                        let (c, s) = log.propose(e, origin);
+                        (committed, stored) = (Some(c), Some(s));
                         None
                     }
                 },
@@ -495,6 +476,7 @@ impl Hub {
                     decision,
                     durable,
                     committed,
+                    stored,
                 },
                 tier,
             )

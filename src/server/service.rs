@@ -500,6 +500,8 @@ async fn admit_stream(
     tx: tokio::sync::mpsc::Sender<Result<Submitted, Status>>,
     shutdown: CancellationToken,
 ) {
+    // The previous message's thread, and (on a cluster) when it is stored.
+    let mut previous: Option<(String, tokio::sync::watch::Receiver<bool>)> = None;
     loop {
         let next = tokio::select! {
             next = inbound.message() => next,
@@ -513,11 +515,28 @@ async fn admit_stream(
                 let sub = convert::submission(m);
                 match hub.check_write(&sub) {
                     Ok(()) => {
-                        tokio::select! {
-                            _ = hub.write_turn(&sub) => {}
-                            _ = shutdown.cancelled() => break,
+                        // A cluster publishes threads in parallel: a message
+                        // to another thread waits, before its admission,
+                        // until the previous one is stored. Waiting after
+                        // admission, in its thread's queue, would hold up
+                        // the thread's writes of every other client.
+                        if let Some((thread, stored)) = &mut previous
+                            && *thread != sub.thread
+                        {
+                            tokio::select! {
+                                // An error: dropped unanswered (shutdown).
+                                _ = stored.wait_for(|&done| done) => {}
+                                _ = shutdown.cancelled() => break,
+                            }
                         }
-                        Ok(hub.submit(sub))
+                        let thread = sub.thread.clone();
+                        let submitted = hub.submit(sub);
+                        // A message refused at admission changes nothing:
+                        // the one before it may still be unstored.
+                        if let Some(stored) = &submitted.stored {
+                            previous = Some((thread, stored.clone()));
+                        }
+                        Ok(submitted)
                     }
                     Err(e) => Err(Status::from(e)),
                 }

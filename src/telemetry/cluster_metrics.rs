@@ -23,7 +23,7 @@ pub struct ClusterMetrics {
     /// Publish → JetStream acknowledgement, per commit, resends included.
     pub publish_seconds: Histogram,
     /// Admission → a write's first publish: the time it waited behind its
-    /// thread's earlier writes on this node and its writer's previous write.
+    /// thread's earlier writes on this node.
     pub queue_seconds: Histogram,
     /// Writes per atomic batch JetStream stored (a thread's queued writes
     /// published in one round trip).
@@ -75,7 +75,7 @@ impl ClusterMetrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "chat_nats_queue_seconds",
-                        "Time from a write's admission to its first publish: waiting behind its thread's earlier writes on this node and behind its writer's previous write to another thread.",
+                        "Time from a write's admission to its first publish: waiting behind its thread's earlier writes on this node.",
                     )
                     .buckets(buckets()),
                 )

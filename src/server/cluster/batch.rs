@@ -49,23 +49,18 @@ use tokio::sync::mpsc;
 /// not committed.
 type Outcome = Option<Result<Seq, Failure>>;
 
-/// `first` and the writes queued behind it, up to `max`; and the next write
-/// if it has to wait for its writer's previous write to another thread
-/// (it starts the next batch, which waits for that).
+/// `first` and the writes queued behind it, up to `max`.
 pub(super) fn gather(
     first: Proposal,
     rx: &mut mpsc::UnboundedReceiver<Proposal>,
     max: usize,
-) -> (Vec<Proposal>, Option<Proposal>) {
+) -> Vec<Proposal> {
     let mut writes = vec![first];
     while writes.len() < max {
         let Ok(p) = rx.try_recv() else { break };
-        if p.after.as_ref().is_some_and(|done| !*done.borrow()) {
-            return (writes, Some(p));
-        }
         writes.push(p);
     }
-    (writes, None)
+    writes
 }
 
 /// Publishes one thread's writes, in order, until each is stored or
@@ -79,9 +74,6 @@ pub(super) async fn propose(shared: &Arc<Shared>, mut writes: Vec<Proposal>) {
         return;
     }
     let deadline = writes[0].admitted + shared.timeout;
-    if let Some(mut previous) = writes[0].after.take() {
-        let _ = tokio::time::timeout_at(deadline, previous.wait_for(|&d| d)).await;
-    }
     let ids: Vec<String> = writes
         .iter()
         .map(|p| {
