@@ -10,6 +10,9 @@ Starts everything itself on loopback, one configuration at a time, and runs
   nats-r3  3 chat nodes on 3 clustered nats-servers (replicas 3)
   hot      nats-r3, one thread written through all 3 nodes, order bound 32
   fanout   nats-r3, readers on all 3 nodes at a stated staleness
+  jetstream  no chat nodes: examples/jetstream_publish against 3 clustered
+           nats-servers (R3), what JetStream alone stores on this machine
+           (build it with `cargo build --release --examples`)
 
 The first four run the same open-loop writer load (send-only writers on
 SendMessages streams, one reader per node); hot and fanout use streaming
@@ -52,7 +55,7 @@ import urllib.request
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = ["memory", "sqlite", "nats-r1", "nats-r3", "hot", "fanout"]
+ROWS = ["memory", "sqlite", "nats-r1", "nats-r3", "hot", "fanout", "jetstream"]
 
 
 def free_port():
@@ -130,9 +133,14 @@ class Setup:
         self.dir = tempfile.mkdtemp(prefix="cbench-", dir=work)
         self.nats = []  # (name, Popen)
         self.chat = []  # (name, Popen, grpc, admin)
-        urls = self._start_nats(nats_servers) if nats_servers else []
-        for i in range(chat_nodes):
-            self._start_chat(i, storage, urls, serve_flags)
+        try:
+            self.urls = self._start_nats(nats_servers) if nats_servers else []
+            for i in range(chat_nodes):
+                self._start_chat(i, storage, self.urls, serve_flags)
+        except BaseException:
+            # Nothing else would stop what did start.
+            self.stop()
+            raise
 
     def _log(self, name):
         return open(os.path.join(self.dir, name + ".log"), "w")
@@ -270,7 +278,34 @@ def bench_flags(args, row):
     return bench, serve
 
 
+def run_jetstream(args, rep, work):
+    """JetStream alone: examples/jetstream_publish against 3 fresh servers, R3,
+    in both its modes (see its header)."""
+    setup = Setup(args, work, 3, 0, "nats", [])
+    try:
+        load = load_average()
+        dur = f"{max(2.0, args.duration * min(1.0, args.scale * 4)):.0f}"
+        pids = ",".join(str(p.pid) for _, p in setup.nats)
+        modes = {}
+        for mode in ("window", "per-subject"):
+            cmd = [args.yardstick, "--url", ",".join(setup.urls), "--replicas", "3",
+                   "--mode", mode, "--seconds", dur, "--watch-pids", pids]
+            print(f"== jetstream run {rep}: {' '.join(cmd[1:])}", file=sys.stderr)
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if out.returncode != 0:
+                raise SystemExit(f"jetstream_publish failed: {out.stderr.strip()}")
+            rate = float(re.search(r": (\d+) msg/s", out.stdout).group(1))
+            cores = [float(c) for c in
+                     re.search(r"publisher ([\d. /]+)", out.stdout).group(1).split(" / ")]
+            modes[mode] = {"rate": rate, "publisher": cores[0], "nats": cores[1:]}
+        return {"row": "jetstream", "modes": modes, "load": load}
+    finally:
+        setup.stop()
+
+
 def run_row(args, row, rep, work):
+    if row == "jetstream":
+        return run_jetstream(args, rep, work)
     storage = {"memory": "memory", "sqlite": "durable"}.get(row, "nats")
     nats_servers = {"memory": 0, "sqlite": 0, "nats-r1": 1}.get(row, 3)
     nodes = 1 if storage != "nats" else 3
@@ -496,9 +531,34 @@ def capacity(results):
           f"nodes on one stream | {nodes} |")
 
 
+def table_jetstream(results):
+    runs = results.get("jetstream")
+    if not runs:
+        return
+    print("| JetStream alone, 3 servers, R3 | stored msg/s | nats-server cores | "
+          "publisher cores | load average at start |")
+    print("|---|---|---|---|---|")
+    what = {"window": "up to 1,024 publishes in flight over 64 subjects",
+            "per-subject": "one publish in flight per subject (64), each with its expected "
+                           "last subject sequence"}
+    for mode, text in what.items():
+        rates = [r["modes"][mode]["rate"] for r in runs]
+        nats = " / ".join(fmt(med([r["modes"][mode]["nats"][i] for r in runs]), 2)
+                          for i in range(3))
+        pub = fmt(med([r["modes"][mode]["publisher"] for r in runs]), 2)
+        each = ", ".join(fmt(v) for v in rates)
+        loads = ", ".join(f"{r['load']:.1f}" for r in runs)
+        print(f"| {text} | **{fmt(med(rates))}** ({each}) | {nats} | {pub} | {loads} |")
+
+
 def per_run_lines(results):
     for row in ROWS:
         for i, r in enumerate(results.get(row, []), 1):
+            if row == "jetstream":
+                m = r["modes"]
+                print(f"jetstream run {i}: window {m['window']['rate']:.0f} msg/s, per-subject "
+                      f"{m['per-subject']['rate']:.0f} msg/s | load {r['load']:.1f}")
+                continue
             rep = r["report"]
             cores = " ".join(f"{n} {v:.2f}" for n, v in sorted(r["cores"].items()))
             extra = ""
@@ -551,6 +611,8 @@ def parse_args():
                    help="multiply rates and clients (and shorten runs below 0.25) to check "
                    "the script on a debug build")
     p.add_argument("--duration", type=float, default=10, help="send window of each run, s")
+    p.add_argument("--yardstick", help="examples/jetstream_publish, for the jetstream row "
+                   "(default: beside --bin, in its examples/ directory)")
     p.add_argument("--rate-memory", type=int, default=200000, help="offered msg/s, memory row")
     p.add_argument("--rate-sqlite", type=int, default=100000, help="offered msg/s, SQLite row")
     p.add_argument("--rate-nats", type=int, default=40000, help="offered msg/s, NATS rows")
@@ -580,7 +642,12 @@ def main():
         with open(args.summary) as f:
             print_tables(args, json.load(f))
         return
-    for path, what in ((args.bin, "BIN / --bin"), (args.nats_server, "--nats-server")):
+    if args.yardstick is None:
+        args.yardstick = os.path.join(os.path.dirname(args.bin), "examples", "jetstream_publish")
+    needed = [(args.bin, "BIN / --bin"), (args.nats_server, "--nats-server")]
+    if "jetstream" in rows:
+        needed.append((args.yardstick, "--yardstick (cargo build --release --examples)"))
+    for path, what in needed:
         if not os.access(path, os.X_OK):
             raise SystemExit(f"{path} is not an executable; set {what}")
     os.makedirs(args.out, exist_ok=True)
@@ -603,7 +670,7 @@ def main():
 
 
 def print_tables(args, results):
-    for table in (table_throughput, table_hot):
+    for table in (table_throughput, table_hot, table_jetstream):
         table(results)
         print()
     for table in (table_fanout, table_targets):

@@ -329,8 +329,32 @@ pub fn replicas(o: &NatsOptions, client: &async_nats::Client) -> usize {
     if known >= 3 { 3 } else { 1 }
 }
 
-/// Creates the stream, or checks an existing one; returns its state.
+/// How long a starting node keeps asking for its stream while JetStream
+/// does not answer: a cluster started at the same moment may still be
+/// electing its meta leader (seen on loopback: a stream create timing out
+/// right after every server reported healthy).
+const STREAM_WAIT: Duration = Duration::from_secs(30);
+
+/// Creates the stream, or checks an existing one; returns its state. Asks
+/// again while JetStream does not answer in time, for [`STREAM_WAIT`].
 pub async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<stream::Info, LogError> {
+    let until = tokio::time::Instant::now() + STREAM_WAIT;
+    loop {
+        match ensure_stream_once(js, want.clone()).await {
+            Err(e)
+                if e.to_string().contains("timed out") && tokio::time::Instant::now() < until =>
+            {
+                tracing::warn!(stream = %want.name, error = %e, "JetStream did not answer: asking again");
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn ensure_stream_once(
     js: &jetstream::Context,
     want: stream::Config,
 ) -> Result<stream::Info, LogError> {
