@@ -114,25 +114,28 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     };
     let stored = Arc::new(AtomicU64::new(0));
+    // Publishes not acknowledged (timed out, or refused by the check).
+    let failed = Arc::new(AtomicU64::new(0));
     let (before, started) = (cpu(), Instant::now());
     let until = started + Duration::from_secs(o.seconds);
     let payload = bytes::Bytes::from(vec![b'x'; o.size]);
     if o.per_subject {
-        per_subject(&js, &o, &payload, until, &stored).await;
+        per_subject(&js, &o, &payload, until, &stored, &failed).await;
     } else {
-        window(&js, &o, &payload, until, &stored).await?;
+        window(&js, &o, &payload, until, &stored, &failed).await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let n = stored.load(Ordering::Relaxed);
     println!(
-        "mode {} replicas {} stored {n} in {elapsed:.1} s: {:.0} msg/s",
+        "mode {} replicas {} stored {n} in {elapsed:.1} s: {:.0} msg/s ({} not acknowledged)",
         if o.per_subject {
             "per-subject"
         } else {
             "window"
         },
         o.replicas,
-        n as f64 / elapsed
+        n as f64 / elapsed,
+        failed.load(Ordering::Relaxed)
     );
     let cores: Vec<String> = cpu()
         .iter()
@@ -151,13 +154,16 @@ async fn window(
     payload: &bytes::Bytes,
     until: Instant,
     stored: &Arc<AtomicU64>,
+    failed: &Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(o.window);
-    let counted = stored.clone();
+    let (counted, lost) = (stored.clone(), failed.clone());
     let acks = tokio::spawn(async move {
         while let Some(ack) = rx.recv().await {
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), ack).await {
                 counted.fetch_add(1, Ordering::Relaxed);
+            } else {
+                lost.fetch_add(1, Ordering::Relaxed);
             }
         }
     });
@@ -186,10 +192,12 @@ async fn per_subject(
     payload: &bytes::Bytes,
     until: Instant,
     stored: &Arc<AtomicU64>,
+    failed: &Arc<AtomicU64>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..o.subjects {
-        let (js, payload, stored) = (js.clone(), payload.clone(), stored.clone());
+        let (js, payload, stored, failed) =
+            (js.clone(), payload.clone(), stored.clone(), failed.clone());
         tasks.spawn(async move {
             let mut last = 0;
             let mut i = 0u64;
@@ -201,9 +209,24 @@ async fn per_subject(
                 let Ok(ack) = js.send_publish(format!("yard.t{s}"), m).await else {
                     continue;
                 };
-                if let Ok(a) = ack.await {
-                    last = a.sequence;
-                    stored.fetch_add(1, Ordering::Relaxed);
+                match ack.await {
+                    Ok(a) => {
+                        last = a.sequence;
+                        stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A lost acknowledgement may still have been stored:
+                    // learn the subject's last sequence again, or every
+                    // later publish would fail its check.
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(stream) = js.get_stream("YARDSTICK").await
+                            && let Ok(m) = stream
+                                .get_last_raw_message_by_subject(&format!("yard.t{s}"))
+                                .await
+                        {
+                            last = m.sequence;
+                        }
+                    }
                 }
                 i += 1;
             }
