@@ -832,3 +832,62 @@ async fn a_send_messages_stream_over_three_threads_commits_in_input_order() {
     let want: Vec<String> = (1..=N).map(|i| format!("m{i}")).collect();
     assert_eq!(got, want, "committed out of input order");
 }
+
+/// A publish conditional on its thread's last sequence, refused because
+/// another commit of the thread came first, is a conflict whichever way
+/// JetStream answers: naming the thread's last sequence (error code 10071),
+/// or, for an atomic batch that meets another publish of the subject still
+/// being replicated, without it (10164). Before, the second was taken for a
+/// failure, which sent the batch's writes one at a time, one round trip
+/// each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_batch_refused_for_a_commit_in_flight_is_a_conflict() {
+    use async_nats::jetstream::message::PublishMessage;
+    use dyconit_chat::log::nats;
+    let cluster = NatsCluster::start(3).await;
+    let js = cluster.jetstream().await;
+    let want = nats::wanted_config(&NatsOptions::default(), 3, Default::default());
+    nats::ensure_stream(&js, want).await.expect("the stream");
+    let subject = nats::subject("CHAT", "hot");
+    let mut codes = std::collections::BTreeMap::new();
+    for round in 0..200 {
+        // Publishes of the thread in flight, then a batch expecting none.
+        let mut acks = Vec::new();
+        for _ in 0..8 {
+            acks.push(js.publish(subject.clone(), "other".into()).await.unwrap());
+        }
+        let mut h = async_nats::HeaderMap::new();
+        let id = format!("batch-{round}");
+        h.insert("Nats-Batch-Id", id.as_str());
+        h.insert("Nats-Batch-Sequence", "1");
+        h.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        js.client()
+            .publish_with_headers(subject.clone(), h, "first".into())
+            .await
+            .unwrap();
+        let commit = PublishMessage::build()
+            .payload("last".into())
+            .header("Nats-Batch-Id", id.as_str())
+            .header("Nats-Batch-Sequence", "2")
+            .header("Nats-Batch-Commit", "1");
+        let answer = js
+            .send_publish(subject.clone(), commit)
+            .await
+            .unwrap()
+            .await;
+        let err = answer.expect_err("a batch expecting an empty thread is refused");
+        let code = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+            .map(|e| e.error_code().0);
+        assert!(nats::wrong_last_sequence(&err), "{err}");
+        *codes.entry(code).or_insert(0) += 1;
+        for a in acks {
+            a.await.expect("stored");
+        }
+        if codes.contains_key(&Some(10164)) && codes.contains_key(&Some(10071)) {
+            return;
+        }
+    }
+    panic!("both answers were not seen in 200 rounds: {codes:?}");
+}

@@ -229,6 +229,20 @@ pub fn message_id(sender: &str, thread: &str, contents: &str, timestamp: Micros)
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether JetStream refused a publish because the subject's last
+/// sequence was not the expected one. A single publish gets the answer that
+/// names the last sequence (`PublishErrorKind::WrongLastSequence`); an
+/// atomic batch gets the same refusal without it (error code 10164), which
+/// the client library reports as `Other`.
+pub fn wrong_last_sequence(error: &jetstream::context::PublishError) -> bool {
+    error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+        || std::error::Error::source(error)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|e| {
+                e.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            })
+}
+
 /// Micros since the epoch of a stored-message time given in nanoseconds
 /// (`OffsetDateTime::unix_timestamp_nanos`).
 pub fn time_micros(nanos: i128) -> Micros {

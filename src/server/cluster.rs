@@ -861,10 +861,11 @@ async fn publish_acked(
                 );
             }
         };
-        m.publish_error(error_kind(error.kind()));
-        if error.kind() == PublishErrorKind::WrongLastSequence {
-            return conflict(shared, &error, "publishing to JetStream");
+        if nats::wrong_last_sequence(&error) {
+            m.publish_error("wrong_last_sequence");
+            return conflict(shared, subject, &error, "publishing to JetStream").await;
         }
+        m.publish_error(error_kind(error.kind()));
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() || !retryable(error.kind()) {
             return Published::Failed(format!("publishing to JetStream: {error}"));
@@ -878,17 +879,40 @@ async fn publish_acked(
 }
 
 /// A `wrong last sequence` answer: a conflict with the thread's last
-/// sequence it names (counted, and noted as stored), or a failure if it
-/// names none.
-fn conflict(shared: &Shared, error: &jetstream::context::PublishError, what: &str) -> Published {
+/// sequence (counted, and noted as stored). The answer names it, or else
+/// it is read from the stream.
+async fn conflict(
+    shared: &Shared,
+    subject: &str,
+    error: &jetstream::context::PublishError,
+    what: &str,
+) -> Published {
     shared.metrics.cluster.order_conflicts.inc();
     let text = std::error::Error::source(error).map(|s| s.to_string());
-    match text.as_deref().and_then(lanes::conflict_last) {
-        Some(last) => {
+    let named = text.as_deref().and_then(lanes::conflict_last);
+    let last = match named {
+        Some(last) => Ok(last),
+        None => subject_last(shared, subject).await,
+    };
+    match last {
+        Ok(last) => {
             note_stored(shared, last);
             Published::Conflict(last)
         }
-        None => Published::Failed(format!("{what}: {error}")),
+        Err(e) => Published::Failed(format!(
+            "{what}: {error}; reading the thread's last commit: {e}"
+        )),
+    }
+}
+
+/// The stream sequence of `subject`'s last message (0 if it has none).
+async fn subject_last(shared: &Shared, subject: &str) -> Result<Seq, String> {
+    let read = shared.stream.direct_get_last_for_subject(subject);
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, read).await {
+        Ok(Ok(m)) => Ok(m.sequence),
+        Ok(Err(e)) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(0),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
     }
 }
 

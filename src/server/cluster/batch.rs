@@ -321,9 +321,10 @@ async fn publish(
             return Published::Failed("no acknowledgement before the timeout".into());
         }
     };
-    m.publish_error(error_kind(error.kind()));
-    if error.kind() == PublishErrorKind::WrongLastSequence {
-        return conflict(shared, &error, "publishing a batch");
+    if nats::wrong_last_sequence(&error) {
+        m.publish_error("wrong_last_sequence");
+        return conflict(shared, subject, &error, "publishing a batch").await;
     }
+    m.publish_error(error_kind(error.kind()));
     Published::Failed(format!("publishing a batch: {error}"))
 }
