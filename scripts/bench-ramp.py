@@ -4,12 +4,12 @@ sustains at the base bounds and back down, once without and once with the
 load policy (`serve --load-policy`), REPS runs per arm.
 
 Each run starts its own `dyconit-chat serve` (memory storage, the base
-staleness), then one `dyconit-chat bench --server ...` per step. A step's
-bench is launched STEP seconds after the previous one, so its clients connect
-(--ramp-up) while the previous step still sends and the load stays
-continuous; each step's figures are its bench's own send window. Meanwhile
-the server is scraped every second (GET /api/v1/bounds for the staleness in
-force, GET /metrics for the bound violations it counted).
+staleness), then one `dyconit-chat bench --server ... --rate-steps R,R,...`:
+the same clients connect once (--ramp-up) and send at each step's rate for
+STEP seconds in turn, with no gap between steps; each step's figures are
+those of the messages scheduled in it. Meanwhile the server is scraped every
+second (GET /api/v1/bounds for the staleness in force, GET /metrics for the
+bound violations it counted).
 
 Prints a Markdown table (medians over the runs of each arm) and writes an
 SVG plot of offered load, accepted fraction and chosen staleness over time.
@@ -114,20 +114,15 @@ def one_run(a, arm, rep, factors):
     scrape = threading.Thread(target=scraper, args=(info["admin"], samples, stop), daemon=True)
     scrape.start()
     t0 = time.time()
-    benches = []
-    for k, f in enumerate(factors):
-        time.sleep(max(0.0, t0 + k * a.step - time.time()))
-        rate = f * a.sustained
-        bench = [a.bin, "bench", "--quiet", "--server", f"http://{info['grpc']}",
-                 "--admin", f"http://{info['admin']}", "--server-pid", str(info["pid"]),
-                 "--clients", str(a.clients), "--threads", str(a.threads), "--size", str(a.size),
-                 "--rate", f"{rate:g}", "--duration", f"{a.step:g}s",
-                 "--ramp-up", f"{a.ramp_up:g}s", "--drain", "5s",
-                 "--json", str(run_dir / f"step-{k}.json")]
-        out = open(run_dir / f"step-{k}.txt", "w")
-        benches.append(subprocess.Popen(bench, stdout=out, stderr=subprocess.STDOUT))
-    for b in benches:
-        b.wait()
+    rates = ",".join(f"{f * a.sustained:g}" for f in factors)
+    bench = [a.bin, "bench", "--quiet", "--server", f"http://{info['grpc']}",
+             "--admin", f"http://{info['admin']}", "--server-pid", str(info["pid"]),
+             "--clients", str(a.clients), "--threads", str(a.threads), "--size", str(a.size),
+             "--rate-steps", rates, "--duration", f"{a.step:g}s",
+             "--ramp-up", f"{a.ramp_up:g}s", "--drain", "5s",
+             "--json", str(run_dir / "bench.json")]
+    with open(run_dir / "bench.txt", "w") as out:
+        subprocess.run(bench, stdout=out, stderr=subprocess.STDOUT)
     time.sleep(2)  # a last look at the bounds after the load is gone
     stop.set()
     scrape.join()
@@ -149,18 +144,17 @@ def load_runs(out):
         if not (d / "run.json").exists():
             continue
         run = json.loads((d / "run.json").read_text())
-        steps = []
-        for k in range(len(run["meta"]["factors"])):
-            f = d / f"step-{k}.json"
-            steps.append(json.loads(f.read_text()) if f.exists() else None)
-        run["steps"] = steps
+        bench = d / "bench.json"
+        steps = json.loads(bench.read_text())["steps"] if bench.exists() else []
+        n = len(run["meta"]["factors"])
+        run["steps"] = (steps + [None] * n)[:n]
         runs[run["meta"]["arm"]].append(run)
     return runs
 
 
 def step_figures(run, k):
-    """One step of one run: the bench's figures and what the scrapes saw
-    during its send window."""
+    """One step of one run: the bench's figures for the step's messages and
+    what the scrapes saw during the step."""
     r = run["steps"][k]
     if r is None:
         return None
@@ -171,7 +165,7 @@ def step_figures(run, k):
     v1 = inside[-1]["violations"] if inside else v0
     stal = [s["staleness_ms"] for s in inside] or [float("nan")]
     return {
-        "offered": r["config"]["rate_per_s"],
+        "offered": r["rate_per_s"],
         "accepted_fraction": r["accepted"] / max(r["sent"], 1),
         "staleness_rejections": r["rejections"].get("STALENESS", 0),
         "order_rejections": r["rejections"].get("ORDER_ERROR", 0),

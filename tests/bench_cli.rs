@@ -108,6 +108,50 @@ fn unary_sends_reach_every_client() {
     assert!(n(&r, &["sent"]) >= 590, "{}", r["sent"]);
 }
 
+/// `--rate-steps`: the same clients send at each step's rate in turn, and
+/// every message counts in the step it was scheduled in.
+#[test]
+fn rate_steps_send_each_step_on_schedule_and_report_it_apart() {
+    let r = bench(
+        "steps",
+        &[
+            "--clients",
+            "20",
+            "--rate-steps",
+            "50,0,200",
+            "--duration",
+            "1s",
+            "--threads",
+            "4",
+            "--ramp-up",
+            "300ms",
+            "--staleness",
+            "1s",
+        ],
+    );
+    assert_consistent(&r, 20);
+    assert_eq!(
+        r["config"]["rate_steps"],
+        serde_json::json!([50.0, 0.0, 200.0])
+    );
+    let steps = r["steps"].as_array().expect("steps");
+    let sent: Vec<u64> = steps.iter().map(|s| n(s, &["sent"])).collect();
+    // Open loop: a step sends what falls due within it, whatever the answers.
+    assert_eq!(sent, [50, 0, 200], "{r}");
+    assert_eq!(sent.iter().sum::<u64>(), n(&r, &["sent"]));
+    let accepted: u64 = steps.iter().map(|s| n(s, &["accepted"])).sum();
+    assert_eq!(accepted, n(&r, &["accepted"]));
+    // Each step's latency counts its own messages, once per client.
+    for s in steps {
+        assert_eq!(n(s, &["latency", "count"]), n(s, &["accepted"]) * 20, "{s}");
+    }
+    // The steps tile the window: each starts where the one before ended.
+    let span = |s: &Value, i: usize| s["window_wall_micros"][i].as_i64().unwrap();
+    assert_eq!(span(&steps[0], 1), span(&steps[1], 0));
+    assert_eq!(span(&steps[1], 1), span(&steps[2], 0));
+    assert_eq!(span(&steps[2], 1) - span(&steps[0], 0), 3_000_000);
+}
+
 #[test]
 fn streamed_sends_over_shared_connections_reach_every_client() {
     let r = bench(

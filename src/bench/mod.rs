@@ -30,7 +30,9 @@ pub mod nats;
 pub mod record;
 pub mod record_run;
 pub mod report;
+pub(crate) mod schedule;
 pub mod server;
+mod steps;
 pub mod threads;
 mod warmup;
 pub mod wire;
@@ -191,6 +193,16 @@ pub struct BenchArgs {
     /// Aggregate send rate, messages per second (0: idle clients)
     #[arg(long, default_value_t = 100.0, value_name = "MSG_PER_S")]
     pub rate: f64,
+    /// Instead of one --rate: offered load in steps, msg/s for each
+    /// --duration in turn (the window is their number times --duration), sent
+    /// by the same clients throughout; the report gives each step's figures
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "MSG_PER_S,...",
+        conflicts_with = "rate"
+    )]
+    pub rate_steps: Vec<f64>,
     /// How many of the clients send (0: all); message k goes to writer k mod W
     #[arg(long, default_value_t = 0, value_name = "W")]
     pub writers: usize,
@@ -332,6 +344,9 @@ impl BenchArgs {
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             bail!("--rate must be a non-negative number");
         }
+        if !self.rate_steps.iter().all(|r| r.is_finite() && *r >= 0.0) {
+            bail!("--rate-steps must be non-negative numbers");
+        }
         if self.size < wire::ID_CHARS {
             bail!("--size must be at least {} bytes", wire::ID_CHARS);
         }
@@ -362,6 +377,16 @@ impl BenchArgs {
             bail!("--duration must be above zero");
         }
         Ok(())
+    }
+
+    /// When each message is sent.
+    pub(crate) fn schedule(&self) -> schedule::Schedule {
+        let rates = if self.rate_steps.is_empty() {
+            std::slice::from_ref(&self.rate)
+        } else {
+            &self.rate_steps[..]
+        };
+        schedule::Schedule::new(rates, self.duration)
     }
 }
 
@@ -449,6 +474,8 @@ struct Stats {
     first_error: std::sync::Mutex<Option<String>>,
     /// `--record`: where every event goes.
     recording: Option<record_run::RunRecording>,
+    /// With `--rate-steps`: each step's own counters.
+    steps: steps::StepStats,
 }
 
 /// Shards of the latency histogram.
@@ -478,6 +505,7 @@ impl Default for Stats {
             id_base: AtomicU64::new(0),
             first_error: std::sync::Mutex::new(None),
             recording: None,
+            steps: steps::StepStats::default(),
         }
     }
 }
@@ -561,6 +589,13 @@ fn count_update(update: &wire::UpdateSummary, index: usize, slot: &Slot, stats: 
                 .map(|m| (now - m.server_time).max(0) as u64),
         );
     }
+    stats.steps.delivered(
+        index,
+        update.messages.iter().filter(measured).filter_map(|m| {
+            let k = m.id?.wrapping_sub(base);
+            Some((k, (now - m.server_time).max(0) as u64))
+        }),
+    );
     slot.delivered.fetch_add(n, Ordering::Relaxed);
     slot.checksum.fetch_add(sum, Ordering::Relaxed);
     stats.deliveries.fetch_add(n, Ordering::Relaxed);
@@ -822,6 +857,8 @@ fn record_status(stats: &Stats, status: &MessageStatus, id: u64, due: Instant) {
     }
     let code = status.status_code.clamp(0, 5) as usize;
     stats.statuses[code].fetch_add(1, Ordering::Relaxed);
+    let base = stats.id_base.load(Ordering::Relaxed);
+    stats.steps.status(id.wrapping_sub(base), code);
     if code == StatusCode::Ok as usize {
         stats
             .accepted_checksum
@@ -1018,23 +1055,21 @@ async fn dispatch(
             }
         }
     }
-    if args.rate == 0.0 {
-        tokio::time::sleep_until((start + args.duration).into()).await;
+    let schedule = args.schedule();
+    let end = start + schedule.window();
+    if schedule.total() == 0 {
+        tokio::time::sleep_until(end.into()).await;
         return tasks;
     }
-    let end = start + args.duration;
-    // Messages due within the window: k / rate < duration. A last wake-up
-    // after the end still sends the ones that fell due before it.
-    let total = (args.duration.as_secs_f64() * args.rate).ceil() as u64;
+    // A last wake-up after the end still sends the ones that fell due
+    // before it.
     let mut k: u64 = 0;
     let mut no_stream = None;
     loop {
         let now = Instant::now().min(end);
-        // Message k is due at k / rate: by now, messages 0..=floor(t * rate).
-        let elapsed = now.duration_since(start).as_secs_f64();
-        let due_count = ((elapsed * args.rate) as u64 + 1).min(total);
+        let due_count = schedule.due_by(now.duration_since(start));
         while k < due_count {
-            let due = start + Duration::from_secs_f64(k as f64 / args.rate);
+            let due = start + schedule.due(k);
             let w = first_writer + (k % writers as u64) as usize;
             let thread = &threads[plan.thread_of(k)];
             let slot = &slots[w];
@@ -1043,6 +1078,7 @@ async fn dispatch(
             if slot.state.load(Ordering::Relaxed) != READY {
                 continue; // a lost client (or one moving to another node) does not send
             }
+            stats.steps.sent(id.wrapping_sub(id_base));
             let stream = streams.get_mut(w - first_writer).unwrap_or(&mut no_stream);
             send_one(args, slot, stream, (thread, id, due), stats, &mut tasks);
         }
@@ -1449,6 +1485,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     };
     let stats = Arc::new(Stats {
         recording,
+        steps: steps::StepStats::new(args.schedule()),
         ..Stats::default()
     });
     let slots = make_slots(&args);
@@ -1461,7 +1498,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
             stats.clone(),
             slots.clone(),
             phase.clone(),
-            args.duration,
+            args.schedule().window(),
             stop_progress.clone(),
         )
     });

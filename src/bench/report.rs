@@ -1,7 +1,6 @@
 //! The benchmark's report: a table for people and JSON for scripts.
 
 use super::{BenchArgs, SendMode, Snapshot, Stats};
-use crate::proto::message_status::StatusCode;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -50,8 +49,11 @@ pub struct Config {
     pub clients: usize,
     /// HTTP/2 connections they shared.
     pub connections: usize,
-    /// Scheduled aggregate send rate.
+    /// Scheduled aggregate send rate (with `--rate-steps`, the mean over
+    /// the window).
     pub rate_per_s: f64,
+    /// The rates of `--rate-steps`, each for `duration_s` (empty: one rate).
+    pub rate_steps: Vec<f64>,
     /// Clients that sent.
     pub writers: usize,
     /// The writers only send (they do not stream).
@@ -230,23 +232,19 @@ pub struct Report {
     pub server_counters_error: Option<String>,
     /// What dominant rejections most likely mean, and the flag to change.
     pub notes: Vec<String>,
+    /// Each step's figures, with `--rate-steps`.
+    pub steps: Vec<super::steps::StepReport>,
     /// The delivery check.
     pub check: Check,
 }
 
-/// Rejections by status name, from the per-code counts.
-fn rejections(s: &Stats) -> BTreeMap<String, u64> {
-    let mut rejections = BTreeMap::new();
-    for code in 1..6 {
-        let n = s.statuses[code].load(Ordering::Relaxed);
-        if n > 0 {
-            let name = StatusCode::try_from(code as i32)
-                .map(|c| c.as_str_name().to_owned())
-                .unwrap_or_else(|_| code.to_string());
-            rejections.insert(name, n);
-        }
+/// The offered load as the table shows it.
+fn offered(c: &Config) -> String {
+    if c.rate_steps.is_empty() {
+        return format!("{} msg/s", c.rate_per_s);
     }
-    rejections
+    let steps: Vec<String> = c.rate_steps.iter().map(f64::to_string).collect();
+    format!("{} msg/s for {} s each", steps.join(", "), c.duration_s)
 }
 
 /// The server's CPU and memory over the window, when its process was read.
@@ -279,7 +277,13 @@ impl Config {
             spawned_server: i.args.spawn_server,
             clients: i.args.clients,
             connections: i.connections,
-            rate_per_s: i.args.rate,
+            rate_per_s: if i.args.rate_steps.is_empty() {
+                i.args.rate
+            } else {
+                let s = i.args.schedule();
+                s.total() as f64 / s.window().as_secs_f64()
+            },
+            rate_steps: i.args.rate_steps.clone(),
             writers: if i.args.writers == 0 {
                 i.args.clients
             } else {
@@ -313,7 +317,7 @@ impl Report {
         let rate = |x: u64, y: u64| x.saturating_sub(y) as f64 / window;
         let updates = a.updates.saturating_sub(b.updates);
         let deliveries = a.deliveries.saturating_sub(b.deliveries);
-        let rejections = rejections(s);
+        let rejections = super::steps::rejections(&s.statuses);
         let server = server_cost(&i, window);
         let accepted = s.accepted();
         let send_errors = s.send_errors.load(Ordering::Relaxed);
@@ -378,6 +382,7 @@ impl Report {
             server_counters_error: i.server_counters.as_ref().err().cloned(),
             server_counters: i.server_counters.ok(),
             notes,
+            steps: s.steps.report(b.wall_micros),
             check: Check {
                 accepted,
                 clients_complete: i.accepted_checksum_ok,
@@ -408,11 +413,11 @@ impl Report {
         row(
             "workload",
             format!(
-                "{} clients on {} connections ({}), {} msg/s by {} writers over {} thread(s), {} B, {:?}",
+                "{} clients on {} connections ({}), {} by {} writers over {} thread(s), {} B, {:?}",
                 c.clients,
                 c.connections,
                 connection_mode(c),
-                c.rate_per_s,
+                offered(c),
                 c.writers,
                 c.threads,
                 c.message_bytes,
@@ -439,6 +444,15 @@ impl Report {
             format!("{} {}", c.server, c.server_args.join(" ")),
         );
         row("window", format!("{:.1} s", self.window_s));
+        for (i, st) in self.steps.iter().enumerate() {
+            row(
+                &format!("step {}", i + 1),
+                format!(
+                    "{} msg/s: sent {}, accepted {}, rejected {:?}, commit->receive p99 {:.1} ms",
+                    st.rate_per_s, st.sent, st.accepted, st.rejections, st.latency.p99_ms
+                ),
+            );
+        }
         row(
             "sent / accepted",
             format!("{} / {}", self.sent, self.accepted),
