@@ -2,6 +2,7 @@
 //! so a recorded value is known to within 1.6%), shared by every task of the
 //! load generator through atomic counters.
 
+use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Sub-buckets per power of two, as a power of two.
@@ -131,6 +132,37 @@ impl Histogram {
             }
         }
         self.max()
+    }
+}
+
+/// A latency distribution, in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    /// Values recorded.
+    pub count: u64,
+    /// Median (each quantile errs high by at most 1.6%, never low).
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// The largest value, exact.
+    pub max_ms: f64,
+    /// The mean.
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            count: h.count(),
+            p50_ms: ms(h.quantile(0.50)),
+            p90_ms: ms(h.quantile(0.90)),
+            p99_ms: ms(h.quantile(0.99)),
+            max_ms: ms(h.max()),
+            mean_ms: h.mean() / 1000.0,
+        }
     }
 }
 

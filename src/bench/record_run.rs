@@ -77,6 +77,7 @@ impl RunRecording {
             "server_args": if args.spawn_server { args.server_args() } else { Vec::new() },
             "clients": args.clients,
             "rate_per_s": args.rate,
+            "rate_steps": args.rate_steps,
             "writers": args.writers,
             "send_only_writers": args.send_only_writers,
             "threads": args.threads,

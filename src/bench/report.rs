@@ -78,36 +78,7 @@ pub struct Config {
     pub server_args: Vec<String>,
 }
 
-/// A latency distribution, in milliseconds.
-#[derive(Debug, Serialize)]
-pub struct Latency {
-    /// Values recorded.
-    pub count: u64,
-    /// Median (each quantile errs high by at most 1.6%, never low).
-    pub p50_ms: f64,
-    /// 90th percentile.
-    pub p90_ms: f64,
-    /// 99th percentile.
-    pub p99_ms: f64,
-    /// The largest value, exact.
-    pub max_ms: f64,
-    /// The mean.
-    pub mean_ms: f64,
-}
-
-impl Latency {
-    pub(super) fn of(h: &super::Histogram) -> Latency {
-        let ms = |us: u64| us as f64 / 1000.0;
-        Latency {
-            count: h.count(),
-            p50_ms: ms(h.quantile(0.50)),
-            p90_ms: ms(h.quantile(0.90)),
-            p99_ms: ms(h.quantile(0.99)),
-            max_ms: ms(h.max()),
-            mean_ms: h.mean() / 1000.0,
-        }
-    }
-}
+pub use super::histogram::Latency;
 
 /// The server's cost, read from /proc.
 #[derive(Debug, Serialize)]
@@ -445,13 +416,7 @@ impl Report {
         );
         row("window", format!("{:.1} s", self.window_s));
         for (i, st) in self.steps.iter().enumerate() {
-            row(
-                &format!("step {}", i + 1),
-                format!(
-                    "{} msg/s: sent {}, accepted {}, rejected {:?}, commit->receive p99 {:.1} ms",
-                    st.rate_per_s, st.sent, st.accepted, st.rejections, st.latency.p99_ms
-                ),
-            );
+            row(&format!("step {}", i + 1), st.summary());
         }
         row(
             "sent / accepted",

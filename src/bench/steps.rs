@@ -3,8 +3,7 @@
 //! accepted, rejections and commit->receive latency are its own messages',
 //! however late their statuses and deliveries arrive.
 
-use super::histogram::Histogram;
-use super::report::Latency;
+use super::histogram::{Histogram, Latency};
 use super::schedule::Schedule;
 use crate::proto::message_status::StatusCode;
 use serde::Serialize;
@@ -48,6 +47,16 @@ pub struct StepReport {
     pub rejections: BTreeMap<String, u64>,
     /// Commit -> receive of its messages, over every receiver.
     pub latency: Latency,
+}
+
+impl StepReport {
+    /// One line for the report's table.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} msg/s: sent {}, accepted {}, rejected {:?}, commit->receive p99 {:.1} ms",
+            self.rate_per_s, self.sent, self.accepted, self.rejections, self.latency.p99_ms
+        )
+    }
 }
 
 impl StepStats {
