@@ -103,8 +103,11 @@ impl StepStats {
             let next = messages.next();
             let step = next.map(|(k, _)| s.step_of(k));
             if step != current || next.is_none() {
+                // A message in no step (not of this run's schedule) is
+                // dropped with its run, not counted in the next step.
+                let values = std::mem::take(&mut run);
                 if let Some(c) = current.and_then(|i| self.steps.get(i)) {
-                    c.latency[index % SHARDS].record_all(run.drain(..));
+                    c.latency[index % SHARDS].record_all(values);
                 }
                 current = step;
             }
@@ -149,4 +152,37 @@ pub(super) fn rejections(statuses: &[AtomicU64; 6]) -> BTreeMap<String, u64> {
         }
     }
     rejections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn each_delivery_counts_in_its_messages_step_and_strays_in_none() {
+        let stats = StepStats::new(Schedule::new(&[10.0, 10.0], Duration::from_secs(1)));
+        // Messages 0-9 are step 1's, 10-19 step 2's; 25 is in no step.
+        stats.delivered(3, [(8, 1_000), (9, 2_000), (10, 3_000)].into_iter());
+        stats.delivered(4, [(25, 9_000_000), (11, 4_000)].into_iter());
+        stats.sent(9);
+        stats.status(10, 0);
+        stats.status(11, 2);
+        let report = stats.report(0);
+        assert_eq!(report[0].latency.count, 2);
+        assert_eq!(report[0].latency.max_ms, 2.0);
+        assert_eq!(report[1].latency.count, 2);
+        assert_eq!(report[1].latency.max_ms, 4.0);
+        assert_eq!((report[0].sent, report[1].sent), (1, 0));
+        assert_eq!(report[1].accepted, 1);
+        assert_eq!(report[1].rejections.values().sum::<u64>(), 1);
+        assert_eq!(report[1].window_wall_micros, (1_000_000, 2_000_000));
+    }
+
+    #[test]
+    fn a_run_of_one_rate_keeps_no_steps() {
+        let stats = StepStats::new(Schedule::new(&[10.0], Duration::from_secs(1)));
+        stats.delivered(0, [(1, 1_000)].into_iter());
+        assert!(stats.report(0).is_empty());
+    }
 }
