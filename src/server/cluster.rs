@@ -862,7 +862,6 @@ async fn publish_acked(
             }
         };
         if nats::wrong_last_sequence(&error) {
-            m.publish_error("wrong_last_sequence");
             return conflict(shared, subject, &error, "publishing to JetStream").await;
         }
         m.publish_error(error_kind(error.kind()));
@@ -878,7 +877,8 @@ async fn publish_acked(
     }
 }
 
-/// A `wrong last sequence` answer: a conflict with the thread's last
+/// A `wrong last sequence` answer (either form, see
+/// [`nats::wrong_last_sequence`]): a conflict with the thread's last
 /// sequence (counted, and noted as stored). The answer names it, or else
 /// it is read from the stream.
 async fn conflict(
@@ -887,7 +887,9 @@ async fn conflict(
     error: &jetstream::context::PublishError,
     what: &str,
 ) -> Published {
-    shared.metrics.cluster.order_conflicts.inc();
+    let m = &shared.metrics.cluster;
+    m.publish_error(error_kind(PublishErrorKind::WrongLastSequence));
+    m.order_conflicts.inc();
     let text = std::error::Error::source(error).map(|s| s.to_string());
     let named = text.as_deref().and_then(lanes::conflict_last);
     let last = match named {

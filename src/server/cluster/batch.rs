@@ -322,7 +322,6 @@ async fn publish(
         }
     };
     if nats::wrong_last_sequence(&error) {
-        m.publish_error("wrong_last_sequence");
         return conflict(shared, subject, &error, "publishing a batch").await;
     }
     m.publish_error(error_kind(error.kind()));
