@@ -55,6 +55,8 @@ def args_parser():
     p.add_argument("--staleness", default="100ms", help="the base (operator's) staleness bound: the floor")
     p.add_argument("--ramp-up", type=float, default=3.0, help="seconds each step's clients take to connect")
     p.add_argument("--server-arg", action="append", default=[], help="another serve flag (repeatable)")
+    p.add_argument("--policy-config", metavar="FILE",
+                   help="a config file for the server of the arm with the policy only (its [policy.load] table)")
     p.add_argument("--summarize", metavar="DIR", help="only summarise the runs already in DIR")
     return p
 
@@ -110,6 +112,8 @@ def start_server(a, arm, run_dir):
            "--ready-file", str(ready), "--storage", "memory", "--staleness", a.staleness,
            "--max-connects-per-second", "0"]
     cmd += ["--load-policy"] if arm == "on" else []
+    if arm == "on" and a.policy_config:
+        cmd += ["--config", a.policy_config]
     cmd += a.server_arg
     log = open(run_dir / "server.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -173,7 +173,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DYCONIT_AUTH_JWKS_FILE", value_name = "FILE")]
     pub auth_jwks_file: Option<PathBuf>,
     /// Turn the load policy on: under pressure (the flush scheduler running
-    /// late) it widens staleness, numerical and order together, up to 5s,
+    /// late, or writes arriving close to their staleness bound) it widens
+    /// staleness, numerical and order together, up to 5s,
     /// 4096 and 4096 by default ([policy.load] in the config file sets
     /// target, max_staleness, max_numerical, max_order), and narrows them
     /// back when the pressure passes

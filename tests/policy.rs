@@ -268,3 +268,59 @@ async fn the_load_policy_widens_the_order_bound_with_the_staleness() {
     let v = bounds(server.admin).await;
     assert_eq!(after, StatusCode::Ok, "bounds in force {v}");
 }
+
+/// Writes that reach the server old are pressure, even while the flush
+/// scheduler runs on time: overload that queues the writes before the
+/// server reads them shows there first, and without the policy those
+/// writes would soon be refused `STALENESS`. Here a client's writes carry a
+/// timestamp 150 ms old, three quarters of the 200 ms bound; the policy's
+/// default target (0.5) widens the bounds until they use about half.
+#[tokio::test]
+async fn writes_arriving_old_widen_the_bounds() {
+    let mut cfg = config(200, 256, 32);
+    cfg.load_policy = LoadSetting {
+        enabled: true,
+        config: LoadConfig::default(),
+    };
+    let server = TestServer::start(cfg).await;
+    let writer = server.client(Some("writer")).await;
+    let mut sub = writer.subscribe().await.unwrap();
+    first_update(&mut sub).await;
+    // Takes the writer's Updates as they come, so it acknowledges them.
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = sub.next().await {} });
+    let start = Instant::now();
+    let raised = loop {
+        let number = writer.next_number();
+        let mut m = writer.message("old", "late", number);
+        let stamped = m.timestamp.as_mut().unwrap();
+        stamped.timestamp -= 150_000;
+        let status = status_of(writer.rpc(), m).await;
+        assert_eq!(status, StatusCode::Ok, "150 ms is within the bound");
+        let (_, p) = http_json(server.admin, "GET", "/api/v1/policies", None, None).await;
+        let decisions = p["load"]["decisions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(d) = decisions.iter().find(|d| d["step"] == "raise") {
+            break d.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the bounds never moved: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drain.abort();
+    let write_age = raised["write_age"].as_f64().unwrap();
+    assert!(
+        (0.7..1.0).contains(&write_age),
+        "the writes used 3/4 of their bound: {raised}"
+    );
+    assert!(raised["pressure"].as_f64().unwrap() >= write_age);
+    let v = bounds(server.admin).await;
+    assert!(effective_staleness(&v) > 200.0, "{v}");
+    assert_eq!(
+        v["default"]["staleness_ms"], 200.0,
+        "the operator's stays: {v}"
+    );
+}

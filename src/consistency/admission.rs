@@ -126,6 +126,28 @@ pub struct Decision {
     pub numerical_error: Option<u64>,
     /// What the acknowledgement inside the message told, if it advanced.
     pub ack: Option<AckInfo>,
+    /// How old the write was on arrival, if the staleness check was reached.
+    pub arrival: Option<Arrival>,
+}
+
+/// A write's age on arrival against its thread's staleness bound: the load
+/// policy's second signal (writes that queue before the server decides
+/// them show here before they are refused as stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The decision's time less the write's timestamp (0 for a timestamp
+    /// ahead of the server's clock).
+    pub age_micros: i64,
+    /// The staleness bound in force for its thread.
+    pub staleness_micros: i64,
+}
+
+impl Arrival {
+    /// The share of its staleness bound the write had used: 1 or more is
+    /// refused `STALENESS`.
+    pub fn share(&self) -> f64 {
+        self.age_micros as f64 / self.staleness_micros.max(1) as f64
+    }
 }
 
 /// What an acknowledgement that advanced tells about the client's lag.

@@ -18,7 +18,7 @@ mod interest;
 mod refused;
 
 use super::Seq;
-use super::admission::{AckInfo, ClientFault, Decision, Rejection, Submission, Verdict};
+use super::admission::{AckInfo, Arrival, ClientFault, Decision, Rejection, Submission, Verdict};
 use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
 use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
@@ -489,6 +489,7 @@ impl Engine {
             order_error: None,
             numerical_error: None,
             ack: None,
+            arrival: None,
         };
         let reject = |d: &mut Decision, reason| {
             d.verdict = Verdict::Rejected { reason, at: now };
@@ -513,6 +514,10 @@ impl Engine {
         let c = self.clients.get(&id).expect("checked");
         let bounds = self.settings.bounds.for_thread(&sub.thread);
         let timestamp = sub.timestamp.expect("checked");
+        decision.arrival = Some(Arrival {
+            age_micros: now.0.saturating_sub(timestamp.0).max(0),
+            staleness_micros: bounds.staleness.as_micros().min(i64::MAX as u128) as i64,
+        });
         if timestamp < now.minus(bounds.staleness) {
             let age_micros = now.0.saturating_sub(timestamp.0);
             reject(&mut decision, Rejection::Staleness { age_micros });

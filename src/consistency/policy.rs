@@ -13,8 +13,9 @@
 //! into a little more delay instead of a flood of `STALENESS` rejections and
 //! late deliveries. (Why the order bound moves too: see [`scaled`].)
 //!
-//! The controller takes two signals each sample: the *pressure* (how late
-//! the flush scheduler runs, see the server's policy task) decides whether
+//! The controller takes two signals each sample: the *pressure* (how close
+//! deliveries and writes are to breaking their bounds, see the server's
+//! policy task) decides whether
 //! to move, and the server's *work* (CPU cores used) bounds how far down.
 //! It is multiplicative both ways, with a dead band of `BAND` around the
 //! target. Work `w(s)` is non-increasing in the scale `s` and falls at most
@@ -320,8 +321,9 @@ impl BoundsControl {
 /// Settings of the load policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoadConfig {
-    /// The pressure to hold (see the server's signal: 1.0 means the flush
-    /// scheduler runs as late as the safety margin it has).
+    /// The pressure to hold (see the server's signals: 1.0 means the flush
+    /// scheduler runs as late as the safety margin it has, or writes arrive
+    /// as old as their staleness bound).
     pub target: f64,
     /// Highest staleness the policy sets.
     pub max_staleness: Duration,
@@ -476,7 +478,16 @@ pub enum Step {
     Lower,
     /// Pressure above the band, but the scale is at its ceiling already.
     AtCeiling,
+    /// Pressure above the band, but the last raise did not pay: it cut the
+    /// server's work by less than [`MIN_GAIN`], so the cost is per message
+    /// and wider batches would only add delay. Raising waits [`MAX_HOLD`]
+    /// samples above the band, or until the pressure falls.
+    NoGain,
 }
+
+/// The least share of the server's work a raise must save for the next
+/// raise to follow it.
+pub const MIN_GAIN: f64 = 0.05;
 
 /// The step down a lowering may take beyond what the remembered overload
 /// work allows: the probe that finds out whether the load has fallen.
@@ -508,6 +519,12 @@ pub struct LoadPolicy {
     before_lowering: Option<f64>,
     /// Calm samples left before the next probe.
     hold: u32,
+    /// The work of the sample that last raised the scale by the pressure,
+    /// until a later sample above the band judges whether the raise paid.
+    raised_at_work: Option<f64>,
+    /// Samples above the band left before raising again after a raise that
+    /// did not pay.
+    no_gain: u32,
     /// The wait after the next probe that overloads.
     backoff: u32,
 }
@@ -524,6 +541,8 @@ impl LoadPolicy {
             before_lowering: None,
             hold: 0,
             backoff: FIRST_HOLD,
+            raised_at_work: None,
+            no_gain: 0,
         };
         p.rebase(base);
         p
@@ -573,6 +592,11 @@ impl LoadPolicy {
         }
         // The last lowering (if any) is judged by this sample.
         let probe = self.before_lowering.take().filter(|_| over);
+        if !over {
+            // Out of overload: the last raise paid enough.
+            self.raised_at_work = None;
+            self.no_gain = 0;
+        }
         if !over && self.factor == 1.0 {
             self.end_episode();
         }
@@ -580,9 +604,15 @@ impl LoadPolicy {
             if self.factor >= self.max_factor {
                 return Step::AtCeiling;
             }
+            if probe.is_none() && self.stalled(work) {
+                return Step::NoGain;
+            }
             self.factor = match probe {
                 Some(calm) => self.back_off(calm),
-                None => self.factor * (pressure / target).min(MAX_STEP),
+                None => {
+                    self.raised_at_work = work;
+                    self.factor * (pressure / target).min(MAX_STEP)
+                }
             }
             .min(self.max_factor);
             Step::Raise
@@ -606,6 +636,24 @@ impl LoadPolicy {
         self.hold = self.backoff;
         self.backoff = (self.backoff * 2).min(MAX_HOLD);
         calm
+    }
+
+    /// Whether raising waits: the last raise cut the work by less than
+    /// [`MIN_GAIN`] (judged once, by this sample), or such a raise is still
+    /// being waited out.
+    fn stalled(&mut self, work: Option<f64>) -> bool {
+        if self.no_gain > 0 {
+            self.no_gain -= 1;
+            return true;
+        }
+        let paid = match (self.raised_at_work.take(), work) {
+            (Some(before), Some(now)) => now <= before * (1.0 - MIN_GAIN),
+            _ => true,
+        };
+        if !paid {
+            self.no_gain = MAX_HOLD;
+        }
+        !paid
     }
 
     /// Calm at the operator's bounds: the next overload is a new episode.
@@ -696,5 +744,51 @@ mod tests {
         assert_eq!(t.for_thread("fast").staleness, 200 * MS);
         assert_eq!(t.for_thread("fast").numerical, 512);
         assert_eq!(t.for_thread("other").staleness, 1000 * MS);
+    }
+
+    /// Steps a default-configured controller (target 0.5, settle 2) at
+    /// `pressure` and `work` for `n` samples; returns the steps taken.
+    fn feed(p: &mut LoadPolicy, pressure: f64, work: f64, n: usize) -> Vec<Step> {
+        (0..n)
+            .map(|_| p.observe(pressure, Some(work)))
+            .filter(|s| *s != Step::Hold)
+            .collect()
+    }
+
+    #[test]
+    fn a_raise_that_saves_no_work_is_not_followed_by_another() {
+        let base = Bounds {
+            staleness: 100 * MS,
+            ..Bounds::default()
+        };
+        let mut p = LoadPolicy::new(LoadConfig::default(), base);
+        // Pressure twice the target: the first sample raises by 2.
+        assert_eq!(feed(&mut p, 1.0, 1.0, 1), [Step::Raise]);
+        assert_eq!(p.scale().staleness, 2.0);
+        // The work stayed at 1 core: the raise did not pay, so raising
+        // waits MAX_HOLD samples above the band.
+        let steps = feed(&mut p, 1.0, 1.0, 2 + MAX_HOLD as usize);
+        assert_eq!(steps.len(), MAX_HOLD as usize + 1, "{steps:?}");
+        assert!(steps.iter().all(|s| *s == Step::NoGain), "{steps:?}");
+        assert_eq!(p.scale().staleness, 2.0);
+        // Then it tries again; this raise saves a tenth of the work.
+        assert_eq!(feed(&mut p, 1.0, 1.0, 1), [Step::Raise]);
+        assert_eq!(p.scale().staleness, 4.0);
+        assert_eq!(feed(&mut p, 1.0, 0.9, 3), [Step::Raise]);
+        assert_eq!(p.scale().staleness, 8.0);
+    }
+
+    #[test]
+    fn leaving_overload_forgets_a_raise_that_did_not_pay() {
+        let base = Bounds {
+            staleness: 100 * MS,
+            ..Bounds::default()
+        };
+        let mut p = LoadPolicy::new(LoadConfig::default(), base);
+        assert_eq!(feed(&mut p, 1.0, 1.0, 3), [Step::Raise, Step::NoGain]);
+        // In the band for a sample: a new overload raises at once.
+        assert_eq!(feed(&mut p, 0.5, 1.0, 1), []);
+        assert_eq!(feed(&mut p, 1.0, 1.0, 1), [Step::Raise]);
+        assert_eq!(p.scale().staleness, 4.0);
     }
 }

@@ -16,6 +16,7 @@ use super::convert;
 use super::error::HubError;
 use super::grants::{self, Grants};
 use super::outbox::{Outbox, UpdateStream};
+use super::signals::Signals;
 use crate::access::ThreadAccess;
 use crate::clock::Clock;
 use crate::consistency::limits::Limit;
@@ -179,10 +180,9 @@ pub struct Hub {
     max_outbound_bytes: usize,
     /// Where every count and latency is recorded.
     metrics: Metrics,
-    /// How late each scheduler run was after the engine's earliest
-    /// deadline, in microseconds, since the load policy last took them.
-    /// Its own lock: written after the hub lock is dropped.
-    lateness: Mutex<Vec<u32>>,
+    /// The load policy's signals since it last took them (their own locks:
+    /// written after the hub lock is dropped).
+    signals: Signals,
     /// Thread permissions of the clients whose token restricts them.
     grants: Grants,
     /// Told of every operator's bound change, under the hub lock, when the
@@ -194,10 +194,6 @@ pub struct Hub {
 /// operator's bounds and pins after it. Called under the hub lock: must not
 /// block or call the hub.
 pub type ShareChanges = Box<dyn Fn(&BoundsTarget, &str, &BoundsControl) + Send + Sync>;
-
-/// Most lateness samples kept between two policy samples (a few thousand
-/// scheduler runs a second at 10,000 clients).
-const MAX_LATENESS_SAMPLES: usize = 8192;
 
 /// The public handle of a client: derived from its public id, safe to log and
 /// show (unlike the capability id).
@@ -239,7 +235,7 @@ impl Hub {
             settled: Notify::new(),
             max_outbound_bytes,
             metrics,
-            lateness: Mutex::new(Vec::new()),
+            signals: Signals::default(),
             grants: Grants::default(),
             share_changes: std::sync::OnceLock::new(),
         })
@@ -481,6 +477,9 @@ impl Hub {
                 tier,
             )
         });
+        if let Some(a) = submitted.decision.arrival {
+            self.signals.write_age.push((a.share() * 1000.0) as i64);
+        }
         self.count_decision(&submitted, tier, origin.client);
         submitted
     }
@@ -686,15 +685,12 @@ impl Hub {
             .policy
             .flush_lateness
             .observe(micros as f64 / 1e6);
-        let mut v = self.lateness.lock().unwrap_or_else(|e| e.into_inner());
-        if v.len() < MAX_LATENESS_SAMPLES {
-            v.push(micros.clamp(0, u32::MAX as i64) as u32);
-        }
+        self.signals.lateness.push(micros);
     }
 
-    /// The lateness samples since the last call (for the load policy).
-    pub fn take_lateness(&self) -> Vec<u32> {
-        std::mem::take(&mut *self.lateness.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The load policy's signals.
+    pub(crate) fn signals(&self) -> &Signals {
+        &self.signals
     }
 
     /// Carries out a flush's events outside the hub lock (the caller holds

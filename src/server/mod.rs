@@ -8,6 +8,7 @@
 //! - [`outbox`]: each client's bounded outbound queue and stream.
 //! - [`scheduler`]: the one task that wakes at the engine's next deadline.
 //! - [`writer`]: the group-commit thread that makes messages durable.
+//! - `signals`: what the load policy measures, recorded where it happens.
 //! - [`cluster`]: a node of a cluster: publishes to and consumes the shared
 //!   NATS JetStream stream (`--storage nats`).
 //! - [`convert`]: wire types to and from core types.
@@ -31,6 +32,7 @@ pub mod propagation;
 mod reflection;
 pub mod scheduler;
 pub mod service;
+mod signals;
 pub mod updates;
 pub mod writer;
 

@@ -2,25 +2,42 @@
 //! policy that is on, and applies what they decide through the hub's one
 //! place for bound changes ([`Hub::apply_policy`]).
 //!
-//! The load policy's signal is the flush scheduler's lateness: how long
-//! after the engine's earliest deadline the scheduler got to run. The engine
-//! flushes a safety margin before each deadline (an eighth of the staleness
-//! bound, at most 20 ms) precisely to absorb that delay, so the lateness
-//! measured in margins says how close deliveries are to breaking their
-//! bound, whatever the cause of the delay (CPU, lock contention, a slow
-//! disk behind the writer). Unlike the process's CPU share, it does not
-//! depend on how many cores the machine has or who else uses them. The
-//! pressure is the 90th percentile of a second's lateness samples divided by
-//! the margin of the operator's default staleness (fixed while the policy
-//! widens the bounds, so widening does not change the yardstick).
+//! The load policy's pressure is the larger of two signals, each 1.0 where
+//! the bounds are about to be broken:
 //!
-//! Its second signal is the server's work: the process's CPU time over the
+//! - **Flush lateness**: how long after the engine's earliest deadline the
+//!   scheduler got to run. The engine flushes a safety margin before each
+//!   deadline (an eighth of the staleness bound, at most 20 ms) precisely to
+//!   absorb that delay, so the lateness measured in margins says how close
+//!   deliveries are to breaking their bound, whatever the cause of the delay
+//!   (CPU, lock contention, a slow disk behind the writer). It is the 90th
+//!   percentile of a second's runs divided by the margin of the operator's
+//!   default staleness (fixed while the policy widens the bounds, so
+//!   widening does not change the yardstick).
+//! - **Write age**: the share of its thread's staleness bound in force that
+//!   a write had used when the server decided it (its age since the
+//!   client's timestamp), the 90th percentile of a second's writes; at 1.0
+//!   writes are refused `STALENESS`. Overload often shows here first: the
+//!   writes wait in sockets and request queues before the server reads
+//!   them, while the scheduler itself still runs on time (measured: at three
+//!   times the sustained load of 1,000 clients, half the writes were refused
+//!   as stale while the lateness stayed under the target). Measured against
+//!   the staleness in force, it falls as the policy widens: the controller
+//!   stops where writes use about `target` of their bound. A client whose
+//!   clock runs behind looks old here as it does to the staleness check; it
+//!   moves the 90th percentile only if it sends a tenth of the writes.
+//!
+//! Unlike the process's CPU share, neither depends on how many cores the
+//! machine has or who else uses them.
+//!
+//! Its second input is the server's work: the process's CPU time over the
 //! period (`/proc/self/stat`), in cores. The controller lowers the bounds
 //! fast where the work shows that the load fell, and otherwise in probing
 //! steps it undoes if they overload (see `consistency::policy`). Where
 //! `/proc` cannot be read, it lowers by probing steps alone.
 
 use super::hub::Hub;
+use super::signals::p90;
 use crate::consistency::interest::InterestConfig;
 use crate::consistency::policy::SizeConfig;
 use crate::consistency::policy::{LoadConfig, LoadPolicy, Scale, Step};
@@ -49,8 +66,13 @@ pub struct LoadSetting {
 pub struct Decision {
     /// Microseconds since the epoch.
     pub at: i64,
+    /// The larger of the two signals below.
     pub pressure: f64,
-    /// `raise`, `lower`, `hold` or `at_ceiling`.
+    /// The flush lateness, in safety margins.
+    pub lateness: f64,
+    /// The write age, in shares of the staleness bound.
+    pub write_age: f64,
+    /// `raise`, `lower`, `hold`, `at_ceiling` or `no_gain`.
     pub step: &'static str,
     /// The server's CPU use over the sample, in cores (absent where it
     /// cannot be measured).
@@ -308,11 +330,17 @@ impl Policies {
             m.interest_clients.set(summary.taking_part as i64);
             m.interest_pairs.set(summary.pairs as i64);
         }
-        let lateness = hub.take_lateness();
         let base = hub.bounds_control().base().default_bounds();
-        let pressure = pressure(lateness, safety_margin(base.staleness));
+        let margin = safety_margin(base.staleness).as_micros() as f64;
+        let lateness = p90(hub.signals().lateness.take(), margin);
+        let write_age = p90(hub.signals().write_age.take(), 1000.0);
+        let pressure = lateness.max(write_age);
         let m = &hub.metrics().policy;
         m.pressure.with_label_values(&["load"]).set(pressure);
+        m.signal
+            .with_label_values(&["flush_lateness"])
+            .set(lateness);
+        m.signal.with_label_values(&["write_age"]).set(write_age);
         let (step, at_ceiling) = {
             let mut s = self.lock();
             if !s.setting.enabled {
@@ -324,6 +352,8 @@ impl Policies {
             let decision = Decision {
                 at: hub.now().0,
                 pressure,
+                lateness,
+                write_age,
                 work,
                 step: step_name(step),
                 scale: s.load.scale().staleness,
@@ -380,19 +410,8 @@ fn step_name(step: Step) -> &'static str {
         Step::Raise => "raise",
         Step::Lower => "lower",
         Step::AtCeiling => "at_ceiling",
+        Step::NoGain => "no_gain",
     }
-}
-
-/// The 90th percentile of the lateness samples (microseconds), in units of
-/// `margin`; 0 when nothing was due.
-fn pressure(mut samples: Vec<u32>, margin: Duration) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    let k = (samples.len() * 9 / 10).min(samples.len() - 1);
-    let (_, p90, _) = samples.select_nth_unstable(k);
-    let margin = margin.as_micros().max(1) as f64;
-    *p90 as f64 / margin
 }
 
 /// Samples and steps the policies every [`PERIOD`] until `stop`.
@@ -405,19 +424,5 @@ pub async fn run(policies: Arc<Policies>, hub: Arc<Hub>, stop: CancellationToken
             _ = tick.tick() => policies.sample(&hub),
             _ = stop.cancelled() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pressure_is_the_90th_percentile_in_margins() {
-        let ms = Duration::from_millis(1);
-        assert_eq!(pressure(Vec::new(), 20 * ms), 0.0);
-        let samples: Vec<u32> = (1..=100).map(|i| i * 100).collect();
-        // The 90th of 100 samples of 0.1..10 ms is 9.1 ms: 0.455 margins.
-        assert!((pressure(samples, 20 * ms) - 0.455).abs() < 1e-9);
     }
 }

@@ -91,6 +91,10 @@ pub struct PolicyMetrics {
     /// The pressure a policy measured last, by policy (its target is 1/2 of
     /// the safety margin by default; see docs/operations.md).
     pub pressure: GaugeVec,
+    /// The load policy's signals as measured last, by signal
+    /// (`flush_lateness` in safety margins, `write_age` in shares of the
+    /// staleness bound); the pressure is the larger.
+    pub signal: GaugeVec,
     /// The factor a policy scales the bounds by (1 = the operator's), by
     /// policy.
     pub scale: GaugeVec,
@@ -133,9 +137,17 @@ impl PolicyMetrics {
                 r,
                 (
                     "chat_policy_pressure",
-                    "The pressure a policy measured last (1 = flushes as late as their safety margin), by policy.",
+                    "The pressure a policy measured last (1 = the bounds about to be broken), by policy.",
                 ),
                 &["policy"],
+            ),
+            signal: float_gauge_vec(
+                r,
+                (
+                    "chat_policy_signal",
+                    "The load policy's signals as measured last: flush_lateness in safety margins, write_age in shares of the staleness bound (90th percentiles of a second).",
+                ),
+                &["signal"],
             ),
             scale: float_gauge_vec(
                 r,
@@ -172,6 +184,9 @@ impl PolicyMetrics {
         // Exported from the start, so dashboards and alerts have a series
         // whether or not the policy is on.
         m.pressure.with_label_values(&["load"]).set(0.0);
+        for signal in ["flush_lateness", "write_age"] {
+            m.signal.with_label_values(&[signal]).set(0.0);
+        }
         m.scale.with_label_values(&["load"]).set(1.0);
         m.at_ceiling.with_label_values(&["load"]).set(0);
         m.scale.with_label_values(&["interest"]).set(1.0);
