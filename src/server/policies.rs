@@ -362,7 +362,9 @@ impl Policies {
             if s.decisions.len() > DECISIONS_KEPT {
                 s.decisions.pop_front();
             }
-            (step, step == Step::AtCeiling)
+            // Capacity is what helps in both: the bounds may not go wider,
+            // or going wider saves nothing.
+            (step, matches!(step, Step::AtCeiling | Step::NoGain))
         };
         m.at_ceiling
             .with_label_values(&["load"])

@@ -99,7 +99,7 @@ pub struct PolicyMetrics {
     /// policy.
     pub scale: GaugeVec,
     /// 1 while a policy wants to widen the bounds further but is at its
-    /// ceiling, by policy.
+    /// ceiling, or finds that widening saves no work, by policy.
     pub at_ceiling: IntGaugeVec,
     /// Steps a policy took, by policy and direction (raise, lower).
     pub steps: IntCounterVec,
@@ -161,7 +161,7 @@ impl PolicyMetrics {
                 r,
                 (
                     "chat_policy_at_ceiling",
-                    "1 while a policy would widen the bounds further but is at its ceiling, by policy.",
+                    "1 while a policy would widen the bounds further but is at its ceiling, or finds that widening saves no work, by policy.",
                 ),
                 &["policy"],
             ),
