@@ -362,9 +362,7 @@ impl Policies {
             if s.decisions.len() > DECISIONS_KEPT {
                 s.decisions.pop_front();
             }
-            // Capacity is what helps in both: the bounds may not go wider,
-            // or going wider saves nothing.
-            (step, matches!(step, Step::AtCeiling | Step::NoGain))
+            (step, s.load.limited())
         };
         m.at_ceiling
             .with_label_values(&["load"])
