@@ -114,6 +114,10 @@ struct OwnWrite {
     /// The stream sequence it was committed at, once this node applied it:
     /// whichever attempt stored it, the write is done.
     committed: Option<Seq>,
+    /// Its commit time, noted with `committed`: the OK carries it, and the
+    /// engine may have let the entry go by the time the writer's task
+    /// looks (it keeps only what a client still needs).
+    committed_at: Option<Micros>,
 }
 
 /// What the publisher and the consumer share.
@@ -533,11 +537,14 @@ fn apply(shared: &Shared, headers: Option<&async_nats::HeaderMap>, entry: Entry)
         .cluster
         .apply_delay_seconds
         .observe(delay as f64 / 1e6);
+    let at = entry.commit_time;
     let own = headers.and_then(|h| h.get("Nats-Msg-Id")).and_then(|id| {
         let mut own = lock(&shared.own);
         let w = own.get_mut(id.as_str())?;
         // The stream stores one id once (its duplicate window).
-        w.committed.get_or_insert(seq);
+        if w.committed.is_none() {
+            (w.committed, w.committed_at) = (Some(seq), Some(at));
+        }
         Some((w.client, w.number))
     });
     let thread = entry.thread.clone();
@@ -664,8 +671,14 @@ async fn settle(
     wait_applied(shared, seq, deadline)
         .await
         .map_err(Failure::Failed)?;
-    let seq = committed(shared, id).unwrap_or(seq);
-    commit_time(shared, seq).await.map_err(Failure::Failed)
+    let own = lock(&shared.own)
+        .get(id)
+        .and_then(|w| w.committed.zip(w.committed_at));
+    match own {
+        Some(done) => Ok(done),
+        // Committed by another node's earlier attempt (a resend).
+        None => commit_time(shared, seq).await.map_err(Failure::Failed),
+    }
 }
 
 /// Answers the writer of a finished write.
@@ -713,6 +726,7 @@ fn own_write(shared: &Shared, p: &Proposal) -> String {
         client,
         number,
         committed: None,
+        committed_at: None,
     };
     lock(&shared.own).insert(id.clone(), write);
     id
