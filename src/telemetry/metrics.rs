@@ -129,7 +129,7 @@ impl PolicyMetrics {
                 r,
                 (
                     "chat_flush_lateness_seconds",
-                    "How late the flush scheduler ran after the earliest deadline it had (the load policy's signal).",
+                    "How late the flush scheduler ran after the earliest deadline it had (one of the load policy's two signals).",
                 ),
                 prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
             ),
