@@ -130,6 +130,23 @@ pub struct Decision {
     pub arrival: Option<Arrival>,
 }
 
+impl Decision {
+    /// The start of a decision at `now`: refused until the checks pass
+    /// (the verdict is overwritten by the first check that decides).
+    pub fn undecided(now: Micros) -> Self {
+        Decision {
+            verdict: Verdict::Rejected {
+                reason: Rejection::Client(ClientFault::MissingAcknowledgement),
+                at: now,
+            },
+            order_error: None,
+            numerical_error: None,
+            ack: None,
+            arrival: None,
+        }
+    }
+}
+
 /// A write's age on arrival against its thread's staleness bound: the load
 /// policy's second signal (writes that queue before the server decides
 /// them show here before they are refused as stale).
@@ -143,6 +160,14 @@ pub struct Arrival {
 }
 
 impl Arrival {
+    /// A write stamped `timestamp`, decided at `now` under `staleness`.
+    pub fn of(now: Micros, timestamp: Micros, staleness: std::time::Duration) -> Self {
+        Arrival {
+            age_micros: now.0.saturating_sub(timestamp.0).max(0),
+            staleness_micros: staleness.as_micros().min(i64::MAX as u128) as i64,
+        }
+    }
+
     /// The share of its staleness bound the write had used: 1 or more is
     /// refused `STALENESS`.
     pub fn share(&self) -> f64 {

@@ -488,16 +488,7 @@ impl Engine {
     /// client gets it before [`Engine::mark_durable`] covers its seq. An
     /// accepted retry carries the original seq, which may still be pending.
     pub fn submit(&mut self, sub: Submission, now: Micros) -> (Decision, Option<Arc<Entry>>) {
-        let mut decision = Decision {
-            verdict: Verdict::Rejected {
-                reason: Rejection::Client(ClientFault::MissingAcknowledgement),
-                at: now,
-            },
-            order_error: None,
-            numerical_error: None,
-            ack: None,
-            arrival: None,
-        };
+        let mut decision = Decision::undecided(now);
         let reject = |d: &mut Decision, reason| {
             d.verdict = Verdict::Rejected { reason, at: now };
         };
@@ -521,12 +512,10 @@ impl Engine {
         let c = self.clients.get(&id).expect("checked");
         let bounds = self.settings.bounds.for_thread(&sub.thread);
         let timestamp = sub.timestamp.expect("checked");
-        decision.arrival = Some(Arrival {
-            age_micros: now.0.saturating_sub(timestamp.0).max(0),
-            staleness_micros: bounds.staleness.as_micros().min(i64::MAX as u128) as i64,
-        });
+        let arrived = Arrival::of(now, timestamp, bounds.staleness);
+        decision.arrival = Some(arrived);
         if timestamp < now.minus(bounds.staleness) {
-            let age_micros = now.0.saturating_sub(timestamp.0);
+            let age_micros = arrived.age_micros;
             reject(&mut decision, Rejection::Staleness { age_micros });
             return (decision, None);
         }

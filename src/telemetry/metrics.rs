@@ -181,20 +181,24 @@ impl PolicyMetrics {
                 ),
             ),
         };
-        // Exported from the start, so dashboards and alerts have a series
-        // whether or not the policy is on.
-        m.pressure.with_label_values(&["load"]).set(0.0);
-        for signal in ["flush_lateness", "write_age"] {
-            m.signal.with_label_values(&[signal]).set(0.0);
-        }
-        m.scale.with_label_values(&["load"]).set(1.0);
-        m.at_ceiling.with_label_values(&["load"]).set(0);
-        m.scale.with_label_values(&["interest"]).set(1.0);
-        m.scale.with_label_values(&["size"]).set(1.0);
-        for step in ["raise", "lower"] {
-            m.steps.with_label_values(&["size", step]);
-        }
+        m.export_initial();
         m
+    }
+
+    /// Exported from the start, so dashboards and alerts have a series
+    /// whether or not the policy is on.
+    fn export_initial(&self) {
+        self.pressure.with_label_values(&["load"]).set(0.0);
+        for signal in ["flush_lateness", "write_age"] {
+            self.signal.with_label_values(&[signal]).set(0.0);
+        }
+        self.scale.with_label_values(&["load"]).set(1.0);
+        self.at_ceiling.with_label_values(&["load"]).set(0);
+        self.scale.with_label_values(&["interest"]).set(1.0);
+        self.scale.with_label_values(&["size"]).set(1.0);
+        for step in ["raise", "lower"] {
+            self.steps.with_label_values(&["size", step]);
+        }
     }
 }
 
