@@ -773,7 +773,17 @@ mod tests {
         assert_eq!(t.for_thread("other").staleness, 1000 * MS);
     }
 
-    /// Steps a default-configured controller (target 0.5, settle 2) at
+    /// A default-configured controller (target 0.5, settle 2) at a 100 ms
+    /// staleness.
+    fn controller() -> LoadPolicy {
+        let base = Bounds {
+            staleness: 100 * MS,
+            ..Bounds::default()
+        };
+        LoadPolicy::new(LoadConfig::default(), base)
+    }
+
+    /// Steps a controller at
     /// `pressure` and `work` for `n` samples; returns the steps taken.
     fn feed(p: &mut LoadPolicy, pressure: f64, work: f64, n: usize) -> Vec<Step> {
         (0..n)
@@ -784,11 +794,7 @@ mod tests {
 
     #[test]
     fn a_raise_that_saves_no_work_is_not_followed_by_another() {
-        let base = Bounds {
-            staleness: 100 * MS,
-            ..Bounds::default()
-        };
-        let mut p = LoadPolicy::new(LoadConfig::default(), base);
+        let mut p = controller();
         // Pressure twice the target: the first sample raises by 2.
         assert_eq!(feed(&mut p, 1.0, 1.0, 1), [Step::Raise]);
         assert_eq!(p.scale().staleness, 2.0);
@@ -813,11 +819,7 @@ mod tests {
 
     #[test]
     fn leaving_overload_forgets_a_raise_that_did_not_pay() {
-        let base = Bounds {
-            staleness: 100 * MS,
-            ..Bounds::default()
-        };
-        let mut p = LoadPolicy::new(LoadConfig::default(), base);
+        let mut p = controller();
         assert_eq!(feed(&mut p, 1.0, 1.0, 3), [Step::Raise, Step::NoGain]);
         assert!(p.limited());
         // In the band for a sample: a new overload raises at once.
