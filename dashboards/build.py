@@ -488,9 +488,11 @@ def bounds():
                 (f"max by (policy) (chat_policy_scale{{{F}}})", "{{policy}} scale"),
                 (f"max by (policy) (chat_policy_at_ceiling{{{F}}})", "{{policy}} at ceiling"),
             ), overrides=[bound_style(".*ceiling")], width=8),
-            timeseries("Policy pressure", "What the load policy measures: the p90 flush lateness in safety margins "
-                       "(1 = deliveries about to be late).", targets(
+            timeseries("Policy pressure", "What the load policy measures: its pressure, the larger of two p90 "
+                       "signals: flush_lateness in safety margins (1 = deliveries about to be late) and "
+                       "write_age in shares of the staleness bound (1 = writes refused STALENESS).", targets(
                 (f"max by (policy) (chat_policy_pressure{{{F}}})", "{{policy}}"),
+                (f"max by (signal) (chat_policy_signal{{{F}}})", "{{signal}}"),
             ), width=8),
             timeseries("Flush lateness", "How late the flush scheduler ran after its deadlines.", targets(
                 (f"histogram_quantile(0.9, sum by (le) (rate(chat_flush_lateness_seconds_bucket{{{F}}}[$__rate_interval])))",
