@@ -152,6 +152,10 @@ struct Shared {
     timeout: Duration,
     /// Most writes of one thread published as one atomic batch (1: none).
     max_batch: usize,
+    /// When a commit last failed. For `timeout` after it only a commit
+    /// that goes through makes the node ready again, not the probe: a
+    /// stream leader that lost its quorum still answers reads for a while.
+    failed_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// The cluster's background tasks; stopped at shutdown.
@@ -244,6 +248,7 @@ pub async fn open(
         name: o.stream.clone(),
         timeout: o.timeout,
         max_batch: batch_size(o, &info.config),
+        failed_at: Mutex::new(None),
     });
     let shared_tasks = share(&admin_js, o, replicas, &shared, metrics).await?;
     let stop = CancellationToken::new();
@@ -1024,6 +1029,7 @@ fn finish(
             let _ = reply.send(Err(reason));
         }
         Err(Failure::Failed(error)) => {
+            *lock(&shared.failed_at) = Some(tokio::time::Instant::now());
             if !shared.health.record_error(&error) {
                 // Logged once per outage; the rest only counted.
                 tracing::debug!(%error, "commit failed");
@@ -1044,7 +1050,8 @@ fn finish(
 /// Tells the consumer the stream's last sequence (a node with only readers
 /// publishes nothing that would show the consumer is behind). While
 /// unhealthy, the node is ready again once the stream answers and the
-/// consumer has caught up with it.
+/// consumer has caught up with it, but not within the commit timeout of a
+/// failed commit (see `Shared::failed_at`).
 async fn probe_loop(shared: Arc<Shared>) {
     let mut stream = shared.stream.clone();
     loop {
@@ -1074,7 +1081,9 @@ async fn probe_loop(shared: Arc<Shared>) {
         let applied = *shared.applied.borrow();
         let lag = last.saturating_sub(applied);
         shared.metrics.cluster.consumer_lag_messages.set(lag as i64);
-        if applied >= last && shared.health.record_healthy() {
+        let failed_recently =
+            lock(&shared.failed_at).is_some_and(|at| at.elapsed() < shared.timeout);
+        if applied >= last && !failed_recently && shared.health.record_healthy() {
             tracing::info!(
                 applied,
                 "the stream answers and this node is caught up: ready"
