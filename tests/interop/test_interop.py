@@ -13,11 +13,11 @@ Semantics under test: /work/shared/DESIGN.md (a copy lives with the project's
 shared notes); wire contract: proto/chat.proto.
 """
 
+import json
 import os
 import queue
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -59,12 +59,6 @@ def status_name(code: int) -> str:
     return SC.Name(code)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------------
 # Server process
 # --------------------------------------------------------------------------
@@ -73,16 +67,21 @@ def free_port() -> int:
 class Server:
     def __init__(self, log_path: Path, **flags):
         assert BIN.exists(), f"server binary {BIN} missing (run tests/interop/run.sh)"
-        self.port = free_port()
-        self.admin_port = free_port()
         self.flags = {**BASE_FLAGS, **flags}
+        # Ports the server picks itself and reports in its ready file: a
+        # port found free here could be taken by another server before this
+        # one binds it.
+        ready_file = log_path.with_suffix(".ready.json")
+        ready_file.unlink(missing_ok=True)
         args = [
             str(BIN),
             "serve",
             "--listen",
-            f"127.0.0.1:{self.port}",
+            "127.0.0.1:0",
             "--admin-listen",
-            f"127.0.0.1:{self.admin_port}",
+            "127.0.0.1:0",
+            "--ready-file",
+            str(ready_file),
         ]
         for k, v in self.flags.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
@@ -100,22 +99,20 @@ class Server:
         self.channels = []
         self.calls = []
         try:
-            # Wait until the port accepts (polling a plain TCP connect, so the
-            # gRPC channel does not sit in its reconnect backoff), then until
-            # the gRPC channel is ready.
+            # Wait for the ready file (written whole, once the node serves),
+            # then until the gRPC channel is ready.
             deadline = time.monotonic() + 15
-            while True:
+            while not ready_file.exists():
                 assert self.proc.poll() is None, (
                     f"server exited early with {self.proc.returncode}:\n{self.log_text()}"
                 )
-                try:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, (
-                        f"gRPC port never accepted:\n{self.log_text()}"
-                    )
-                    time.sleep(0.01)
+                assert time.monotonic() < deadline, (
+                    f"the server never wrote its ready file:\n{self.log_text()}"
+                )
+                time.sleep(0.01)
+            ready = json.loads(ready_file.read_text())
+            self.port = int(ready["grpc"].rsplit(":", 1)[1])
+            self.admin_port = int(ready["admin"].rsplit(":", 1)[1])
             self.channel = self.new_channel()
             try:
                 grpc.channel_ready_future(self.channel).result(timeout=10)
