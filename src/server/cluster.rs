@@ -111,13 +111,12 @@ impl Committer for ClusterSink {
 struct OwnWrite {
     client: ClientId,
     number: i64,
-    /// The stream sequence it was committed at, once this node applied it:
-    /// whichever attempt stored it, the write is done.
-    committed: Option<Seq>,
-    /// Its commit time, noted with `committed`: the OK carries it, and the
-    /// engine may have let the entry go by the time the writer's task
-    /// looks (it keeps only what a client still needs).
-    committed_at: Option<Micros>,
+    /// The stream sequence and commit time it was committed at, once this
+    /// node applied it: whichever attempt stored it, the write is done. The
+    /// OK carries that time; the engine may have let the entry go by the
+    /// time the writer's task looks (it keeps only what a client still
+    /// needs).
+    committed: Option<(Seq, Micros)>,
 }
 
 /// What the publisher and the consumer share.
@@ -542,14 +541,12 @@ fn apply(shared: &Shared, headers: Option<&async_nats::HeaderMap>, entry: Entry)
         .cluster
         .apply_delay_seconds
         .observe(delay as f64 / 1e6);
-    let at = entry.commit_time;
+    let commit = (seq, entry.commit_time);
     let own = headers.and_then(|h| h.get("Nats-Msg-Id")).and_then(|id| {
         let mut own = lock(&shared.own);
         let w = own.get_mut(id.as_str())?;
         // The stream stores one id once (its duplicate window).
-        if w.committed.is_none() {
-            (w.committed, w.committed_at) = (Some(seq), Some(at));
-        }
+        w.committed.get_or_insert(commit);
         Some((w.client, w.number))
     });
     let thread = entry.thread.clone();
@@ -676,9 +673,7 @@ async fn settle(
     wait_applied(shared, seq, deadline)
         .await
         .map_err(Failure::Failed)?;
-    let own = lock(&shared.own)
-        .get(id)
-        .and_then(|w| w.committed.zip(w.committed_at));
+    let own = lock(&shared.own).get(id).and_then(|w| w.committed);
     match own {
         Some(done) => Ok(done),
         // Committed by another node's earlier attempt (a resend).
@@ -731,7 +726,6 @@ fn own_write(shared: &Shared, p: &Proposal) -> String {
         client,
         number,
         committed: None,
-        committed_at: None,
     };
     lock(&shared.own).insert(id.clone(), write);
     id
@@ -739,7 +733,9 @@ fn own_write(shared: &Shared, p: &Proposal) -> String {
 
 /// Where the write `id` was committed, if this node applied it already.
 fn committed(shared: &Shared, id: &str) -> Option<Seq> {
-    lock(&shared.own).get(id).and_then(|w| w.committed)
+    lock(&shared.own)
+        .get(id)
+        .and_then(|w| w.committed.map(|(seq, _)| seq))
 }
 
 /// Decides the write's order bound again on this node's current view and
