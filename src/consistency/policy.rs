@@ -53,14 +53,15 @@
 //!   dropped for acknowledging late).
 //!
 //! So under a steady load the scale rises until the pressure is in the band,
-//! at the ceiling or where widening stops paying, then falls until the band or the operator's bounds or
-//! the first probe that overloads, returns one step, and stays there but for
-//! a probe (one step of [`PROBE_STEP`] and back) every 30 s at most: a
-//! swing of at most [`PROBE_STEP`], never the lateness rule's 4x. Each step
-//! waits [`LoadConfig::settle`] samples, so the effect of one step is
-//! measured before the next. When the load is gone the work falls with it
-//! and each step divides by up to 4: from 50x (100 ms raised to 5 s) back to
-//! the operator's bounds in three steps, 6 s at the default sampling.
+//! at the ceiling or where widening stops paying, then falls until the band
+//! or the operator's bounds or the first probe that overloads, returns one
+//! step, and stays there but for a probe (one step of [`PROBE_STEP`] and
+//! back) every 30 s at most: a swing of at most [`PROBE_STEP`], never the
+//! lateness rule's 4x. Each step waits [`LoadConfig::settle`] samples, so the
+//! effect of one step is measured before the next. When the load is gone the
+//! work falls with it and each step divides by up to 4: from 50x (100 ms
+//! raised to 5 s) back to the operator's bounds in three steps, 6 s at the
+//! default sampling.
 
 use super::bounds::{
     Bounds, BoundsOverride, BoundsTable, MAX_STALENESS, NUMERICAL_RANGE, ORDER_RANGE,

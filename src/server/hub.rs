@@ -16,7 +16,7 @@ use super::convert;
 use super::error::HubError;
 use super::grants::{self, Grants};
 use super::outbox::{Outbox, UpdateStream};
-use super::signals::Signals;
+use super::signals::{Signals, WRITE_AGE_UNIT};
 use crate::access::ThreadAccess;
 use crate::clock::Clock;
 use crate::consistency::limits::Limit;
@@ -478,7 +478,9 @@ impl Hub {
             )
         });
         if let Some(a) = submitted.decision.arrival {
-            self.signals.write_age.push((a.share() * 1000.0) as i64);
+            self.signals
+                .write_age
+                .push((a.share() * WRITE_AGE_UNIT) as i64);
         }
         self.count_decision(&submitted, tier, origin.client);
         submitted

@@ -37,7 +37,7 @@
 //! `/proc` cannot be read, it lowers by probing steps alone.
 
 use super::hub::Hub;
-use super::signals::p90;
+use super::signals::{WRITE_AGE_UNIT, p90};
 use crate::consistency::interest::InterestConfig;
 use crate::consistency::policy::SizeConfig;
 use crate::consistency::policy::{LoadConfig, LoadPolicy, Scale, Step};
@@ -333,7 +333,7 @@ impl Policies {
         let base = hub.bounds_control().base().default_bounds();
         let margin = safety_margin(base.staleness).as_micros() as f64;
         let lateness = p90(hub.signals().lateness.take(), margin);
-        let write_age = p90(hub.signals().write_age.take(), 1000.0);
+        let write_age = p90(hub.signals().write_age.take(), WRITE_AGE_UNIT);
         let pressure = lateness.max(write_age);
         let m = &hub.metrics().policy;
         m.pressure.with_label_values(&["load"]).set(pressure);

@@ -16,6 +16,9 @@ use std::sync::Mutex;
 /// signal is its first samples.
 const MAX_SAMPLES: usize = 8192;
 
+/// Write-age samples are kept in thousandths of the staleness bound.
+pub const WRITE_AGE_UNIT: f64 = 1000.0;
+
 /// One signal's samples since the policy last took them.
 #[derive(Default)]
 pub struct Samples(Mutex<Vec<u32>>);
