@@ -22,6 +22,7 @@ use super::admission::{AckInfo, Arrival, ClientFault, Decision, Rejection, Submi
 use super::bounds::{BoundsTable, MAX_THREAD_ID_BYTES};
 use super::client::{ClientState, Phase};
 use super::conit::ConitLog;
+use super::delay::SchedulerDelay;
 pub use super::entry::{Entries, Entry};
 use super::limits::{Lag, Limit, ThreadRegistry, is_laggard};
 use super::parts::split;
@@ -164,6 +165,9 @@ pub struct Engine {
     /// the stream has them), and visiting every client's retry records
     /// there took 48% of a node's CPU (perf, 3-node R3 row).
     pending_writers: VecDeque<ClientId>,
+    /// How late recent polls ran after their wake time: flush deadlines
+    /// allow for it.
+    delay: SchedulerDelay,
 }
 
 /// One Update of a flush, shared by every client of a cursor group.
@@ -305,6 +309,7 @@ impl Engine {
             bounds_changed_at_seq: 0,
             threads: ThreadRegistry::default(),
             pending_writers: VecDeque::new(),
+            delay: SchedulerDelay::default(),
         }
     }
 
@@ -319,6 +324,13 @@ impl Engine {
         self.bounds_changed_at_seq = self.head;
         self.schedule.forget_deadlines();
         self.next_wake = Micros(i64::MIN);
+    }
+
+    /// The allowance for the scheduler's recent delays (see
+    /// [`SchedulerDelay`]): flushes come due this long before their bound
+    /// where it exceeds the fixed safety margin.
+    pub fn flush_lead(&self) -> Duration {
+        self.schedule.lead()
     }
 
     /// The last commit sequence number assigned (pending or durable).
@@ -686,7 +698,7 @@ impl Engine {
             let due = if count >= b.flush_count() {
                 Micros(i64::MIN)
             } else {
-                staleness_deadline(e.commit_time, b.staleness)
+                staleness_deadline(e.commit_time, b.staleness, self.schedule.lead())
             };
             // The first member of the group flushes a spread earlier.
             let lead = flush_spread(b.staleness, self.clients.len());
@@ -755,6 +767,9 @@ impl Engine {
     /// heartbeats them (or drops the overdue), then trims and computes the
     /// next wake time.
     fn step(&mut self, now: Micros, force: bool) -> Vec<Event> {
+        if !force {
+            self.note_delay(now);
+        }
         // Only durable entries are delivered; the window also holds the
         // pending ones after them.
         let visible = self.durable;
@@ -799,6 +814,18 @@ impl Engine {
             self.next_wake = self.next_wake.min(self.threads.next_sweep());
         }
         events
+    }
+
+    /// Notes how late this poll at `now` runs after the wake time asked
+    /// for, and moves the flush deadlines to allow for the recent delays.
+    /// `i64::MIN` means "at once" (a flush count reached, bounds changed),
+    /// not a time that could be missed.
+    fn note_delay(&mut self, now: Micros) {
+        let asked = self.next_wake;
+        if asked.0 != i64::MIN && asked <= now {
+            self.delay.record(now, now.since(asked));
+        }
+        self.schedule.set_lead(self.delay.lead(now));
     }
 
     /// How long after an Update the next one (a heartbeat, if nothing is
@@ -995,6 +1022,35 @@ mod tests {
         let events = e.flush_all(later);
         assert_eq!(seqs(&events, 2), vec![3]);
         assert_eq!(seqs(&events, 3), vec![3]);
+    }
+
+    #[test]
+    fn flushes_come_due_earlier_after_the_scheduler_ran_late() {
+        let ms = Duration::from_millis;
+        let mut e = engine();
+        e.connect(1, 1, "w".into(), T0);
+        e.connect(2, 2, "r".into(), T0);
+        e.start_stream(2, T0).unwrap();
+        // The next flush of a message committed at `t`, 500 ms bound.
+        let due_after = |e: &mut Engine, n: i64, t: Micros| {
+            send(e, 1, n, "m", t);
+            e.mark_durable(n as Seq);
+            e.poll(t);
+            t.plus(ms(500)).0 - e.next_wake().0
+        };
+        // On time: the fixed 20 ms margin (and a 40 µs spread).
+        let margin = due_after(&mut e, 1, T0);
+        assert!((20_000..20_100).contains(&margin), "{margin}");
+        // A poll 40 ms late: flushes act 1.5 times that early.
+        let late = e.next_wake().plus(ms(40));
+        assert_eq!(seqs(&e.poll(late), 2), vec![1]);
+        let margin = due_after(&mut e, 2, late.plus(ms(1)));
+        assert!((60_000..60_100).contains(&margin), "{margin}");
+        // Never more than a quarter of the bound.
+        let later = e.next_wake().plus(ms(400));
+        assert_eq!(seqs(&e.poll(later), 2), vec![2]);
+        let margin = due_after(&mut e, 3, later.plus(ms(1)));
+        assert!((125_000..125_100).contains(&margin), "{margin}");
     }
 
     #[test]

@@ -12,11 +12,14 @@
 //! - [`interest`]: which threads a client takes part in (interest policy).
 //! - [`limits`]: the laggard rule, thread caps and message rate.
 //! - [`schedule`]: which streaming clients are due for a flush, and when.
+//! - [`delay`]: how late the scheduler has been running, which flush
+//!   deadlines allow for.
 
 pub mod admission;
 pub mod bounds;
 pub mod client;
 pub mod conit;
+pub mod delay;
 pub mod engine;
 pub mod entry;
 pub mod interest;
