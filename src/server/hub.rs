@@ -666,12 +666,19 @@ impl Hub {
     pub fn tick(&self) -> Micros {
         let _order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.now();
-        let (work, next, due) = {
+        let (work, next, due, lead) = {
             let mut g = self.lock();
             let due = g.engine.next_wake();
             let events = g.engine.poll(now);
-            (Deliveries::take(&mut g, events), g.engine.next_wake(), due)
+            let lead = g.engine.flush_lead();
+            (
+                Deliveries::take(&mut g, events),
+                g.engine.next_wake(),
+                due,
+                lead,
+            )
         };
+        self.metrics.policy.flush_lead.set(lead.as_secs_f64());
         self.deliver(work);
         // `i64::MIN` means "at once" (a conit reached its flush count), not
         // a deadline that could be missed.

@@ -88,6 +88,9 @@ pub struct PolicyMetrics {
     /// How late the flush scheduler ran after the engine's earliest
     /// deadline, at each run.
     pub flush_lateness: Histogram,
+    /// The scheduler's recent delay allowance: flushes come due this long
+    /// before their bound where it exceeds the fixed safety margin.
+    pub flush_lead: Gauge,
     /// The pressure a policy measured last, by policy (its target is 1/2 of
     /// the safety margin by default; see docs/operations.md).
     pub pressure: GaugeVec,
@@ -132,6 +135,13 @@ impl PolicyMetrics {
                     "How late the flush scheduler ran after the earliest deadline it had (one of the load policy's two signals).",
                 ),
                 prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+            ),
+            flush_lead: float_gauge(
+                r,
+                (
+                    "chat_flush_lead_seconds",
+                    "The scheduler's largest delay of the last 8 s and half as much again: flushes come due this long before their staleness bound where it exceeds the fixed safety margin (at most a quarter of the bound).",
+                ),
             ),
             pressure: float_gauge_vec(
                 r,
