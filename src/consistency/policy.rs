@@ -37,8 +37,9 @@
 //!   work rule makes the way down fast when the load has clearly fallen;
 //!   the probe finds out whether it has when the prediction, an upper bound
 //!   that assumes all work is per Update, is too cautious.
-//! - A probe that lands above the band is undone at the next step (back to
-//!   the factor before it, known calm), and no probe follows for
+//! - A step down with a sample above the band among the [`PROBE_WINDOW`]
+//!   samples after it settles is undone (back to the factor before it,
+//!   known calm), and no probe follows for
 //!   [`FIRST_HOLD`] calm samples, doubling after each such probe in the
 //!   episode up to [`MAX_HOLD`]; meanwhile it lowers only where the work
 //!   rule allows more than a probe (the load clearly fell).
@@ -512,6 +513,14 @@ pub const MIN_GAIN: f64 = 0.05;
 /// The step down a lowering may take beyond what the remembered overload
 /// work allows: the probe that finds out whether the load has fallen.
 pub const PROBE_STEP: f64 = 1.5;
+/// Samples, once a step down has settled, over which it is judged: one
+/// above the band among them undoes it. Judged by its first sample alone,
+/// a step down to the operator's bounds whose first sample was calm ended
+/// the overload episode, and the overload the next sample showed began a
+/// new one, with no hold: measured in one overload-ramp run, the bounds
+/// went between 100 and 150 ms every 2-5 s for a minute, with a burst of
+/// late deliveries after each step down.
+pub const PROBE_WINDOW: u32 = 5;
 /// Calm samples to wait before probing again after a probe overloaded;
 /// doubled after each such probe in one episode, up to [`MAX_HOLD`].
 pub const FIRST_HOLD: u32 = 10;
@@ -534,9 +543,11 @@ pub struct LoadPolicy {
     /// episode (since the bounds last left the operator's).
     overload_work: Option<f64>,
     /// The factor before the last step, if that step lowered the bounds and
-    /// no sample has judged it yet: known calm, to go back to if the
+    /// its [`PROBE_WINDOW`] has not passed: known calm, to go back to if the
     /// lowering overloaded.
     before_lowering: Option<f64>,
+    /// Samples left in the window judging the last step down.
+    probe_left: u32,
     /// Calm samples left before the next probe.
     hold: u32,
     /// The work of the sample that last raised the scale by the pressure,
@@ -564,6 +575,7 @@ impl LoadPolicy {
             since_step: config.settle,
             overload_work: None,
             before_lowering: None,
+            probe_left: 0,
             hold: 0,
             backoff: FIRST_HOLD,
             raised_at_work: None,
@@ -616,15 +628,14 @@ impl LoadPolicy {
         if self.since_step < self.config.settle {
             return Step::Hold;
         }
-        // The last lowering (if any) is judged by this sample.
-        let probe = self.before_lowering.take().filter(|_| over);
+        let probe = self.judge_lowering(over);
         if !over {
             // Out of overload: the last raise paid enough.
             self.raised_at_work = None;
             self.no_gain = 0;
             self.limited = false;
         }
-        if !over && self.factor == 1.0 {
+        if !over && self.factor == 1.0 && self.before_lowering.is_none() {
             self.end_episode();
         }
         let step = if over {
@@ -649,6 +660,7 @@ impl LoadPolicy {
                 return Step::Hold;
             };
             self.before_lowering = Some(self.factor);
+            self.probe_left = PROBE_WINDOW;
             self.factor = (self.factor / k).max(1.0);
             Step::Lower
         } else {
@@ -656,6 +668,17 @@ impl LoadPolicy {
         };
         self.since_step = 0;
         step
+    }
+
+    /// The calm factor to go back to if this sample (`over` the band or
+    /// not) finds the last step down overloaded, while its window lasts.
+    fn judge_lowering(&mut self, over: bool) -> Option<f64> {
+        let calm = self.before_lowering?;
+        self.probe_left = self.probe_left.saturating_sub(1);
+        if over || self.probe_left == 0 {
+            self.before_lowering = None;
+        }
+        over.then_some(calm)
     }
 
     /// A lowering overloaded: back to the calm factor `calm`, and no probe
@@ -827,6 +850,28 @@ mod tests {
         assert_eq!(feed(&mut p, 1.0, 0.9, 1), [Step::Raise]);
         assert_eq!(p.scale().staleness, 3.375);
         assert!(!p.limited());
+    }
+
+    #[test]
+    fn a_step_down_that_overloads_after_a_calm_sample_is_undone() {
+        let mut p = controller();
+        assert_eq!(feed(&mut p, 1.0, 1.0, 1), [Step::Raise]);
+        assert_eq!(feed(&mut p, 0.1, 1.0, 2), [Step::Lower]);
+        assert_eq!(p.scale().staleness, 1.0);
+        // At the operator's bounds, the first judged sample is calm...
+        assert_eq!(feed(&mut p, 0.1, 1.0, 2), []);
+        // ...and the next one is over: the step down is undone, and the
+        // next probe waits.
+        assert_eq!(feed(&mut p, 1.0, 1.0, 1), [Step::Raise]);
+        assert_eq!(p.scale().staleness, 1.5);
+        // (One sample settles the raise; then the hold's samples.)
+        assert_eq!(feed(&mut p, 0.1, 1.0, 1 + FIRST_HOLD as usize), []);
+        assert_eq!(feed(&mut p, 0.1, 1.0, 1), [Step::Lower]);
+        // Calm through the whole window: the next overload is a new
+        // episode, raised by the pressure.
+        assert_eq!(feed(&mut p, 0.1, 1.0, 2 + PROBE_WINDOW as usize), []);
+        assert_eq!(feed(&mut p, 1.0, 1.0, 1), [Step::Raise]);
+        assert_eq!(feed(&mut p, 0.1, 1.0, 2), [Step::Lower], "no hold");
     }
 
     #[test]
