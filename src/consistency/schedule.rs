@@ -136,8 +136,9 @@ pub(super) fn staleness_deadline(at: Micros, staleness: Duration, lead: Duration
 /// safety margin, or the scheduler's recent delay allowance `lead` (see
 /// [`SchedulerDelay`](super::delay::SchedulerDelay)) if larger, but at most
 /// a quarter of the bound. A quarter keeps the cost bounded: an Update then
-/// carries at least three quarters of a bound's worth of messages, against
-/// seven eighths with the fixed margin (at most 17% more Updates).
+/// carries at least three quarters of a bound's worth of messages, so there
+/// are at most a third more Updates than if flushes waited for the bound
+/// itself (17% more than with an eighth of the bound as the margin).
 pub(super) fn flush_margin(staleness: Duration, lead: Duration) -> Duration {
     safety_margin(staleness).max(lead.min(staleness / 4))
 }
