@@ -13,7 +13,10 @@
 //! margin late.
 //!
 //! [`SchedulerDelay`] keeps the largest delay of each of the last few
-//! seconds; the flush schedule then acts that much earlier (with headroom,
+//! seconds. It is measured as how late each poll runs after the wake time
+//! the engine asked for, so it also counts commits that became deliverable
+//! only after their flush was due (a slow store, a cluster node's consumer
+//! behind the stream): time the margin has to absorb all the same; the flush schedule then acts that much earlier (with headroom,
 //! and never more than a quarter of the bound, see
 //! [`schedule`](super::schedule)). The price is Updates sent a little
 //! earlier, so carrying slightly fewer messages each, and only while the
