@@ -241,15 +241,13 @@ impl FlushSchedule {
     }
 
     /// Flushes act `lead` earlier than their bound, when that exceeds the
-    /// safety margin (see [`flush_margin`]). Returns whether it changed:
-    /// every cached group deadline is then stale.
-    pub fn set_lead(&mut self, lead: Duration) -> bool {
-        if lead == self.lead {
-            return false;
+    /// safety margin (see [`flush_margin`]). A change makes every cached
+    /// group deadline stale.
+    pub fn set_lead(&mut self, lead: Duration) {
+        if lead != self.lead {
+            self.lead = lead;
+            self.forget_deadlines();
         }
-        self.lead = lead;
-        self.forget_deadlines();
-        true
     }
 
     pub fn lead(&self) -> Duration {
