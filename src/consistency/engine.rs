@@ -168,6 +168,9 @@ pub struct Engine {
     /// How late recent polls ran after their wake time: flush deadlines
     /// allow for it.
     delay: SchedulerDelay,
+    /// How late the last poll ran after the wake time it was for (`None`:
+    /// early, or for something due at once).
+    last_delay: Option<Duration>,
 }
 
 /// One Update of a flush, shared by every client of a cursor group.
@@ -310,6 +313,7 @@ impl Engine {
             threads: ThreadRegistry::default(),
             pending_writers: VecDeque::new(),
             delay: SchedulerDelay::default(),
+            last_delay: None,
         }
     }
 
@@ -331,6 +335,12 @@ impl Engine {
     /// where it exceeds the fixed safety margin.
     pub fn flush_lead(&self) -> Duration {
         self.schedule.lead()
+    }
+
+    /// How late the last poll ran after the wake time it was for: `None`
+    /// if it was early, or the wake was for something due at once.
+    pub fn last_delay(&self) -> Option<Duration> {
+        self.last_delay
     }
 
     /// The last commit sequence number assigned (pending or durable).
@@ -822,8 +832,9 @@ impl Engine {
     /// not a time that could be missed.
     fn note_delay(&mut self, now: Micros) {
         let asked = self.next_wake;
-        if asked.0 != i64::MIN && asked <= now {
-            self.delay.record(now, now.since(asked));
+        self.last_delay = (asked.0 != i64::MIN && asked <= now).then(|| now.since(asked));
+        if let Some(d) = self.last_delay {
+            self.delay.record(now, d);
         }
         self.schedule.set_lead(self.delay.lead(now));
     }

@@ -666,24 +666,20 @@ impl Hub {
     pub fn tick(&self) -> Micros {
         let _order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.now();
-        let (work, next, due, lead) = {
+        let (work, next, delay, lead) = {
             let mut g = self.lock();
-            let due = g.engine.next_wake();
             let events = g.engine.poll(now);
-            let lead = g.engine.flush_lead();
             (
                 Deliveries::take(&mut g, events),
                 g.engine.next_wake(),
-                due,
-                lead,
+                g.engine.last_delay(),
+                g.engine.flush_lead(),
             )
         };
         self.metrics.policy.flush_lead.set(lead.as_secs_f64());
         self.deliver(work);
-        // `i64::MIN` means "at once" (a conit reached its flush count), not
-        // a deadline that could be missed.
-        if due <= now && due.0 != i64::MIN {
-            self.record_lateness(now.0.saturating_sub(due.0));
+        if let Some(d) = delay {
+            self.record_lateness(d.as_micros() as i64);
         }
         next
     }
