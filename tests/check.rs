@@ -98,6 +98,7 @@ fn check(path: &Path) -> check::Checked {
         files: vec![path.to_owned()],
         allowance: Duration::from_micros(ALLOWANCE_MICROS as u64),
         cluster: false,
+        outage: Vec::new(),
     })
     .expect("the recording reads")
 }

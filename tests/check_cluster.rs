@@ -6,17 +6,28 @@
 //! find.
 
 use dyconit_chat::bench::record::{self, Delivery, EndKind, Event};
-use dyconit_chat::check::{self, CheckArgs};
+use dyconit_chat::check::{self, CheckArgs, Outage};
 use std::path::Path;
 use std::time::Duration;
 
 const T: i64 = 1_795_000_000_000_000;
 
 fn check(path: &Path, cluster: bool) -> check::Checked {
+    check_across(path, cluster, &[])
+}
+
+/// `check`, told of outages `(from, to)` µs after `T`.
+fn check_across(path: &Path, cluster: bool, outages: &[(i64, i64)]) -> check::Checked {
     check::run(&CheckArgs {
         files: vec![path.to_owned()],
         allowance: Duration::from_millis(100),
         cluster,
+        outage: (outages.iter())
+            .map(|&(from, to)| Outage {
+                from: T + from,
+                to: T + to,
+            })
+            .collect(),
     })
     .expect("the recording reads")
 }
@@ -279,4 +290,43 @@ fn a_send_made_again_through_the_next_node_is_the_successors_retry() {
         "{}",
         c.report
     );
+}
+
+#[test]
+fn a_commit_stored_during_an_outage_is_due_from_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // #1 committed at +2 ms (staleness 500 ms, allowance 100 ms) reaches
+    // both clients at +3 s: as if the stream's leader had stored it just
+    // before it died, and its successor was elected at +2.8 s.
+    let mut events = run(0, &[(1, 0, 0, 2000)], &[(1, 2000)]);
+    for e in &mut events {
+        match e {
+            Event::Update {
+                time, current_time, ..
+            } if *time == T + 100_000 => {
+                *time = T + 3_000_000;
+                *current_time = T + 2_999_000;
+            }
+            Event::End { time, .. } => *time = T + 4_000_000,
+            _ => {}
+        }
+    }
+    let path = write(dir.path(), &events);
+    let late = "late delivery";
+    let plain = check(&path, true);
+    assert_eq!(plain.failures.get(late), Some(&2), "{}", plain.report);
+    let across = check_across(&path, true, &[(1500, 2_800_000)]);
+    assert!(across.passed(), "{}", across.report);
+    assert!(
+        across
+            .report
+            .contains("2 deliveries late from their commit time"),
+        "{}",
+        across.report
+    );
+    // Still late: 2 s after the outage ended, or stored before it began.
+    for outage in [(1500, 1_000_000), (2500, 2_800_000)] {
+        let c = check_across(&path, true, &[outage]);
+        assert_eq!(c.failures.get(late), Some(&2), "{outage:?}: {}", c.report);
+    }
 }

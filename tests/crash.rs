@@ -154,6 +154,7 @@ impl Recording {
             files: vec![path.to_owned()],
             allowance: Duration::from_secs(2),
             cluster: false,
+            outage: Vec::new(),
         };
         let checked = dyconit_chat::check::run(&args).expect("read the recording");
         eprintln!(

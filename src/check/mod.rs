@@ -16,6 +16,8 @@ pub mod input;
 pub mod verify;
 pub mod violation;
 
+pub use verify::Outage;
+
 use anyhow::Context;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -23,6 +25,27 @@ use std::time::{Duration, Instant};
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 50ms, 1s)"))
+}
+
+/// `FROM/TO`, two RFC 3339 times: a stretch of time in µs since the epoch.
+fn parse_outage(s: &str) -> Result<verify::Outage, String> {
+    let example = "(example: 2026-12-04T14:41:49.8Z/2026-12-04T14:41:56Z)";
+    let (from, to) = s
+        .split_once('/')
+        .ok_or_else(|| format!("expected FROM/TO {example}"))?;
+    let micros = |t: &str| {
+        let at =
+            humantime::parse_rfc3339_weak(t.trim()).map_err(|e| format!("{t}: {e} {example}"))?;
+        let since = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?;
+        Ok::<i64, String>(since.as_micros() as i64)
+    };
+    let (from, to) = (micros(from)?, micros(to)?);
+    if to < from {
+        return Err(format!("the outage ends before it begins {example}"));
+    }
+    Ok(verify::Outage { from, to })
 }
 
 const AFTER_HELP: &str = "\
@@ -33,7 +56,8 @@ What is checked (DESIGN.md sections 2-4):
   - one order: every client received the messages in the one commit order
     (commit times, ties broken by the first delivery seen);
   - each writer's SendMessages stream committed in its order;
-  - commit -> receive within the thread's staleness + --allowance;
+  - commit -> receive within the thread's staleness + --allowance (for a
+    commit stored during an --outage: its end -> receive);
   - every Update received before the previous one's expirationTime +
     --allowance (and the run did not end past it);
   - no write admitted with an order error above its thread's order bound,
@@ -80,6 +104,13 @@ pub struct CheckArgs {
     /// as not yet arrived only in its own thread
     #[arg(long)]
     pub cluster: bool,
+    /// A time the server could not make commits visible (in a cluster: the
+    /// stream's NATS leader was lost, until a new one was elected), as
+    /// FROM/TO in RFC 3339 (UTC). A commit stored within it may reach
+    /// clients only after it: its staleness counts from TO. The server
+    /// counts such deliveries as late all the same. May be repeated
+    #[arg(long, value_parser = parse_outage, value_name = "FROM/TO")]
+    pub outage: Vec<verify::Outage>,
 }
 
 /// What `check` concluded.
@@ -113,6 +144,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Checked> {
     let allowance = args.allowance.as_micros() as i64;
     let mut v = verify::Verifier::new(&cat, &timeline, allowance);
     v.cluster = args.cluster;
+    v.outages = args.outage.clone();
     let mut last_time = 0;
     input::stream(&args.files, |pos, _, e| {
         if let input::Ev::Update { time, .. }
@@ -260,6 +292,14 @@ fn figures(
         ms(f.max_over_staleness),
         ms(args.allowance.as_micros() as i64)
     );
+    if !args.outage.is_empty() {
+        let _ = writeln!(
+            s,
+            "  outages:                  {} given; {} deliveries late from their commit time, in time from the end of the outage their commit fell in",
+            args.outage.len(),
+            f.late_for_outage
+        );
+    }
     let _ = writeln!(
         s,
         "  Update built -> received: p50 {}, p99 {}, max {} (the network and receive delay); latest Update {} relative to the previous expirationTime",

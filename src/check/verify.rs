@@ -36,6 +36,14 @@ pub const UNKNOWN_STALENESS: i64 = 10_000_000;
 /// built this long after the write's commit.
 const ACTIVE_MARGIN: i64 = 10_000;
 
+/// A stretch of time in which the server could not make commits visible,
+/// µs since the epoch, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub from: i64,
+    pub to: i64,
+}
+
 /// Figures of the run, for the report.
 #[derive(Default)]
 pub struct Figures {
@@ -48,6 +56,9 @@ pub struct Figures {
     pub transit: Histogram,
     /// Most over its staleness a delivery was (commit -> receive), µs.
     pub max_over_staleness: i64,
+    /// Deliveries later than staleness + allowance after their commit,
+    /// but not after the end of the outage their commit was stored in.
+    pub late_for_outage: u64,
     /// Latest Update relative to the previous expirationTime, µs
     /// (negative: that much before it).
     pub max_after_expiration: i64,
@@ -116,6 +127,8 @@ pub struct Verifier<'a> {
     /// so an earlier-numbered write that committed later shows it had not
     /// arrived only when it went to the same thread.
     pub cluster: bool,
+    /// Outages given: a commit stored within one is due from its end.
+    pub outages: Vec<Outage>,
     pub found: Findings,
 }
 
@@ -144,8 +157,19 @@ impl<'a> Verifier<'a> {
             max_sent_rank: -1,
             active: BTreeSet::new(),
             cluster: false,
+            outages: Vec::new(),
             found: Findings::default(),
         }
+    }
+
+    /// When a commit's staleness starts counting: its commit time, or the
+    /// end of the outage it was stored in.
+    fn due_from(&self, commit: i64) -> i64 {
+        (self.outages.iter())
+            .filter(|o| (o.from..=o.to).contains(&commit))
+            .map(|o| o.to)
+            .max()
+            .unwrap_or(commit)
     }
 
     fn thread_name(&self, t: u32) -> &str {
@@ -350,6 +374,10 @@ impl<'a> Verifier<'a> {
             f.max_over_staleness.max(latency - staleness)
         };
         if latency > staleness + self.allowance {
+            if u.received - self.due_from(commit) <= staleness + self.allowance {
+                self.found.figures.late_for_outage += 1;
+                return;
+            }
             let v = Violation::Late {
                 msg: self.cat.msg_ref(m),
                 update: u.clone(),
@@ -501,7 +529,8 @@ impl<'a> Verifier<'a> {
                 } else {
                     UNKNOWN_STALENESS
                 };
-                commit.saturating_add(staleness + self.allowance)
+                self.due_from(commit)
+                    .saturating_add(staleness + self.allowance)
             })
             .collect()
     }
