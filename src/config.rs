@@ -789,9 +789,8 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_file_overrides_defaults() {
-        let dir = std::env::temp_dir().join(format!("dyconit-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
             "staleness = \"2s\"\norder = 7\n[threads.ops]\nnumerical = 10\n[threads.\"\"]\nstaleness = \"100ms\"\n",
@@ -819,9 +818,8 @@ mod tests {
 
     #[test]
     fn storage_settings_come_from_flags_or_the_file() {
-        let dir = std::env::temp_dir().join(format!("dyconit-config-s-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
             "storage = \"memory\"\ndata_dir = \"/var/lib/chat\"\nretention_messages = 1000\nretention_age = \"7days\"\n",
@@ -847,7 +845,6 @@ mod tests {
         assert_eq!(c.storage, Storage::Durable);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.retention.messages, Some(5));
-        std::fs::remove_dir_all(&dir).unwrap();
         let args = ServeArgs {
             retention_messages: Some(0),
             ..Default::default()

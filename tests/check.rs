@@ -24,10 +24,11 @@ const EXE: &str = env!("CARGO_BIN_EXE_dyconit-chat");
 const ALLOWANCE: &str = "3s";
 const ALLOWANCE_MICROS: i64 = 3_000_000;
 
-/// Runs a recorded bench; returns the recording.
+/// Runs a recorded bench; returns the recording, kept in the build's
+/// temp dir (the memory run is shared by the tests, so none removes it).
 fn recorded_run(name: &str, args: &[&str]) -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("dyconit-check-{}-{name}.rec", std::process::id()));
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("dyconit-check-{}-{name}.rec", std::process::id()));
     let out = Command::new(EXE)
         .args(["bench", "--spawn-server", "--quiet", "--record"])
         .arg(&path)

@@ -6,11 +6,10 @@
 use dyconit_chat::config::ServeArgs;
 use dyconit_chat::consistency::interest::InterestConfig;
 use dyconit_chat::consistency::policy::SizeConfig;
+use std::path::Path;
 use std::time::Duration;
 
-fn with_file(name: &str, toml: &str) -> ServeArgs {
-    let dir = std::env::temp_dir().join(format!("dyconit-policy-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn with_file(dir: &Path, name: &str, toml: &str) -> ServeArgs {
     let path = dir.join(name);
     std::fs::write(&path, toml).unwrap();
     ServeArgs {
@@ -41,7 +40,9 @@ fn switches_give_the_documented_defaults() {
 
 #[test]
 fn tables_set_their_keys_and_bad_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
     let args = with_file(
+        dir.path(),
         "ok.toml",
         "[policy.interest]\nwindow = \"5m\"\nfactor = 4\n[policy.size]\nenabled = false\nfrom = 3\n",
     );
@@ -55,18 +56,23 @@ fn tables_set_their_keys_and_bad_values_are_refused() {
     let args = ServeArgs {
         size_policy: true,
         ..with_file(
+            dir.path(),
             "on.toml",
             "[policy.size]\nenabled = false\nmax_factor = 2\n",
         )
     };
     let s: SizeConfig = args.resolve().unwrap().config.size_policy.unwrap();
     assert_eq!(s.max_factor, 2.0);
-    let e = with_file("bad.toml", "[policy.interest]\nfactor = 0.5\n")
+    let e = with_file(dir.path(), "bad.toml", "[policy.interest]\nfactor = 0.5\n")
         .resolve()
         .unwrap_err();
     assert!(format!("{e:#}").contains("[policy.interest]"), "{e:#}");
-    let e = with_file("bad2.toml", "[policy.size]\nper_decade = 1000\n")
-        .resolve()
-        .unwrap_err();
+    let e = with_file(
+        dir.path(),
+        "bad2.toml",
+        "[policy.size]\nper_decade = 1000\n",
+    )
+    .resolve()
+    .unwrap_err();
     assert!(format!("{e:#}").contains("[policy.size]"), "{e:#}");
 }
