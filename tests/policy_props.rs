@@ -4,7 +4,8 @@
 //! simulated server whose work per message falls as batches grow.
 
 use dyconit_chat::consistency::policy::{
-    BAND, Ceiling, LoadConfig, LoadPolicy, PROBE_STEP, Pinned, Pins, Scale, Step, effective, scaled,
+    BAND, Ceiling, LoadConfig, LoadPolicy, PROBE_STEP, Pinned, Pins, Sample, Scale, Step,
+    effective, scaled,
 };
 use dyconit_chat::consistency::{Bounds, BoundsOverride, BoundsTable};
 use proptest::prelude::*;
@@ -29,6 +30,15 @@ fn pressure(load: f64, per_update: f64, factor: f64, target: f64) -> f64 {
 /// all of them at the operator's bounds under `load` 1).
 fn work(load: f64, per_update: f64, factor: f64) -> f64 {
     load * ((1.0 - per_update) + per_update / factor)
+}
+
+/// A sample of that server: `writes` offered per second, if known.
+fn sample(pressure: f64, work: f64, writes: Option<f64>) -> Sample {
+    Sample {
+        pressure,
+        work: Some(work),
+        writes,
+    }
 }
 
 /// A queue's lateness rather than a proportional signal: nothing while the
@@ -119,7 +129,7 @@ proptest! {
         for _ in 0..400 {
             let f = policy.scale().staleness;
             let p = pressure(load, per_update, f, target);
-            match policy.observe(p, Some(work(load, per_update, f))) {
+            match policy.observe(sample(p, work(load, per_update, f), None)) {
                 Step::Raise => steps.push(1),
                 Step::Lower => steps.push(-1),
                 Step::Hold | Step::AtCeiling | Step::NoGain => {}
@@ -138,7 +148,7 @@ proptest! {
         // that retries after the hold is judged within `settle` samples.
         let at_limit = (0..=config.settle).any(|_| {
             let f = policy.scale().staleness;
-            let step = policy.observe(pressure(load, per_update, f, target), Some(work(load, per_update, f)));
+            let step = policy.observe(sample(pressure(load, per_update, f, target), work(load, per_update, f), None));
             matches!(step, Step::AtCeiling | Step::NoGain)
         });
         prop_assert!(in_band || at_floor || at_limit, "factor {f}, pressure {p}");
@@ -149,6 +159,7 @@ proptest! {
         load in 1.2f64..5.0,
         per_update in 0.5f64..1.0,
         escape in 0.05f64..0.7,
+        writes: bool,
     ) {
         let config = LoadConfig::default();
         let base = Bounds { staleness: Duration::from_millis(100), ..Bounds::default() };
@@ -160,7 +171,7 @@ proptest! {
         for _ in 0..300 {
             let f = policy.scale().staleness;
             let w = work(load, per_update, f);
-            policy.observe(lateness(w, capacity, config.target), Some(w));
+            policy.observe(sample(lateness(w, capacity, config.target), w, writes.then_some(load)));
             trace.push(policy.scale().staleness);
         }
         // Over the last 200 samples (after the first overload and the way
@@ -191,7 +202,7 @@ proptest! {
         for _ in 0..200 {
             let f = policy.scale().staleness;
             let p = pressure(30.0, per_update, f, config.target);
-            policy.observe(p, Some(work(30.0, per_update, f)));
+            policy.observe(sample(p, work(30.0, per_update, f), Some(30.0)));
         }
         prop_assert!(policy.scale().staleness > 1.0);
         // The load goes away: back at the operator's bounds within 30 s of
@@ -200,7 +211,7 @@ proptest! {
         for s in 1..=30 {
             let f = policy.scale().staleness;
             let p = pressure(0.1, per_update, f, config.target);
-            policy.observe(p, Some(work(0.1, per_update, f)));
+            policy.observe(sample(p, work(0.1, per_update, f), Some(0.1)));
             if policy.scale().staleness == 1.0 {
                 back = Some(s);
                 break;

@@ -43,6 +43,16 @@
 //!   [`FIRST_HOLD`] calm samples, doubling after each such probe in the
 //!   episode up to [`MAX_HOLD`]; meanwhile it lowers only where the work
 //!   rule allows more than a probe (the load clearly fell).
+//! - A probe is only worth making if the load may have fallen. The third
+//!   signal, the writes offered per second, says whether it has: every
+//!   settled sample above the band records the scale and the write rate at which
+//!   deliveries ran late, and no probe goes down to a scale at or below a
+//!   recorded one while the write rate is still within `BAND` of that
+//!   record's (the work rule may still lower). Measured on the overload
+//!   ramp, probes made during a steady 2x or 3x step overloaded at once,
+//!   and their late deliveries were most of each run's. Capacity can grow
+//!   under a steady load as well (another process stops), so after
+//!   [`MAX_HOLD`] calm samples the probe is made all the same.
 //! - A raise must pay: the sample that judges it (the next one above the
 //!   band after it settled) must show the work cut by at least
 //!   [`MIN_GAIN`]. If not, the cost is per message, not per Update, and
@@ -528,6 +538,22 @@ pub const FIRST_HOLD: u32 = 10;
 /// wide after the load fell, if the work rule cannot tell that it did.
 pub const MAX_HOLD: u32 = 30;
 
+/// The most overloads remembered per episode: one per scale the episode
+/// went through, so a handful.
+const MAX_OVERLOADS: usize = 16;
+
+/// One period's measurements, as the load policy takes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// How close deliveries and writes are to breaking their bounds.
+    pub pressure: f64,
+    /// The server's work over the period in cores, where measured.
+    pub work: Option<f64>,
+    /// Writes offered per second over the period (every write decided,
+    /// whatever the answer), where counted.
+    pub writes: Option<f64>,
+}
+
 /// The load controller: one scale for every bound it may move.
 #[derive(Debug, Clone)]
 pub struct LoadPolicy {
@@ -563,6 +589,14 @@ pub struct LoadPolicy {
     limited: bool,
     /// The wait after the next probe that overloads.
     backoff: u32,
+    /// `(factor, writes per second)` at which this episode's settled
+    /// samples above the band were taken, the lowest rate per factor: a
+    /// probe down to
+    /// such a factor waits while the writes are as many.
+    overloads: Vec<(f64, f64)>,
+    /// Calm samples in a row in which a probe waited for the writes to
+    /// fall.
+    steady: u32,
 }
 
 impl LoadPolicy {
@@ -581,6 +615,8 @@ impl LoadPolicy {
             raised_at_work: None,
             no_gain: 0,
             limited: false,
+            overloads: Vec::new(),
+            steady: 0,
         };
         p.rebase(base);
         p
@@ -610,13 +646,12 @@ impl LoadPolicy {
         }
     }
 
-    /// Takes one sample (one per sampling period): the `pressure`, and the
-    /// `work` the server did over the period in cores (`None` where it
-    /// cannot be measured), and moves the scale if the pressure is outside
-    /// the band around the target.
-    pub fn observe(&mut self, pressure: f64, work: Option<f64>) -> Step {
+    /// Takes one sample (one per sampling period) and moves the scale if
+    /// the pressure is outside the band around the target.
+    pub fn observe(&mut self, sample: Sample) -> Step {
         self.since_step = self.since_step.saturating_add(1);
-        let work = work.filter(|w| w.is_finite() && *w >= 0.0);
+        let valid = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
+        let (pressure, work, writes) = (sample.pressure, valid(sample.work), valid(sample.writes));
         let target = self.config.target;
         if !pressure.is_finite() {
             return Step::Hold;
@@ -627,6 +662,11 @@ impl LoadPolicy {
         }
         if self.since_step < self.config.settle {
             return Step::Hold;
+        }
+        // Once settled, the sample is the current factor's, not the queues
+        // the previous one left.
+        if over && let Some(w) = writes {
+            self.note_overload(w);
         }
         let probe = self.judge_lowering(over);
         if !over {
@@ -656,7 +696,7 @@ impl LoadPolicy {
             .min(self.max_factor);
             Step::Raise
         } else if pressure < target * (1.0 - BAND) && self.factor > 1.0 {
-            let Some(k) = self.lowering(pressure, work) else {
+            let Some(k) = self.lowering(pressure, work, writes) else {
                 return Step::Hold;
             };
             self.before_lowering = Some(self.factor);
@@ -667,7 +707,30 @@ impl LoadPolicy {
             return Step::Hold;
         };
         self.since_step = 0;
+        self.steady = 0;
         step
+    }
+
+    /// Records that the current factor overloaded at `writes` a second.
+    fn note_overload(&mut self, writes: f64) {
+        let f = self.factor;
+        match self.overloads.iter_mut().find(|(g, _)| *g == f) {
+            Some((_, w)) => *w = w.min(writes),
+            None => {
+                if self.overloads.len() == MAX_OVERLOADS {
+                    self.overloads.remove(0);
+                }
+                self.overloads.push((f, writes));
+            }
+        }
+    }
+
+    /// Whether a probe down to `factor` would meet a load it overloaded at
+    /// before: a factor at least that wide overloaded at a write rate the
+    /// current one (`writes`) is still within `BAND` of.
+    fn load_unchanged(&self, factor: f64, writes: Option<f64>) -> bool {
+        let Some(now) = writes else { return false };
+        (self.overloads.iter()).any(|&(f, w)| f >= factor && now >= w * (1.0 - BAND))
     }
 
     /// The calm factor to go back to if this sample (`over` the band or
@@ -720,6 +783,8 @@ impl LoadPolicy {
     /// Calm at the operator's bounds: the next overload is a new episode.
     fn end_episode(&mut self) {
         self.overload_work = None;
+        self.overloads.clear();
+        self.steady = 0;
         self.hold = 0;
         self.backoff = FIRST_HOLD;
     }
@@ -728,22 +793,28 @@ impl LoadPolicy {
     /// but no further than keeps the predicted work under `1 - BAND` of
     /// the overload work (work grows at most `k` times when the batches
     /// shrink `k` times), except for a probe of [`PROBE_STEP`] when none is
-    /// on hold.
-    fn lowering(&mut self, pressure: f64, work: Option<f64>) -> Option<f64> {
+    /// on hold and the writes may have fallen.
+    fn lowering(&mut self, pressure: f64, work: Option<f64>, writes: Option<f64>) -> Option<f64> {
         let target = self.config.target;
         let by_lateness = (target / pressure.max(f64::MIN_POSITIVE)).min(MAX_STEP);
         let by_work = match (self.overload_work, work) {
             (Some(over), Some(w)) => Some(over * (1.0 - BAND) / w.max(f64::MIN_POSITIVE)),
             _ => None,
         };
-        if self.hold > 0 {
-            self.hold -= 1;
+        let k = by_lateness.min(by_work.unwrap_or(PROBE_STEP).max(PROBE_STEP));
+        let waiting =
+            self.steady < MAX_HOLD && self.load_unchanged((self.factor / k).max(1.0), writes);
+        if waiting {
+            self.steady += 1;
+        }
+        if self.hold > 0 || waiting {
+            self.hold = self.hold.saturating_sub(1);
             // Only a clear fall of the load: a step the work rule allows
             // beyond a probe's.
             let fallen = by_work.filter(|&k| k >= PROBE_STEP)?;
             return Some(fallen.min(by_lateness));
         }
-        Some(by_lateness.min(by_work.unwrap_or(PROBE_STEP).max(PROBE_STEP)))
+        Some(k)
     }
 }
 
@@ -821,7 +892,13 @@ mod tests {
     /// `pressure` and `work` for `n` samples; returns the steps taken.
     fn feed(p: &mut LoadPolicy, pressure: f64, work: f64, n: usize) -> Vec<Step> {
         (0..n)
-            .map(|_| p.observe(pressure, Some(work)))
+            .map(|_| {
+                p.observe(Sample {
+                    pressure,
+                    work: Some(work),
+                    writes: None,
+                })
+            })
             .filter(|s| *s != Step::Hold)
             .collect()
     }
@@ -872,6 +949,58 @@ mod tests {
         assert_eq!(feed(&mut p, 0.1, 1.0, 2 + PROBE_WINDOW as usize), []);
         assert_eq!(feed(&mut p, 1.0, 1.0, 1), [Step::Raise]);
         assert_eq!(feed(&mut p, 0.1, 1.0, 2), [Step::Lower], "no hold");
+    }
+
+    fn sample(pressure: f64, writes: f64) -> Sample {
+        Sample {
+            pressure,
+            work: Some(1.0),
+            writes: Some(writes),
+        }
+    }
+
+    /// Samples until the first step that is not a hold: which, and after
+    /// how many samples (at most `n`).
+    fn until_step(p: &mut LoadPolicy, s: Sample, n: usize) -> Option<(Step, usize)> {
+        (1..=n).find_map(|i| Some((p.observe(s), i)).filter(|(step, _)| *step != Step::Hold))
+    }
+
+    #[test]
+    fn a_probe_waits_while_the_writes_have_not_fallen() {
+        let mut p = controller();
+        assert_eq!(p.observe(sample(1.0, 1000.0)), Step::Raise);
+        // Calm at the same load: one sample settles, then MAX_HOLD wait,
+        // then it probes all the same (the machine may have got faster).
+        let probe = until_step(&mut p, sample(0.1, 900.0), 100);
+        assert_eq!(probe, Some((Step::Lower, 2 + MAX_HOLD as usize)));
+        // Fallen by more than the band: it probes once settled.
+        let mut p = controller();
+        assert_eq!(p.observe(sample(1.0, 1000.0)), Step::Raise);
+        let probe = until_step(&mut p, sample(0.1, 700.0), 100);
+        assert_eq!(probe, Some((Step::Lower, 2)));
+    }
+
+    #[test]
+    fn a_probe_waits_only_for_the_load_that_overloaded_where_it_goes() {
+        let mut p = controller();
+        // The operator's bounds overloaded at 1,000 writes a second, 1.5x
+        // at 2,000.
+        assert_eq!(p.observe(sample(1.0, 1000.0)), Step::Raise);
+        let paid = Sample {
+            work: Some(0.5),
+            ..sample(1.0, 2000.0)
+        };
+        assert_eq!(until_step(&mut p, paid, 3), Some((Step::Raise, 2)));
+        assert_eq!(p.scale().staleness, 2.25);
+        // Back to 1,000: 1.5x held that before, so down to it at once...
+        assert_eq!(
+            until_step(&mut p, sample(0.1, 1000.0), 3),
+            Some((Step::Lower, 2))
+        );
+        assert_eq!(p.scale().staleness, 1.5);
+        // ...but not to the operator's, which overloaded at this load.
+        let next = until_step(&mut p, sample(0.1, 1000.0), 100);
+        assert_eq!(next, Some((Step::Lower, 2 + MAX_HOLD as usize)));
     }
 
     #[test]

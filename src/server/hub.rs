@@ -477,6 +477,7 @@ impl Hub {
                 tier,
             )
         });
+        self.signals.count_write();
         if let Some(a) = submitted.decision.arrival {
             self.signals
                 .write_age

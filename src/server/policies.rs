@@ -40,7 +40,7 @@ use super::hub::Hub;
 use super::signals::{WRITE_AGE_UNIT, p90};
 use crate::consistency::interest::InterestConfig;
 use crate::consistency::policy::SizeConfig;
-use crate::consistency::policy::{LoadConfig, LoadPolicy, Scale, Step};
+use crate::consistency::policy::{LoadConfig, LoadPolicy, Sample, Scale, Step};
 use crate::consistency::settings::safety_margin;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,6 +77,9 @@ pub struct Decision {
     /// The server's CPU use over the sample, in cores (absent where it
     /// cannot be measured).
     pub work: Option<f64>,
+    /// Writes decided per second over the sample, whatever the answer
+    /// (absent for the first sample).
+    pub writes: Option<f64>,
     /// The scale after the step.
     pub scale: f64,
 }
@@ -98,8 +101,8 @@ struct State {
     size: Option<SizeConfig>,
     /// Its recent changes, oldest first.
     size_decisions: VecDeque<SizeDecision>,
-    /// The process's CPU seconds at the previous sample, and when.
-    cpu: Option<(std::time::Instant, f64)>,
+    /// The previous sample: when, and the process's CPU seconds then.
+    last: Option<(std::time::Instant, Option<f64>)>,
 }
 
 /// One thread whose bounds the size policy changed.
@@ -169,7 +172,7 @@ impl Policies {
                 interest: None,
                 size: None,
                 size_decisions: VecDeque::new(),
-                cpu: None,
+                last: None,
             }),
         })
     }
@@ -334,6 +337,7 @@ impl Policies {
         let margin = safety_margin(base.staleness).as_micros() as f64;
         let lateness = p90(hub.signals().lateness.take(), margin);
         let write_age = p90(hub.signals().write_age.take(), WRITE_AGE_UNIT);
+        let writes = hub.signals().take_writes();
         let pressure = lateness.max(write_age);
         let m = &hub.metrics().policy;
         m.pressure.with_label_values(&["load"]).set(pressure);
@@ -343,18 +347,25 @@ impl Policies {
         m.signal.with_label_values(&["write_age"]).set(write_age);
         let (step, at_ceiling) = {
             let mut s = self.lock();
+            // Measured every period, so the first one after the policy is
+            // turned on covers one period only.
+            let (work, writes) = s.rates(writes);
             if !s.setting.enabled {
                 return;
             }
             s.load.rebase(base);
-            let work = s.work();
-            let step = s.load.observe(pressure, work);
+            let step = s.load.observe(Sample {
+                pressure,
+                work,
+                writes,
+            });
             let decision = Decision {
                 at: hub.now().0,
                 pressure,
                 lateness,
                 write_age,
                 work,
+                writes,
                 step: step_name(step),
                 scale: s.load.scale().staleness,
             };
@@ -394,13 +405,20 @@ impl Policies {
 }
 
 impl State {
-    /// The process's CPU use since the previous call, in cores.
-    fn work(&mut self) -> Option<f64> {
+    /// Since the previous call: the process's CPU use in cores (where
+    /// `/proc` tells), and `writes` decided, per second.
+    fn rates(&mut self, writes: u64) -> (Option<f64>, Option<f64>) {
         let now = std::time::Instant::now();
-        let cpu = crate::sys::proc_stats(std::process::id())?.cpu_seconds;
-        let (then, before) = self.cpu.replace((now, cpu))?;
+        let cpu = crate::sys::proc_stats(std::process::id()).map(|p| p.cpu_seconds);
+        let Some((then, before)) = self.last.replace((now, cpu)) else {
+            return (None, None);
+        };
         let elapsed = now.duration_since(then).as_secs_f64();
-        (elapsed > 0.0).then(|| (cpu - before).max(0.0) / elapsed)
+        if elapsed <= 0.0 {
+            return (None, None);
+        }
+        let work = cpu.zip(before).map(|(c, b)| (c - b).max(0.0) / elapsed);
+        (work, Some(writes as f64 / elapsed))
     }
 }
 

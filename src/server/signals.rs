@@ -6,10 +6,15 @@
 //! - *Write age*: the share of its staleness bound each write had used on
 //!   arrival, in thousandths (1,000 and above is refused `STALENESS`).
 //!
-//! Each is a bounded buffer under its own lock, written after the hub lock
-//! is dropped, so recording never waits on the engine.
+//! - *Writes*: how many writes were decided, whatever the answer: the
+//!   offered load.
+//!
+//! Each is a bounded buffer under its own lock (the count an atomic),
+//! written after the hub lock is dropped, so recording never waits on the
+//! engine.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Most samples of one signal kept between two policy samples: a few
 /// thousand scheduler runs or writes a second. Above that, a period's
@@ -45,6 +50,20 @@ pub struct Signals {
     pub lateness: Samples,
     /// Writes' age on arrival, in thousandths of their staleness bound.
     pub write_age: Samples,
+    /// Writes decided since the policy last took the count.
+    writes: AtomicU64,
+}
+
+impl Signals {
+    /// Counts one decided write.
+    pub fn count_write(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The writes decided since the last call.
+    pub fn take_writes(&self) -> u64 {
+        self.writes.swap(0, Ordering::Relaxed)
+    }
 }
 
 /// The 90th percentile of `samples` divided by `unit`; 0 when there are

@@ -911,7 +911,7 @@
     const interest = p.interest || {};
     const size = p.size || {};
     const loadLast = (load.decisions || []).slice(0, 3).map((d) => (
-      `${fmtClock(d.at / 1000)} ${d.step} ×${fmtNumber(d.scale, 2)} (pressure ${fmtNumber(d.pressure, 2)}: lateness ${fmtNumber(d.lateness, 2)}, write age ${fmtNumber(d.write_age, 2)}${typeof d.work === 'number' ? `, CPU ${fmtNumber(d.work, 2)} cores` : ''})`));
+      `${fmtClock(d.at / 1000)} ${d.step} ×${fmtNumber(d.scale, 2)} (pressure ${fmtNumber(d.pressure, 2)}: lateness ${fmtNumber(d.lateness, 2)}, write age ${fmtNumber(d.write_age, 2)}${typeof d.work === 'number' ? `, CPU ${fmtNumber(d.work, 2)} cores` : ''}${typeof d.writes === 'number' ? `, ${fmtNumber(d.writes, 0)} writes/s` : ''})`));
     const sizeThreads = Object.entries(size.threads || {});
     const widest = sizeThreads.reduce((a, b) => (b[1] > a[1] ? b : a), ['', 1]);
     const sizeLast = (size.decisions || []).slice(0, 3).map((d) => (
