@@ -30,23 +30,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# Starts a server with extra flags; sets $addr once it answers reflection.
+# Starts a server with extra flags, on ports the system picks (a port
+# found free and then given to the server can be taken in between); sets
+# $addr once the server has written its ready file and answers reflection.
+servers=0
 start_server() {
-  local grpc admin
-  grpc="$(free_port)"
-  admin="$(free_port)"
-  "$bin" serve --storage memory --listen "127.0.0.1:$grpc" \
-    --admin-listen "127.0.0.1:$admin" "$@" >"$work/server-$grpc.log" 2>&1 &
+  servers=$((servers + 1))
+  local ready="$work/ready-$servers.json" log="$work/server-$servers.log"
+  "$bin" serve --storage memory --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --ready-file "$ready" "$@" >"$log" 2>&1 &
   pids+=("$!")
-  addr="127.0.0.1:$grpc"
   for _ in $(seq 1 200); do
-    if "$grpcurl" -plaintext "$addr" list >/dev/null 2>&1; then return 0; fi
+    if [[ -f "$ready" ]]; then
+      addr="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["grpc"])' "$ready")"
+      if "$grpcurl" -plaintext "$addr" list >/dev/null 2>&1; then return 0; fi
+    fi
     sleep 0.05
   done
-  echo "server on $addr did not come up:" >&2
-  cat "$work/server-$grpc.log" >&2
+  echo "server $servers did not come up:" >&2
+  cat "$log" >&2
   return 1
 }
 

@@ -27,10 +27,6 @@ if [[ -z "${DYCONIT_BIN:-}" ]]; then
   DYCONIT_BIN="$target_dir/debug/dyconit-chat"
 fi
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 work="$(mktemp -d)"
 server_pid=""
 cleanup() {
@@ -50,17 +46,24 @@ run_against() { # label, extra serve args..., then -- extra st args...
   while [[ $# -gt 0 && "$1" != "--" ]]; do serve_args+=("$1"); shift; done
   [[ $# -gt 0 ]] && shift
   st_args=("$@")
-  local admin; admin="$(free_port)"
-  "$DYCONIT_BIN" serve --storage memory --listen "127.0.0.1:$(free_port)" \
-    --admin-listen "127.0.0.1:$admin" ${serve_args[@]+"${serve_args[@]}"} >"$work/$label.log" 2>&1 &
+  # Ports the system picks: the server says which in its ready file,
+  # written (whole) once it serves.
+  local ready="$work/$label.ready.json" admin=""
+  "$DYCONIT_BIN" serve --storage memory --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --ready-file "$ready" ${serve_args[@]+"${serve_args[@]}"} >"$work/$label.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do
-    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-      "http://127.0.0.1:$admin/healthz" 2>/dev/null && break
+    [[ -f "$ready" ]] && break
     sleep 0.1
   done
+  if [[ ! -f "$ready" ]]; then
+    echo "schemathesis: $label: the server did not start; its log:" >&2
+    tail -n 50 "$work/$label.log" >&2
+    exit 1
+  fi
+  admin="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"])' "$ready")"
   echo "schemathesis: $label (max $max_time s)"
-  if ! "$venv/bin/st" run "http://127.0.0.1:$admin/api/v1/openapi.json" "${checks[@]}" \
+  if ! "$venv/bin/st" run "http://$admin/api/v1/openapi.json" "${checks[@]}" \
       --max-time "$max_time" --workers 2 --suppress-health-check all --no-color \
       ${st_args[@]+"${st_args[@]}"}; then
     echo "schemathesis: $label failed; server log:" >&2
