@@ -13,10 +13,11 @@
 //! into a little more delay instead of a flood of `STALENESS` rejections and
 //! late deliveries. (Why the order bound moves too: see [`scaled`].)
 //!
-//! The controller takes two signals each sample: the *pressure* (how close
-//! deliveries and writes are to breaking their bounds, see the server's
-//! policy task) decides whether
-//! to move, and the server's *work* (CPU cores used) bounds how far down.
+//! The controller takes three signals each sample ([`Sample`]): the
+//! *pressure* (how close deliveries and writes are to breaking their
+//! bounds, see the server's policy task) decides whether to move, the
+//! server's *work* (CPU cores used) bounds how far down, and the *writes*
+//! offered per second say whether a probe down is worth making.
 //! It is multiplicative both ways, with a dead band of `BAND` around the
 //! target. Work `w(s)` is non-increasing in the scale `s` and falls at most
 //! as fast as the scale grows (`w(s) / w(k s) <= k`: doubling the batches

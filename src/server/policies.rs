@@ -35,6 +35,10 @@
 //! fast where the work shows that the load fell, and otherwise in probing
 //! steps it undoes if they overload (see `consistency::policy`). Where
 //! `/proc` cannot be read, it lowers by probing steps alone.
+//!
+//! Its third input is the writes decided per second, whatever the answer:
+//! the offered load. A probe waits while it is as high as when the bounds
+//! it would go down to ran late.
 
 use super::hub::Hub;
 use super::signals::{WRITE_AGE_UNIT, p90};
