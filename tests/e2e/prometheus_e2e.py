@@ -47,6 +47,7 @@ import json
 import math
 import os
 import pathlib
+import random
 import re
 import secrets
 import shutil
@@ -75,9 +76,20 @@ def log(msg):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port below the ephemeral range (32768 and up on Linux),
+    free when asked. A port from bind(0), released again, can be taken by
+    any outgoing connection's local end before the server it is meant for
+    binds it; ports down here are taken only by an explicit bind."""
+    start = random.randrange(20_000, 32_000)
+    for i in range(12_000):
+        port = 20_000 + (start - 20_000 + i) % 12_000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000-31999")
 
 
 def http_get(url, timeout=5.0):
