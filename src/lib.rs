@@ -11,7 +11,7 @@
 //! - [`clock`]: the wall clock, read in one place; the server's is injectable.
 //! - [`config`]: command-line flags and the TOML config file.
 //! - [`chat`]: the terminal chat client (`dyconit-chat chat`).
-//! - [`bench`]: the load generator (`dyconit-chat bench`).
+//! - [`bench`](mod@bench): the load generator (`dyconit-chat bench`).
 //! - [`check`]: the history checker of recorded runs (`dyconit-chat check`).
 //! - [`net`]: connection caps, accept backoff and deadlines of both ports.
 //! - [`sys`]: file-descriptor limit and /proc figures.

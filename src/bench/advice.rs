@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 /// Rejections above this share of the sent messages get an explanation.
 const DOMINANT_SHARE: f64 = 0.2;
 
-/// One line per rejection status that took more than [`DOMINANT_SHARE`] of
+/// One line per rejection status that took more than `DOMINANT_SHARE` of
 /// the sent messages, naming its likely cause and the flag to change.
 pub fn explain(rejections: &BTreeMap<String, u64>, sent: u64, threads: usize) -> Vec<String> {
     let mut notes = Vec::new();

@@ -129,7 +129,7 @@ where
 /// Connections opened at once by [`connect_many`].
 const CONNECTING_AT_ONCE: usize = 64;
 
-/// Opens `n` connections to `url`, [`CONNECTING_AT_ONCE`] at a time: with a
+/// Opens `n` connections to `url`, `CONNECTING_AT_ONCE` at a time: with a
 /// connection per client, 10,000 handshakes one after the other would make
 /// the run wait for the sum of their round trips.
 pub async fn connect_many(

@@ -21,7 +21,7 @@ const KEPT: [&str; 3] = [
 ];
 
 impl Scrape {
-    /// Parses Prometheus text format, keeping [`KEPT`] families.
+    /// Parses Prometheus text format, keeping `KEPT` families.
     pub fn parse(text: &str) -> Scrape {
         let mut m = BTreeMap::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -19,7 +19,7 @@
 //! - [`report`]: the final table and the JSON report.
 //! - [`counters`]: the server's own counters for the run, from its `/metrics`.
 //! - [`nats`]: the same fan-out over core NATS (`--against nats://…`).
-//! - [`failover`]: a client whose chat node is lost moves to the next one.
+//! - `failover`: a client whose chat node is lost moves to the next one.
 
 pub mod advice;
 pub mod conn;

@@ -16,7 +16,7 @@
 //! the server before that decision).
 //!
 //! Memory is bounded: events are encoded into one buffer that a writer
-//! thread swaps out and writes; if the disk falls [`MAX_BUFFER`] behind,
+//! thread swaps out and writes; if the disk falls `MAX_BUFFER` behind,
 //! appenders wait for it.
 
 use serde_json::Value;

@@ -29,7 +29,7 @@ use std::time::Duration;
 const SLOTS: usize = 8;
 const SLOT: i64 = 1_000_000;
 
-/// The largest scheduler delay per second over the last [`SLOTS`] seconds.
+/// The largest scheduler delay per second over the last `SLOTS` seconds.
 #[derive(Debug, Clone, Default)]
 pub struct SchedulerDelay {
     /// `(second, largest delay in it)`, one per second that had a run.
@@ -47,7 +47,7 @@ impl SchedulerDelay {
         slot.1 = slot.1.max(delay);
     }
 
-    /// The largest delay recorded in the last [`SLOTS`] seconds before
+    /// The largest delay recorded in the last `SLOTS` seconds before
     /// `now` (zero if none).
     pub fn recent_max(&self, now: Micros) -> Duration {
         let second = now.0.div_euclid(SLOT);

@@ -350,7 +350,7 @@ pub fn replicas(o: &NatsOptions, client: &async_nats::Client) -> usize {
 const STREAM_WAIT: Duration = Duration::from_secs(30);
 
 /// Creates the stream, or checks an existing one; returns its state. Asks
-/// again while JetStream does not answer in time, for [`STREAM_WAIT`].
+/// again while JetStream does not answer in time, for `STREAM_WAIT`.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     want: stream::Config,

@@ -282,7 +282,7 @@ impl Retention {
 const RETENTION_CHUNK: i64 = 2000;
 
 /// One retention pass: deletes what `policy` no longer keeps, in chunks of
-/// [`RETENTION_CHUNK`] rows, each its own short transaction. Commit times
+/// `RETENTION_CHUNK` rows, each its own short transaction. Commit times
 /// grow with seq, so both rules delete a prefix of the log. Returns the
 /// number of rows deleted.
 pub fn retention_pass(conn: &Connection, policy: Retention, now: Micros) -> rusqlite::Result<u64> {

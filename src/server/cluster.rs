@@ -2,9 +2,9 @@
 //! commit log every node shares.
 //!
 //! Data flows one way: an RPC's admitted write is handed to the
-//! [`publisher`](publish_loop) (through the hub's `Sink::Shared`), which
+//! publisher, `publish_loop`, through the hub's `Sink::Shared`; it
 //! publishes it with a `Nats-Msg-Id`; JetStream stores it at the next stream
-//! sequence; every node's [`consumer`](consume_loop) reads the stream in
+//! sequence; every node's consumer (`consume_loop`) reads the stream in
 //! order and applies each commit to its engine, which delivers it. The
 //! writer's OK waits for both the publish acknowledgement (stored on a
 //! quorum) and its own node's consumer (so the OK's commit time is the one
