@@ -46,10 +46,10 @@
 //!   rule allows more than a probe (the load clearly fell).
 //! - A probe is only worth making if the load may have fallen. The third
 //!   signal, the writes offered per second, says whether it has: every
-//!   settled sample above the band records the scale and the write rate at which
-//!   deliveries ran late, and no probe goes down to a scale at or below a
-//!   recorded one while the write rate is still within `BAND` of that
-//!   record's (the work rule may still lower). Measured on the overload
+//!   settled sample above the band records the scale and the write rate
+//!   at which deliveries ran late, and no probe goes down to a scale at or
+//!   below a recorded one while the write rate is still within `BAND` of
+//!   that record's (the work rule may still lower). Measured on the overload
 //!   ramp, probes made during a steady 2x or 3x step overloaded at once,
 //!   and their late deliveries were most of each run's. Capacity can grow
 //!   under a steady load as well (another process stops), so after
@@ -592,8 +592,7 @@ pub struct LoadPolicy {
     backoff: u32,
     /// `(factor, writes per second)` at which this episode's settled
     /// samples above the band were taken, the lowest rate per factor: a
-    /// probe down to
-    /// such a factor waits while the writes are as many.
+    /// probe down to such a factor waits while the writes are as many.
     overloads: Vec<(f64, f64)>,
     /// Calm samples in a row in which a probe waited for the writes to
     /// fall.
