@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::nats::{NatsCluster, Seen, chat_node, seen};
+use common::nats::{NatsCluster, Seen, admin_addr, chat_node, seen};
 use dyconit_chat::bench::server::SpawnedServer;
 use dyconit_chat::client::ChatClient;
 use dyconit_chat::log::nats::NatsOptions;
@@ -588,14 +588,6 @@ async fn order_bound_0_holds_for_writers_racing_on_three_nodes() {
 #[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
 async fn order_bound_2_holds_for_writers_racing_on_three_nodes() {
     writers_on_three_nodes_race_within_the_order_bound(2).await;
-}
-
-/// The admin address of a spawned node.
-fn admin_addr(n: &SpawnedServer) -> std::net::SocketAddr {
-    n.admin_url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("admin address")
 }
 
 /// Polls `GET /api/v1/bounds` on `node` until `done` holds (10 s at most);

@@ -308,6 +308,14 @@ pub async fn chat_node(
     chat_node_on(&cluster.url_list(), name, bounds, extra).await
 }
 
+/// The admin address of a spawned chat node.
+pub fn admin_addr(n: &dyconit_chat::bench::server::SpawnedServer) -> std::net::SocketAddr {
+    n.admin_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("admin address")
+}
+
 /// [`chat_node`] connecting only to the NATS servers at `urls`.
 pub async fn chat_node_on(
     urls: &str,
