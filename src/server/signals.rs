@@ -5,7 +5,6 @@
 //!   engine's earliest deadline (microseconds).
 //! - *Write age*: the share of its staleness bound each write had used on
 //!   arrival, in thousandths (1,000 and above is refused `STALENESS`).
-//!
 //! - *Writes*: how many writes were decided, whatever the answer: the
 //!   offered load.
 //!
