@@ -8,9 +8,12 @@ the window, so the server knows what each client takes part in from the
 window's first second.
 
 Prints a Markdown table (medians of each arm) and the ratios of the
-back-to-back pairs.
+back-to-back pairs. The saving depends on the rate: at 200 msg/s most clients'
+own (hot) threads have a message pending at every deadline anyway; at 10 msg/s
+(a message per client every 100 s) they are mostly quiet.
 
   python3 scripts/bench-interest.py --out bench-results/interest
+  python3 scripts/bench-interest.py --rate 10 --duration 60s --out bench-results/interest-10
   python3 scripts/bench-interest.py --summarize bench-results/interest   # again, no runs
 
 Python standard library only.
