@@ -194,7 +194,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DYCONIT_SIZE_POLICY")]
     pub size_policy: bool,
     /// TOML config file: any of the settings of this command (snake_case keys), plus
-    /// per-thread bounds in [threads."<id>"] tables and policy settings in
+    /// per-thread bounds in [threads."THREAD-ID"] tables and policy settings in
     /// [policy.load], [policy.interest] and [policy.size]
     #[arg(long, env = "DYCONIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
