@@ -321,12 +321,15 @@ impl Engine {
         &self.settings
     }
 
-    /// Changes the bounds. Takes effect for the next decision; pending flush
+    /// Changes the bounds. Takes effect for the next decision; flush
     /// deadlines are re-armed by the next [`Engine::poll`], due at once.
+    /// Commits made before the change stay due at the looser of the old and
+    /// the new staleness: a lowered bound does not make them all overdue,
+    /// which would flush every client in one burst.
     pub fn set_bounds(&mut self, bounds: BoundsTable) {
-        self.settings.bounds = bounds;
+        let old = std::mem::replace(&mut self.settings.bounds, bounds);
         self.bounds_changed_at_seq = self.head;
-        self.schedule.forget_deadlines();
+        self.schedule.bounds_changed(old, self.head);
         self.next_wake = Micros(i64::MIN);
     }
 

@@ -90,7 +90,11 @@ fn flush_due(
     bounds: &BoundsTable,
     visible: Seq,
     (cursor, class): &GroupKey,
-    (interest, lead): (Option<&InterestConfig>, Duration),
+    (interest, lead, before): (
+        Option<&InterestConfig>,
+        Duration,
+        Option<&(Seq, BoundsTable)>,
+    ),
 ) -> Option<GroupDue> {
     let cursor = *cursor;
     if cursor >= visible {
@@ -114,13 +118,29 @@ fn flush_due(
                 staleness: Duration::ZERO,
             });
         }
-        let staleness = match interest {
-            Some(cfg) if !class.covers(thread) => cfg.loosen(b.staleness),
-            _ => b.staleness,
+        let mut consider = |commit_time: Micros, staleness: Duration| {
+            let staleness = match interest {
+                Some(cfg) if !class.covers(thread) => cfg.loosen(staleness),
+                _ => staleness,
+            };
+            let at = staleness_deadline(commit_time, staleness, lead);
+            if at < due.at {
+                due = GroupDue { at, staleness };
+            }
         };
-        let at = staleness_deadline(first_at, staleness, lead);
-        if at < due.at {
-            due = GroupDue { at, staleness };
+        match before {
+            // Committed under the old bounds: due at the looser of old and
+            // new (a lowered bound does not make it overdue at once), and
+            // the first commit after the change at the new bound.
+            Some((changed_at, old)) if first <= *changed_at => {
+                consider(first_at, old.for_thread(thread).staleness.max(b.staleness));
+                if let Some((next, next_at)) = log.first_after(*changed_at)
+                    && next <= visible
+                {
+                    consider(next_at, b.staleness);
+                }
+            }
+            _ => consider(first_at, b.staleness),
         }
     }
     Some(due)
@@ -178,6 +198,8 @@ pub(super) struct FlushSchedule {
     /// The scheduler's recent delay, which flush deadlines allow for (see
     /// [`flush_margin`]).
     lead: Duration,
+    /// The position of the last bound change and the bounds before it.
+    before_change: Option<(Seq, BoundsTable)>,
 }
 
 impl FlushSchedule {
@@ -266,8 +288,17 @@ impl FlushSchedule {
         self.timers.remove(&(at, id));
     }
 
-    /// The bounds changed: every cached group deadline is stale.
-    pub fn forget_deadlines(&mut self) {
+    /// The bounds changed from `old`, with commits up to `head` made
+    /// under them: those commits stay due at the looser of the old and the
+    /// new staleness (see [`flush_due`]), and every cached group deadline
+    /// is stale.
+    pub fn bounds_changed(&mut self, old: BoundsTable, head: Seq) {
+        self.before_change = Some((head, old));
+        self.forget_deadlines();
+    }
+
+    /// Every cached group deadline is stale.
+    fn forget_deadlines(&mut self) {
         self.due_cache.1.clear();
     }
 
@@ -291,7 +322,11 @@ impl FlushSchedule {
             bounds,
             visible,
             key,
-            (self.interest.as_ref(), self.lead),
+            (
+                self.interest.as_ref(),
+                self.lead,
+                self.before_change.as_ref(),
+            ),
         );
         self.due_cache.1.insert(key.clone(), due);
         due
