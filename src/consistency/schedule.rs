@@ -85,6 +85,8 @@ impl GroupDue {
 /// `class` must be flushed, counting only visible commits (up to
 /// `visible`): `None` if nothing visible is pending. A conit `class` does
 /// not cover is due at its staleness loosened by the interest policy.
+/// `before` is the last bound change (the head then, the bounds before):
+/// what was committed up to it keeps the looser of the two bounds.
 fn flush_due(
     conits: &HashMap<Arc<str>, ConitLog>,
     bounds: &BoundsTable,
