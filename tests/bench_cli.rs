@@ -71,6 +71,11 @@ fn assert_consistent(r: &Value, clients: u64) {
     let counted = &r["server_counters"];
     assert!(counted["bound_violations"].is_object(), "{r}");
     assert!(counted["clients_dropped"].is_object(), "{r}");
+    let before_window = counted["violations_before_window"].as_u64();
+    assert!(
+        before_window.is_some_and(|b| b <= n(r, &["check", "server_violations"])),
+        "{r}"
+    );
     let server = &r["server"];
     assert!(server["peak_rss_bytes"].as_u64().unwrap() > 0, "{server}");
     assert!(server["cpu_seconds"].as_f64().unwrap() >= 0.0);

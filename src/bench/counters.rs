@@ -69,15 +69,28 @@ pub struct ServerCounters {
     pub clients_dropped: BTreeMap<String, u64>,
     /// Clients the server had before the bench connected its own.
     pub other_clients_at_start: Option<u64>,
+    /// Of the bound violations, those counted before the measured window
+    /// opened (while the clients connected and warmed up), if the server
+    /// was read then too.
+    pub violations_before_window: Option<u64>,
 }
 
 impl ServerCounters {
-    pub fn between(source: &str, start: &Scrape, end: &Scrape) -> ServerCounters {
+    /// The increases from `start` to `end`, and from `start` to `window`
+    /// (read as the measured window opened) for the violations before it.
+    pub fn between(
+        source: &str,
+        start: &Scrape,
+        window: Option<&Scrape>,
+        end: &Scrape,
+    ) -> ServerCounters {
+        let violations = |later| start.increase(later, "chat_bound_violations_total", "bound");
         ServerCounters {
             source: source.to_owned(),
-            bound_violations: start.increase(end, "chat_bound_violations_total", "bound"),
+            bound_violations: violations(end),
             clients_dropped: start.increase(end, "chat_clients_dropped_total", "reason"),
             other_clients_at_start: start.clients_connected(),
+            violations_before_window: window.map(|w| violations(w).values().sum()),
         }
     }
 
@@ -133,9 +146,23 @@ pub async fn start(admin: &str) -> Result<Scrape, String> {
     Ok(scrape)
 }
 
-/// Reads the counters at the end of a run: the increase since `start`, or
-/// why there is none.
-pub async fn end(admin: &str, start: Result<Scrape, String>) -> Result<ServerCounters, String> {
+/// Reads the counters as the measured window opens (`None` if they could
+/// not be read at the start either).
+pub async fn window(admin: &str, start: &Result<Scrape, String>) -> Option<Scrape> {
+    match start {
+        Ok(_) => scrape(admin).await.ok(),
+        Err(_) => None,
+    }
+}
+
+/// Reads the counters at the end of a run: the increase since `start`
+/// (and how much of it came before `window`, the scrape as the measured
+/// window opened), or why there is none.
+pub async fn end(
+    admin: &str,
+    start: Result<Scrape, String>,
+    window: Option<Scrape>,
+) -> Result<ServerCounters, String> {
     let start = start?;
     let end = scrape(admin)
         .await
@@ -143,6 +170,7 @@ pub async fn end(admin: &str, start: Result<Scrape, String>) -> Result<ServerCou
     Ok(ServerCounters::between(
         &format!("{}/metrics", admin.trim_end_matches('/')),
         &start,
+        window.as_ref(),
         &end,
     ))
 }
@@ -174,12 +202,20 @@ mod tests {
         let b = Scrape::parse(
             "chat_bound_violations_total{bound=\"staleness\"} 1423\nchat_bound_violations_total{bound=\"lease\"} 0\nchat_clients_dropped_total{reason=\"slow_consumer\"} 4\n",
         );
-        let c = ServerCounters::between("x", &a, &b);
+        let c = ServerCounters::between("x", &a, None, &b);
         assert_eq!(c.bound_violations["staleness"], 1420);
         assert_eq!(c.bound_violations["lease"], 0);
         assert_eq!(c.clients_dropped["slow_consumer"], 4);
         assert_eq!(c.other_clients_at_start, Some(2));
         assert_eq!(c.violations(), 1420);
+        assert_eq!(c.violations_before_window, None);
+        // Read again as the window opened: what came before it, all bounds.
+        let w = Scrape::parse(
+            "chat_bound_violations_total{bound=\"staleness\"} 1003\nchat_bound_violations_total{bound=\"lease\"} 2\n",
+        );
+        let c = ServerCounters::between("x", &a, Some(&w), &b);
+        assert_eq!(c.violations(), 1420);
+        assert_eq!(c.violations_before_window, Some(1002));
     }
 
     #[test]

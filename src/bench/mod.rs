@@ -1513,6 +1513,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         warm_up(&args, &slots, &stats).await;
     }
 
+    let counters_window = counters::window(&admin, &counters_start).await;
+
     // The measured window.
     phase.store(1, Ordering::Relaxed);
     let start = Instant::now();
@@ -1528,7 +1530,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
     }
     wait_delivered(&slots, &stats, drain_by).await;
     let end_server = server_pid.and_then(crate::sys::proc_stats);
-    let server_counters = counters::end(&admin, counters_start).await;
+    let server_counters = counters::end(&admin, counters_start, counters_window).await;
     stop_progress.cancel();
     if let Some(t) = progress_task {
         let _ = t.await;

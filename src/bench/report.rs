@@ -591,7 +591,14 @@ impl Report {
                 shown.join(", ")
             }
         };
-        row("server: bound violations", list(&c.bound_violations));
+        let before = match c.violations_before_window {
+            Some(n) if n > 0 => format!(" ({n} of them before the window)"),
+            _ => String::new(),
+        };
+        row(
+            "server: bound violations",
+            format!("{}{before}", list(&c.bound_violations)),
+        );
         row("server: clients dropped", list(&c.clients_dropped));
         if let Some(n) = c.other_clients_at_start.filter(|n| *n > 0) {
             row(
