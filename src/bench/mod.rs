@@ -106,9 +106,11 @@ failed, and the server counted no bound violation.
 
 The server's own counters for the run are read from its admin port
 (/metrics; --admin, by default the --server host on port 9090): bound
-violations by bound and dropped clients by reason. A run in which the server
-counted violations does not pass. When rejections dominate, the report names
-the likely cause and the flag that changes it.
+violations by bound and dropped clients by reason, read at the start, as the
+window opens (to tell the violations of the ramp-up and warm-up apart) and at
+the end. A run in which the server counted violations does not pass. When
+rejections dominate, the report names the likely cause and the flag that
+changes it.
 
 Each client has its own HTTP/2 connection, as real users do;
 --clients-per-connection K (or --connections N) multiplexes them, and the
@@ -1513,9 +1515,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
         warm_up(&args, &slots, &stats).await;
     }
 
+    // The measured window; the server's counters are read as it opens.
     let counters_window = counters::window(&admin, &counters_start).await;
-
-    // The measured window.
     phase.store(1, Ordering::Relaxed);
     let start = Instant::now();
     let before = snapshot(&stats, server_pid);
