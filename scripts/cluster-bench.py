@@ -41,11 +41,9 @@ import argparse
 import json
 import math
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,34 +52,11 @@ import threading
 import time
 import urllib.request
 
+from ports import free_port  # nats-server ports; chat nodes bind port 0
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["memory", "sqlite", "nats-r1", "nats-r3", "hot", "fanout", "jetstream"]
-
-GIVEN_PORTS = set()
-
-
-def free_port():
-    """A loopback port for a nats-server, below the ephemeral range (32768
-    and up on Linux). nats-server cannot report a port it chose, and a port
-    from bind(0), released again, can be taken by any outgoing connection's
-    local end before the server binds it; ports down here are taken only by
-    an explicit bind. (Chat nodes bind port 0 and report it in their
-    --ready-file.) A port is handed out once per run: the nats-servers of
-    a cluster bind theirs only after all are chosen."""
-    start = random.randrange(20_000, 32_000)
-    for i in range(12_000):
-        port = 20_000 + (start - 20_000 + i) % 12_000
-        if port in GIVEN_PORTS:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            GIVEN_PORTS.add(port)
-            return port
-    raise RuntimeError("no free loopback port in 20000-31999")
 
 
 def cpu_seconds(pid):

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import pathlib
-import random
 import re
 import secrets
 import shutil
@@ -62,6 +61,8 @@ import urllib.parse
 import urllib.request
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+from ports import free_port  # noqa: E402  (Prometheus and nats-server ports)
 JOB = "dyconit-chat"
 # Substituted for Grafana's built-in variables when a panel query is run.
 GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "1m", "__range": "5m"}
@@ -73,23 +74,6 @@ class Failure(Exception):
 
 def log(msg):
     print(f"e2e: {msg}", flush=True)
-
-
-def free_port():
-    """A loopback port below the ephemeral range (32768 and up on Linux),
-    free when asked. A port from bind(0), released again, can be taken by
-    any outgoing connection's local end before the server it is meant for
-    binds it; ports down here are taken only by an explicit bind."""
-    start = random.randrange(20_000, 32_000)
-    for i in range(12_000):
-        port = 20_000 + (start - 20_000 + i) % 12_000
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port in 20000-31999")
 
 
 def http_get(url, timeout=5.0):
