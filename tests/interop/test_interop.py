@@ -293,6 +293,10 @@ class Session:
                     )
         except grpc.RpcError as e:
             self._q.put(e)
+        except ValueError:
+            # "Cannot invoke RPC on closed channel": the test ended and closed
+            # the channel while this thread was acknowledging an Update.
+            pass
         self._q.put(_END)
 
     def next_update(self, timeout: float = WAIT, waiting_for: str = "an Update"):
