@@ -143,7 +143,8 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let ready = admin::Readiness::default();
-    let scheduler = tokio::spawn(server::scheduler::run(hub.clone(), stop.clone()));
+    let scheduler = server::scheduler::Scheduler::start(hub.clone(), stop.clone())
+        .context("starting the flush scheduler thread")?;
     let policies = Policies::new(config.load_policy, &hub);
     if config.interest_policy.is_some() {
         policies.set_interest(config.interest_policy, &hub, "config");
@@ -194,7 +195,7 @@ pub async fn run(
     stop.cancel();
     grpc.join(grace).await;
     let _ = tokio::time::timeout(grace, admin).await;
-    let _ = scheduler.await;
+    scheduler.join().await;
     let _ = policy_task.await;
     // No RPC is left to submit: the writer stores what is queued and exits.
     hub.stop_writer();

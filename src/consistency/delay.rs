@@ -4,7 +4,7 @@
 //! A flush is due a safety margin before its staleness bound. The margin is
 //! fixed ([`safety_margin`](super::settings::safety_margin): an eighth of
 //! the bound, at most 20 ms), but the delay it must absorb is not: on a
-//! busy machine the scheduler's task wakes later than asked, and a round of
+//! busy machine the scheduler's thread wakes later than asked, and a round of
 //! a thousand Updates delays the next round. Measured on the 2-core
 //! benchmark machine at 1,000 clients and a 100 ms bound (margin 12.5 ms):
 //! bursts of tens of thousands of messages delivered past their bound in

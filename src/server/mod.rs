@@ -6,7 +6,7 @@
 //! - `grpc`: the gRPC listener with the chat, health and reflection services.
 //! - [`updates`]: `ReceiveUpdates` served from pre-encoded, shared bytes.
 //! - [`outbox`]: each client's bounded outbound queue and stream.
-//! - [`scheduler`]: the one task that wakes at the engine's next deadline.
+//! - [`scheduler`]: the one thread that wakes at the engine's next deadline.
 //! - [`writer`]: the group-commit thread that makes messages durable.
 //! - `signals`: what the load policy measures, recorded where it happens.
 //! - [`cluster`]: a node of a cluster: publishes to and consumes the shared
