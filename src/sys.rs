@@ -1,6 +1,5 @@
-//! Small operating-system helpers: the file-descriptor limit, a thread's
-//! scheduling priority, and per-process CPU and memory figures from `/proc`
-//! (Linux).
+//! Small operating-system helpers: the file-descriptor limit and per-process
+//! CPU and memory figures from `/proc` (Linux).
 
 /// Raises the soft limit on open files to the hard limit, so that a server or
 /// a load generator with thousands of connections does not fail at the usual
@@ -33,32 +32,6 @@ pub fn raise_fd_limit() -> Option<u64> {
     #[cfg(not(unix))]
     {
         None
-    }
-}
-
-/// Gives the calling thread the scheduling priority `nice` (-20 highest,
-/// 19 lowest; Linux applies it to the thread alone). A priority above the
-/// default needs `CAP_SYS_NICE` (or root); without it this fails with
-/// `EACCES`/`EPERM` and nothing changes.
-pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid has no arguments; setpriority only reads its
-        // integer arguments.
-        let rc = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = nice;
-        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
     }
 }
 
@@ -147,27 +120,6 @@ pub fn load_average() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_thread_nice_value_applies_to_that_thread_alone() {
-        // SAFETY: gettid and getpriority only read their arguments.
-        let nice_of =
-            |tid: libc::pid_t| unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
-        let here = unsafe { libc::gettid() };
-        let before = nice_of(here);
-        // Lowering the priority needs no privilege.
-        let (other, inside) = std::thread::spawn(move || {
-            set_thread_nice(before + 5).unwrap();
-            let tid = unsafe { libc::gettid() };
-            (tid, nice_of(tid))
-        })
-        .join()
-        .unwrap();
-        assert_ne!(other, here);
-        assert_eq!(inside, before + 5);
-        assert_eq!(nice_of(here), before, "the calling thread is unchanged");
-    }
 
     #[test]
     fn parses_stat_with_spaces_in_the_name() {

@@ -9,8 +9,12 @@
 //! machine, 1,000 clients stepping up to 3,600 msg/s at a 100 ms bound
 //! (12.5 ms margin): as a task, 2-15 polls a run were more than 12.8 ms
 //! late and 61-5,281 messages were delivered late; as a thread, 0-1 polls
-//! and 0-160 messages. The thread asks for a higher priority too (see
-//! `prioritise`).
+//! and 0-160 messages.
+//!
+//! The thread keeps the default priority. At nice -10 it woke late less
+//! often, but in 3 of 6 runs of the interest benchmark (1,000 clients, 200
+//! msg/s) deliveries went up to 183 ms past their bound, against none of
+//! 6 at the default priority (docs/benchmarks.md).
 
 use super::hub::Hub;
 use std::sync::Arc;
@@ -32,10 +36,7 @@ impl Scheduler {
         let until = stop.clone();
         let thread = std::thread::Builder::new()
             .name("flush-scheduler".into())
-            .spawn(move || {
-                prioritise();
-                runtime.block_on(run(hub, until))
-            })?;
+            .spawn(move || runtime.block_on(run(hub, until)))?;
         Ok(Scheduler {
             thread: Some(thread),
             stop,
@@ -56,23 +57,6 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-/// The scheduler thread's priority, where the server may raise it.
-const NICE: i32 = -10;
-
-/// Raises this thread's priority if allowed: it uses little CPU, but when a
-/// flush is due it must run at once, not after the RPC threads' time slices.
-/// On the same machine and load, polls more than 6.4 ms late fell from
-/// 27-43 a run to 3-6 at nice -10.
-fn prioritise() {
-    match crate::sys::set_thread_nice(NICE) {
-        Ok(()) => tracing::debug!(nice = NICE, "flush scheduler thread priority raised"),
-        Err(e) => tracing::info!(
-            error = %e,
-            "flush scheduler thread keeps the default priority: allow nice -10 (RLIMIT_NICE 30, e.g. systemd LimitNICE=-10) or grant CAP_SYS_NICE"
-        ),
     }
 }
 
