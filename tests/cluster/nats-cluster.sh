@@ -5,7 +5,8 @@
 #   tests/cluster/nats-cluster.sh stop DIR
 # Needs DYCONIT_NATS_SERVER (the nats-server binary, >= 2.12). Each server
 # keeps its store, log and pid under DIR. `start` returns once JetStream
-# answers with a meta leader (monitoring /healthz), or fails after 60 s.
+# is healthy on all three servers (monitoring /healthz of each: an R3 stream
+# needs all three peers), or fails after 60 s.
 # The servers' output goes to their logs only: `urls=$(... start DIR)` would
 # otherwise wait for them to exit.
 set -euo pipefail
@@ -37,7 +38,8 @@ case "$cmd" in
     for _ in $(seq 600); do
       if python3 - "$((base + 20))" <<'PY' 2>/dev/null; then
 import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=1).read()
+for port in range(int(sys.argv[1]), int(sys.argv[1]) + 3):
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
 PY
         echo "nats://127.0.0.1:$base,nats://127.0.0.1:$((base + 1)),nats://127.0.0.1:$((base + 2))"
         exit 0
