@@ -89,13 +89,26 @@ impl TestServer {
                     // The first node creates the stream and its buckets;
                     // the others start once it answers, so they find them
                     // instead of racing to create them.
-                    let (status, body) = http(admin, "GET", "/readyz", None, None).await;
-                    assert_eq!(status, 200, "first chat node not ready: {body}");
+                    server.first_node_ready(admin).await;
                 }
             }
             server.urls.push(url);
         }
         server
+    }
+
+    /// Asserts that the first node answers `/readyz` with 200; if it cannot
+    /// be asked (the node stopped: its listeners are closed), fails with the
+    /// error the node ended with.
+    async fn first_node_ready(&mut self, admin: SocketAddr) {
+        match tokio::spawn(http(admin, "GET", "/readyz", None, None)).await {
+            Ok((status, body)) => assert_eq!(status, 200, "first chat node not ready: {body}"),
+            Err(_) => {
+                let node = self.nodes[0].task.take().expect("the first node's task");
+                let ended = tokio::time::timeout(Duration::from_secs(10), node).await;
+                panic!("the first chat node did not answer /readyz; it ended with {ended:?}");
+            }
+        }
     }
 
     async fn start_node(&mut self, config: Config) -> (String, SocketAddr) {
