@@ -5,8 +5,9 @@
 #   tests/cluster/nats-cluster.sh stop DIR
 # Needs DYCONIT_NATS_SERVER (the nats-server binary, >= 2.12). Each server
 # keeps its store, log and pid under DIR. `start` returns once JetStream
-# is healthy on all three servers (monitoring /healthz of each: an R3 stream
-# needs all three peers), or fails after 60 s.
+# is healthy on all three servers (monitoring /healthz of each) and the meta
+# leader sees the other two current and online (an R3 stream needs all three
+# peers), or fails after 60 s.
 # The servers' output goes to their logs only: `urls=$(... start DIR)` would
 # otherwise wait for them to exit.
 set -euo pipefail
@@ -37,9 +38,20 @@ case "$cmd" in
     done
     for _ in $(seq 600); do
       if python3 - "$((base + 20))" <<'PY' 2>/dev/null; then
-import sys, urllib.request
-for port in range(int(sys.argv[1]), int(sys.argv[1]) + 3):
+import json, sys, urllib.request
+ports = range(int(sys.argv[1]), int(sys.argv[1]) + 3)
+for port in ports:
     urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+# The meta leader's view (the one whose replicas leave out the leader) must
+# have both other servers current and online: until then creating an R3
+# stream fails with "no suitable peers for placement, peer offline".
+def ready(port):
+    meta = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=1))["meta_cluster"]
+    replicas = meta.get("replicas") or []
+    names = {r["name"] for r in replicas}
+    return (meta.get("leader") and meta["leader"] not in names and len(replicas) == 2
+            and all(r.get("current") and not r.get("offline") for r in replicas))
+sys.exit(0 if any(ready(p) for p in ports) else 1)
 PY
         echo "nats://127.0.0.1:$base,nats://127.0.0.1:$((base + 1)),nats://127.0.0.1:$((base + 2))"
         exit 0
