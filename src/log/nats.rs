@@ -344,49 +344,94 @@ pub fn replicas(o: &NatsOptions, client: &async_nats::Client) -> usize {
 }
 
 /// How long a starting node keeps asking for its stream while JetStream
-/// does not answer: a cluster started at the same moment may still be
+/// cannot serve it yet: a cluster started at the same moment may still be
 /// electing its meta leader (seen on loopback: a stream create timing out
-/// right after every server reported healthy).
+/// right after every server reported healthy), or may not yet count a
+/// server that has just started as a peer (seen in CI: "no suitable peers
+/// for placement, peer offline" half a second after the meta leader was
+/// elected).
 const STREAM_WAIT: Duration = Duration::from_secs(30);
 
+/// The pause before asking again after an immediate refusal (a timeout has
+/// waited already).
+const STREAM_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// JetStream's answers that mean its cluster has no meta leader (yet):
+/// asking again may succeed.
+const NO_LEADER_YET: [jetstream::ErrorCode; 3] = [
+    jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE,
+    jetstream::ErrorCode::CLUSTER_NOT_ACTIVE,
+    jetstream::ErrorCode::CLUSTER_NOT_LEADER,
+];
+
+/// Whether JetStream's `answer` to a stream lookup or create means that
+/// its cluster cannot serve the stream yet, rather than that the request
+/// is wrong: no meta leader, or a peer the stream needs is offline (a
+/// server still starting). A stream asking for more replicas than the
+/// cluster has servers gets the same code (10005) without "peer offline",
+/// and fails at once.
+fn not_yet(answer: &jetstream::Error) -> bool {
+    let code = answer.error_code();
+    NO_LEADER_YET.contains(&code)
+        || (code == jetstream::ErrorCode::CLUSTER_NO_PEERS
+            && answer.to_string().contains("peer offline"))
+}
+
+/// Why one attempt to create or check the stream failed.
+enum Attempt {
+    /// JetStream did not answer in time, or its cluster cannot place the
+    /// stream yet: asking again may succeed.
+    NotYet(LogError),
+    /// Asking again would get the same answer.
+    Failed(LogError),
+}
+
 /// Creates the stream, or checks an existing one; returns its state. Asks
-/// again while JetStream does not answer in time, for `STREAM_WAIT`.
+/// again while JetStream cannot serve it yet, for `STREAM_WAIT`; a stream
+/// that cannot be placed at the end of it (more replicas than the cluster
+/// has servers, say) fails with JetStream's answer.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     want: stream::Config,
 ) -> Result<stream::Info, LogError> {
     let until = tokio::time::Instant::now() + STREAM_WAIT;
     loop {
-        match ensure_stream_once(js, want.clone()).await {
-            Err(e)
-                if e.to_string().contains("timed out") && tokio::time::Instant::now() < until =>
-            {
-                tracing::warn!(stream = %want.name, error = %e, "JetStream did not answer: asking again");
-            }
-            other => return other,
-        }
+        let e = match ensure_stream_once(js, want.clone()).await {
+            Ok(info) => return Ok(info),
+            Err(Attempt::NotYet(e)) if tokio::time::Instant::now() < until => e,
+            Err(Attempt::NotYet(e) | Attempt::Failed(e)) => return Err(e),
+        };
+        tracing::warn!(stream = %want.name, error = %e, "JetStream cannot serve the stream yet: asking again");
+        tokio::time::sleep(STREAM_RETRY_PAUSE).await;
+    }
+}
+
+/// Sorts a failed request: a timeout, or an `answer` JetStream may change
+/// ([`not_yet`]), may pass.
+fn attempt(e: LogError, answer: Option<&jetstream::Error>) -> Attempt {
+    if answer.is_some_and(not_yet) || e.to_string().contains("timed out") {
+        Attempt::NotYet(e)
+    } else {
+        Attempt::Failed(e)
     }
 }
 
 async fn ensure_stream_once(
     js: &jetstream::Context,
     want: stream::Config,
-) -> Result<stream::Info, LogError> {
+) -> Result<stream::Info, Attempt> {
+    let info_of = |e| attempt(err("reading the stream info", e), None);
     match js.get_stream(&want.name).await {
         Ok(mut s) => {
-            let info = s
-                .info()
-                .await
-                .map_err(|e| err("reading the stream info", e))?
-                .clone();
+            let info = s.info().await.map_err(info_of)?.clone();
             let problems = conflicts(&info.config, &want);
             if !problems.is_empty() {
-                return Err(LogError::Cluster(format!(
+                return Err(Attempt::Failed(LogError::Cluster(format!(
                     "stream {} exists with a config this node cannot use: {}; change it (nats stream edit {}) or use another --nats-stream",
                     want.name,
                     problems.join("; "),
                     want.name
-                )));
+                ))));
             }
             Ok(info)
         }
@@ -398,23 +443,65 @@ async fn ensure_stream_once(
             ) =>
         {
             let name = want.name.clone();
-            let mut s = js
-                .create_stream(want)
-                .await
-                .map_err(|e| err(&format!("creating stream {name}"), e))?;
+            let mut s = js.create_stream(want).await.map_err(|e| {
+                let answer = match e.kind() {
+                    jetstream::context::CreateStreamErrorKind::JetStream(j) => Some(j),
+                    _ => None,
+                };
+                attempt(err(&format!("creating stream {name}"), &e), answer.as_ref())
+            })?;
             tracing::info!(stream = %name, "created the JetStream stream");
-            Ok(s.info()
-                .await
-                .map_err(|e| err("reading the stream info", e))?
-                .clone())
+            Ok(s.info().await.map_err(info_of)?.clone())
         }
-        Err(e) => Err(err(&format!("looking up stream {}", want.name), e)),
+        Err(e) => {
+            let answer = match e.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(j) => Some(j),
+                _ => None,
+            };
+            Err(attempt(
+                err(&format!("looking up stream {}", want.name), &e),
+                answer.as_ref(),
+            ))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(code: u64, description: &str) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": 503, "err_code": code, "description": description
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cluster_still_forming_is_asked_again_and_a_wrong_request_is_not() {
+        let again = |a: &jetstream::Error| {
+            matches!(
+                attempt(LogError::Cluster(a.to_string()), Some(a)),
+                Attempt::NotYet(_)
+            )
+        };
+        // Seen in CI half a second after the meta leader was elected.
+        assert!(again(&answer(
+            10005,
+            "no suitable peers for placement, peer offline"
+        )));
+        assert!(again(&answer(
+            10008,
+            "JetStream system temporarily unavailable"
+        )));
+        // More replicas than servers (seen: --nats-replicas 5 on 3 servers).
+        assert!(!again(&answer(10005, "no suitable peers for placement")));
+        assert!(!again(&answer(10058, "stream name already in use")));
+        let timed_out = LogError::Cluster("creating stream CHAT: timed out".into());
+        assert!(matches!(attempt(timed_out, None), Attempt::NotYet(_)));
+        let refused = LogError::Cluster("looking up stream CHAT: permissions violation".into());
+        assert!(matches!(attempt(refused, None), Attempt::Failed(_)));
+    }
 
     #[test]
     fn any_thread_id_round_trips_through_its_subject() {
