@@ -497,12 +497,15 @@ def bounds():
             timeseries("Flush lateness", "How late the flush scheduler ran after its deadlines, and the lead: "
                        "its largest delay of the last 8 s and half again, which flushes allow for by coming "
                        "due that much before their bound (at least the fixed margin, at most a quarter of "
-                       "the bound).", targets(
+                       "the bound). Core wait: how long per second the scheduler thread was ready but "
+                       "waited for a busy core; lateness rising with it comes from CPU contention.", targets(
                 (f"histogram_quantile(0.9, sum by (le) (rate(chat_flush_lateness_seconds_bucket{{{F}}}[$__rate_interval])))",
                  "p90"),
                 (f"histogram_quantile(0.99, sum by (le) (rate(chat_flush_lateness_seconds_bucket{{{F}}}[$__rate_interval])))",
                  "p99"),
                 (f"max(chat_flush_lead_seconds{{{F}}})", "lead"),
+                (f"max(rate(chat_flush_scheduler_wait_seconds_total{{{F}}}[$__rate_interval]))",
+                 "core wait per second"),
             ), unit="s", width=8),
             row("Changes and their effect"),
             stat("Bound changes", "Bound changes applied through the admin API in the time range.",

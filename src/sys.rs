@@ -117,9 +117,66 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// The kernel's id of the calling thread (Linux; 0 elsewhere).
+pub fn thread_id() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no arguments and cannot fail.
+        unsafe { libc::gettid() }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+/// How long a thread of this process has run on a core, and how long it has
+/// been ready to run but waited for one (its run-queue wait), in total.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ThreadTimes {
+    pub ran: std::time::Duration,
+    pub waited: std::time::Duration,
+}
+
+/// [`ThreadTimes`] of thread `tid` of this process, from
+/// `/proc/self/task/<tid>/schedstat` (Linux with schedstats).
+pub fn thread_times(tid: i32) -> Option<ThreadTimes> {
+    parse_schedstat(&std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?)
+}
+
+/// `schedstat`: nanoseconds on a core, nanoseconds waiting on a run queue,
+/// time slices.
+fn parse_schedstat(text: &str) -> Option<ThreadTimes> {
+    let mut f = text.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some(ThreadTimes {
+        ran: std::time::Duration::from_nanos(f.next()??),
+        waited: std::time::Duration::from_nanos(f.next()??),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_schedstat() {
+        let t = parse_schedstat("2914687066 2224750513 21573\n").unwrap();
+        assert_eq!(t.ran.as_nanos(), 2_914_687_066);
+        assert_eq!(t.waited.as_nanos(), 2_224_750_513);
+        assert_eq!(parse_schedstat("12 x 3"), None);
+        assert_eq!(parse_schedstat(""), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn reads_this_threads_times() {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(20) {
+            std::hint::black_box(start.elapsed());
+        }
+        let t = thread_times(thread_id()).expect("schedstat of this thread");
+        assert!(t.ran >= std::time::Duration::from_millis(10), "{t:?}");
+    }
 
     #[test]
     fn parses_stat_with_spaces_in_the_name() {

@@ -420,6 +420,27 @@ async fn metrics_stats_and_clients_reflect_traffic_without_leaking_ids() {
     }
 }
 
+/// The flush scheduler thread's own CPU time and run-queue wait are
+/// exported, so an operator can tell a scheduler that waited for a core
+/// from one that had much to do.
+#[tokio::test]
+async fn the_flush_scheduler_threads_cpu_time_and_wait_are_exported() {
+    let server = TestServer::start(config(50, 256, 1)).await;
+    let reader = server.client(Some("reader")).await;
+    let mut sub = reader.subscribe().await.unwrap();
+    // The first Update comes from a scheduler run.
+    first_update(&mut sub).await;
+    let (s, text) = http(server.admin, "GET", "/metrics", None, None).await;
+    assert_eq!(s, 200);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert!(value("chat_flush_scheduler_cpu_seconds_total") > 0.0);
+    assert!(value("chat_flush_scheduler_wait_seconds_total") >= 0.0);
+}
+
 #[tokio::test]
 async fn the_log_filter_changes_at_runtime() {
     let server = TestServer::start(config(100, 256, 32)).await;

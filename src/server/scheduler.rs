@@ -36,7 +36,13 @@ impl Scheduler {
         let until = stop.clone();
         let thread = std::thread::Builder::new()
             .name("flush-scheduler".into())
-            .spawn(move || runtime.block_on(run(hub, until)))?;
+            .spawn(move || {
+                hub.metrics()
+                    .policy
+                    .scheduler_thread
+                    .record_current_thread();
+                runtime.block_on(run(hub, until))
+            })?;
         Ok(Scheduler {
             thread: Some(thread),
             stop,

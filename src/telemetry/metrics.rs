@@ -112,6 +112,8 @@ pub struct PolicyMetrics {
     /// (client, thread) pairs flushed at the thread's own bounds by the
     /// interest policy; every other pair gets the looser bounds.
     pub interest_pairs: IntGauge,
+    /// The flush scheduler thread's CPU time and run-queue wait.
+    pub scheduler_thread: super::scheduler_thread::SchedulerThreadTimes,
 }
 
 impl PolicyMetrics {
@@ -190,6 +192,7 @@ impl PolicyMetrics {
                     "(client, thread) pairs the interest policy flushes at the thread's own bounds.",
                 ),
             ),
+            scheduler_thread: register(r, super::scheduler_thread::SchedulerThreadTimes::new()),
         };
         m.export_initial();
         m

@@ -7,8 +7,11 @@
 //!   and the optional OTLP trace pipeline (its gRPC exporter is built in
 //!   `crate::server::otlp`).
 //! - [`cluster_metrics`]: a cluster node's `chat_nats_*` metrics.
+//! - [`scheduler_thread`]: the flush scheduler thread's CPU time and
+//!   run-queue wait, read from `/proc` at each scrape.
 
 pub mod cluster_metrics;
 pub mod limits;
 pub mod metrics;
+pub mod scheduler_thread;
 pub mod tracing_setup;
