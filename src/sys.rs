@@ -130,6 +130,84 @@ pub fn thread_id() -> i32 {
     }
 }
 
+/// `struct sched_attr` of `sched_setattr(2)`, its first version (48 bytes).
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Debug, Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    /// For a normal thread since Linux 6.12: its time slice, nanoseconds.
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+#[cfg(target_os = "linux")]
+fn sched_getattr() -> std::io::Result<SchedAttr> {
+    let mut attr = SchedAttr::default();
+    // SAFETY: the kernel writes at most `size` (48) bytes into `attr`, which
+    // has that layout; pid 0 is the calling thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut SchedAttr,
+            std::mem::size_of::<SchedAttr>() as u32,
+            0u32,
+        )
+    };
+    if rc == 0 {
+        Ok(attr)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Asks the kernel for a time slice of `slice` for the calling thread.
+/// Since Linux 6.12 (EEVDF), `sched_setattr` sets a normal thread's slice
+/// (0.1-100 ms), and a waking thread whose slice is shorter than the
+/// running thread's may preempt it: a thread that runs briefly and must
+/// run on time waits less for a core, with the same share of the CPU
+/// (nice would change the share). Keeps the thread's policy and nice
+/// value; refused for real-time threads. Older kernels accept and ignore
+/// it.
+pub fn request_time_slice(slice: std::time::Duration) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut attr = sched_getattr()?;
+        if attr.policy != libc::SCHED_OTHER as u32 && attr.policy != libc::SCHED_BATCH as u32 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "not a normal (time-shared) thread",
+            ));
+        }
+        attr.size = std::mem::size_of::<SchedAttr>() as u32;
+        attr.flags = 0;
+        attr.runtime = slice.as_nanos().min(u64::MAX as u128) as u64;
+        // SAFETY: `attr` is a valid, initialised sched_attr of `size` bytes;
+        // pid 0 is the calling thread.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0u32) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = slice;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "time slices are a Linux feature",
+        ))
+    }
+}
+
 /// How long a thread of this process has run on a core, and how long it has
 /// been ready to run but waited for one (its run-queue wait), in total.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -165,6 +243,30 @@ mod tests {
         assert_eq!(t.waited.as_nanos(), 2_224_750_513);
         assert_eq!(parse_schedstat("12 x 3"), None);
         assert_eq!(parse_schedstat(""), None);
+    }
+
+    /// Linux `major.minor` of the running kernel.
+    #[cfg(target_os = "linux")]
+    fn kernel_version() -> (u32, u32) {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut v = release.split(['.', '-']).map(|x| x.parse().unwrap_or(0));
+        (v.next().unwrap_or(0), v.next().unwrap_or(0))
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_gets_the_time_slice_it_asks_for_and_keeps_its_nice_value() {
+        std::thread::spawn(|| {
+            let before = sched_getattr().unwrap();
+            request_time_slice(std::time::Duration::from_micros(100)).unwrap();
+            let after = sched_getattr().unwrap();
+            assert_eq!((after.policy, after.nice), (before.policy, before.nice));
+            if kernel_version() >= (6, 12) {
+                assert_eq!(after.runtime, 100_000, "{after:?}");
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[cfg(target_os = "linux")]
