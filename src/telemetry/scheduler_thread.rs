@@ -9,7 +9,8 @@
 //! generator stepping 1,000 clients up to 3,600 msg/s, each of the 14 flush
 //! rounds more than 6.4 ms late in three runs came with a 20 ms stretch in
 //! which the thread had waited 4.8-13.5 ms for a core (0.2 ms in the median
-//! stretch), while the thread used 4% of a core (docs/benchmarks.md).
+//! stretch), while the thread used 4% of a core; and that was at nice -10,
+//! as the build then ran it (docs/benchmarks.md).
 
 use prometheus::core::{Collector, Desc};
 use prometheus::{Counter, Opts, proto::MetricFamily};
