@@ -19,6 +19,11 @@
 //! benchmark (1,000 clients, 200 msg/s) deliveries went up to 183 ms past
 //! their bound, against none of 6 at the default priority
 //! (docs/benchmarks.md).
+//!
+//! When the thread is late all the same (ready, but with no core), the
+//! requests that keep coming do its work: an acknowledgement, a write or a
+//! stored batch that finds the poll more than 3 ms overdue runs it on its
+//! own thread (`Hub::take_over_late_poll`).
 
 use super::hub::Hub;
 use std::sync::Arc;

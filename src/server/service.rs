@@ -579,18 +579,38 @@ mod tests {
     /// A message that arrives after the drain, from a client whose stream
     /// the drain ended, is the server's doing: UNAVAILABLE, not the
     /// CLIENT_ERROR ("unknown client") it got before.
-    #[tokio::test]
-    async fn a_send_after_the_drain_is_unavailable() {
+    /// A hub on the in-memory log and `clock`, with no flush scheduler
+    /// thread (these tests run the polls they need).
+    fn hub_on(clock: crate::clock::Clock) -> Arc<Hub> {
         let mut log = MemoryLog::new(16);
         let engine = Engine::new(Settings::default(), log.head().unwrap(), vec![]);
         let metrics = crate::telemetry::metrics::Metrics::new();
-        let hub = Hub::new(
+        Hub::new(
             engine,
             super::super::hub::Sink::Immediate(Box::new(log)),
             1 << 20,
             metrics,
-            crate::clock::Clock::system(),
-        );
+            clock,
+        )
+    }
+
+    /// A message from client `id`, its `number`th, written at `at`.
+    fn message(id: i64, number: i64, contents: &str, at: i64) -> SentMessage {
+        SentMessage {
+            thread: Some(Thread { id: "t".into() }),
+            contents: contents.into(),
+            timestamp: Some(crate::proto::ServerTime { timestamp: at }),
+            acknowledgement: Some(Acknowledgement {
+                client: Some(Client { id }),
+                num_updates_received: 0,
+                num_messages_sent: number,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_after_the_drain_is_unavailable() {
+        let hub = hub_on(crate::clock::Clock::system());
         let stop = CancellationToken::new();
         let service = ChatService::new(hub.clone(), stop.clone());
         let info = service
@@ -604,20 +624,71 @@ mod tests {
         hub.drain();
         stop.cancel();
         drop(stream);
-        let message = SentMessage {
-            thread: Some(Thread { id: "t".into() }),
-            contents: "late".into(),
-            timestamp: info.current_time,
-            acknowledgement: Some(Acknowledgement {
-                client: Some(Client { id }),
-                num_updates_received: 0,
-                num_messages_sent: 1,
-            }),
-        };
+        let message = message(id, 1, "late", info.current_time.unwrap().timestamp);
         let status = service
             .send_message(Request::new(message))
             .await
             .expect_err("a status, not a MessageStatus");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+
+    /// When the flush scheduler is late (here: not running at all), the
+    /// next request that finds its poll overdue runs it: the message is
+    /// delivered though no scheduler thread ever woke.
+    #[tokio::test]
+    async fn a_request_runs_the_poll_the_scheduler_is_late_for() {
+        let now = Arc::new(AtomicI64::new(1_700_000_000_000_000));
+        let clock = {
+            let now = now.clone();
+            crate::clock::Clock::from_fn(move || {
+                crate::consistency::Micros(now.load(Ordering::Relaxed))
+            })
+        };
+        let hub = hub_on(clock);
+        let service = ChatService::new(hub.clone(), CancellationToken::new());
+        let reader = service
+            .connect(Request::new(ConnectionStarter {}))
+            .await
+            .unwrap();
+        let reader = reader.into_inner().client.unwrap().id;
+        let mut updates = service
+            .open_stream(Request::new(Client { id: reader }))
+            .unwrap()
+            .into_inner();
+        let writer = service
+            .connect(Request::new(ConnectionStarter {}))
+            .await
+            .unwrap();
+        let writer = writer.into_inner().client.unwrap().id;
+        let t0 = now.load(Ordering::Relaxed);
+        service
+            .send_message(Request::new(message(writer, 1, "hello", t0)))
+            .await
+            .unwrap();
+        let taken_over = || hub.metrics().policy.polls_taken_over.get();
+        assert_eq!(taken_over(), 0, "nothing was overdue yet");
+
+        // Past the message's staleness bound by more than the scheduler may
+        // be late: the writer's next message comes by.
+        let staleness = Settings::default().bounds.default_bounds().staleness;
+        let t1 = t0 + staleness.as_micros() as i64 + 10_000;
+        now.store(t1, Ordering::Relaxed);
+        service
+            .send_message(Request::new(message(writer, 2, "again", t1)))
+            .await
+            .unwrap();
+        assert_eq!(taken_over(), 1);
+        let delivered = async {
+            while let Some(update) = updates.next().await {
+                let update: crate::proto::Update = prost::Message::decode(update.unwrap()).unwrap();
+                if update.message.iter().any(|m| m.contents == "hello") {
+                    return;
+                }
+            }
+            panic!("the stream ended before the message came");
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), delivered)
+            .await
+            .expect("the overdue message was delivered");
     }
 }

@@ -91,6 +91,9 @@ pub struct PolicyMetrics {
     /// The scheduler's recent delay allowance: flushes come due this long
     /// before their bound where it exceeds the fixed safety margin.
     pub flush_lead: Gauge,
+    /// Scheduler polls run by a request because the scheduler thread was
+    /// late for them.
+    pub polls_taken_over: IntCounter,
     /// The pressure a policy measured last, by policy (its target is 1/2 of
     /// the safety margin by default; see docs/operations.md).
     pub pressure: GaugeVec,
@@ -143,6 +146,13 @@ impl PolicyMetrics {
                 (
                     "chat_flush_lead_seconds",
                     "The largest delay of the last 8 s between a flush falling due and the scheduler running it (a busy machine, or commits made deliverable late by the store), and half as much again: flushes come due this long before their staleness bound where it exceeds the fixed safety margin (at most a quarter of the bound).",
+                ),
+            ),
+            polls_taken_over: counter(
+                r,
+                (
+                    "chat_flush_polls_taken_over_total",
+                    "Flush scheduler polls run by a request (an acknowledgement, a write, a stored batch) that found the scheduler thread more than 3 ms late for them.",
                 ),
             ),
             pressure: float_gauge_vec(
