@@ -57,7 +57,8 @@ impl Scheduler {
                 if let Err(e) = crate::sys::request_time_slice(SLICE) {
                     tracing::info!(error = %e, "the flush scheduler thread keeps the kernel's default time slice");
                 }
-                hub.metrics()
+                let _recorded = hub
+                    .metrics()
                     .policy
                     .scheduler_thread
                     .record_current_thread();

@@ -49,9 +49,12 @@ impl SchedulerThreadTimes {
         }
     }
 
-    /// Called on the scheduler thread when it starts.
-    pub fn record_current_thread(&self) {
+    /// Called on the scheduler thread when it starts; the thread keeps the
+    /// guard until it ends. Dropped, the guard stops the reading of its
+    /// times: the kernel may give its id to another thread.
+    pub fn record_current_thread(&self) -> RecordedThread {
         self.tid.store(crate::sys::thread_id(), Ordering::Relaxed);
+        RecordedThread(self.tid.clone())
     }
 
     /// Brings the counters up to the thread's times now.
@@ -65,6 +68,16 @@ impl SchedulerThreadTimes {
         self.ran.inc_by((now.0 - last.0).max(0.0));
         self.waited.inc_by((now.1 - last.1).max(0.0));
         *last = now;
+    }
+}
+
+/// The scheduler thread's id recorded until this is dropped (see
+/// [`SchedulerThreadTimes::record_current_thread`]).
+pub struct RecordedThread(Arc<AtomicI32>);
+
+impl Drop for RecordedThread {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
     }
 }
 
@@ -82,5 +95,32 @@ impl Collector for SchedulerThreadTimes {
         let mut families = self.ran.collect();
         families.extend(self.waited.collect());
         families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread that ended is no longer read: its id may be another's now.
+    #[test]
+    fn the_times_stop_being_read_when_the_thread_ends() {
+        let times = SchedulerThreadTimes::new();
+        let recorder = times.clone();
+        let (own, recorded) = std::thread::spawn(move || {
+            let _recorded = recorder.record_current_thread();
+            (
+                crate::sys::thread_id(),
+                recorder.tid.load(Ordering::Relaxed),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(recorded, own, "read while it runs");
+        assert_eq!(
+            times.tid.load(Ordering::Relaxed),
+            0,
+            "not read after it ended"
+        );
     }
 }
