@@ -707,7 +707,7 @@ impl Hub {
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        self.metrics.policy.polls_taken_over.inc();
+        self.metrics.scheduler.polls_taken_over.inc();
         self.poll(order);
     }
 
@@ -726,7 +726,7 @@ impl Hub {
                 g.engine.flush_lead(),
             )
         };
-        self.metrics.policy.flush_lead.set(lead.as_secs_f64());
+        self.metrics.scheduler.lead.set(lead.as_secs_f64());
         self.deliver(work);
         if let Some(d) = delay {
             self.record_lateness(d.as_micros() as i64);
@@ -736,10 +736,7 @@ impl Hub {
 
     /// One scheduler run started `micros` after the deadline it was for.
     fn record_lateness(&self, micros: i64) {
-        self.metrics
-            .policy
-            .flush_lateness
-            .observe(micros as f64 / 1e6);
+        self.metrics.scheduler.lateness.observe(micros as f64 / 1e6);
         self.signals.lateness.push(micros);
     }
 

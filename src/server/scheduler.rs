@@ -57,11 +57,7 @@ impl Scheduler {
                 if let Err(e) = crate::sys::request_time_slice(SLICE) {
                     tracing::info!(error = %e, "the flush scheduler thread keeps the kernel's default time slice");
                 }
-                let _recorded = hub
-                    .metrics()
-                    .policy
-                    .scheduler_thread
-                    .record_current_thread();
+                let _recorded = hub.metrics().scheduler.thread.record_current_thread();
                 runtime.block_on(run(hub, until))
             })?;
         Ok(Scheduler {

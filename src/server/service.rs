@@ -665,7 +665,7 @@ mod tests {
             .send_message(Request::new(message(writer, 1, "hello", t0)))
             .await
             .unwrap();
-        let taken_over = || hub.metrics().policy.polls_taken_over.get();
+        let taken_over = || hub.metrics().scheduler.polls_taken_over.get();
         assert_eq!(taken_over(), 0, "nothing was overdue yet");
 
         // Past the message's staleness bound by more than the scheduler may

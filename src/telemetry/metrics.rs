@@ -75,25 +75,64 @@ pub struct Metrics {
     pub storage: StorageMetrics,
     /// What the policies measure and decide.
     pub policy: PolicyMetrics,
+    /// The flush scheduler's lateness and what is done about it.
+    pub scheduler: SchedulerMetrics,
     /// A cluster node's publishes and consumer (`chat_nats_*`).
     pub cluster: super::cluster_metrics::ClusterMetrics,
     /// Refusals by the resource limits, and the threads held.
     pub limits: super::limits::LimitMetrics,
 }
 
-/// The policies' signals and decisions (`chat_policy_*`) and the flush
-/// scheduler's lateness they are driven by.
+/// The flush scheduler's timeliness (`chat_flush_*`); its lateness is one
+/// of the load policy's signals.
 #[derive(Clone)]
-pub struct PolicyMetrics {
+pub struct SchedulerMetrics {
     /// How late the flush scheduler ran after the engine's earliest
     /// deadline, at each run.
-    pub flush_lateness: Histogram,
+    pub lateness: Histogram,
     /// The scheduler's recent delay allowance: flushes come due this long
     /// before their bound where it exceeds the fixed safety margin.
-    pub flush_lead: Gauge,
+    pub lead: Gauge,
     /// Scheduler polls run by a request because the scheduler thread was
     /// late for them.
     pub polls_taken_over: IntCounter,
+    /// The flush scheduler thread's CPU time and run-queue wait.
+    pub thread: super::scheduler_thread::SchedulerThreadTimes,
+}
+
+impl SchedulerMetrics {
+    fn new(r: &Registry) -> Self {
+        SchedulerMetrics {
+            lateness: histogram(
+                r,
+                (
+                    "chat_flush_lateness_seconds",
+                    "How late the flush scheduler ran after the earliest deadline it had (one of the load policy's two signals).",
+                ),
+                prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+            ),
+            lead: float_gauge(
+                r,
+                (
+                    "chat_flush_lead_seconds",
+                    "The largest delay of the last 8 s between a flush falling due and the scheduler running it (a busy machine, or commits made deliverable late by the store), and half as much again: flushes come due this long before their staleness bound where it exceeds the fixed safety margin (at most a quarter of the bound).",
+                ),
+            ),
+            polls_taken_over: counter(
+                r,
+                (
+                    "chat_flush_polls_taken_over_total",
+                    "Flush scheduler polls run by a request (an acknowledgement, a write, a stored batch) that found the scheduler thread more than 3 ms late for them.",
+                ),
+            ),
+            thread: register(r, super::scheduler_thread::SchedulerThreadTimes::new()),
+        }
+    }
+}
+
+/// The policies' signals and decisions (`chat_policy_*`).
+#[derive(Clone)]
+pub struct PolicyMetrics {
     /// The pressure a policy measured last, by policy (its target is 1/2 of
     /// the safety margin by default; see docs/operations.md).
     pub pressure: GaugeVec,
@@ -115,8 +154,6 @@ pub struct PolicyMetrics {
     /// (client, thread) pairs flushed at the thread's own bounds by the
     /// interest policy; every other pair gets the looser bounds.
     pub interest_pairs: IntGauge,
-    /// The flush scheduler thread's CPU time and run-queue wait.
-    pub scheduler_thread: super::scheduler_thread::SchedulerThreadTimes,
 }
 
 impl PolicyMetrics {
@@ -133,28 +170,6 @@ impl PolicyMetrics {
             steps.with_label_values(&["load", step]);
         }
         let m = PolicyMetrics {
-            flush_lateness: histogram(
-                r,
-                (
-                    "chat_flush_lateness_seconds",
-                    "How late the flush scheduler ran after the earliest deadline it had (one of the load policy's two signals).",
-                ),
-                prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
-            ),
-            flush_lead: float_gauge(
-                r,
-                (
-                    "chat_flush_lead_seconds",
-                    "The largest delay of the last 8 s between a flush falling due and the scheduler running it (a busy machine, or commits made deliverable late by the store), and half as much again: flushes come due this long before their staleness bound where it exceeds the fixed safety margin (at most a quarter of the bound).",
-                ),
-            ),
-            polls_taken_over: counter(
-                r,
-                (
-                    "chat_flush_polls_taken_over_total",
-                    "Flush scheduler polls run by a request (an acknowledgement, a write, a stored batch) that found the scheduler thread more than 3 ms late for them.",
-                ),
-            ),
             pressure: float_gauge_vec(
                 r,
                 (
@@ -202,7 +217,6 @@ impl PolicyMetrics {
                     "(client, thread) pairs the interest policy flushes at the thread's own bounds.",
                 ),
             ),
-            scheduler_thread: register(r, super::scheduler_thread::SchedulerThreadTimes::new()),
         };
         m.export_initial();
         m
@@ -547,6 +561,7 @@ impl Metrics {
             client_lag: gauge_vec(&r, CLIENT_LAG, &["client"]),
             storage: StorageMetrics::new(&r),
             policy: PolicyMetrics::new(&r),
+            scheduler: SchedulerMetrics::new(&r),
             cluster: super::cluster_metrics::ClusterMetrics::new(&r),
             limits: super::limits::LimitMetrics::new(&r),
             registry: r,
