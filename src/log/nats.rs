@@ -350,11 +350,11 @@ pub fn replicas(o: &NatsOptions, client: &async_nats::Client) -> usize {
 /// server that has just started as a peer (seen in CI: "no suitable peers
 /// for placement, peer offline" half a second after the meta leader was
 /// elected).
-const STREAM_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const STREAM_WAIT: Duration = Duration::from_secs(30);
 
 /// The pause before asking again after an immediate refusal (a timeout has
 /// waited already).
-const STREAM_RETRY_PAUSE: Duration = Duration::from_millis(500);
+pub(crate) const STREAM_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// JetStream's answers that mean its cluster has no meta leader (yet):
 /// asking again may succeed.

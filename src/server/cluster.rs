@@ -196,9 +196,7 @@ pub async fn open(
     let start = first
         .max(head.saturating_sub(history.saturating_sub(1)))
         .max(1);
-    let mut messages = open_consumer(&stream, start)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the stream consumer: {e}"))?;
+    let mut messages = open_first_consumer(&stream, start).await?;
     // Nothing to read if retention or a purge removed everything up to head.
     let recent = if start <= head {
         read_history(&mut messages, head, o.timeout).await?
@@ -333,6 +331,30 @@ async fn open_consumer(
         })
         .await?;
     Ok(consumer.messages().await?)
+}
+
+/// The consumer a starting node reads the stream with, from `start`. Asks
+/// again while JetStream does not answer in time, for as long as it waits
+/// for the stream itself: a stream created a moment before may still be
+/// electing its leader (seen in CI: creating the consumer timed out 5 s
+/// after an R3 stream was created on a cluster started with the node).
+async fn open_first_consumer(
+    stream: &jetstream::stream::Stream,
+    start: Seq,
+) -> anyhow::Result<consumer::pull::Ordered> {
+    let until = tokio::time::Instant::now() + nats::STREAM_WAIT;
+    loop {
+        match open_consumer(stream, start).await {
+            Ok(messages) => return Ok(messages),
+            Err(e)
+                if e.to_string().contains("timed out") && tokio::time::Instant::now() < until =>
+            {
+                tracing::warn!(error = %e, "JetStream cannot serve the stream consumer yet: asking again");
+                tokio::time::sleep(nats::STREAM_RETRY_PAUSE).await;
+            }
+            Err(e) => anyhow::bail!("creating the stream consumer: {e}"),
+        }
+    }
 }
 
 /// Reads the stream from the consumer's start up to `head`: the history a
