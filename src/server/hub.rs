@@ -161,9 +161,10 @@ struct Inner {
 /// metrics and log lines happen after it is dropped (the one exception:
 /// a new stream's first Updates are queued under it, so that no flush can
 /// overtake them). `delivery` serialises the flushes (the scheduler's tick,
-/// a request taking over a late one, and the final drain) so that the Updates a client gets are pushed in the
-/// order the engine counted them; it is taken before `inner`, never while
-/// holding it. No `.await` under either.
+/// a request taking over a late one, and the final drain) so that the
+/// Updates a client gets are pushed in the order the engine counted them; it
+/// is taken before `inner`, never while holding it (a request taking over
+/// only tries it). No `.await` under either.
 ///
 /// **Poisoning.** A panic under `inner` would leave the engine possibly
 /// half-updated. The engine validates every input instead of panicking, so

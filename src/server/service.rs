@@ -576,9 +576,6 @@ mod tests {
     use crate::log::{Log, memory::MemoryLog};
     use crate::proto::{Thread, chat_server_server::ChatServer};
 
-    /// A message that arrives after the drain, from a client whose stream
-    /// the drain ended, is the server's doing: UNAVAILABLE, not the
-    /// CLIENT_ERROR ("unknown client") it got before.
     /// A hub on the in-memory log and `clock`, with no flush scheduler
     /// thread (these tests run the polls they need).
     fn hub_on(clock: crate::clock::Clock) -> Arc<Hub> {
@@ -608,6 +605,9 @@ mod tests {
         }
     }
 
+    /// A message that arrives after the drain, from a client whose stream
+    /// the drain ended, is the server's doing: UNAVAILABLE, not the
+    /// CLIENT_ERROR ("unknown client") it got before.
     #[tokio::test]
     async fn a_send_after_the_drain_is_unavailable() {
         let hub = hub_on(crate::clock::Clock::system());

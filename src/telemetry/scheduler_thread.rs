@@ -73,6 +73,7 @@ impl SchedulerThreadTimes {
 
 /// The scheduler thread's id recorded until this is dropped (see
 /// [`SchedulerThreadTimes::record_current_thread`]).
+#[must_use = "the thread's times are read only while this is kept"]
 pub struct RecordedThread(Arc<AtomicI32>);
 
 impl Drop for RecordedThread {
