@@ -8,7 +8,8 @@ the window, so the server knows what each client takes part in from the
 window's first second.
 
 Prints a Markdown table (medians of each arm) and the ratios of the
-back-to-back pairs. The saving depends on the rate: at 200 msg/s most clients'
+back-to-back pairs, and writes OUT/interest.svg: the medians of Updates/s,
+server cores and own-thread p99 without and with the policy, as bars. The saving depends on the rate: at 200 msg/s most clients'
 own (hot) threads have a message pending at every deadline anyway; at 10 msg/s
 (a message per client every 100 s) they are mostly quiet.
 
@@ -113,6 +114,36 @@ def summarize(out):
         vals = [fn(runs["off"][k]) / max(fn(runs["on"][k]), 1e-12) for k in reps]
         shown = ", ".join(f"{v:.2f}" for v in vals)
         print(f"| {label} ({shown}) | {statistics.median(vals):.2f}× |")
+    plot(runs, Path(out) / "interest.svg")
+    print(f"\nplot: {Path(out) / 'interest.svg'}")
+
+
+PLOTTED = (0, 3, 4)  # Updates/s, server cores, own-thread p99 ms
+
+
+def plot(runs, path):
+    """Bars of the medians of the PLOTTED columns, one panel each: without
+    (grey) and with (blue) the policy. SVG text, no library."""
+    w, h, top, base = 240, 260, 52, 220
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w * len(PLOTTED)}" height="{h}" '
+             'font-family="sans-serif">', '<rect width="100%" height="100%" fill="white"/>']
+    for i, col in enumerate(PLOTTED):
+        label, fn, fmt = COLUMNS[col]
+        meds = [statistics.median(fn(r) for r in runs[arm].values()) for arm in ARMS]
+        scale = (base - top) / max(max(meds), 1e-12)
+        x0 = i * w
+        parts.append(f'<text x="{x0 + w / 2}" y="24" font-size="14" text-anchor="middle">{label}</text>')
+        parts.append(f'<line x1="{x0 + 30}" x2="{x0 + w - 30}" y1="{base}" y2="{base}" stroke="#999"/>')
+        for j, (arm, v) in enumerate(zip(ARMS, meds)):
+            bx, bh = x0 + 50 + j * 80, v * scale
+            color = "#999" if arm == "off" else "#3b73b9"
+            parts.append(f'<rect x="{bx}" y="{base - bh:.1f}" width="60" height="{bh:.1f}" fill="{color}"/>')
+            parts.append(f'<text x="{bx + 30}" y="{base - bh - 4:.1f}" font-size="12" '
+                         f'text-anchor="middle">{fmt.format(v)}</text>')
+            parts.append(f'<text x="{bx + 30}" y="{base + 16}" font-size="12" text-anchor="middle">'
+                         f'{"without" if arm == "off" else "with"}</text>')
+    parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
 
 
 def main():
