@@ -9,14 +9,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The value of one metric sample on the admin port (`name{labels}`).
-async fn metric(server: &TestServer, sample: &str) -> f64 {
-    let (_, text) = http(server.admin, "GET", "/metrics", None, None).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{sample} not in /metrics"))
-}
-
 /// Waits until the peer closes `s` (EOF or reset), up to 10 s.
 async fn closed_by_peer(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4096];

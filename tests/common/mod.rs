@@ -270,6 +270,15 @@ pub async fn first_update(sub: &mut Subscription) -> Received {
         .expect("stream ok")
 }
 
+/// The value of one metric sample on the admin port (`name{labels}`);
+/// panics if the server does not export it.
+pub async fn metric(server: &TestServer, sample: &str) -> f64 {
+    let (_, text) = http(server.admin, "GET", "/metrics", None, None).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{sample} not in /metrics"))
+}
+
 /// A minimal HTTP/1.1 request over a fresh connection: returns the status
 /// and the body. Enough for the admin API; no client library needed.
 pub async fn http(
