@@ -113,7 +113,7 @@ pub fn host_name() -> String {
     }
 }
 
-fn err(context: &str, e: impl std::fmt::Display) -> LogError {
+pub(crate) fn err(context: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Cluster(format!("{context}: {e}"))
 }
 
@@ -350,11 +350,11 @@ pub fn replicas(o: &NatsOptions, client: &async_nats::Client) -> usize {
 /// server that has just started as a peer (seen in CI: "no suitable peers
 /// for placement, peer offline" half a second after the meta leader was
 /// elected).
-pub(crate) const STREAM_WAIT: Duration = Duration::from_secs(30);
+const STREAM_WAIT: Duration = Duration::from_secs(30);
 
 /// The pause before asking again after an immediate refusal (a timeout has
 /// waited already).
-pub(crate) const STREAM_RETRY_PAUSE: Duration = Duration::from_millis(500);
+const STREAM_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// JetStream's answers that mean its cluster has no meta leader (yet):
 /// asking again may succeed.
@@ -377,8 +377,8 @@ fn not_yet(answer: &jetstream::Error) -> bool {
             && answer.to_string().contains("peer offline"))
 }
 
-/// Why one attempt to create or check the stream failed.
-enum Attempt {
+/// Why one attempt to create or check the stream (or its consumer) failed.
+pub(crate) enum Attempt {
     /// JetStream did not answer in time, or its cluster cannot place the
     /// stream yet: asking again may succeed.
     NotYet(LogError),
@@ -394,21 +394,34 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     want: stream::Config,
 ) -> Result<stream::Info, LogError> {
+    let what = format!("stream {}", want.name);
+    when_ready(&what, || ensure_stream_once(js, want.clone())).await
+}
+
+/// Runs `once` until it succeeds or fails for good, asking again while it
+/// fails with [`Attempt::NotYet`], for up to `STREAM_WAIT` (a warning
+/// naming `what` each time): what a node starting together with its NATS
+/// servers must wait for.
+pub(crate) async fn when_ready<T, F, Fut>(what: &str, mut once: F) -> Result<T, LogError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Attempt>>,
+{
     let until = tokio::time::Instant::now() + STREAM_WAIT;
     loop {
-        let e = match ensure_stream_once(js, want.clone()).await {
-            Ok(info) => return Ok(info),
+        let e = match once().await {
+            Ok(done) => return Ok(done),
             Err(Attempt::NotYet(e)) if tokio::time::Instant::now() < until => e,
             Err(Attempt::NotYet(e) | Attempt::Failed(e)) => return Err(e),
         };
-        tracing::warn!(stream = %want.name, error = %e, "JetStream cannot serve the stream yet: asking again");
+        tracing::warn!(error = %e, "JetStream cannot serve {what} yet: asking again");
         tokio::time::sleep(STREAM_RETRY_PAUSE).await;
     }
 }
 
 /// Sorts a failed request: a timeout, or an `answer` JetStream may change
 /// ([`not_yet`]), may pass.
-fn attempt(e: LogError, answer: Option<&jetstream::Error>) -> Attempt {
+pub(crate) fn attempt(e: LogError, answer: Option<&jetstream::Error>) -> Attempt {
     if answer.is_some_and(not_yet) || e.to_string().contains("timed out") {
         Attempt::NotYet(e)
     } else {

@@ -334,27 +334,20 @@ async fn open_consumer(
 }
 
 /// The consumer a starting node reads the stream with, from `start`. Asks
-/// again while JetStream does not answer in time, for as long as it waits
-/// for the stream itself: a stream created a moment before may still be
-/// electing its leader (seen in CI: creating the consumer timed out 5 s
-/// after an R3 stream was created on a cluster started with the node).
+/// again while JetStream does not answer in time, as for the stream: a
+/// stream created a moment before may still be electing its leader (seen
+/// in CI: creating the consumer timed out 5 s after an R3 stream was
+/// created on a cluster started with the node).
 async fn open_first_consumer(
     stream: &jetstream::stream::Stream,
     start: Seq,
 ) -> anyhow::Result<consumer::pull::Ordered> {
-    let until = tokio::time::Instant::now() + nats::STREAM_WAIT;
-    loop {
-        match open_consumer(stream, start).await {
-            Ok(messages) => return Ok(messages),
-            Err(e)
-                if e.to_string().contains("timed out") && tokio::time::Instant::now() < until =>
-            {
-                tracing::warn!(error = %e, "JetStream cannot serve the stream consumer yet: asking again");
-                tokio::time::sleep(nats::STREAM_RETRY_PAUSE).await;
-            }
-            Err(e) => anyhow::bail!("creating the stream consumer: {e}"),
-        }
-    }
+    let once = || async move {
+        open_consumer(stream, start)
+            .await
+            .map_err(|e| nats::attempt(nats::err("creating the stream consumer", e), None))
+    };
+    Ok(nats::when_ready("the stream consumer", once).await?)
 }
 
 /// Reads the stream from the consumer's start up to `head`: the history a
