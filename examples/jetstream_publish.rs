@@ -33,11 +33,11 @@
 //! how many messages each consumer read.
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
-use tokio_stream::StreamExt;
 use dyconit_chat::sys::proc_stats;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
 
 /// How the publisher publishes.
 #[derive(Clone, Copy, PartialEq, Debug)]

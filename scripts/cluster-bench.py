@@ -273,18 +273,30 @@ def bench_flags(args, row):
     return bench, serve
 
 
+# The yardstick's runs in the jetstream row: (key, flags, what the table says).
+YARDSTICK = [
+    ("window", ["--mode", "window"], "up to 1,024 publishes in flight over 64 subjects"),
+    ("per-subject", ["--mode", "per-subject"],
+     "one publish in flight per subject (64), each with its expected last subject sequence"),
+    ("per-subject-3", ["--mode", "per-subject", "--consumers", "3"],
+     "the same, with 3 ordered consumers reading the whole stream (as 3 chat nodes do)"),
+    ("batch-8-3", ["--mode", "batch", "--batch", "8", "--consumers", "3"],
+     "atomic batches of 8 per subject (64), the first message with the check; 3 consumers"),
+]
+
+
 def run_jetstream(args, rep, work):
     """JetStream alone: examples/jetstream_publish against 3 fresh servers, R3,
-    in both its modes (see its header)."""
+    in each of the YARDSTICK configurations (see its header)."""
     setup = Setup(args, work, 3, 0, "nats", [])
     try:
         load = load_average()
         dur = f"{max(2.0, args.duration * min(1.0, args.scale * 4)):.0f}"
         pids = ",".join(str(p.pid) for _, p in setup.nats)
         modes = {}
-        for mode in ("window", "per-subject"):
+        for mode, flags, _ in YARDSTICK:
             cmd = [args.yardstick, "--url", ",".join(setup.urls), "--replicas", "3",
-                   "--mode", mode, "--seconds", dur, "--watch-pids", pids]
+                   *flags, "--seconds", dur, "--watch-pids", pids]
             print(f"== jetstream run {rep}: {' '.join(cmd[1:])}", file=sys.stderr)
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if out.returncode != 0:
@@ -533,10 +545,9 @@ def table_jetstream(results):
     print("| JetStream alone, 3 servers, R3 | stored msg/s | nats-server cores | "
           "publisher cores | load average at start |")
     print("|---|---|---|---|---|")
-    what = {"window": "up to 1,024 publishes in flight over 64 subjects",
-            "per-subject": "one publish in flight per subject (64), each with its expected "
-                           "last subject sequence"}
-    for mode, text in what.items():
+    for mode, _, text in YARDSTICK:
+        if any(mode not in r["modes"] for r in runs):
+            continue
         rates = [r["modes"][mode]["rate"] for r in runs]
         nats = " / ".join(fmt(med([r["modes"][mode]["nats"][i] for r in runs]), 2)
                           for i in range(3))
@@ -551,8 +562,8 @@ def per_run_lines(results):
         for i, r in enumerate(results.get(row, []), 1):
             if row == "jetstream":
                 m = r["modes"]
-                print(f"jetstream run {i}: window {m['window']['rate']:.0f} msg/s, per-subject "
-                      f"{m['per-subject']['rate']:.0f} msg/s | load {r['load']:.1f}")
+                rates = ", ".join(f"{k} {v['rate']:.0f}" for k, v in m.items())
+                print(f"jetstream run {i}: msg/s {rates} | load {r['load']:.1f}")
                 continue
             rep = r["report"]
             cores = " ".join(f"{n} {v:.2f}" for n, v in sorted(r["cores"].items()))
