@@ -319,7 +319,8 @@ def run_row(args, row, rep, work):
     bench, serve = bench_flags(args, row)
     setup = Setup(args, work, nats_servers, nodes, storage, serve)
     try:
-        servers = ",".join(f"http://{g}" for _, _, g, _ in setup.chat)
+        chat = setup.chat[:args.hot_nodes] if row == "hot" else setup.chat
+        servers = ",".join(f"http://{g}" for _, _, g, _ in chat)
         out = os.path.join(args.out, f"{row}-{rep}.json")
         cmd = [args.bin, "bench", "--quiet", "--server", servers,
                "--admin", f"http://{setup.chat[0][3]}", "--json", out] + bench
@@ -628,6 +629,10 @@ def parse_args():
                    "order bound 32 caps the thread near 32 / staleness (6,400 msg/s at 5 ms)")
     p.add_argument("--hot-numerical", type=int, default=256,
                    help="numerical bound, hot thread (clients are flushed at half of it)")
+    p.add_argument("--hot-nodes", type=int, default=3, choices=(1, 2, 3),
+                   help="nodes the hot thread's writers connect to (the first N; all 3 "
+                        "still run and apply every commit): 1 shows the thread without "
+                        "nodes racing on it")
     p.add_argument("--fanout-clients", type=int, default=999, help="readers, fan-out row")
     p.add_argument("--fanout-rate", type=int, default=200, help="msg/s, fan-out row")
     p.add_argument("--fanout-staleness", default="100ms", help="staleness bound, fan-out row")
