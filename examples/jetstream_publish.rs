@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "mode {:?} batch {} replicas {} consumers {} stored {n} in {elapsed:.1} s: {:.0} msg/s ({} not acknowledged)",
         o.mode,
-        o.batch,
+        if o.mode == Mode::Batch { o.batch } else { 1 },
         o.replicas,
         o.consumers,
         n as f64 / elapsed,
