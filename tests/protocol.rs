@@ -418,7 +418,7 @@ async fn unacknowledged_messages_at_the_bound_get_numerical_error() {
     cfg.settings.ack_timeout = Duration::from_secs(30);
     cfg.settings.lease = Duration::from_secs(30);
     // One node: another node counts a reader that just became active (and
-    // its acknowledgements) from its node's next report, up to 250 ms
+    // its acknowledgements) from its node's next report, up to 10 ms
     // later (docs/cluster.md); tests/cluster.rs checks the bound with the
     // acknowledger on another node.
     let server = TestServer::start_one(cfg).await;
