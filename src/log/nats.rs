@@ -14,7 +14,7 @@
 
 use super::LogError;
 use crate::consistency::{Entry, Micros, Seq};
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -429,6 +429,44 @@ pub(crate) fn attempt(e: LogError, answer: Option<&jetstream::Error>) -> Attempt
     }
 }
 
+/// Opens the key-value bucket `config.bucket`, creating it if it does not
+/// exist. Asks again while JetStream cannot place it yet, as for the
+/// stream (seen in CI: a bucket created right after the node created the
+/// stream was refused with "no suitable peers for placement, peer
+/// offline").
+pub(crate) async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, LogError> {
+    let what = format!("key-value bucket {}", config.bucket);
+    when_ready(&what, || ensure_bucket_once(js, config.clone())).await
+}
+
+async fn ensure_bucket_once(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, Attempt> {
+    if let Ok(store) = js.get_key_value(config.bucket.clone()).await {
+        return Ok(store);
+    }
+    let name = config.bucket.clone();
+    js.create_key_value(config).await.map_err(|e| {
+        let context = format!("creating the key-value bucket {name}");
+        attempt(err(&context, &e), bucket_answer(&e).as_ref())
+    })
+}
+
+/// JetStream's answer inside a failed bucket create: the bucket is a
+/// stream, and its create error carries the stream create's.
+fn bucket_answer(e: &jetstream::context::CreateKeyValueError) -> Option<jetstream::Error> {
+    let stream =
+        std::error::Error::source(e)?.downcast_ref::<jetstream::context::CreateStreamError>()?;
+    match stream.kind() {
+        jetstream::context::CreateStreamErrorKind::JetStream(j) => Some(j),
+        _ => None,
+    }
+}
+
 async fn ensure_stream_once(
     js: &jetstream::Context,
     want: stream::Config,
@@ -488,6 +526,37 @@ mod tests {
             "code": 503, "err_code": code, "description": description
         }))
         .unwrap()
+    }
+
+    /// A failed bucket create as async-nats builds it: the stream create's
+    /// error inside.
+    fn bucket_refused(code: u64, description: &str) -> jetstream::context::CreateKeyValueError {
+        use jetstream::context::{
+            CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+        };
+        let stream =
+            CreateStreamError::new(CreateStreamErrorKind::JetStream(answer(code, description)));
+        CreateKeyValueError::with_source(CreateKeyValueErrorKind::BucketCreate, stream)
+    }
+
+    #[test]
+    fn a_bucket_create_refused_while_a_peer_is_offline_is_asked_again() {
+        // Seen in CI: a node created the stream, then its bounds bucket.
+        let e = bucket_refused(10005, "no suitable peers for placement, peer offline");
+        let code = bucket_answer(&e).map(|a| a.error_code());
+        assert_eq!(code, Some(jetstream::ErrorCode::CLUSTER_NO_PEERS));
+        let verdict = attempt(
+            err("creating the key-value bucket B", &e),
+            bucket_answer(&e).as_ref(),
+        );
+        assert!(matches!(verdict, Attempt::NotYet(_)));
+        // More replicas than servers: the same code, failed at once.
+        let e = bucket_refused(10005, "no suitable peers for placement");
+        let verdict = attempt(
+            err("creating the key-value bucket B", &e),
+            bucket_answer(&e).as_ref(),
+        );
+        assert!(matches!(verdict, Attempt::Failed(_)));
     }
 
     #[test]

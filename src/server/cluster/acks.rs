@@ -16,6 +16,7 @@
 //! report).
 
 use crate::consistency::Seq;
+use crate::log::nats;
 use crate::server::hub::Hub;
 use async_nats::jetstream::{self, kv};
 use std::collections::{HashMap, VecDeque};
@@ -187,21 +188,19 @@ pub(crate) async fn open(
     gauges: Gauges,
 ) -> anyhow::Result<Vec<Task>> {
     let name = format!("{stream}_acks");
-    let store = match js.get_key_value(name.clone()).await {
-        Ok(s) => s,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: name.clone(),
-                history: 1,
-                // Keys of dead nodes go away by themselves.
-                max_age: LEASE * 30,
-                storage: jetstream::stream::StorageType::Memory,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the key-value bucket {name}: {e}"))?,
-    };
+    let store = nats::ensure_bucket(
+        js,
+        kv::Config {
+            bucket: name.clone(),
+            history: 1,
+            // Keys of dead nodes go away by themselves.
+            max_age: LEASE * 30,
+            storage: jetstream::stream::StorageType::Memory,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
     let key = format!("n{:016x}", rand::random::<u64>());
     Ok(vec![
         Box::pin(report_loop(

@@ -15,6 +15,7 @@
 
 use crate::consistency::BoundsOverride;
 use crate::consistency::policy::BoundsControl;
+use crate::log::nats;
 use crate::server::hub::{BoundsChange, BoundsTarget, Hub};
 use async_nats::jetstream::{self, kv};
 use std::collections::HashMap;
@@ -113,19 +114,17 @@ pub(crate) async fn open(
     hub: &Arc<Hub>,
 ) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>> {
     let name = bucket_name(stream);
-    let store = match js.get_key_value(name.clone()).await {
-        Ok(s) => s,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: name.clone(),
-                history: 1,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("creating the key-value bucket {name}: {e}"))?,
-    };
+    let store = nats::ensure_bucket(
+        js,
+        kv::Config {
+            bucket: name.clone(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
     let sharing = Arc::new(Sharing {
         node: node.to_owned(),
         instance: rand::random(),
