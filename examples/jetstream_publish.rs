@@ -33,6 +33,7 @@
 //! how many messages each consumer read.
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use dyconit_chat::log::nats::publish_batch;
 use dyconit_chat::sys::proc_stats;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -320,32 +321,23 @@ async fn publish(
     ids: &[String],
     last: u64,
 ) -> anyhow::Result<u64> {
-    let n = ids.len();
-    let batch_id = format!("b-{}", ids[0]);
-    let mut commit = PublishMessage::build()
-        .payload(payload.clone())
-        .message_id(&ids[n - 1]);
-    if n == 1 {
-        commit = commit.expected_last_subject_sequence(last);
-    } else {
-        let client = js.client();
-        for (k, id) in ids[..n - 1].iter().enumerate() {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Nats-Batch-Id", batch_id.as_str());
-            h.insert("Nats-Batch-Sequence", (k + 1).to_string());
-            h.insert("Nats-Msg-Id", id.as_str());
-            if k == 0 {
-                h.insert("Nats-Expected-Last-Subject-Sequence", last.to_string());
-            }
-            client
-                .publish_with_headers(subject.to_owned(), h, payload.clone())
-                .await?;
-        }
-        commit = commit
-            .header("Nats-Batch-Id", batch_id.as_str())
-            .header("Nats-Batch-Sequence", n.to_string())
-            .header("Nats-Batch-Commit", "1");
+    if let [id] = ids {
+        let m = PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(id)
+            .expected_last_subject_sequence(last);
+        return Ok(js
+            .send_publish(subject.to_owned(), m)
+            .await?
+            .await?
+            .sequence);
     }
-    let ack = js.send_publish(subject.to_owned(), commit).await?.await?;
+    // The batch publishing a chat node does.
+    let items: Vec<(bytes::Bytes, &str)> = ids
+        .iter()
+        .map(|id| (payload.clone(), id.as_str()))
+        .collect();
+    let batch_id = format!("b-{}", ids[0]);
+    let ack = publish_batch(js, subject, &batch_id, &items, last).await?;
     Ok(ack.sequence)
 }

@@ -429,6 +429,46 @@ pub(crate) fn attempt(e: LogError, answer: Option<&jetstream::Error>) -> Attempt
     }
 }
 
+/// Publishes `items` (payload, `Nats-Msg-Id`; at least two) to `subject`
+/// as the JetStream atomic batch `batch_id` (nats-server 2.12+, a stream
+/// with `allow_atomic`): the first message expects `expected` as the
+/// subject's last sequence, which JetStream checks when the batch commits;
+/// the last message commits it. Answers the commit's acknowledgement, whose
+/// sequence is the batch's last.
+pub async fn publish_batch(
+    js: &jetstream::Context,
+    subject: &str,
+    batch_id: &str,
+    items: &[(bytes::Bytes, &str)],
+    expected: Seq,
+) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
+    use jetstream::context::{PublishError, PublishErrorKind};
+    let n = items.len();
+    let client = js.client();
+    for (i, (payload, msg_id)) in items[..n - 1].iter().enumerate() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Batch-Id", batch_id);
+        h.insert("Nats-Batch-Sequence", (i + 1).to_string());
+        h.insert(NATS_MESSAGE_ID, *msg_id);
+        if i == 0 {
+            h.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+        }
+        client
+            .publish_with_headers(subject.to_owned(), h, payload.clone())
+            .await
+            .map_err(|e| PublishError::with_source(PublishErrorKind::BrokenPipe, e))?;
+    }
+    let (payload, msg_id) = &items[n - 1];
+    let commit = jetstream::message::PublishMessage::build()
+        .payload(payload.clone())
+        .message_id(msg_id)
+        .header("Nats-Batch-Id", batch_id)
+        .header("Nats-Batch-Sequence", n.to_string())
+        .header("Nats-Batch-Commit", "1");
+    js.send_publish(subject.to_owned(), commit).await?.await
+}
+
 /// Opens the key-value bucket `config.bucket`, creating it if it does not
 /// exist. Asks again while JetStream cannot place it yet, as for the
 /// stream (seen in CI: a bucket created right after the node created the

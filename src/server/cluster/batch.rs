@@ -37,10 +37,7 @@ use super::{
 };
 use crate::consistency::{ClientId, Rejection, Seq};
 use crate::log::nats;
-use async_nats::HeaderMap;
-use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::context::PublishErrorKind;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
@@ -279,34 +276,10 @@ async fn publish(
     let m = &shared.metrics.cluster;
     let sent = tokio::time::Instant::now();
     let (id, n) = (batch_id(), items.len());
-    let client = shared.js.client();
-    let attempt = tokio::time::timeout_at(deadline, async {
-        for (i, (payload, msg_id)) in items[..n - 1].iter().enumerate() {
-            let mut h = HeaderMap::new();
-            h.insert("Nats-Batch-Id", id.as_str());
-            h.insert("Nats-Batch-Sequence", (i + 1).to_string());
-            h.insert(NATS_MESSAGE_ID, *msg_id);
-            if i == 0 {
-                h.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
-            }
-            client
-                .publish_with_headers(subject.to_owned(), h, payload.clone())
-                .await
-                .map_err(|e| PublishError::with_source(PublishErrorKind::BrokenPipe, e))?;
-        }
-        let (payload, msg_id) = &items[n - 1];
-        let commit = PublishMessage::build()
-            .payload(payload.clone())
-            .message_id(msg_id)
-            .header("Nats-Batch-Id", id.as_str())
-            .header("Nats-Batch-Sequence", n.to_string())
-            .header("Nats-Batch-Commit", "1");
-        shared
-            .js
-            .send_publish(subject.to_owned(), commit)
-            .await?
-            .await
-    })
+    let attempt = tokio::time::timeout_at(
+        deadline,
+        nats::publish_batch(&shared.js, subject, &id, items, expected),
+    )
     .await;
     let error = match attempt {
         Ok(Ok(ack)) => {
