@@ -9,9 +9,10 @@ window's first second.
 
 Prints a Markdown table (medians of each arm) and the ratios of the
 back-to-back pairs, and writes OUT/interest.svg: the medians of Updates/s,
-server cores and own-thread p99 without and with the policy, as bars. The saving depends on the rate: at 200 msg/s most clients'
-own (hot) threads have a message pending at every deadline anyway; at 10 msg/s
-(a message per client every 100 s) they are mostly quiet.
+server cores and own-thread p99 without and with the policy, as bars. The
+saving depends on the rate: at 200 msg/s most clients' own (hot) threads
+have a message pending at every deadline anyway; at 10 msg/s (a message per
+client every 100 s) they are mostly quiet.
 
   python3 scripts/bench-interest.py --out bench-results/interest
   python3 scripts/bench-interest.py --rate 10 --duration 60s --out bench-results/interest-10
