@@ -18,7 +18,7 @@
 //! only after their flush was due (a slow store, a cluster node's consumer
 //! behind the stream): time the margin has to absorb all the same. The
 //! flush schedule then acts that much earlier (with headroom, and never
-//! more than a quarter of the bound, see [`schedule`](super::schedule)).
+//! more than half the bound, see [`schedule`](super::schedule)).
 //! The price is Updates sent a little
 //! earlier, so carrying slightly fewer messages each, and only while the
 //! machine is actually late.

@@ -157,12 +157,23 @@ pub(super) fn staleness_deadline(at: Micros, staleness: Duration, lead: Duration
 /// How long before a staleness bound `staleness` a flush is due: the fixed
 /// safety margin, or the scheduler's recent delay allowance `lead` (see
 /// [`SchedulerDelay`](super::delay::SchedulerDelay)) if larger, but at most
-/// a quarter of the bound. A quarter keeps the cost bounded: an Update then
-/// carries at least three quarters of a bound's worth of messages, so there
-/// are at most a third more Updates than if flushes waited for the bound
-/// itself (17% more than with an eighth of the bound as the margin).
+/// half the bound. Half keeps the cost bounded: an Update then carries at
+/// least half a bound's worth of messages, so there are at most twice as
+/// many Updates as if flushes waited for the bound itself, and only while
+/// the machine runs that late.
+///
+/// A quarter was the cap before, and it bound where the bound is a few
+/// milliseconds: a cluster node whose commits arrive ~1.4 ms after their
+/// commit time, on a saturated 2-core machine whose polls ran ~1.1 ms late
+/// on average, delivered 10,114-11,038 messages per node past a 5 ms bound
+/// in 10 s (the hot-thread row, about 13% of its deliveries); with half,
+/// 942-1,966, with 10-12 messages per Update instead of 16-18 and the
+/// row's throughput unchanged. At 100 ms bounds the allowance stays far
+/// below both caps (7-14 ms in the fan-out row), and a single node
+/// overloaded at 1,000 clients spent the same CPU either way (see
+/// `docs/benchmarks.md`).
 pub(super) fn flush_margin(staleness: Duration, lead: Duration) -> Duration {
-    safety_margin(staleness).max(lead.min(staleness / 4))
+    safety_margin(staleness).max(lead.min(staleness / 2))
 }
 
 /// The clients a poll visits, and each cursor group's size when it began

@@ -115,7 +115,7 @@ impl SchedulerMetrics {
                 r,
                 (
                     "chat_flush_lead_seconds",
-                    "The largest delay of the last 8 s between a flush falling due and the scheduler running it (a busy machine, or commits made deliverable late by the store), and half as much again: flushes come due this long before their staleness bound where it exceeds the fixed safety margin (at most a quarter of the bound).",
+                    "The largest delay of the last 8 s between a flush falling due and the scheduler running it (a busy machine, or commits made deliverable late by the store), and half as much again: flushes come due this long before their staleness bound where it exceeds the fixed safety margin (at most half the bound).",
                 ),
             ),
             polls_taken_over: counter(
