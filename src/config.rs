@@ -266,6 +266,12 @@ pub struct NatsArgs {
     /// publishing); 1 publishes one write at a time [default: 100]
     #[arg(long, env = "DYCONIT_NATS_BATCH", value_name = "N")]
     pub nats_batch: Option<usize>,
+    /// Which threads' writes this node sends to the thread's owner node to
+    /// publish: contended (where racing nodes cost refusals: a write
+    /// refused after a conflict within the last second), all, or off
+    /// [default: contended]
+    #[arg(long, env = "DYCONIT_NATS_FORWARD", value_name = "WHICH")]
+    pub nats_forward: Option<crate::log::nats::Forward>,
 }
 
 /// The config file. Every key is optional.
@@ -744,6 +750,7 @@ impl NatsArgs {
             replicas: self.nats_replicas,
             timeout,
             max_batch,
+            forward: self.nats_forward.unwrap_or(d.forward),
         })
     }
 }

@@ -449,6 +449,17 @@ async fn bounded_node(
     chat_node(cluster, name, (order, numerical, "100ms"), &[]).await
 }
 
+/// [`bounded_node`] with `--nats-forward forward`.
+async fn forwarding_node(
+    cluster: &NatsCluster,
+    name: &str,
+    order: u64,
+    forward: &str,
+) -> SpawnedServer {
+    let extra = ["--nats-forward", forward];
+    chat_node(cluster, name, (order, 1_000_000, "100ms"), &extra).await
+}
+
 /// What a raw client has received: the contents of each Update's messages,
 /// in order (its acknowledgement state is a prefix of this).
 type Received = Arc<Mutex<Vec<Vec<String>>>>;
@@ -524,13 +535,15 @@ async fn racing_writer(url: String, name: String, oks_wanted: usize) -> Vec<Writ
 /// Writers on three nodes race on one thread with order bound `bound`; from
 /// what each writer had acknowledged when it wrote and the commit order
 /// every node delivered, no admitted write had more than `bound` commits of
-/// the thread before it that its writer had not seen.
-async fn writers_on_three_nodes_race_within_the_order_bound(bound: u64) {
+/// the thread before it that its writer had not seen. `forward` is the
+/// nodes' `--nats-forward`: with `all`, two nodes send every write to the
+/// third, the thread's owner.
+async fn writers_on_three_nodes_race_within_the_order_bound(bound: u64, forward: &str) {
     const OKS: usize = 12;
     let cluster = NatsCluster::start(3).await;
     let mut nodes = Vec::new();
     for i in 0..3 {
-        nodes.push(bounded_node(&cluster, &format!("n{i}"), bound, 1_000_000).await);
+        nodes.push(forwarding_node(&cluster, &format!("n{i}"), bound, forward).await);
     }
     let mut readers = Vec::new();
     for n in &nodes {
@@ -572,22 +585,42 @@ async fn writers_on_three_nodes_race_within_the_order_bound(bound: u64) {
         );
         worst = worst.max(unseen);
     }
+    let mut forwarded = 0;
+    for n in &nodes {
+        forwarded += gauge(
+            n,
+            r#"chat_cluster_forwarded_writes_total{outcome="stored"}"#,
+        )
+        .await;
+    }
+    if forward == "all" {
+        assert!(
+            forwarded > 0,
+            "no write was forwarded to the thread's owner"
+        );
+    }
     let refused = writes.len() - accepted;
     eprintln!(
-        "order bound {bound}: {accepted} admitted, {refused} refused, largest order error {worst}"
+        "order bound {bound}: {accepted} admitted ({forwarded} through the owner), {refused} refused, largest order error {worst}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
 async fn order_bound_0_holds_for_writers_racing_on_three_nodes() {
-    writers_on_three_nodes_race_within_the_order_bound(0).await;
+    writers_on_three_nodes_race_within_the_order_bound(0, "contended").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
 async fn order_bound_2_holds_for_writers_racing_on_three_nodes() {
-    writers_on_three_nodes_race_within_the_order_bound(2).await;
+    writers_on_three_nodes_race_within_the_order_bound(2, "contended").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn order_bound_2_holds_for_writes_forwarded_to_the_threads_owner() {
+    writers_on_three_nodes_race_within_the_order_bound(2, "all").await;
 }
 
 /// Polls `GET /api/v1/bounds` on `node` until `done` holds (10 s at most);
@@ -882,4 +915,129 @@ async fn a_batch_refused_for_a_commit_in_flight_is_a_conflict() {
         }
     }
     panic!("both answers were not seen in 200 rounds: {codes:?}");
+}
+
+/// Sends `contents` as write `number` of raw client `id` to thread `t`.
+async fn write_t(raw: &mut ChatServerClient<Channel>, id: i64, contents: &str, number: i64) -> i32 {
+    let msg = common::sent(id, "t", contents, 0, number);
+    raw.send_message(msg)
+        .await
+        .unwrap()
+        .into_inner()
+        .status_code
+}
+
+/// The stored writes a node forwarded to their thread's owner.
+async fn forwarded(node: &SpawnedServer, outcome: &str) -> i64 {
+    let sample = format!("chat_cluster_forwarded_writes_total{{outcome=\"{outcome}\"}}");
+    gauge(node, &sample).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn writes_forwarded_to_an_owner_that_stops_answering_are_published_by_their_own_node() {
+    let cluster = NatsCluster::start(3).await;
+    let mut nodes = Vec::new();
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        let n = node(&cluster, &format!("n{i}"), &["--nats-forward", "all"]).await;
+        writers.push(named(&n.url, &format!("w{i}")).await);
+        nodes.push(n);
+    }
+    // Every node writes to "t" in turn until two of them forward to the
+    // third, the thread's owner (once each knows the others are live).
+    let mut oks = Vec::new();
+    let mut number = 0;
+    let owner = loop {
+        number += 1;
+        for (i, (raw, id)) in writers.iter_mut().enumerate() {
+            let contents = format!("w{i}-{number}");
+            assert_eq!(
+                write_t(raw, *id, &contents, number).await,
+                StatusCode::Ok as i32
+            );
+            oks.push(contents);
+        }
+        let mut forwarding = Vec::new();
+        for n in &nodes {
+            forwarding.push(forwarded(n, "stored").await > 0);
+        }
+        if forwarding.iter().filter(|f| **f).count() == 2 {
+            break forwarding.iter().position(|f| !f).unwrap();
+        }
+        assert!(number < 50, "no two nodes forward: {forwarding:?}");
+    };
+    // The owner stops (as a hung process, or one killed while it held a
+    // forward): its subscription stays, and no answer comes.
+    let pid = nodes[owner].pid() as libc::pid_t;
+    // SAFETY: signals to a child process this test spawned.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    number += 1;
+    let others: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
+    let sends: Vec<_> = others
+        .iter()
+        .map(|&i| {
+            let (mut raw, id) = (writers[i].0.clone(), writers[i].1);
+            let contents = format!("w{i}-{number}");
+            tokio::spawn(async move { (write_t(&mut raw, id, &contents, number).await, contents) })
+        })
+        .collect();
+    for send in sends {
+        let (code, contents) = send.await.unwrap();
+        assert_eq!(code, StatusCode::Ok as i32, "{contents}");
+        oks.push(contents);
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let mut unanswered = 0;
+    for &i in &others {
+        unanswered += forwarded(&nodes[i], "no_answer").await;
+    }
+    assert!(unanswered >= 1, "no forward went unanswered");
+    // The owner, running again, takes the forwards it held first (their
+    // deadline has not passed), then this one.
+    let i = others[0];
+    let stored = forwarded(&nodes[i], "stored").await;
+    number += 1;
+    let contents = format!("w{i}-{number}");
+    let (raw, id) = &mut writers[i];
+    assert_eq!(
+        write_t(raw, *id, &contents, number).await,
+        StatusCode::Ok as i32
+    );
+    oks.push(contents);
+    assert!(
+        forwarded(&nodes[i], "stored").await > stored,
+        "not through the owner"
+    );
+    // The stream kept each write once.
+    oks.sort();
+    for n in &nodes {
+        let history = history_of(&n.url, oks.len()).await;
+        let mut sorted = history.clone();
+        sorted.sort();
+        assert_eq!(sorted, oks, "{}: history {history:?}", n.url);
+    }
+}
+
+/// The contents of the history a fresh client of `url` gets, once it holds
+/// at least `n` messages (10 s at most: a node may still be applying).
+async fn history_of(url: &str, n: usize) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let c = ChatClient::connect(url, Some("reader")).await.unwrap();
+        let mut sub = c.subscribe().await.unwrap();
+        let first = common::first_update(&mut sub).await;
+        let history: Vec<String> = first
+            .update
+            .message
+            .into_iter()
+            .map(|m| m.contents)
+            .collect();
+        if history.len() >= n || start.elapsed() > Duration::from_secs(10) {
+            return history;
+        }
+        // No notification for another node's progress: ask again soon.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -62,6 +62,22 @@ pub struct NatsOptions {
     pub timeout: Duration,
     /// Most writes of one thread published as one atomic batch (1: none).
     pub max_batch: usize,
+    /// Which threads' writes go to the thread's owner node to publish.
+    pub forward: Forward,
+}
+
+/// Which threads a chat node sends to their owner node to publish, rather
+/// than publishing them itself (see `docs/cluster.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Forward {
+    /// Threads where racing nodes cost refusals: a write was refused by a
+    /// bound when decided again after a conflict, within the last second.
+    #[default]
+    Contended,
+    /// Every thread (one publisher per thread; a hop for most writes).
+    All,
+    /// None: every node publishes its own writes.
+    Off,
 }
 
 impl Default for NatsOptions {
@@ -79,6 +95,7 @@ impl Default for NatsOptions {
             replicas: None,
             timeout: DEFAULT_TIMEOUT,
             max_batch: DEFAULT_BATCH,
+            forward: Forward::default(),
         }
     }
 }
@@ -96,6 +113,7 @@ impl std::fmt::Debug for NatsOptions {
             .field("replicas", &self.replicas)
             .field("timeout", &self.timeout)
             .field("max_batch", &self.max_batch)
+            .field("forward", &self.forward)
             .finish()
     }
 }

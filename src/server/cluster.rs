@@ -13,6 +13,7 @@
 
 mod acks;
 mod batch;
+mod forward;
 mod lanes;
 mod shared_bounds;
 
@@ -56,8 +57,17 @@ const LANE_IDLE: Duration = Duration::from_secs(5);
 /// An admitted write on its way to the stream.
 struct Proposal {
     entry: Arc<Entry>,
+    /// For a write another node forwarded, `client` is its writer's token
+    /// there (see [`forward`]), never one of this node's client ids.
     origin: Origin,
-    reply: oneshot::Sender<Result<(Seq, Micros), Rejection>>,
+    reply: Reply,
+    /// `Some(after)` for a write another node forwarded: that node counted
+    /// its order error up to the thread's commit `after`.
+    forwarded: Option<Seq>,
+    /// Forwarded to an owner that did not answer in time: it may still
+    /// store the write, so a refusal here is answered `INTERNAL_ERROR`
+    /// (the outcome is not known), never as a bound.
+    owner_may_store: bool,
     /// When the write was admitted: its answer is due within the publish
     /// timeout of this, however long it waited behind earlier writes of
     /// its thread.
@@ -70,12 +80,24 @@ struct Proposal {
     done: watch::Sender<bool>,
 }
 
+/// Who waits for a write's outcome.
+enum Reply {
+    /// The writer's RPC on this node.
+    Writer(oneshot::Sender<Result<(Seq, Micros), Rejection>>),
+    /// The node that forwarded the write.
+    Forwarded(oneshot::Sender<forward::Answer>),
+}
+
 /// Why a write was not committed.
 enum Failure {
     /// Decided again before publishing, against commits of other nodes.
     Refused(Rejection),
     /// It could not be committed in time.
     Failed(String),
+    /// A forwarded write this node cannot decide: it has not recorded every
+    /// commit since the position its node counted up to. Not published:
+    /// its node publishes it itself.
+    Undecided,
 }
 
 /// The hub's side of the cluster: queues proposals for the publisher in
@@ -98,7 +120,9 @@ impl Committer for ClusterSink {
         let _ = self.tx.send(Proposal {
             entry,
             origin,
-            reply,
+            reply: Reply::Writer(reply),
+            forwarded: None,
+            owner_may_store: false,
             admitted: tokio::time::Instant::now(),
             done,
         });
@@ -145,12 +169,21 @@ struct Shared {
     floors: Arc<Mutex<acks::Floors>>,
     /// `chat_cluster_publish_conflicts_total{then}`.
     conflicts: prometheus::IntCounterVec,
+    /// `chat_cluster_forwarded_writes_total{outcome}`.
+    forwards: prometheus::IntCounterVec,
     /// Publishes with [`ATTEMPT_TIMEOUT`].
     js: jetstream::Context,
+    /// For forwarding writes to other nodes (core NATS).
+    client: async_nats::Client,
+    /// This node process's key in the acknowledgement reports bucket, which
+    /// also names it to the other nodes for forwarding.
+    key: String,
     name: String,
     timeout: Duration,
     /// Most writes of one thread published as one atomic batch (1: none).
     max_batch: usize,
+    /// Which threads go to their owner (see [`forward`]).
+    forward: nats::Forward,
     /// When a commit last failed. For `timeout` after it only a commit
     /// that goes through makes the node ready again, not the probe: a
     /// stream leader that lost its quorum still answers reads for a while.
@@ -217,7 +250,7 @@ pub async fn open(
     let (tx, rx) = mpsc::unbounded_channel();
     let lanes = Arc::new(Mutex::new(lanes::Lanes::default()));
     let sink = Arc::new(ClusterSink {
-        tx,
+        tx: tx.clone(),
         lanes: lanes.clone(),
     });
     let hub = Hub::new(
@@ -227,6 +260,7 @@ pub async fn open(
         metrics.clone(),
         config.clock.clone(),
     );
+    let (conflicts, forwards) = counters(metrics)?;
     let shared = Arc::new(Shared {
         own: Mutex::new(HashMap::new()),
         applied: watch::Sender::new(head),
@@ -238,13 +272,17 @@ pub async fn open(
         stream: stream.clone(),
         lanes,
         floors: Default::default(),
-        conflicts: conflict_counter(metrics)?,
+        conflicts,
+        forwards,
         js: jetstream::ContextBuilder::new()
             .timeout(ATTEMPT_TIMEOUT)
-            .build(client),
+            .build(client.clone()),
+        client,
+        key: format!("n{:016x}", rand::random::<u64>()),
         name: o.stream.clone(),
         timeout: o.timeout,
         max_batch: batch_size(o, &info.config),
+        forward: o.forward,
         failed_at: Mutex::new(None),
     });
     let shared_tasks = share(&admin_js, o, replicas, &shared, metrics).await?;
@@ -252,6 +290,7 @@ pub async fn open(
     let mut handles = vec![
         spawn_until(&stop, publish_loop(shared.clone(), rx)),
         spawn_until(&stop, consume_loop(shared.clone(), messages, last_time)),
+        spawn_until(&stop, forward::serve(shared.clone(), tx)),
         spawn_until(&stop, probe_loop(shared)),
     ];
     handles.extend(shared_tasks.into_iter().map(|t| spawn_until(&stop, t)));
@@ -283,7 +322,8 @@ async fn share(
     let gauges = acks::Gauges::register(&metrics.registry)?;
     let (stream, node, hub) = (&o.stream, &o.node_name, &shared.hub);
     let mut tasks = shared_bounds::open(js, stream, node, replicas, hub).await?;
-    tasks.extend(acks::open(js, stream, node, replicas, hub, &shared.floors, gauges).await?);
+    let own = (node.as_str(), shared.key.as_str());
+    tasks.extend(acks::open(js, stream, own, replicas, hub, &shared.floors, gauges).await?);
     Ok(tasks)
 }
 
@@ -654,8 +694,17 @@ async fn lane_loop(
                 }
             }
         };
-        let writes = batch::gather(first, &mut rx, shared.max_batch);
-        batch::propose(&shared, writes).await;
+        let mut writes = batch::gather(first, &mut rx, shared.max_batch);
+        // A forwarded write is never forwarded again: its order error was
+        // counted from its own node's view, which only the ring of the
+        // node it was sent to covers.
+        let own = writes.iter().all(|p| p.forwarded.is_none());
+        if own && let Some(owner) = forward::owner(&shared, &writes[0].entry.thread) {
+            writes = forward::propose(&shared, &owner, writes).await;
+        }
+        if !writes.is_empty() {
+            batch::propose(&shared, writes).await;
+        }
     }
 }
 
@@ -670,7 +719,7 @@ async fn propose_one(shared: &Arc<Shared>, p: Proposal) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let outcome = match stored {
-            Ok(seq) => settle(&shared, &id, seq, deadline).await,
+            Ok(seq) => settle(&shared, &p, &id, seq).await,
             Err(failure) => Err(failure),
         };
         answer(&shared, p, &id, outcome);
@@ -678,13 +727,19 @@ async fn propose_one(shared: &Arc<Shared>, p: Proposal) {
 }
 
 /// Once this node applied a stored write (at `seq` or, for a write of a
-/// batch, at most `seq`): its commit and commit time.
+/// batch, at most `seq`): its commit and commit time. A forwarded write is
+/// settled by its own node, which waits for its own consumer: here it is
+/// done once stored.
 async fn settle(
     shared: &Shared,
+    p: &Proposal,
     id: &str,
     seq: Seq,
-    deadline: tokio::time::Instant,
 ) -> Result<(Seq, Micros), Failure> {
+    if p.forwarded.is_some() {
+        return Ok((seq, Micros(0)));
+    }
+    let deadline = p.admitted + shared.timeout;
     wait_applied(shared, seq, deadline)
         .await
         .map_err(Failure::Failed)?;
@@ -703,6 +758,12 @@ fn answer(shared: &Shared, p: Proposal, id: &str, outcome: Result<(Seq, Micros),
         .hub
         .inspect(|_| lock(&shared.lanes).finished(&p.entry.thread));
     p.done.send_replace(true);
+    let outcome = match outcome {
+        Err(Failure::Refused(r)) if p.owner_may_store => Err(Failure::Failed(format!(
+            "forwarded to the thread's owner, which did not answer in time, then refused here ({r:?}): the owner may still store it"
+        ))),
+        other => other,
+    };
     finish(shared, p.reply, id, outcome);
 }
 
@@ -758,10 +819,12 @@ fn committed(shared: &Shared, id: &str) -> Option<Seq> {
 /// conflict, once this node has applied up to it).
 fn recheck(shared: &Shared, p: &Proposal, known: Option<Seq>) -> Result<Seq, Failure> {
     let e = &p.entry;
-    let admitted_at = e.seq.saturating_sub(1);
     shared.hub.inspect(|engine| {
         let bounds = engine.settings().bounds.for_thread(&e.thread);
-        let check = lock(&shared.lanes).check(&e.thread, admitted_at, p.origin.client);
+        if overtaken(shared, p) {
+            return Err(Failure::Failed(OVERTAKEN.into()));
+        }
+        let check = check_of(&mut lock(&shared.lanes), p, true).ok_or(Failure::Undecided)?;
         let error = p.origin.order_error + check.unseen_since;
         if error > bounds.order {
             let bound = bounds.order;
@@ -778,6 +841,36 @@ fn recheck(shared: &Shared, p: &Proposal, known: Option<Seq>) -> Result<Seq, Fai
         }
         Ok(known.unwrap_or(check.last))
     })
+}
+
+/// Why a write the owner may still store is not published here.
+const OVERTAKEN: &str = "a later write of its writer, forwarded with it, was committed first";
+
+/// Whether `p` went to an owner that did not answer and a later write of
+/// its writer (forwarded with it) is committed already: the owner refused
+/// `p` or has not published it, and committing it now would put it after
+/// that write. Seen on this node's view: a later write stored above the
+/// view makes the publish conflict, and the check runs again.
+fn overtaken(shared: &Shared, p: &Proposal) -> bool {
+    p.owner_may_store
+        && lock(&shared.own).values().any(|w| {
+            w.client == p.origin.client && w.number > p.origin.number && w.committed.is_some()
+        })
+}
+
+/// The order check of `p` on this node's bookkeeping: commits of its thread
+/// since what its writer's view counted, and the thread's last commit.
+/// `forget` lets a local write's check drop what no later write needs (it
+/// must be the earliest admitted of those not decided). `None` for a
+/// forwarded write this node cannot decide.
+fn check_of(lanes: &mut lanes::Lanes, p: &Proposal, forget: bool) -> Option<lanes::Check> {
+    let e = &p.entry;
+    let (admitted_at, client) = (e.seq.saturating_sub(1), p.origin.client);
+    match p.forwarded {
+        Some(after) => lanes.check_forwarded(&e.thread, after, client),
+        None if forget => Some(lanes.check(&e.thread, admitted_at, client)),
+        None => Some(lanes.peek(&e.thread, admitted_at, client)),
+    }
 }
 
 /// What publishing one attempt of a write gave.
@@ -808,9 +901,14 @@ async fn publish_checked(
         if let Some(seq) = committed(shared, id) {
             break seq;
         }
-        let expected = recheck(shared, p, known).inspect_err(|_| {
-            if conflicts > 0 {
+        let expected = recheck(shared, p, known).inspect_err(|f| {
+            if conflicts > 0 && matches!(f, Failure::Refused(_)) {
                 shared.conflicts.with_label_values(&["refused"]).inc();
+                let thread = &p.entry.thread;
+                let lanes = &shared.lanes;
+                shared
+                    .hub
+                    .inspect(|_| lock(lanes).refused_after_conflict(thread));
             }
         })?;
         match publish_acked(shared, &subject, &payload, id, expected, deadline).await {
@@ -978,17 +1076,49 @@ async fn commit_time(shared: &Shared, seq: Seq) -> Result<(Seq, Micros), String>
     Ok((seq, at))
 }
 
-/// `chat_cluster_publish_conflicts_total`, registered on the node's registry.
-fn conflict_counter(metrics: &Metrics) -> anyhow::Result<prometheus::IntCounterVec> {
-    let c = prometheus::IntCounterVec::new(
-        prometheus::Opts::new(
+/// The node's two cluster counters: publish conflicts and forwarded writes.
+fn counters(
+    metrics: &Metrics,
+) -> anyhow::Result<(prometheus::IntCounterVec, prometheus::IntCounterVec)> {
+    let conflicts = counter_vec(
+        metrics,
+        (
             "chat_cluster_publish_conflicts_total",
             "Publishes JetStream refused because another node committed to the thread first (wrong last subject sequence), by what followed: retried after catching up, refused by the order bound decided again, or gave up after too many in a row.",
         ),
-        &["then"],
+        "then",
+        &["retried", "refused", "gave_up"],
     )?;
-    for then in ["retried", "refused", "gave_up"] {
-        c.with_label_values(&[then]);
+    let forwards = counter_vec(
+        metrics,
+        (
+            "chat_cluster_forwarded_writes_total",
+            "Writes this node forwarded to their thread's owner node to publish (see --nats-forward), by the owner's answer: stored, refused (order or numerical bound), undecided (then published here), failed, no_owner (no node took the forward: published here), or no_answer (none within 1 s: published here).",
+        ),
+        "outcome",
+        &[
+            "stored",
+            "refused",
+            "undecided",
+            "failed",
+            "no_owner",
+            "no_answer",
+        ],
+    )?;
+    Ok((conflicts, forwards))
+}
+
+/// A counter with one label, registered on the node's registry with each
+/// of `values` at zero.
+fn counter_vec(
+    metrics: &Metrics,
+    (name, help): (&str, &str),
+    label: &str,
+    values: &[&str],
+) -> anyhow::Result<prometheus::IntCounterVec> {
+    let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label])?;
+    for v in values {
+        c.with_label_values(&[*v]);
     }
     metrics.registry.register(Box::new(c.clone()))?;
     Ok(c)
@@ -1015,14 +1145,20 @@ fn retryable(kind: PublishErrorKind) -> bool {
     )
 }
 
-/// Answers the writer and keeps the health and counters.
-fn finish(
-    shared: &Shared,
-    reply: oneshot::Sender<Result<(Seq, Micros), Rejection>>,
-    id: &str,
-    outcome: Result<(Seq, Micros), Failure>,
-) {
+/// Answers the writer and keeps the health and counters. A forwarded
+/// write is answered to its node, which counts it.
+fn finish(shared: &Shared, reply: Reply, id: &str, outcome: Result<(Seq, Micros), Failure>) {
     lock(&shared.own).remove(id);
+    let reply = match reply {
+        Reply::Writer(reply) => reply,
+        Reply::Forwarded(reply) => {
+            if let Err(Failure::Failed(error)) = &outcome {
+                note_failed(shared, error);
+            }
+            let _ = reply.send(forward::Answer::of(outcome));
+            return;
+        }
+    };
     match outcome {
         Ok(done) => {
             if shared.health.record_healthy() {
@@ -1040,13 +1176,7 @@ fn finish(
             let _ = reply.send(Err(reason));
         }
         Err(Failure::Failed(error)) => {
-            *lock(&shared.failed_at) = Some(tokio::time::Instant::now());
-            if !shared.health.record_error(&error) {
-                // Logged once per outage; the rest only counted.
-                tracing::debug!(%error, "commit failed");
-            } else {
-                tracing::error!(%error, "commit failed: answering INTERNAL_ERROR and reporting not ready until a commit goes through");
-            }
+            note_failed(shared, &error);
             shared.health.record_failed_messages(1);
             shared
                 .metrics
@@ -1055,6 +1185,21 @@ fn finish(
                 .inc();
             let _ = reply.send(Err(Rejection::Internal));
         }
+        // Only a forwarded write is left undecided, and answered above.
+        Err(Failure::Undecided) => {
+            let _ = reply.send(Err(Rejection::Internal));
+        }
+    }
+}
+
+/// A commit failed: the node is not ready until one goes through.
+fn note_failed(shared: &Shared, error: &str) {
+    *lock(&shared.failed_at) = Some(tokio::time::Instant::now());
+    if !shared.health.record_error(error) {
+        // Logged once per outage; the rest only counted.
+        tracing::debug!(%error, "commit failed");
+    } else {
+        tracing::error!(%error, "commit failed: answering INTERNAL_ERROR and reporting not ready until a commit goes through");
     }
 }
 

@@ -137,6 +137,12 @@ impl Floors {
         self.heard(now);
     }
 
+    /// The keys of the other nodes whose reports have not expired.
+    pub fn live_keys(&self) -> Vec<String> {
+        let live = self.reports.iter().filter(|(_, (_, at))| self.live(*at));
+        live.map(|(k, _)| k.clone()).collect()
+    }
+
     /// Reports that still count.
     pub fn live_reports(&self) -> usize {
         self.reports
@@ -181,7 +187,7 @@ type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 pub(crate) async fn open(
     js: &jetstream::Context,
     stream: &str,
-    node: &str,
+    (node, key): (&str, &str),
     replicas: usize,
     hub: &Arc<Hub>,
     floors: &Arc<Mutex<Floors>>,
@@ -201,7 +207,7 @@ pub(crate) async fn open(
         },
     )
     .await?;
-    let key = format!("n{:016x}", rand::random::<u64>());
+    let key = key.to_owned();
     Ok(vec![
         Box::pin(report_loop(
             store.clone(),

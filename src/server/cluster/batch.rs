@@ -31,9 +31,9 @@
 //! which first looks whether an earlier attempt was stored.
 
 use super::{
-    Failure, MAX_CONFLICTS, Proposal, Published, Shared, answer, committed, conflict, error_kind,
-    lock, note_own_stored, note_stored, observe_queued, own_write, propose_one, publish_checked,
-    settle, wait_applied,
+    Failure, MAX_CONFLICTS, OVERTAKEN, Proposal, Published, Shared, answer, check_of, committed,
+    conflict, error_kind, lock, note_own_stored, note_stored, observe_queued, overtaken, own_write,
+    propose_one, publish_checked, settle, wait_applied,
 };
 use crate::consistency::{ClientId, Rejection, Seq};
 use crate::log::nats;
@@ -90,9 +90,8 @@ pub(super) async fn propose(shared: &Arc<Shared>, mut writes: Vec<Proposal>) {
     let shared = shared.clone();
     tokio::spawn(async move {
         for ((p, id), outcome) in writes.into_iter().zip(ids).zip(outcomes) {
-            let deadline = p.admitted + shared.timeout;
             let outcome = match outcome {
-                Some(Ok(seq)) => settle(&shared, &id, seq, deadline).await,
+                Some(Ok(seq)) => settle(&shared, &p, &id, seq).await,
                 Some(Err(failure)) => Err(failure),
                 None => Err(Failure::Failed("not decided".into())),
             };
@@ -206,13 +205,16 @@ fn recheck(
             if outcome.is_some() {
                 continue;
             }
-            let e = &p.entry;
-            let (admitted_at, client) = (e.seq.saturating_sub(1), p.origin.client);
-            let check = match last {
-                // The first undecided write is the earliest admitted: what
-                // its check forgets, no later check needs.
-                None => lanes.check(&e.thread, admitted_at, client),
-                Some(_) => lanes.peek(&e.thread, admitted_at, client),
+            let (e, client) = (&p.entry, p.origin.client);
+            if overtaken(shared, p) {
+                *outcome = Some(Err(Failure::Failed(OVERTAKEN.into())));
+                continue;
+            }
+            // The first undecided write is the earliest admitted: what its
+            // check forgets, no later check needs.
+            let Some(check) = check_of(&mut lanes, p, last.is_none()) else {
+                *outcome = Some(Err(Failure::Undecided));
+                continue;
             };
             last.get_or_insert(check.last);
             let bounds = engine.settings().bounds.for_thread(&e.thread);
@@ -237,6 +239,7 @@ fn recheck(
                 Some(r) => {
                     if after_conflict {
                         shared.conflicts.with_label_values(&["refused"]).inc();
+                        lanes.refused_after_conflict(&e.thread);
                     }
                     *outcome = Some(Err(Failure::Refused(r)));
                 }

@@ -24,11 +24,21 @@
 use crate::consistency::{ClientId, Seq};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Threads whose last commit is remembered with no write waiting. Beyond
 /// this, idle threads are forgotten: their next write guesses 0 and learns
 /// the real last sequence from the conflict answer (one more round trip).
 const REMEMBERED_THREADS: usize = 65_536;
+
+/// Commits a thread's [`Ring`] keeps: a forwarded write is decided from
+/// the position its own node had seen, a few milliseconds of commits
+/// behind this node's view (at most a few dozen on the hottest thread
+/// measured); one further back is handed back undecided.
+const RING: usize = 1024;
+/// Threads with a ring at once; past this, rings of threads with no write
+/// waiting are dropped (their next forwarded write goes back undecided).
+const RINGS: usize = 1024;
 
 #[derive(Debug, Default)]
 struct Lane {
@@ -39,6 +49,22 @@ struct Lane {
     /// Commits of the thread applied while writes were waiting, and which
     /// local client wrote each (`None`: another node's).
     recent: VecDeque<(Seq, Option<ClientId>)>,
+    /// Every commit since the thread's first forwarded write, if it had one.
+    ring: Option<Ring>,
+    /// When a write of the thread was last refused by a bound on this node
+    /// when decided again after a conflict.
+    refused_at: Option<Instant>,
+    /// This node's publisher for the thread waits for another node's
+    /// answer to a forward.
+    forwarding: bool,
+}
+
+/// The thread's latest commits and their writers, for writes other nodes
+/// forward: every commit above `complete_after` is in `commits`.
+#[derive(Debug)]
+struct Ring {
+    complete_after: Seq,
+    commits: VecDeque<(Seq, Option<ClientId>)>,
 }
 
 /// The per-thread bookkeeping of one node.
@@ -90,7 +116,86 @@ impl Lanes {
         if l.waiting > 0 {
             l.recent.push_back((seq, writer));
         }
+        if let Some(r) = &mut l.ring {
+            r.commits.push_back((seq, writer));
+            if r.commits.len() > RING
+                && let Some((s, _)) = r.commits.pop_front()
+            {
+                r.complete_after = s;
+            }
+        }
         true
+    }
+
+    /// A write of `thread` was refused by a bound when decided again after
+    /// a conflict: racing other nodes cost it its place.
+    pub fn refused_after_conflict(&mut self, thread: &Arc<str>) {
+        self.threads.entry(thread.clone()).or_default().refused_at = Some(Instant::now());
+    }
+
+    /// Whether a write of `thread` was refused after a conflict within
+    /// `within`: its writes then go to the thread's owner.
+    pub fn contended(&self, thread: &str, within: std::time::Duration) -> bool {
+        self.threads
+            .get(thread)
+            .and_then(|l| l.refused_at)
+            .is_some_and(|at| at.elapsed() < within)
+    }
+
+    /// This node's publisher for `thread` starts (`true`) or stops waiting
+    /// for a forward's answer.
+    pub fn set_forwarding(&mut self, thread: &Arc<str>, on: bool) {
+        self.threads.entry(thread.clone()).or_default().forwarding = on;
+    }
+
+    /// Whether this node's publisher for `thread` waits for another node's
+    /// answer: a forward that comes meanwhile must not wait behind it (the
+    /// two nodes would wait on each other).
+    pub fn is_forwarding(&self, thread: &str) -> bool {
+        self.threads.get(thread).is_some_and(|l| l.forwarding)
+    }
+
+    /// A write another node forwarded to `thread` is on its way to the
+    /// publisher. `head` is this node's applied head: every commit above
+    /// it, and above the thread's last, is recorded from now on.
+    pub fn forwarded(&mut self, thread: &Arc<str>, head: Seq) {
+        if self.threads.get(thread).is_none_or(|l| l.ring.is_none()) {
+            let rings = self.threads.values().filter(|l| l.ring.is_some()).count();
+            if rings >= RINGS {
+                for l in self.threads.values_mut().filter(|l| l.waiting == 0) {
+                    l.ring = None;
+                }
+            }
+        }
+        let l = self.threads.entry(thread.clone()).or_default();
+        l.waiting += 1;
+        let complete_after = l.last.max(head);
+        l.ring.get_or_insert_with(|| Ring {
+            complete_after,
+            commits: VecDeque::new(),
+        });
+    }
+
+    /// The check for a write another node forwarded: commits of `thread`
+    /// above `after` (what its node had counted up to) that `writer` did
+    /// not make. `None` if this node cannot tell: it has not recorded
+    /// every commit since `after`.
+    pub fn check_forwarded(&self, thread: &str, after: Seq, writer: ClientId) -> Option<Check> {
+        let l = self.threads.get(thread)?;
+        let r = l.ring.as_ref()?;
+        if after < r.complete_after {
+            return None;
+        }
+        let from = r.commits.partition_point(|&(s, _)| s <= after);
+        let unseen_since = r
+            .commits
+            .range(from..)
+            .filter(|&&(_, w)| w != Some(writer))
+            .count() as u64;
+        Some(Check {
+            unseen_since,
+            last: l.last,
+        })
     }
 
     /// The check for a write of `client` to `thread` admitted at head
@@ -213,6 +318,61 @@ mod tests {
         );
         assert!(l.recorded(&t, 6, None));
         assert_eq!(l.check("t", 3, 7).unseen_since, 2);
+    }
+
+    #[test]
+    fn a_forwarded_write_counts_commits_since_its_nodes_view_from_the_ring() {
+        let t: Arc<str> = "t".into();
+        let mut l = Lanes::default();
+        l.recorded(&t, 3, None);
+        // No ring yet: nothing can be decided.
+        assert_eq!(l.check_forwarded("t", 3, -5), None);
+        // The first forward, with the node's head at 4: every commit above
+        // 4 is recorded from now on, whether or not writes wait.
+        l.forwarded(&t, 4);
+        l.recorded(&t, 5, Some(-5));
+        l.recorded(&t, 6, None);
+        l.finished("t");
+        l.recorded(&t, 7, Some(9));
+        // Its node had counted up to 4: 6 and 7 are unseen, 5 is its own.
+        assert_eq!(
+            l.check_forwarded("t", 4, -5),
+            Some(Check {
+                unseen_since: 2,
+                last: 7
+            })
+        );
+        assert_eq!(l.check_forwarded("t", 6, -5).unwrap().unseen_since, 1);
+        assert_eq!(l.check_forwarded("t", 4, -6).unwrap().unseen_since, 3);
+        // A view older than the ring: undecided.
+        assert_eq!(l.check_forwarded("t", 3, -5), None);
+    }
+
+    #[test]
+    fn a_ring_that_overflows_cannot_decide_what_it_dropped() {
+        let t: Arc<str> = "t".into();
+        let mut l = Lanes::default();
+        l.forwarded(&t, 0);
+        for seq in 1..=(RING as Seq + 10) {
+            l.recorded(&t, seq, None);
+        }
+        assert_eq!(l.check_forwarded("t", 9, 1), None);
+        let c = l.check_forwarded("t", 10, 1).unwrap();
+        assert_eq!(c.unseen_since, RING as u64);
+        assert_eq!(c.last, RING as Seq + 10);
+    }
+
+    #[test]
+    fn a_thread_is_contended_for_a_while_after_a_refusal_after_a_conflict() {
+        let t: Arc<str> = "t".into();
+        let within = std::time::Duration::from_secs(60);
+        let mut l = Lanes::default();
+        l.recorded(&t, 1, None);
+        assert!(!l.contended("t", within));
+        l.refused_after_conflict(&t);
+        assert!(l.contended("t", within));
+        assert!(!l.contended("t", std::time::Duration::ZERO));
+        assert!(!l.contended("u", within));
     }
 
     #[test]
