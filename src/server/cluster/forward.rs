@@ -7,7 +7,8 @@
 //! again and sent again. On one thread written through 3 nodes about every
 //! other publish conflicted, and a write waited long enough for its
 //! writer's unseen commits to pass the order bound. Written through one
-//! node, the same thread took 6,461 msg/s instead of 4,378.
+//! node, the same thread took 6,461 msg/s instead of 4,378; forwarded to
+//! its owner, 5,114 instead of 4,055 (`docs/benchmarks.md`, medians of 3).
 //!
 //! - **Which threads.** By default (`--nats-forward contended`) a thread
 //!   is forwarded while a write of it was refused by a bound on this node,
