@@ -793,6 +793,18 @@ fn observe_queued(shared: &Shared, p: &Proposal) {
     shared.metrics.cluster.queue_seconds.observe(waited);
 }
 
+/// [`own_write`] for each of `writes`, their wait in the queue observed:
+/// their `Nats-Msg-Id`s.
+fn own_writes(shared: &Shared, writes: &[Proposal]) -> Vec<String> {
+    writes
+        .iter()
+        .map(|p| {
+            observe_queued(shared, p);
+            own_write(shared, p)
+        })
+        .collect()
+}
+
 /// Notes that this node is publishing `p`; returns its `Nats-Msg-Id`.
 fn own_write(shared: &Shared, p: &Proposal) -> String {
     let e = &p.entry;

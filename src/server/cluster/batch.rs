@@ -32,8 +32,8 @@
 
 use super::{
     Failure, MAX_CONFLICTS, OVERTAKEN, Proposal, Published, Shared, answer, check_of, committed,
-    conflict, error_kind, lock, note_own_stored, note_stored, observe_queued, overtaken, own_write,
-    propose_one, publish_checked, settle, wait_applied,
+    conflict, error_kind, lock, note_own_stored, note_stored, overtaken, own_writes, propose_one,
+    publish_checked, settle, wait_applied,
 };
 use crate::consistency::{ClientId, Rejection, Seq};
 use crate::log::nats;
@@ -71,13 +71,7 @@ pub(super) async fn propose(shared: &Arc<Shared>, mut writes: Vec<Proposal>) {
         return;
     }
     let deadline = writes[0].admitted + shared.timeout;
-    let ids: Vec<String> = writes
-        .iter()
-        .map(|p| {
-            observe_queued(shared, p);
-            own_write(shared, p)
-        })
-        .collect();
+    let ids = own_writes(shared, &writes);
     let mut outcomes: Vec<Outcome> = writes.iter().map(|_| None).collect();
     commit_batch(shared, &writes, &ids, deadline, &mut outcomes).await;
     // What the batch left undecided goes one at a time, in order.

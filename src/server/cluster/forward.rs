@@ -50,7 +50,7 @@
 //!
 //! [`Lanes::check_forwarded`]: super::lanes::Lanes::check_forwarded
 
-use super::{Failure, Proposal, Reply, Shared, answer, lock, observe_queued, own_write, settle};
+use super::{Failure, Proposal, Reply, Shared, answer, lock, own_writes, settle};
 use crate::consistency::{ClientId, Entry, Micros, Rejection, Seq};
 use crate::log::nats::Forward as Which;
 use crate::server::hub::Origin;
@@ -176,13 +176,7 @@ pub(super) async fn propose(
     writes: Vec<Proposal>,
 ) -> Vec<Proposal> {
     let deadline = writes[0].admitted + shared.timeout;
-    let ids: Vec<String> = writes
-        .iter()
-        .map(|p| {
-            observe_queued(shared, p);
-            own_write(shared, p)
-        })
-        .collect();
+    let ids = own_writes(shared, &writes);
     let request = request(shared, &writes, deadline);
     let subject = subject(&shared.name, owner);
     let thread = writes[0].entry.thread.clone();
