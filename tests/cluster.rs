@@ -940,7 +940,9 @@ async fn writes_forwarded_to_an_owner_that_stops_answering_are_published_by_thei
     let mut nodes = Vec::new();
     let mut writers = Vec::new();
     for i in 0..3 {
-        let n = node(&cluster, &format!("n{i}"), &["--nats-forward", "all"]).await;
+        // History long enough to hold every write below.
+        let extra = ["--nats-forward", "all", "--history", "500"];
+        let n = node(&cluster, &format!("n{i}"), &extra).await;
         writers.push(named(&n.url, &format!("w{i}")).await);
         nodes.push(n);
     }
