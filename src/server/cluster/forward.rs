@@ -345,8 +345,14 @@ pub(super) async fn serve(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Proposa
 /// one of them has an outcome.
 fn take(shared: &Arc<Shared>, tx: &mpsc::UnboundedSender<Proposal>, m: async_nats::Message) {
     let Some(reply_to) = m.reply else { return };
-    let f: Forward = match serde_json::from_slice(&m.payload) {
-        Ok(f) => f,
+    let f = match serde_json::from_slice::<Forward>(&m.payload) {
+        // A writer token is negative: a positive one would pass for one of
+        // this node's clients.
+        Ok(f) if f.writes.iter().all(|w| w.writer < 0) => f,
+        Ok(_) => {
+            tracing::warn!("a forward naming a writer that is not a token: ignored");
+            return;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "a forwarded write that is not one: ignored");
             return;
