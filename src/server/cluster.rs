@@ -167,10 +167,6 @@ struct Shared {
     /// Other nodes' lowest acknowledged positions and the commits above
     /// them. Locked only inside the hub lock or alone, never across an await.
     floors: Arc<Mutex<acks::Floors>>,
-    /// `chat_cluster_publish_conflicts_total{then}`.
-    conflicts: prometheus::IntCounterVec,
-    /// `chat_cluster_forwarded_writes_total{outcome}`.
-    forwards: prometheus::IntCounterVec,
     /// Publishes with [`ATTEMPT_TIMEOUT`].
     js: jetstream::Context,
     /// For forwarding writes to other nodes (core NATS).
@@ -260,7 +256,6 @@ pub async fn open(
         metrics.clone(),
         config.clock.clone(),
     );
-    let (conflicts, forwards) = counters(metrics)?;
     let shared = Arc::new(Shared {
         own: Mutex::new(HashMap::new()),
         applied: watch::Sender::new(head),
@@ -272,8 +267,6 @@ pub async fn open(
         stream: stream.clone(),
         lanes,
         floors: Default::default(),
-        conflicts,
-        forwards,
         js: jetstream::ContextBuilder::new()
             .timeout(ATTEMPT_TIMEOUT)
             .build(client.clone()),
@@ -915,7 +908,12 @@ async fn publish_checked(
         }
         let expected = recheck(shared, p, known).inspect_err(|f| {
             if conflicts > 0 && matches!(f, Failure::Refused(_)) {
-                shared.conflicts.with_label_values(&["refused"]).inc();
+                shared
+                    .metrics
+                    .cluster
+                    .publish_conflicts
+                    .with_label_values(&["refused"])
+                    .inc();
                 let thread = &p.entry.thread;
                 let lanes = &shared.lanes;
                 shared
@@ -935,12 +933,22 @@ async fn publish_checked(
             Published::Conflict(last) => {
                 conflicts += 1;
                 if conflicts > MAX_CONFLICTS {
-                    shared.conflicts.with_label_values(&["gave_up"]).inc();
+                    shared
+                        .metrics
+                        .cluster
+                        .publish_conflicts
+                        .with_label_values(&["gave_up"])
+                        .inc();
                     return Err(Failure::Failed(format!(
                         "{MAX_CONFLICTS} conflicts in a row on one thread"
                     )));
                 }
-                shared.conflicts.with_label_values(&["retried"]).inc();
+                shared
+                    .metrics
+                    .cluster
+                    .publish_conflicts
+                    .with_label_values(&["retried"])
+                    .inc();
                 wait_applied(shared, last, deadline)
                     .await
                     .map_err(Failure::Failed)?;
@@ -1086,54 +1094,6 @@ async fn commit_time(shared: &Shared, seq: Seq) -> Result<(Seq, Micros), String>
             .map_err(|e| format!("reading commit {seq}: {e}"))?,
     };
     Ok((seq, at))
-}
-
-/// The node's two cluster counters: publish conflicts and forwarded writes.
-fn counters(
-    metrics: &Metrics,
-) -> anyhow::Result<(prometheus::IntCounterVec, prometheus::IntCounterVec)> {
-    let conflicts = counter_vec(
-        metrics,
-        (
-            "chat_cluster_publish_conflicts_total",
-            "Publishes JetStream refused because another node committed to the thread first (wrong last subject sequence), by what followed: retried after catching up, refused by the order bound decided again, or gave up after too many in a row.",
-        ),
-        "then",
-        &["retried", "refused", "gave_up"],
-    )?;
-    let forwards = counter_vec(
-        metrics,
-        (
-            "chat_cluster_forwarded_writes_total",
-            "Writes this node forwarded to their thread's owner node to publish (see --nats-forward), by the owner's answer: stored, refused (order or numerical bound), undecided (then published here), failed, no_owner (no node took the forward: published here), or no_answer (none within 1 s: published here).",
-        ),
-        "outcome",
-        &[
-            "stored",
-            "refused",
-            "undecided",
-            "failed",
-            "no_owner",
-            "no_answer",
-        ],
-    )?;
-    Ok((conflicts, forwards))
-}
-
-/// A counter with one label, registered on the node's registry with each
-/// of `values` at zero.
-fn counter_vec(
-    metrics: &Metrics,
-    (name, help): (&str, &str),
-    label: &str,
-    values: &[&str],
-) -> anyhow::Result<prometheus::IntCounterVec> {
-    let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label])?;
-    for v in values {
-        c.with_label_values(&[*v]);
-    }
-    metrics.registry.register(Box::new(c.clone()))?;
-    Ok(c)
 }
 
 /// The `kind` label of `chat_nats_publish_errors_total`.

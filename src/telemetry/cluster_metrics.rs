@@ -1,10 +1,12 @@
-//! The cluster's metrics (`chat_nats_*`): what a chat node on a NATS
-//! JetStream stream measures of its publishes and of its consumer.
+//! The cluster's metrics (`chat_nats_*`, `chat_cluster_*`): what a chat
+//! node on a NATS JetStream stream measures of its publishes, its consumer
+//! and the writes it forwards.
 //!
 //! They are registered in every storage mode (at zero outside `nats`), so a
 //! dashboard or rule that names them parses everywhere; they move only on a
 //! node with `--storage nats`.
 
+use super::metrics::{counter_by, register};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Why a publish attempt failed, as the `kind` label says it. Bounded: the
@@ -43,7 +45,28 @@ pub struct ClusterMetrics {
     /// Commit (stored in the stream) → applied by this node, per commit: the
     /// part of the staleness bound the cluster itself uses up.
     pub apply_delay_seconds: Histogram,
+    /// Conflicts on a thread's subject by what followed
+    /// ([`CONFLICT_OUTCOMES`]).
+    pub publish_conflicts: IntCounterVec,
+    /// Writes forwarded to their thread's owner node, by its answer
+    /// ([`FORWARD_OUTCOMES`]).
+    pub forwarded_writes: IntCounterVec,
 }
+
+/// What followed a conflict, as `chat_cluster_publish_conflicts_total`'s
+/// `then` label says it.
+pub const CONFLICT_OUTCOMES: [&str; 3] = ["retried", "refused", "gave_up"];
+
+/// The answers to a forwarded write, as
+/// `chat_cluster_forwarded_writes_total`'s `outcome` label says them.
+pub const FORWARD_OUTCOMES: [&str; 6] = [
+    "stored",
+    "refused",
+    "undecided",
+    "failed",
+    "no_owner",
+    "no_answer",
+];
 
 impl ClusterMetrics {
     pub fn new(r: &Registry) -> Self {
@@ -128,6 +151,24 @@ impl ClusterMetrics {
                 )
                 .expect("valid metric"),
             ),
+            publish_conflicts: counter_by(
+                r,
+                (
+                    "chat_cluster_publish_conflicts_total",
+                    "Publishes JetStream refused because another node committed to the thread first (wrong last subject sequence), by what followed: retried after catching up, refused by a bound decided again, or gave up after too many in a row.",
+                ),
+                "then",
+                &CONFLICT_OUTCOMES,
+            ),
+            forwarded_writes: counter_by(
+                r,
+                (
+                    "chat_cluster_forwarded_writes_total",
+                    "Writes this node forwarded to their thread's owner node to publish (see --nats-forward), by the owner's answer: stored, refused (order or numerical bound), undecided (then published here), failed, no_owner (no node took the forward: published here), or no_answer (none within 1 s: published here).",
+                ),
+                "outcome",
+                &FORWARD_OUTCOMES,
+            ),
         }
     }
 
@@ -135,11 +176,6 @@ impl ClusterMetrics {
     pub fn publish_error(&self, kind: &str) {
         self.publish_errors.with_label_values(&[kind]).inc();
     }
-}
-
-fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
-    r.register(Box::new(m.clone())).expect("unique metric");
-    m
 }
 
 /// Seconds from 0.5 ms to ~8 s: a loopback publish takes about a

@@ -364,7 +364,7 @@ impl StorageMetrics {
 /// `Metrics::new` reads as a list of what is registered.
 type Spec = (&'static str, &'static str);
 
-fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+pub(super) fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
     r.register(Box::new(m.clone())).expect("unique metric");
     m
 }
@@ -375,7 +375,12 @@ fn counter(r: &Registry, (name, help): Spec) -> IntCounter {
 
 /// A counter by one label whose values are known in advance: each starts at
 /// zero, so a rate over it exists before the first event.
-fn counter_by(r: &Registry, (name, help): Spec, label: &str, values: &[&str]) -> IntCounterVec {
+pub(super) fn counter_by(
+    r: &Registry,
+    (name, help): Spec,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
     for v in values {
         c.with_label_values(&[*v]);

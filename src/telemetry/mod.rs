@@ -6,7 +6,7 @@
 //! - [`tracing_setup`]: the log subscriber, its runtime-adjustable filter,
 //!   and the optional OTLP trace pipeline (its gRPC exporter is built in
 //!   `crate::server::otlp`).
-//! - [`cluster_metrics`]: a cluster node's `chat_nats_*` metrics.
+//! - [`cluster_metrics`]: a cluster node's `chat_nats_*` and `chat_cluster_*` metrics.
 //! - [`scheduler_thread`]: the flush scheduler thread's CPU time and
 //!   run-queue wait, read from `/proc` at each scrape.
 

@@ -150,11 +150,21 @@ async fn commit_batch(
             Published::Conflict(last) => {
                 conflicts += 1;
                 if conflicts > MAX_CONFLICTS {
-                    shared.conflicts.with_label_values(&["gave_up"]).inc();
+                    shared
+                        .metrics
+                        .cluster
+                        .publish_conflicts
+                        .with_label_values(&["gave_up"])
+                        .inc();
                     let error = format!("{MAX_CONFLICTS} conflicts in a row on one thread");
                     return fail(outcomes, error);
                 }
-                shared.conflicts.with_label_values(&["retried"]).inc();
+                shared
+                    .metrics
+                    .cluster
+                    .publish_conflicts
+                    .with_label_values(&["retried"])
+                    .inc();
                 if let Err(e) = wait_applied(shared, last, deadline).await {
                     return fail(outcomes, e);
                 }
@@ -232,7 +242,12 @@ fn recheck(
             match refusal {
                 Some(r) => {
                     if after_conflict {
-                        shared.conflicts.with_label_values(&["refused"]).inc();
+                        shared
+                            .metrics
+                            .cluster
+                            .publish_conflicts
+                            .with_label_values(&["refused"])
+                            .inc();
                         lanes.refused_after_conflict(&e.thread);
                     }
                     *outcome = Some(Err(Failure::Refused(r)));

@@ -319,7 +319,9 @@ fn label(a: &Answer) -> &'static str {
 
 fn count(shared: &Shared, outcome: &str, n: usize) {
     shared
-        .forwards
+        .metrics
+        .cluster
+        .forwarded_writes
         .with_label_values(&[outcome])
         .inc_by(n as u64);
 }
