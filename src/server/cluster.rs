@@ -869,12 +869,20 @@ fn overtaken(shared: &Shared, p: &Proposal) -> bool {
 /// must be the earliest admitted of those not decided). `None` for a
 /// forwarded write this node cannot decide.
 fn check_of(lanes: &mut lanes::Lanes, p: &Proposal, forget: bool) -> Option<lanes::Check> {
+    match p.forwarded {
+        Some(after) => lanes.check_forwarded(&p.entry.thread, after, p.origin.client),
+        None => Some(check_local(lanes, p, forget)),
+    }
+}
+
+/// [`check_of`] for a write of this node's own clients.
+fn check_local(lanes: &mut lanes::Lanes, p: &Proposal, forget: bool) -> lanes::Check {
     let e = &p.entry;
     let (admitted_at, client) = (e.seq.saturating_sub(1), p.origin.client);
-    match p.forwarded {
-        Some(after) => lanes.check_forwarded(&e.thread, after, client),
-        None if forget => Some(lanes.check(&e.thread, admitted_at, client)),
-        None => Some(lanes.peek(&e.thread, admitted_at, client)),
+    if forget {
+        lanes.check(&e.thread, admitted_at, client)
+    } else {
+        lanes.peek(&e.thread, admitted_at, client)
     }
 }
 

@@ -138,9 +138,9 @@ impl Floors {
     }
 
     /// The keys of the other nodes whose reports have not expired.
-    pub fn live_keys(&self) -> Vec<String> {
+    pub fn live_keys(&self) -> impl Iterator<Item = &str> {
         let live = self.reports.iter().filter(|(_, (_, at))| self.live(*at));
-        live.map(|(k, _)| k.clone()).collect()
+        live.map(|(k, _)| k.as_str())
     }
 
     /// Reports that still count.

@@ -50,7 +50,7 @@
 //!
 //! [`Lanes::check_forwarded`]: super::lanes::Lanes::check_forwarded
 
-use super::{Failure, Proposal, Reply, Shared, answer, lock, own_writes, settle};
+use super::{Failure, Proposal, Reply, Shared, answer, check_local, lock, own_writes, settle};
 use crate::consistency::{ClientId, Entry, Micros, Rejection, Seq};
 use crate::log::nats::Forward as Which;
 use crate::server::hub::Origin;
@@ -161,9 +161,9 @@ pub(super) fn owner(shared: &Shared, thread: &str) -> Option<String> {
     if !forward {
         return None;
     }
-    let keys = lock(&shared.floors).live_keys();
     let own = shared.key.as_str();
-    let owner = owner_among(keys.iter().map(String::as_str).chain([own]), thread)?;
+    let floors = lock(&shared.floors);
+    let owner = owner_among(floors.live_keys().chain([own]), thread)?;
     (owner != own).then(|| owner.to_owned())
 }
 
@@ -233,12 +233,8 @@ fn request(shared: &Shared, writes: &[Proposal], deadline: tokio::time::Instant)
         let errors: Vec<u64> = writes
             .iter()
             .map(|p| {
-                let e = &p.entry;
-                let (admitted_at, client) = (e.seq.saturating_sub(1), p.origin.client);
-                let check = match after {
-                    None => lanes.check(&e.thread, admitted_at, client),
-                    Some(_) => lanes.peek(&e.thread, admitted_at, client),
-                };
+                // Only this node's own writes are forwarded.
+                let check = check_local(&mut lanes, p, after.is_none());
                 after.get_or_insert(check.last);
                 p.origin.order_error + check.unseen_since
             })
@@ -362,11 +358,19 @@ fn take(shared: &Arc<Shared>, tx: &mpsc::UnboundedSender<Proposal>, m: async_nat
     };
     let thread: Arc<str> = f.thread.into();
     let n = f.writes.len();
-    // This node waits for a forward of the same thread: taking these would
-    // have each node wait for the other until the deadline.
-    let busy = shared
-        .hub
-        .inspect(|_| lock(&shared.lanes).is_forwarding(&thread));
+    // Under the hub lock, like every change to the lanes: unless this node
+    // waits for a forward of the same thread (taking these would have each
+    // node wait for the other until the deadline), they are on their way.
+    let busy = shared.hub.inspect(|e| {
+        let mut lanes = lock(&shared.lanes);
+        let busy = lanes.is_forwarding(&thread);
+        if !busy {
+            for _ in 0..n {
+                lanes.forwarded(&thread, e.head());
+            }
+        }
+        busy
+    });
     if busy {
         reply(shared, reply_to, vec![Answer::Undecided; n]);
         return;
@@ -376,10 +380,6 @@ fn take(shared: &Arc<Shared>, tx: &mpsc::UnboundedSender<Proposal>, m: async_nat
         .unwrap_or_else(tokio::time::Instant::now);
     let mut waits = Vec::new();
     for w in f.writes {
-        // Under the hub lock, like every change to the lanes.
-        shared
-            .hub
-            .inspect(|e| lock(&shared.lanes).forwarded(&thread, e.head()));
         let (reply, rx) = oneshot::channel();
         let p = Proposal {
             entry: Arc::new(Entry {
