@@ -916,12 +916,7 @@ async fn publish_checked(
         }
         let expected = recheck(shared, p, known).inspect_err(|f| {
             if conflicts > 0 && matches!(f, Failure::Refused(_)) {
-                shared
-                    .metrics
-                    .cluster
-                    .publish_conflicts
-                    .with_label_values(&["refused"])
-                    .inc();
+                shared.metrics.cluster.conflict("refused");
                 let thread = &p.entry.thread;
                 let lanes = &shared.lanes;
                 shared
@@ -941,22 +936,12 @@ async fn publish_checked(
             Published::Conflict(last) => {
                 conflicts += 1;
                 if conflicts > MAX_CONFLICTS {
-                    shared
-                        .metrics
-                        .cluster
-                        .publish_conflicts
-                        .with_label_values(&["gave_up"])
-                        .inc();
+                    shared.metrics.cluster.conflict("gave_up");
                     return Err(Failure::Failed(format!(
                         "{MAX_CONFLICTS} conflicts in a row on one thread"
                     )));
                 }
-                shared
-                    .metrics
-                    .cluster
-                    .publish_conflicts
-                    .with_label_values(&["retried"])
-                    .inc();
+                shared.metrics.cluster.conflict("retried");
                 wait_applied(shared, last, deadline)
                     .await
                     .map_err(Failure::Failed)?;

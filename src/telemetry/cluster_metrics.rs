@@ -6,7 +6,7 @@
 //! dashboard or rule that names them parses everywhere; they move only on a
 //! node with `--storage nats`.
 
-use super::metrics::{counter_by, register};
+use super::register::{counter_by, register};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Why a publish attempt failed, as the `kind` label says it. Bounded: the
@@ -81,6 +81,7 @@ impl ClusterMetrics {
         for k in PUBLISH_ERROR_KINDS {
             publish_errors.with_label_values(&[k]);
         }
+        let (publish_conflicts, forwarded_writes) = cluster_counters(r);
         ClusterMetrics {
             publish_seconds: register(
                 r,
@@ -151,25 +152,22 @@ impl ClusterMetrics {
                 )
                 .expect("valid metric"),
             ),
-            publish_conflicts: counter_by(
-                r,
-                (
-                    "chat_cluster_publish_conflicts_total",
-                    "Publishes JetStream refused because another node committed to the thread first (wrong last subject sequence), by what followed: retried after catching up, refused by a bound decided again, or gave up after too many in a row.",
-                ),
-                "then",
-                &CONFLICT_OUTCOMES,
-            ),
-            forwarded_writes: counter_by(
-                r,
-                (
-                    "chat_cluster_forwarded_writes_total",
-                    "Writes this node forwarded to their thread's owner node to publish (see --nats-forward), by the owner's answer: stored, refused (order or numerical bound), undecided (then published here), failed, no_owner (no node took the forward: published here), or no_answer (none within 1 s: published here).",
-                ),
-                "outcome",
-                &FORWARD_OUTCOMES,
-            ),
+            publish_conflicts,
+            forwarded_writes,
         }
+    }
+
+    /// Counts a conflict under what followed it ([`CONFLICT_OUTCOMES`]).
+    pub fn conflict(&self, then: &str) {
+        self.publish_conflicts.with_label_values(&[then]).inc();
+    }
+
+    /// Counts `n` forwarded writes under the owner's answer
+    /// ([`FORWARD_OUTCOMES`]).
+    pub fn forwarded(&self, outcome: &str, n: usize) {
+        self.forwarded_writes
+            .with_label_values(&[outcome])
+            .inc_by(n as u64);
     }
 
     /// Counts a failed publish attempt under its kind.
@@ -182,4 +180,28 @@ impl ClusterMetrics {
 /// millisecond, a leader election several seconds.
 fn buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.0005, 2.0, 15).expect("valid buckets")
+}
+
+/// The cluster's `chat_cluster_*` counters: publish conflicts and
+/// forwarded writes.
+fn cluster_counters(r: &Registry) -> (IntCounterVec, IntCounterVec) {
+    let publish_conflicts = counter_by(
+        r,
+        (
+            "chat_cluster_publish_conflicts_total",
+            "Publishes JetStream refused because another node committed to the thread first (wrong last subject sequence), by what followed: retried after catching up, refused by a bound decided again, or gave up after too many in a row.",
+        ),
+        "then",
+        &CONFLICT_OUTCOMES,
+    );
+    let forwarded_writes = counter_by(
+        r,
+        (
+            "chat_cluster_forwarded_writes_total",
+            "Writes this node forwarded to their thread's owner node to publish (see --nats-forward), by the owner's answer: stored, refused (order or numerical bound), undecided (then published here), failed, no_owner (no node took the forward: published here), or no_answer (none within 1 s: published here).",
+        ),
+        "outcome",
+        &FORWARD_OUTCOMES,
+    );
+    (publish_conflicts, forwarded_writes)
 }

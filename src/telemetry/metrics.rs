@@ -5,6 +5,7 @@
 //! only the top-K laggards carry a `client` label, and it holds the public
 //! handle, never the capability id. `docs/operations.md` lists each metric.
 
+use super::register::{counter_by, register};
 use crate::consistency::{DropReason, Rejection};
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -364,28 +365,8 @@ impl StorageMetrics {
 /// `Metrics::new` reads as a list of what is registered.
 type Spec = (&'static str, &'static str);
 
-pub(super) fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
-    r.register(Box::new(m.clone())).expect("unique metric");
-    m
-}
-
 fn counter(r: &Registry, (name, help): Spec) -> IntCounter {
     register(r, IntCounter::new(name, help).expect("valid metric"))
-}
-
-/// A counter by one label whose values are known in advance: each starts at
-/// zero, so a rate over it exists before the first event.
-pub(super) fn counter_by(
-    r: &Registry,
-    (name, help): Spec,
-    label: &str,
-    values: &[&str],
-) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    for v in values {
-        c.with_label_values(&[*v]);
-    }
-    register(r, c)
 }
 
 fn counter_vec(r: &Registry, (name, help): Spec, labels: &[&str]) -> IntCounterVec {

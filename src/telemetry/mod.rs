@@ -9,9 +9,11 @@
 //! - [`cluster_metrics`]: a cluster node's `chat_nats_*` and `chat_cluster_*` metrics.
 //! - [`scheduler_thread`]: the flush scheduler thread's CPU time and
 //!   run-queue wait, read from `/proc` at each scrape.
+//! - `register`: the registering helpers the metric modules share.
 
 pub mod cluster_metrics;
 pub mod limits;
 pub mod metrics;
+mod register;
 pub mod scheduler_thread;
 pub mod tracing_setup;

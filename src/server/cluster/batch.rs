@@ -150,21 +150,11 @@ async fn commit_batch(
             Published::Conflict(last) => {
                 conflicts += 1;
                 if conflicts > MAX_CONFLICTS {
-                    shared
-                        .metrics
-                        .cluster
-                        .publish_conflicts
-                        .with_label_values(&["gave_up"])
-                        .inc();
+                    shared.metrics.cluster.conflict("gave_up");
                     let error = format!("{MAX_CONFLICTS} conflicts in a row on one thread");
                     return fail(outcomes, error);
                 }
-                shared
-                    .metrics
-                    .cluster
-                    .publish_conflicts
-                    .with_label_values(&["retried"])
-                    .inc();
+                shared.metrics.cluster.conflict("retried");
                 if let Err(e) = wait_applied(shared, last, deadline).await {
                     return fail(outcomes, e);
                 }
@@ -242,12 +232,7 @@ fn recheck(
             match refusal {
                 Some(r) => {
                     if after_conflict {
-                        shared
-                            .metrics
-                            .cluster
-                            .publish_conflicts
-                            .with_label_values(&["refused"])
-                            .inc();
+                        shared.metrics.cluster.conflict("refused");
                         lanes.refused_after_conflict(&e.thread);
                     }
                     *outcome = Some(Err(Failure::Refused(r)));

@@ -195,7 +195,7 @@ pub(super) async fn propose(
     if asked.is_err() && tokio::time::Instant::now() < deadline {
         // Published here with the same `Nats-Msg-Id`s: if the owner stored
         // one after all, the stream keeps it once.
-        count(shared, "no_answer", writes.len());
+        shared.metrics.cluster.forwarded("no_answer", writes.len());
         return writes
             .into_iter()
             .map(|p| Proposal {
@@ -208,7 +208,7 @@ pub(super) async fn propose(
         Ok(Ok(m)) => serde_json::from_slice::<Vec<Answer>>(&m.payload)
             .map_err(|e| format!("a forward's answer that is not one: {e}")),
         Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-            count(shared, "no_owner", writes.len());
+            shared.metrics.cluster.forwarded("no_owner", writes.len());
             return writes;
         }
         Ok(Err(e)) => Err(format!("forwarding to the thread's owner: {e}")),
@@ -273,7 +273,7 @@ fn settle_all(
     let mut local = Vec::new();
     let mut decided = Vec::new();
     for ((p, id), a) in writes.into_iter().zip(ids).zip(answers) {
-        count(shared, label(&a), 1);
+        shared.metrics.cluster.forwarded(label(&a), 1);
         match a {
             Answer::Undecided => local.push(p),
             Answer::Stored(_) => {
@@ -311,15 +311,6 @@ fn label(a: &Answer) -> &'static str {
         Answer::Undecided => "undecided",
         Answer::Failed(_) => "failed",
     }
-}
-
-fn count(shared: &Shared, outcome: &str, n: usize) {
-    shared
-        .metrics
-        .cluster
-        .forwarded_writes
-        .with_label_values(&[outcome])
-        .inc_by(n as u64);
 }
 
 /// Takes the writes other nodes forward to this one and hands them to the
