@@ -421,11 +421,20 @@ def overview():
             timeseries("Consumer lag", "Stream commits each node has not applied yet (probed every 500 ms).",
                        targets(
                 (f"max by (instance) (chat_nats_consumer_lag_messages{{{F}}})", "{{instance}}"),
-            ), width=12),
+            ), width=8),
             timeseries("Ready", "1 while the node can commit (its log answers and it has caught up with the "
                        "stream); /readyz answers 503 while 0.", targets(
                 (f"min by (instance) (chat_storage_healthy{{{F}}})", "{{instance}}"),
-            ), width=12),
+            ), width=8),
+            timeseries("Contended threads", "Conflicts by what followed (retried after catching up, refused "
+                       "by a bound decided again, gave up), and writes forwarded to their thread's owner node "
+                       "by its answer (--nats-forward). no_answer: the owner did not answer within 1 s and the "
+                       "writes were published here, each having waited that second.", targets(
+                (f"sum by (then) (rate(chat_cluster_publish_conflicts_total{{{F}}}[$__rate_interval]))",
+                 "conflict, then {{then}}"),
+                (f"sum by (outcome) (rate(chat_cluster_forwarded_writes_total{{{F}}}[$__rate_interval]))",
+                 "forwarded, {{outcome}}"),
+            ), unit="ops", width=8),
             row("Process"),
             timeseries("CPU", "CPU time used, in cores.", targets(
                 (f"sum by (instance) (rate(process_cpu_seconds_total{{{F}}}[$__rate_interval]))", "{{instance}}"),

@@ -195,6 +195,12 @@ pub(super) async fn propose(
     if asked.is_err() && tokio::time::Instant::now() < deadline {
         // Published here with the same `Nats-Msg-Id`s: if the owner stored
         // one after all, the stream keeps it once.
+        tracing::warn!(
+            owner,
+            thread = %thread,
+            writes = writes.len(),
+            "the thread's owner did not answer a forward within {ANSWER_WITHIN:?}: publishing its writes here"
+        );
         shared.metrics.cluster.forwarded("no_answer", writes.len());
         return writes
             .into_iter()
@@ -219,7 +225,10 @@ pub(super) async fn propose(
         Ok(_) => {
             vec![Answer::Failed("a forward's answer of the wrong length".into()); writes.len()]
         }
-        Err(error) => vec![Answer::Failed(error); writes.len()],
+        Err(error) => {
+            tracing::warn!(owner, thread = %thread, %error, "forwarding to the thread's owner failed");
+            vec![Answer::Failed(error); writes.len()]
+        }
     };
     settle_all(shared, writes, ids, answers)
 }
@@ -320,6 +329,9 @@ pub(super) async fn serve(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Proposa
     loop {
         match shared.client.subscribe(subject.clone()).await {
             Ok(mut requests) => {
+                // Names this node's key, which the other nodes' logs give
+                // for an owner that does not answer.
+                tracing::info!(%subject, "taking writes other nodes forward to this one");
                 while let Some(m) = requests.next().await {
                     take(&shared, &tx, m);
                 }
