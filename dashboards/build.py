@@ -435,6 +435,20 @@ def overview():
                 (f"sum by (outcome) (rate(chat_cluster_forwarded_writes_total{{{F}}}[$__rate_interval]))",
                  "forwarded, {{outcome}}"),
             ), unit="ops", width=8),
+            timeseries("Acknowledgement report age", "Each node reports its clients' lowest acknowledged "
+                       "position every 250 ms for the numerical bound across nodes. own: since this node's "
+                       "report last came back through the bucket; oldest other: the oldest report this node "
+                       "still counts, in bucket time. At 2 s a report expires: its node's clients stop "
+                       "counting.", targets(
+                (f"max by (instance) (chat_cluster_own_ack_report_age_seconds{{{F}}})", "own, {{instance}}"),
+                (f"max by (instance) (chat_cluster_ack_report_age_seconds{{{F}}})",
+                 "oldest other, {{instance}}"),
+            ), unit="s", width=12),
+            timeseries("Other nodes counted", "Other nodes whose acknowledgement reports each node counts "
+                       "(live within the 2 s lease): one less than the cluster's chat nodes when all is well.",
+                       targets(
+                (f"max by (instance) (chat_cluster_ack_reports_live{{{F}}})", "{{instance}}"),
+            ), width=12),
             row("Process"),
             timeseries("CPU", "CPU time used, in cores.", targets(
                 (f"sum by (instance) (rate(process_cpu_seconds_total{{{F}}}[$__rate_interval]))", "{{instance}}"),

@@ -805,9 +805,13 @@ async fn the_numerical_bound_counts_a_slow_acknowledger_on_another_node() {
     .await;
     let next = BOUND as i64 + 4;
     assert_eq!(plain_writes(&mut w, wid, next, 1).await, [ok]);
-    // Node b dies: its report expires with the lease and no longer counts.
+    // Node b dies: its report ages past a second (the panel and alert
+    // show it), then expires with the lease and no longer counts.
+    assert!(gauge(&a, "chat_cluster_ack_report_age_seconds").await < 1);
     drop(b.take());
+    gauge_when(&a, "chat_cluster_ack_report_age_seconds", |v| v >= 1).await;
     gauge_when(&a, "chat_cluster_ack_reports_live", |v| v == 0).await;
+    assert!(gauge(&a, "chat_cluster_own_ack_report_age_seconds").await < 1);
     let codes = plain_writes(&mut w, wid, next + 1, 2 * BOUND as i64).await;
     assert!(codes.iter().all(|&c| c == ok), "{codes:?}");
 }

@@ -64,6 +64,8 @@ pub(crate) struct Floors {
     clock: Duration,
     /// When this node last heard from the bucket.
     heard: Option<Instant>,
+    /// When this node's own report last came back through the bucket.
+    own_heard: Option<Instant>,
     /// Per thread, its commits above the cluster's lowest position.
     commits: HashMap<Arc<str>, VecDeque<Seq>>,
 }
@@ -131,6 +133,32 @@ impl Floors {
         self.heard = Some(self.heard.map_or(now, |h| h.max(now)));
     }
 
+    /// This node's own report came back at `now`.
+    fn own_report(&mut self, now: Instant) {
+        self.heard(now);
+        self.own_heard = Some(self.own_heard.map_or(now, |h| h.max(now)));
+    }
+
+    /// How long ago this node's own report last came back (`None`: never).
+    /// The other nodes keep counting its clients for [`LEASE`] of their
+    /// bucket time after it; past that, those that hear from the bucket
+    /// no longer do.
+    pub fn own_report_age(&self, now: Instant) -> Option<Duration> {
+        self.own_heard.map(|h| now.saturating_duration_since(h))
+    }
+
+    /// The bucket-time age of the oldest other node's report that still
+    /// counts (zero when none does): about [`REPORT_EVERY`] while every
+    /// node reports; it expires at [`LEASE`].
+    pub fn oldest_report_age(&self) -> Duration {
+        self.reports
+            .values()
+            .filter(|(_, at)| self.live(*at))
+            .map(|(_, at)| self.clock.saturating_sub(*at))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// A node removed its report (it stopped cleanly): its clients are gone.
     fn removed(&mut self, key: &str, now: Instant) {
         self.reports.remove(key);
@@ -156,10 +184,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `chat_cluster_ack_reports_live` and `chat_cluster_lowest_ack_position`.
+/// The reports' gauges: `chat_cluster_ack_reports_live`,
+/// `chat_cluster_lowest_ack_position` and the reports' ages.
 pub(crate) struct Gauges {
     pub live: prometheus::IntGauge,
     pub lowest: prometheus::IntGauge,
+    pub oldest_age: prometheus::Gauge,
+    pub own_age: prometheus::Gauge,
 }
 
 impl Gauges {
@@ -173,10 +204,30 @@ impl Gauges {
                 "chat_cluster_lowest_ack_position",
                 "The lowest acknowledged position over the active clients of every node (this one and the live reports); -1 when no client is active anywhere.",
             )?,
+            oldest_age: prometheus::Gauge::new(
+                "chat_cluster_ack_report_age_seconds",
+                "Age of the oldest other node's acknowledgement report that still counts, in bucket time (time this node heard from the reports bucket): about 0.25 s while every node reports; a report expires at 2 s and its node's clients stop counting. 0 when no other node's report counts.",
+            )?,
+            own_age: prometheus::Gauge::new(
+                "chat_cluster_own_ack_report_age_seconds",
+                "Time since this node's own acknowledgement report last came back through the reports bucket (since start, before the first): about 0.25 s normally. Past 2 s, other nodes that still hear from the bucket stop counting this node's clients for the numerical bound.",
+            )?,
         };
         registry.register(Box::new(g.live.clone()))?;
         registry.register(Box::new(g.lowest.clone()))?;
+        registry.register(Box::new(g.oldest_age.clone()))?;
+        registry.register(Box::new(g.own_age.clone()))?;
         Ok(g)
+    }
+
+    /// Sets every gauge from `f`; `started`: when this node began reporting.
+    fn set(&self, f: &Floors, floor: Option<Seq>, started: Instant) {
+        let now = Instant::now();
+        self.live.set(f.live_reports() as i64);
+        self.lowest.set(floor.map_or(-1, |p| p as i64));
+        self.oldest_age.set(f.oldest_report_age().as_secs_f64());
+        let own = f.own_report_age(now).unwrap_or(now - started);
+        self.own_age.set(own.as_secs_f64());
     }
 }
 
@@ -233,14 +284,15 @@ async fn report_loop(
 ) {
     // The last report put, and when.
     let mut reported: Option<(Option<Seq>, Instant)> = None;
+    let started = Instant::now();
+    let mut failing = false;
     loop {
         let lowest = hub.inspect(|e| {
             let local = e.lowest_active_ack();
             let mut f = lock(&floors);
             let floor = f.lowest(local);
             f.trim(floor);
-            gauges.live.set(f.live_reports() as i64);
-            gauges.lowest.set(floor.map_or(-1, |p| p as i64));
+            gauges.set(&f, floor, started);
             local
         });
         let due =
@@ -251,13 +303,32 @@ async fn report_loop(
                 node: node.clone(),
                 lowest,
             };
-            if let Ok(json) = serde_json::to_vec(&report)
-                && let Err(e) = store.put(&key, json.into()).await
-            {
-                tracing::debug!(error = %e, "reporting the lowest acknowledged position");
+            if let Ok(json) = serde_json::to_vec(&report) {
+                let put = store.put(&key, json.into()).await;
+                failing = logged_put(put.map(|_| ()), failing);
             }
         }
         tokio::time::sleep(REPORT_MOVED_WITHIN).await;
+    }
+}
+
+/// Logs the first failed put of a run and the first that goes through
+/// after; returns whether puts are failing now.
+fn logged_put<E: std::fmt::Display>(put: Result<(), E>, failing: bool) -> bool {
+    match put {
+        Err(e) if !failing => {
+            tracing::warn!(
+                error = %e,
+                "reporting the lowest acknowledged position failed: past the {LEASE:?} lease, other nodes stop counting this node's clients"
+            );
+            true
+        }
+        Err(_) => true,
+        Ok(()) if failing => {
+            tracing::info!("acknowledgement reports go through again");
+            false
+        }
+        Ok(()) => false,
     }
 }
 
@@ -297,7 +368,7 @@ async fn watch_loop(store: kv::Store, own: String, floors: Arc<Mutex<Floors>>) {
 fn record(floors: &Mutex<Floors>, own: &str, e: &kv::Entry) {
     let now = Instant::now();
     if e.key == own {
-        lock(floors).heard(now);
+        lock(floors).own_report(now);
         return;
     }
     if e.operation != kv::Operation::Put {
@@ -320,7 +391,7 @@ mod tests {
         let mut t = from;
         while t < from + span {
             t += REPORT_EVERY;
-            f.heard(t);
+            f.own_report(t);
         }
         t
     }
@@ -356,13 +427,42 @@ mod tests {
         let t = own_reports(&mut f, t0, REPORT_EVERY);
         let back = t + Duration::from_secs(10);
         // This node's own report comes back first after the outage.
-        f.heard(back);
+        f.own_report(back);
         assert_eq!(f.lowest(Some(9)), Some(5));
         assert_eq!(f.live_reports(), 1);
         // "a" reports again within the lease of bucket time.
         let t = own_reports(&mut f, back, LEASE / 2);
         f.report("a", Some(6), t);
         assert_eq!(f.lowest(Some(9)), Some(6));
+    }
+
+    #[test]
+    fn report_ages_follow_the_bucket_and_this_nodes_own_report() {
+        let t0 = Instant::now();
+        let mut f = Floors::default();
+        assert_eq!(f.own_report_age(t0), None);
+        assert_eq!(f.oldest_report_age(), Duration::ZERO);
+        f.own_report(t0);
+        f.report("a", Some(5), t0);
+        f.report("b", Some(6), t0);
+        // "b" keeps reporting, "a" stops; this node's own puts stop coming
+        // back after the first.
+        let mut t = t0;
+        for _ in 0..4 {
+            t += REPORT_EVERY;
+            f.report("b", Some(6), t);
+        }
+        assert_eq!(f.oldest_report_age(), REPORT_EVERY * 4);
+        assert_eq!(f.own_report_age(t), Some(REPORT_EVERY * 4));
+        // Past the lease "a" no longer counts, nor does its age.
+        for _ in 0..8 {
+            t += REPORT_EVERY;
+            f.report("b", Some(6), t);
+        }
+        assert_eq!(f.live_reports(), 1);
+        assert_eq!(f.oldest_report_age(), Duration::ZERO);
+        f.own_report(t);
+        assert_eq!(f.own_report_age(t + REPORT_EVERY), Some(REPORT_EVERY));
     }
 
     #[test]
