@@ -214,33 +214,13 @@ pub async fn open(
         .timeout(o.timeout)
         .build(client.clone());
     let replicas = nats::replicas(o, &client);
-    let want = nats::wanted_config(o, replicas, config.retention);
-    let info = nats::ensure_stream(&admin_js, want).await?;
-    let stream = admin_js
-        .get_stream(&o.stream)
-        .await
-        .context("opening the stream")?;
-    let (head, first) = (info.state.last_sequence, info.state.first_sequence);
-    let history = config.settings.history as Seq;
-    let start = first
-        .max(head.saturating_sub(history.saturating_sub(1)))
-        .max(1);
-    let mut messages = open_first_consumer(&stream, start).await?;
-    // Nothing to read if retention or a purge removed everything up to head.
-    let recent = if start <= head {
-        read_history(&mut messages, head, o.timeout).await?
-    } else {
-        Vec::new()
-    };
-    tracing::info!(
-        storage = "nats",
-        stream = %o.stream,
-        node = %o.node_name,
-        replicas = info.config.num_replicas,
+    let Joined {
+        stream,
+        info,
         head,
-        history = recent.len(),
-        "joined the cluster's stream"
-    );
+        recent,
+        messages,
+    } = join(config, &admin_js, replicas).await?;
     let last_time = recent.last().map_or(Micros(0), |e| e.commit_time);
     let engine = Engine::new(config.settings.clone(), head, recent);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -288,6 +268,60 @@ pub async fn open(
     ];
     handles.extend(shared_tasks.into_iter().map(|t| spawn_until(&stop, t)));
     Ok((hub, Tasks { stop, handles }))
+}
+
+/// The stream as a node joins it: its history and a consumer from there on.
+struct Joined {
+    stream: jetstream::stream::Stream,
+    info: jetstream::stream::Info,
+    head: Seq,
+    /// The last `--history` commits.
+    recent: Vec<Entry>,
+    messages: consumer::pull::Ordered,
+}
+
+/// Creates or checks the stream, reads its history and opens the consumer
+/// that goes on from its head.
+async fn join(
+    config: &super::Config,
+    admin_js: &jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<Joined> {
+    let o = &config.nats;
+    let want = nats::wanted_config(o, replicas, config.retention);
+    let info = nats::ensure_stream(admin_js, want).await?;
+    let stream = admin_js
+        .get_stream(&o.stream)
+        .await
+        .context("opening the stream")?;
+    let (head, first) = (info.state.last_sequence, info.state.first_sequence);
+    let history = config.settings.history as Seq;
+    let start = first
+        .max(head.saturating_sub(history.saturating_sub(1)))
+        .max(1);
+    let mut messages = open_first_consumer(&stream, start).await?;
+    // Nothing to read if retention or a purge removed everything up to head.
+    let recent = if start <= head {
+        read_history(&mut messages, head, o.timeout).await?
+    } else {
+        Vec::new()
+    };
+    tracing::info!(
+        storage = "nats",
+        stream = %o.stream,
+        node = %o.node_name,
+        replicas = info.config.num_replicas,
+        head,
+        history = recent.len(),
+        "joined the cluster's stream"
+    );
+    Ok(Joined {
+        stream,
+        info,
+        head,
+        recent,
+        messages,
+    })
 }
 
 /// How many writes of a thread this node publishes at once: atomic batches

@@ -430,12 +430,11 @@ impl Hub {
             order_error: 0,
         };
         let (submitted, tier) = self.with_engine(|g| {
-            let (mut committed, mut stored) = (None, None);
             let (mut decision, entry) = g.engine.submit(sub, now);
             let tier = decision
                 .order_error
                 .map(|_| g.engine.settings().bounds.tier(&thread));
-            let durable = match entry {
+            let (durable, committed, stored) = match entry {
                 // A retry whose original is still pending waits for it too:
                 // its OK must not come before the original is stored.
                 None => match decision.verdict {
@@ -444,46 +443,11 @@ impl Hub {
                     } if seq > g.engine.durable() => {
                         let (tx, rx) = oneshot::channel();
                         g.retry_waiters.push((seq, tx));
-                        Some(rx)
+                        (Some(rx), None, None)
                     }
-                    _ => None,
+                    _ => (None, None, None),
                 },
-                Some(e) => match &mut g.sink {
-                    Sink::Immediate(log) => {
-                        if let Err(err) = log.append(std::slice::from_ref(&e)) {
-                            tracing::error!(seq = e.seq, error = %err.report(), "log append failed");
-                            g.engine.discard_pending();
-                            decision.verdict = Verdict::Rejected {
-                                reason: Rejection::Internal,
-                                at: now,
-                            };
-                        } else {
-                            g.engine.mark_durable(e.seq);
-                        }
-                        None
-                    }
-                    Sink::Writer => {
-                        let (tx, rx) = oneshot::channel();
-                        g.queue.entries.push(e);
-                        g.queue.waiters.push(tx);
-                        if g.writer_idle {
-                            g.writer_idle = false;
-                            self.work.notify_one();
-                        }
-                        Some(rx)
-                    }
-                    Sink::Shared(log) => {
-                        // It enters the engine when the log delivers it.
-                        g.engine.discard_pending();
-                        let origin = Origin {
-                            order_error: decision.order_error.unwrap_or(0),
-                            ..origin
-                        };
-                        let (c, s) = log.propose(e, origin);
-                        (committed, stored) = (Some(c), Some(s));
-                        None
-                    }
-                },
+                Some(e) => self.hand_over(g, e, &mut decision, origin, now),
             };
             (
                 Submitted {
@@ -504,6 +468,58 @@ impl Hub {
         self.count_decision(&submitted, tier, origin.client);
         self.take_over_late_poll(now);
         submitted
+    }
+
+    /// Hands a message `submit` committed to the sink: durable before
+    /// visible, so its OK waits for the log (`Sink::Immediate` stores it
+    /// here). Returns what the OK waits on.
+    fn hand_over(
+        &self,
+        g: &mut Inner,
+        e: Arc<Entry>,
+        decision: &mut Decision,
+        origin: Origin,
+        now: Micros,
+    ) -> (
+        Option<Outcome>,
+        Option<Committed>,
+        Option<watch::Receiver<bool>>,
+    ) {
+        match &mut g.sink {
+            Sink::Immediate(log) => {
+                if let Err(err) = log.append(std::slice::from_ref(&e)) {
+                    tracing::error!(seq = e.seq, error = %err.report(), "log append failed");
+                    g.engine.discard_pending();
+                    decision.verdict = Verdict::Rejected {
+                        reason: Rejection::Internal,
+                        at: now,
+                    };
+                } else {
+                    g.engine.mark_durable(e.seq);
+                }
+                (None, None, None)
+            }
+            Sink::Writer => {
+                let (tx, rx) = oneshot::channel();
+                g.queue.entries.push(e);
+                g.queue.waiters.push(tx);
+                if g.writer_idle {
+                    g.writer_idle = false;
+                    self.work.notify_one();
+                }
+                (Some(rx), None, None)
+            }
+            Sink::Shared(log) => {
+                // It enters the engine when the log delivers it.
+                g.engine.discard_pending();
+                let origin = Origin {
+                    order_error: decision.order_error.unwrap_or(0),
+                    ..origin
+                };
+                let (c, s) = log.propose(e, origin);
+                (None, Some(c), Some(s))
+            }
+        }
     }
 
     /// Counts a decision of `submit` in the metrics (a pending one is
