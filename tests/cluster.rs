@@ -1047,3 +1047,65 @@ async fn history_of(url: &str, n: usize) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The servers' users: `chat` may do anything; `mute` may not publish to
+/// the acknowledgement reports bucket, like a NATS account missing that
+/// permission.
+const USERS: &str = r#"    { user: "chat", password: "chat-pw" }
+    { user: "mute", password: "mute-pw", permissions: { publish: { deny: ["$KV.CHAT_acks.>"] } } }"#;
+
+/// The status a subscription's stream ends with (10 s at most).
+async fn stream_end(sub: &mut dyconit_chat::client::Subscription) -> tonic::Status {
+    let start = std::time::Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the stream stays open"
+        );
+        match sub.next_within(Duration::from_secs(1)).await {
+            Some(Err(status)) => return status,
+            Some(Ok(_)) => continue,
+            None => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_node_whose_reports_do_not_reach_the_others_ends_its_streams_and_is_not_ready() {
+    let cluster = NatsCluster::start_with_users(1, USERS, ("chat", "chat-pw")).await;
+    // Alone, the mute node leaves no one uncounted: it serves.
+    let mute = ["--nats-user", "mute", "--nats-password", "mute-pw"];
+    let b = node(&cluster, "b", &mute).await;
+    let reader = ChatClient::connect(&b.url, Some("reader")).await.unwrap();
+    let mut sub = reader.subscribe().await.unwrap();
+    common::first_update(&mut sub).await;
+    // Node a joins: its reports reach b, b's never reach a, so a does not
+    // count b's reader. b ends the stream rather than leave it uncounted.
+    let a = node(
+        &cluster,
+        "a",
+        &["--nats-user", "chat", "--nats-password", "chat-pw"],
+    )
+    .await;
+    let end = stream_end(&mut sub).await;
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("acknowledgement reports"), "{end:?}");
+    assert_eq!(gauge(&a, "chat_cluster_ack_reports_live").await, 0);
+    let dropped = "chat_clients_dropped_total{reason=\"unreported\"}";
+    assert_eq!(gauge(&b, dropped).await, 1);
+    let (code, body) = common::http(admin_addr(&b), "GET", "/readyz", None, None).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("left out of the cluster"), "{body}");
+    // No new stream on b; a serves.
+    let again = ChatClient::connect(&b.url, Some("again")).await.unwrap();
+    match again.subscribe().await {
+        Err(dyconit_chat::client::ClientError::Rpc(s)) => {
+            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}")
+        }
+        other => panic!("a stream on b: {:?}", other.err()),
+    }
+    let on_a = ChatClient::connect(&a.url, Some("moved")).await.unwrap();
+    let mut sub = on_a.subscribe().await.unwrap();
+    common::first_update(&mut sub).await;
+}

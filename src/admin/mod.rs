@@ -6,8 +6,8 @@
 //!   binary (`app.js`, `style.css`, `favicon.svg`).
 //! - `GET /healthz` — 200 while the process serves (text).
 //! - `GET /readyz` — 200 once serving with a healthy message log; 503 while
-//!   starting or draining, or while the log fails to store (text, with the
-//!   storage error).
+//!   starting or draining, while the log fails to store (text, with the
+//!   storage error), or while a cluster node is left out of the cluster.
 //! - `GET /metrics` — Prometheus text format.
 //! - `GET /api/v1/bounds` — default bounds, per-thread overrides, recent changes.
 //! - `PUT /api/v1/bounds/default` — change fields of the default bounds.
@@ -143,15 +143,21 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Ready = serving and the message log stores.
+/// Ready = serving, the message log stores, and (a cluster node) the other
+/// nodes count this one's clients.
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
     if !s.ready.get() {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
     } else if !s.storage.is_healthy() {
         let why = s.storage.last_error().unwrap_or_default();
+        let what = if s.storage.is_excluded() {
+            "left out of the cluster"
+        } else {
+            "storage failing"
+        };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: storage failing: {why}\n"),
+            format!("not ready: {what}: {why}\n"),
         )
     } else {
         (StatusCode::OK, "ready\n".into())

@@ -69,17 +69,21 @@ pub enum DropReason {
     /// Far behind in some thread with an Update unacknowledged for longer
     /// than `ack_timeout` (see [`super::limits::is_laggard`]).
     Laggard,
+    /// A cluster node's acknowledgement reports stopped reaching the other
+    /// nodes, which then no longer count its clients.
+    Unreported,
 }
 
 impl DropReason {
     /// Every reason, in the order metrics list them.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::AckTimeout,
         DropReason::NeverStreamed,
         DropReason::SlowConsumer,
         DropReason::StreamClosed,
         DropReason::Shutdown,
         DropReason::Laggard,
+        DropReason::Unreported,
     ];
 
     /// The reason label used in metrics and logs.
@@ -91,6 +95,7 @@ impl DropReason {
             DropReason::StreamClosed => "stream_closed",
             DropReason::Shutdown => "shutdown",
             DropReason::Laggard => "laggard",
+            DropReason::Unreported => "unreported",
         }
     }
 }

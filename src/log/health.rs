@@ -34,6 +34,10 @@ pub struct StorageHealth {
     pub maintenance_errors_total: AtomicU64,
     /// The most recent storage error, for `/readyz` and operators.
     pub last_error: Mutex<Option<String>>,
+    /// Set while a cluster node is left out by the other nodes (its
+    /// acknowledgement reports do not reach them): not ready then, however
+    /// well the log itself answers.
+    pub excluded: AtomicBool,
 }
 
 impl Default for StorageHealth {
@@ -49,13 +53,27 @@ impl Default for StorageHealth {
             retention_deleted_total: AtomicU64::new(0),
             maintenance_errors_total: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            excluded: AtomicBool::new(false),
         }
     }
 }
 
 impl StorageHealth {
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
+        self.healthy.load(Ordering::SeqCst) && !self.excluded.load(Ordering::SeqCst)
+    }
+
+    /// Whether the node is left out of its cluster.
+    pub fn is_excluded(&self) -> bool {
+        self.excluded.load(Ordering::SeqCst)
+    }
+
+    /// Leaves the node out (`Some(why)`) or lets it back in (`None`).
+    pub fn set_excluded(&self, why: Option<&str>) {
+        if let Some(why) = why {
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_owned());
+        }
+        self.excluded.store(why.is_some(), Ordering::SeqCst);
     }
 
     /// The most recent storage error, if any.

@@ -350,7 +350,8 @@ async fn share(
     let (stream, node, hub) = (&o.stream, &o.node_name, &shared.hub);
     let mut tasks = shared_bounds::open(js, stream, node, replicas, hub).await?;
     let own = (node.as_str(), shared.key.as_str());
-    tasks.extend(acks::open(js, stream, own, replicas, hub, &shared.floors, gauges).await?);
+    let node = (hub, &shared.health);
+    tasks.extend(acks::open(js, stream, own, replicas, node, &shared.floors, gauges).await?);
     Ok(tasks)
 }
 

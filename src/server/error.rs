@@ -26,7 +26,15 @@ pub enum HubError {
     /// The server removed the client; its stream ends with this.
     #[error("{}", dropped_text(*.0))]
     Dropped(DropReason),
+    /// A cluster node the other nodes do not count: no new streams.
+    #[error("{UNREPORTED}")]
+    Unreported,
 }
+
+/// Why a cluster node whose acknowledgement reports do not reach the other
+/// nodes serves no stream.
+const UNREPORTED: &str = "this node's acknowledgement reports do not reach the other chat nodes, \
+     which do not count its clients: connect to another node";
 
 /// What a dropped client is told.
 fn dropped_text(reason: DropReason) -> &'static str {
@@ -39,6 +47,7 @@ fn dropped_text(reason: DropReason) -> &'static str {
             "laggard: a thread's numerical bound of messages unacknowledged for longer than \
              the acknowledgement timeout (acknowledge every Update as it arrives)"
         }
+        DropReason::Unreported => UNREPORTED,
     }
 }
 

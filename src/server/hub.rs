@@ -133,6 +133,9 @@ struct Inner {
     outboxes: HashMap<ClientId, Arc<Outbox>>,
     /// Set once shutdown began: no new clients or streams.
     draining: bool,
+    /// Set while the other nodes of a cluster do not count this node's
+    /// clients (its acknowledgement reports do not reach them): no streams.
+    excluded: bool,
     /// How accepted messages are stored.
     sink: Sink,
     /// Accepted messages the writer has not taken yet (`Sink::Writer`).
@@ -234,6 +237,7 @@ impl Hub {
                 engine,
                 outboxes: HashMap::new(),
                 draining: false,
+                excluded: false,
                 sink,
                 queue: Queue::default(),
                 retry_waiters: Vec::new(),
@@ -370,6 +374,9 @@ impl Hub {
         self.with_engine(|g| {
             if g.draining {
                 return Err(HubError::ShuttingDown);
+            }
+            if g.excluded {
+                return Err(HubError::Unreported);
             }
             let batches = g.engine.start_stream(id, now)?;
             // The history may be split into several Updates; all of them
@@ -854,6 +861,35 @@ impl Hub {
             _ = tokio::time::sleep(self.clock.until(until)) => {}
             _ = self.wake.notified() => {}
         }
+    }
+
+    /// Leaves this node out of a cluster (`true`), ending every stream with
+    /// [`DropReason::Unreported`] and refusing new ones, or lets it back in.
+    /// The other nodes no longer count its clients for the numerical bound,
+    /// so they may commit past it for them; served by a node that counts
+    /// them, they are counted again.
+    pub fn set_excluded(&self, excluded: bool) {
+        let _order = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        let work = {
+            let mut g = self.lock();
+            if g.excluded == excluded {
+                return;
+            }
+            g.excluded = excluded;
+            let streaming: Vec<ClientId> = if excluded {
+                g.outboxes.keys().copied().collect()
+            } else {
+                Vec::new()
+            };
+            let mut work = Deliveries::default();
+            for id in streaming {
+                g.engine.remove(id);
+                let outbox = g.outboxes.remove(&id);
+                work.dropped.push((id, outbox, DropReason::Unreported));
+            }
+            work
+        };
+        self.deliver(work);
     }
 
     /// Shutdown: refuse new clients, flush every pending message, and end

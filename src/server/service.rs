@@ -261,7 +261,7 @@ impl From<HubError> for Status {
     fn from(e: HubError) -> Self {
         let message = e.to_string();
         match e {
-            HubError::ShuttingDown => Status::unavailable(message),
+            HubError::ShuttingDown | HubError::Unreported => Status::unavailable(message),
             HubError::UnknownClient => Status::not_found(message),
             HubError::AlreadyStreaming => Status::already_exists(message),
             HubError::BadAcknowledgement(_) => Status::invalid_argument(message),

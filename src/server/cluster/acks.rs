@@ -14,8 +14,14 @@
 //! truth: it can only over-count. See `docs/cluster.md` for the one case
 //! that under-counts (a client that becomes active, until its node's next
 //! report).
+//!
+//! A node whose own report stops coming back while the other nodes' still
+//! do is about to be taken for gone by them; it leaves itself out first
+//! (ends its streams, refuses new ones, not ready) rather than keep clients
+//! nobody else counts, and lets itself back in when its report returns.
 
 use crate::consistency::Seq;
+use crate::log::StorageHealth;
 use crate::log::nats;
 use crate::server::hub::Hub;
 use async_nats::jetstream::{self, kv};
@@ -41,6 +47,14 @@ const REPORT_MOVED_WITHIN: Duration = Duration::from_millis(10);
 /// reports: a node's NATS connection may hiccup without its clients
 /// dropping out of everyone's count.
 pub(crate) const LEASE: Duration = Duration::from_secs(2);
+/// A node whose own report has not come back while the bucket went on for
+/// this long takes itself for left out: the other nodes, whose bucket time
+/// runs with its own, drop its report at [`LEASE`].
+const LEFT_OUT_AFTER: Duration = LEASE.saturating_sub(REPORT_EVERY);
+/// A put that takes longer is given up and made again: one lost in a
+/// leader election would otherwise hold the next report back for the
+/// whole request timeout, past the lease.
+const PUT_WITHIN: Duration = Duration::from_millis(500);
 
 /// A report in the bucket.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -66,6 +80,8 @@ pub(crate) struct Floors {
     heard: Option<Instant>,
     /// When this node's own report last came back through the bucket.
     own_heard: Option<Instant>,
+    /// The bucket's time then (zero before the first).
+    own_at: Duration,
     /// Per thread, its commits above the cluster's lowest position.
     commits: HashMap<Arc<str>, VecDeque<Seq>>,
 }
@@ -137,6 +153,14 @@ impl Floors {
     fn own_report(&mut self, now: Instant) {
         self.heard(now);
         self.own_heard = Some(self.own_heard.map_or(now, |h| h.max(now)));
+        self.own_at = self.clock;
+    }
+
+    /// Whether the other nodes may have dropped this node's report: the
+    /// bucket went on (their reports kept coming) for [`LEFT_OUT_AFTER`]
+    /// without it. A bucket silent for everyone leaves nobody out.
+    pub fn left_out(&self) -> bool {
+        self.clock.saturating_sub(self.own_at) >= LEFT_OUT_AFTER
     }
 
     /// How long ago this node's own report last came back (`None`: never).
@@ -210,7 +234,7 @@ impl Gauges {
             )?,
             own_age: prometheus::Gauge::new(
                 "chat_cluster_own_ack_report_age_seconds",
-                "Time since this node's own acknowledgement report last came back through the reports bucket (since start, before the first): about 0.25 s normally. Past 2 s, other nodes that still hear from the bucket stop counting this node's clients for the numerical bound.",
+                "Time since this node's own acknowledgement report last came back through the reports bucket (since start, before the first): about 0.25 s normally. Past 2 s, other nodes that still hear from the bucket stop counting this node's clients for the numerical bound; a node that hears them leaves itself out at 1.75 s (ends its streams, not ready).",
             )?,
         };
         registry.register(Box::new(g.live.clone()))?;
@@ -240,7 +264,7 @@ pub(crate) async fn open(
     stream: &str,
     (node, key): (&str, &str),
     replicas: usize,
-    hub: &Arc<Hub>,
+    (hub, health): (&Arc<Hub>, &Arc<StorageHealth>),
     floors: &Arc<Mutex<Floors>>,
     gauges: Gauges,
 ) -> anyhow::Result<Vec<Task>> {
@@ -260,55 +284,94 @@ pub(crate) async fn open(
     .await?;
     let key = key.to_owned();
     Ok(vec![
-        Box::pin(report_loop(
-            store.clone(),
-            key.clone(),
-            node.to_owned(),
-            hub.clone(),
-            floors.clone(),
-            gauges,
-        )),
+        Box::pin(
+            Reporter {
+                store: store.clone(),
+                key: key.clone(),
+                node: node.to_owned(),
+                hub: hub.clone(),
+                health: health.clone(),
+                floors: floors.clone(),
+                gauges,
+            }
+            .run(),
+        ),
         Box::pin(watch_loop(store, key, floors.clone())),
     ])
 }
 
 /// Reports this node's lowest acknowledged position, and trims the commits
-/// nobody counts any more.
-async fn report_loop(
+/// nobody counts any more; leaves the node out while the other nodes may
+/// no longer count its clients.
+struct Reporter {
     store: kv::Store,
     key: String,
     node: String,
     hub: Arc<Hub>,
+    health: Arc<StorageHealth>,
     floors: Arc<Mutex<Floors>>,
     gauges: Gauges,
-) {
-    // The last report put, and when.
-    let mut reported: Option<(Option<Seq>, Instant)> = None;
-    let started = Instant::now();
-    let mut failing = false;
-    loop {
-        let lowest = hub.inspect(|e| {
-            let local = e.lowest_active_ack();
-            let mut f = lock(&floors);
-            let floor = f.lowest(local);
-            f.trim(floor);
-            gauges.set(&f, floor, started);
-            local
-        });
-        let due =
-            reported.is_none_or(|(before, at)| before != lowest || at.elapsed() >= REPORT_EVERY);
-        if due {
-            reported = Some((lowest, Instant::now()));
-            let report = Report {
-                node: node.clone(),
-                lowest,
-            };
-            if let Ok(json) = serde_json::to_vec(&report) {
-                let put = store.put(&key, json.into()).await;
-                failing = logged_put(put.map(|_| ()), failing);
+}
+
+impl Reporter {
+    async fn run(self) {
+        // The last report put, and when.
+        let mut reported: Option<(Option<Seq>, Instant)> = None;
+        let started = Instant::now();
+        let (mut failing, mut left_out) = (false, false);
+        loop {
+            let (lowest, out) = self.hub.inspect(|e| {
+                let local = e.lowest_active_ack();
+                let mut f = lock(&self.floors);
+                let floor = f.lowest(local);
+                f.trim(floor);
+                self.gauges.set(&f, floor, started);
+                (local, f.left_out())
+            });
+            if out != left_out {
+                left_out = out;
+                self.leave_out(out);
             }
+            let due = reported
+                .is_none_or(|(before, at)| before != lowest || at.elapsed() >= REPORT_EVERY);
+            if due {
+                reported = Some((lowest, Instant::now()));
+                failing = logged_put(self.put(lowest).await, failing);
+            }
+            tokio::time::sleep(REPORT_MOVED_WITHIN).await;
         }
-        tokio::time::sleep(REPORT_MOVED_WITHIN).await;
+    }
+
+    async fn put(&self, lowest: Option<Seq>) -> Result<(), String> {
+        let report = Report {
+            node: self.node.clone(),
+            lowest,
+        };
+        let json = serde_json::to_vec(&report).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(PUT_WITHIN, self.store.put(&self.key, json.into())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {PUT_WITHIN:?}")),
+        }
+    }
+
+    /// Ends this node's streams and takes no new ones (not ready) while
+    /// the other nodes may not count its clients: writes through them
+    /// could leave those clients past the numerical bound. A node that
+    /// counts them serves them instead (clients move on `UNAVAILABLE`).
+    fn leave_out(&self, out: bool) {
+        if out {
+            tracing::error!(
+                "this node's acknowledgement reports have not come back for {LEFT_OUT_AFTER:?} while other nodes' did: they no longer count its clients, so it ends their streams and takes no new ones until its reports go through"
+            );
+            self.health.set_excluded(Some(
+                "acknowledgement reports do not reach the other chat nodes",
+            ));
+        } else {
+            tracing::info!("this node's acknowledgement reports come back again: taking streams");
+            self.health.set_excluded(None);
+        }
+        self.hub.set_excluded(out);
     }
 }
 
@@ -463,6 +526,29 @@ mod tests {
         assert_eq!(f.oldest_report_age(), Duration::ZERO);
         f.own_report(t);
         assert_eq!(f.own_report_age(t + REPORT_EVERY), Some(REPORT_EVERY));
+    }
+
+    #[test]
+    fn a_node_whose_own_report_stops_coming_back_while_others_do_is_left_out() {
+        let t0 = Instant::now();
+        let mut f = Floors::default();
+        f.own_report(t0);
+        // A silent bucket (a NATS outage for everyone) leaves nobody out.
+        let mut t = t0 + Duration::from_secs(10);
+        f.report("b", Some(1), t);
+        assert!(!f.left_out());
+        // "b" keeps reporting; this node's reports do not come back.
+        let mut went = Duration::ZERO;
+        while !f.left_out() {
+            t += REPORT_EVERY;
+            went += REPORT_EVERY;
+            f.report("b", Some(1), t);
+            assert!(went <= LEASE, "not left out after {went:?}");
+        }
+        // Left out before "b" drops this node's report at the lease.
+        assert!(went < LEASE, "{went:?}");
+        f.own_report(t);
+        assert!(!f.left_out());
     }
 
     #[test]
