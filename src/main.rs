@@ -199,12 +199,15 @@ async fn serve(args: ServeArgs, log: Option<&str>) -> anyhow::Result<()> {
     let admin = TcpListener::bind(resolved.admin_listen)
         .await
         .with_context(|| format!("binding the admin address {}", resolved.admin_listen))?;
-    node::run(
+    let served = node::run(
         Listeners { grpc, admin },
         resolved.config,
         shutdown_signal(),
     )
-    .await
+    .await;
+    // The exporter sends its spans every few seconds: the last ones go now.
+    telemetry.shutdown().await;
+    served
 }
 
 #[tokio::main]

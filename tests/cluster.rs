@@ -1109,3 +1109,79 @@ async fn a_node_whose_reports_do_not_reach_the_others_ends_its_streams_and_is_no
     let mut sub = on_a.subscribe().await.unwrap();
     common::first_update(&mut sub).await;
 }
+
+/// The caller's span each traced write names as its parent.
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// `write_t` with a `traceparent` naming `trace`.
+async fn traced_write(
+    raw: &mut ChatServerClient<Channel>,
+    (id, number): (i64, i64),
+    contents: &str,
+    trace: &str,
+) -> i32 {
+    let mut req = Request::new(common::sent(id, "t", contents, 0, number));
+    let parent = format!("00-{trace}-{CALLER_SPAN}-01");
+    req.metadata_mut()
+        .insert("traceparent", parent.parse().unwrap());
+    raw.send_message(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .status_code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs nats-server: set DYCONIT_NATS_SERVER and pass --include-ignored (.ci/run does)"]
+async fn a_forwarded_write_is_traced_on_its_owner_under_the_writers_rpc_span() {
+    let (receiver, endpoint) = common::otlp::Receiver::start().await;
+    let cluster = NatsCluster::start(1).await;
+    let extra = ["--nats-forward", "all", "--otlp-endpoint", &endpoint];
+    let nodes = [
+        node(&cluster, "a", &extra).await,
+        node(&cluster, "b", &extra).await,
+    ];
+    let mut writers = [
+        named(&nodes[0].url, "wa").await,
+        named(&nodes[1].url, "wb").await,
+    ];
+    // Both write to "t", each write a trace of its own, until a write goes
+    // through the thread's owner (once each node knows the other is live).
+    let mut number = 0;
+    let trace = 'found: loop {
+        number += 1;
+        assert!(number < 50, "no write was forwarded");
+        for (i, (raw, id)) in writers.iter_mut().enumerate() {
+            let trace = format!("{:032x}", 0x1000 * number + i as i64 + 1);
+            let before = forwarded(&nodes[i], "stored").await;
+            let code = traced_write(raw, (*id, number), &format!("w{i}-{number}"), &trace).await;
+            assert_eq!(code, StatusCode::Ok as i32);
+            if forwarded(&nodes[i], "stored").await > before {
+                break 'found trace;
+            }
+        }
+    };
+    // Stopping the nodes flushes their spans.
+    for n in nodes {
+        n.stop(Duration::from_secs(10)).await.unwrap();
+    }
+    let of_trace = |name: &str| {
+        let spans = receiver.named(name);
+        spans
+            .into_iter()
+            .find(|s| common::otlp::hex(&s.trace_id) == trace)
+            .unwrap_or_else(|| panic!("no {name} span of trace {trace}"))
+    };
+    let rpc = of_trace("ChatServer/SendMessage");
+    assert_eq!(common::otlp::hex(&rpc.parent_span_id), CALLER_SPAN);
+    let at_owner = of_trace("cluster/ForwardedWrite");
+    assert_eq!(
+        at_owner.parent_span_id, rpc.span_id,
+        "child of the writer's RPC span"
+    );
+    assert_eq!(
+        common::otlp::str_attr(&at_owner, "chat.outcome"),
+        Some("stored")
+    );
+    assert_eq!(common::otlp::str_attr(&at_owner, "chat.thread"), Some("t"));
+}

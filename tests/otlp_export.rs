@@ -5,78 +5,16 @@
 
 mod common;
 
+use common::otlp::{Receiver, attr, hex, int_attr, str_attr};
 use common::*;
 use dyconit_chat::proto::ConnectionStarter;
 use dyconit_chat::proto::message_status::StatusCode;
 use dyconit_chat::server::otlp::trace_export;
 use dyconit_chat::telemetry::tracing_setup;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use std::sync::{Arc, Mutex};
-use tokio_stream::wrappers::TcpListenerStream;
-
-/// An OTLP trace receiver that keeps every span it is sent.
-#[derive(Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans);
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
-}
-
-fn str_attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
-    match attr(span, key) {
-        Some(Value::StringValue(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn int_attr(span: &Span, key: &str) -> Option<i64> {
-    match attr(span, key) {
-        Some(Value::IntValue(i)) => Some(*i),
-        _ => None,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_spans_reach_an_otlp_receiver_with_attributes_and_parent() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let (receiver, endpoint) = Receiver::start().await;
     let telemetry = tracing_setup::init("warn", Some(trace_export(&endpoint).unwrap())).unwrap();
 
     let server = TestServer::start(config(100, 256, 0)).await;
@@ -114,14 +52,7 @@ async fn rpc_spans_reach_an_otlp_receiver_with_attributes_and_parent() {
 
     // Shutting the pipeline down flushes every span to the receiver.
     telemetry.shutdown().await;
-    let spans = receiver.spans.lock().unwrap().clone();
-    let named = |name: &str| {
-        spans
-            .iter()
-            .filter(|s| s.name == name)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
+    let named = |name: &str| receiver.named(name);
 
     let connect = named("ChatServer/Connect");
     let traced = connect
@@ -162,8 +93,4 @@ async fn rpc_spans_reach_an_otlp_receiver_with_attributes_and_parent() {
         Some(2),
         "STATUS_CODE_ERROR"
     );
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -78,6 +78,9 @@ struct Proposal {
     /// `SendMessages` stream admits its next write to another thread only
     /// then (see [`hub::Submitted::stored`]).
     done: watch::Sender<bool>,
+    /// The writer's RPC span (disabled when traces are off): a write
+    /// forwarded to its thread's owner carries it along.
+    span: tracing::Span,
 }
 
 /// Who waits for a write's outcome.
@@ -125,6 +128,7 @@ impl Committer for ClusterSink {
             owner_may_store: false,
             admitted: tokio::time::Instant::now(),
             done,
+            span: tracing::Span::current(),
         });
         (rx, stored)
     }

@@ -15,7 +15,7 @@
 //! - [`error`]: why the hub refused a request, in its own terms.
 //! - `grants`: the thread permissions of clients whose token restricts them.
 //! - `reflection`: gRPC server reflection (v1 and v1alpha) for tools.
-//! - [`propagation`]: W3C `traceparent` from gRPC metadata.
+//! - [`propagation`]: W3C `traceparent` from gRPC metadata and between nodes.
 //! - [`otlp`]: the OTLP/gRPC trace exporter.
 
 pub mod cluster;

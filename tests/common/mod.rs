@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 pub mod nats;
+pub mod otlp;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -46,7 +46,9 @@
 //!   published after a later write of its writer was committed (the owner
 //!   refused it and stored the later one).
 //!
-//! Forwards go over core NATS request-reply on `<stream>.fwd.<report key>`.
+//! Forwards go over core NATS request-reply on `<stream>.fwd.<report key>`,
+//! each write with its RPC span's `traceparent`: the owner's span of it is
+//! that span's child.
 //!
 //! [`Lanes::check_forwarded`]: super::lanes::Lanes::check_forwarded
 
@@ -54,10 +56,13 @@ use super::{Failure, Proposal, Reply, Shared, answer, check_local, lock, own_wri
 use crate::consistency::{ClientId, Entry, Micros, Rejection, Seq};
 use crate::log::nats::Forward as Which;
 use crate::server::hub::Origin;
+use crate::server::propagation;
+use crate::telemetry::tracing_setup::RPC_SPAN_TARGET;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// A thread with a write refused after a conflict this recently is
 /// forwarded to its owner.
@@ -89,6 +94,9 @@ struct Write {
     writer: ClientId,
     /// Its order error up to `after`.
     order_error: u64,
+    /// The W3C `traceparent` of the writer's RPC span, when it is traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 /// The owner's answer for one forwarded write.
@@ -265,6 +273,7 @@ fn request(shared: &Shared, writes: &[Proposal], deadline: tokio::time::Instant)
                 number: p.origin.number,
                 writer: token(p.origin.client),
                 order_error,
+                traceparent: propagation::traceparent(&p.span),
             })
             .collect(),
     };
@@ -403,21 +412,45 @@ fn take(shared: &Arc<Shared>, tx: &mpsc::UnboundedSender<Proposal>, m: async_nat
             owner_may_store: false,
             admitted,
             done: watch::channel(false).0,
+            span: owner_span(&thread, w.traceparent.as_deref()),
         };
+        let span = p.span.clone();
         if tx.send(p).is_err() {
             return; // shutting down: the forwarding node times out
         }
-        waits.push(rx);
+        waits.push((rx, span));
     }
     let shared = shared.clone();
     tokio::spawn(async move {
         let mut answers = Vec::with_capacity(waits.len());
-        for rx in waits {
+        for (rx, span) in waits {
             let a = rx.await;
-            answers.push(a.unwrap_or_else(|_| Answer::Failed("the owner stopped".into())));
+            let a = a.unwrap_or_else(|_| Answer::Failed("the owner stopped".into()));
+            span.record("chat.outcome", label(&a));
+            answers.push(a);
         }
         reply(&shared, reply_to, answers);
     });
+}
+
+/// The span of a write another node forwarded, at this node (its owner):
+/// a child of the writer's RPC span there, when that one is traced. It ends
+/// when the write has its outcome.
+fn owner_span(thread: &str, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: RPC_SPAN_TARGET,
+        "forwarded",
+        otel.name = "cluster/ForwardedWrite",
+        otel.kind = "server",
+        chat.thread = thread,
+        chat.outcome = tracing::field::Empty,
+    );
+    if let Some(parent) = traceparent
+        && !span.is_disabled()
+    {
+        let _ = span.set_parent(propagation::parent_of(parent));
+    }
+    span
 }
 
 /// Sends `answers` to a forward's reply subject.
