@@ -7,7 +7,7 @@
 //! node with `--storage nats`.
 
 use super::register::{counter_by, register};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Why a publish attempt failed, as the `kind` label says it. Bounded: the
 /// client library's error kinds, folded.
@@ -70,17 +70,15 @@ pub const FORWARD_OUTCOMES: [&str; 6] = [
 
 impl ClusterMetrics {
     pub fn new(r: &Registry) -> Self {
-        let publish_errors = IntCounterVec::new(
-            Opts::new(
+        let publish_errors = counter_by(
+            r,
+            (
                 "chat_nats_publish_errors_total",
                 "JetStream publish attempts that failed, by kind (timeout, no_stream, connection, wrong_last_sequence, other).",
             ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        for k in PUBLISH_ERROR_KINDS {
-            publish_errors.with_label_values(&[k]);
-        }
+            "kind",
+            &PUBLISH_ERROR_KINDS,
+        );
         let (publish_conflicts, forwarded_writes) = cluster_counters(r);
         ClusterMetrics {
             publish_seconds: register(
@@ -116,7 +114,7 @@ impl ClusterMetrics {
                 )
                 .expect("valid metric"),
             ),
-            publish_errors: register(r, publish_errors),
+            publish_errors,
             publish_retries: register(
                 r,
                 IntCounter::new(
