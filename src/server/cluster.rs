@@ -78,8 +78,9 @@ struct Proposal {
     /// `SendMessages` stream admits its next write to another thread only
     /// then (see [`hub::Submitted::stored`]).
     done: watch::Sender<bool>,
-    /// The writer's RPC span (disabled when traces are off): a write
-    /// forwarded to its thread's owner carries it along.
+    /// The writer's RPC span (disabled when traces are off; none for a
+    /// write another node forwarded): a write forwarded to its thread's
+    /// owner carries it along.
     span: tracing::Span,
 }
 

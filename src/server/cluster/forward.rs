@@ -412,9 +412,10 @@ fn take(shared: &Arc<Shared>, tx: &mpsc::UnboundedSender<Proposal>, m: async_nat
             owner_may_store: false,
             admitted,
             done: watch::channel(false).0,
-            span: owner_span(&thread, w.traceparent.as_deref()),
+            // The owner's span is kept below, until the write's outcome.
+            span: tracing::Span::none(),
         };
-        let span = p.span.clone();
+        let span = owner_span(&thread, w.traceparent.as_deref());
         if tx.send(p).is_err() {
             return; // shutting down: the forwarding node times out
         }
